@@ -1,0 +1,28 @@
+"""Serve flow: the rolling forecast loop as a Prefect run (the `rollcast serve` process is the same loop)."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
+from pipeline.serve import serve_from_settings
+
+
+@task(cache_policy=NO_CACHE)
+def serve_champion(
+    kafka: KafkaSettings,
+    store: StoreSettings,
+    mlflow_settings: MlflowSettings,
+    serve: ServeSettings,
+    max_records: int | None,
+) -> dict[str, object]:
+    stats, champion = serve_from_settings(kafka, store, mlflow_settings, serve, max_records)
+    return {**stats.as_dict(), "model_version": champion.version}
+
+
+@flow(name="rollcast-serve")
+def serve_flow(max_records: int | None = None, idle_s: float | None = None) -> dict[str, object]:
+    """Forecast every new step of every series with the champion until stopped."""
+    serve = ServeSettings() if idle_s is None else ServeSettings(serve_idle_s=idle_s)
+    return serve_champion(KafkaSettings(), StoreSettings(), MlflowSettings(), serve, max_records)

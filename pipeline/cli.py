@@ -1,0 +1,171 @@
+"""The ``rollcast`` command.
+
+Every command reads its settings from ``ROLLCAST_*`` environment variables (see config.py);
+the options below override a few for convenience.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline import RollcastError
+from pipeline.config import KafkaSettings
+
+logger = logging.getLogger("pipeline.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Client libraries that are chatty at INFO.
+QUIET_LOGGERS = ("kafka", "alembic", "mlflow", "httpx", "urllib3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rollcast", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the whole path on the embedded default")
+    demo.add_argument("--series", type=int, default=8, help="synthetic series (default 8)")
+    demo.add_argument("--records", type=int, default=16_000, help="records in all (default 16000)")
+    demo.add_argument("--data", type=Path, help="replay this CSV instead of the synthetic fleet")
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    demo.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
+    demo.set_defaults(handler=cmd_demo)
+
+    broker = commands.add_parser("broker", help="start the embedded broker and block")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(handler=cmd_broker)
+
+    replay = commands.add_parser("replay", help="produce a CSV's rows as observations")
+    replay.add_argument("csv", type=Path)
+    replay.add_argument("--series-id", help="series id (default: the file name)")
+    replay.add_argument("--limit", type=int, help="rows to send")
+    replay.set_defaults(handler=cmd_replay)
+
+    synth = commands.add_parser("synth", help="produce the synthetic sensor fleet")
+    synth.add_argument("--series", type=int, default=8)
+    synth.add_argument("--records", type=int, default=16_000, help="records in all")
+    synth.set_defaults(handler=cmd_synth)
+
+    ingest = commands.add_parser("ingest", help="run the ingest flow once")
+    ingest.add_argument("--max-records", type=int)
+    ingest.set_defaults(handler=cmd_ingest)
+
+    train = commands.add_parser("train", help="run the train flow once")
+    train.add_argument("--epochs", type=int)
+    train.set_defaults(handler=cmd_train)
+
+    serve = commands.add_parser("serve", help="serve forecasts until stopped")
+    serve.add_argument("--max-records", type=int, help="stop after this many records")
+    serve.add_argument("--idle-s", type=float, help="stop after this long without records")
+    serve.set_defaults(handler=cmd_serve)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from flows.demo import DemoOptions, run_demo, summary_dict
+
+    summary = run_demo(DemoOptions(args.series, args.records, args.data, args.epochs))
+    print("\nRollcast demo\n" + "\n".join("  " + line for line in summary.lines()))
+    if args.json:
+        print(json.dumps(summary_dict(summary)))
+
+
+def cmd_broker(args: argparse.Namespace) -> None:
+    from pipeline.broker import EmbeddedBroker
+    from pipeline.kafka_io import create_topics
+
+    with EmbeddedBroker(port=args.port) as broker:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+        create_topics(kafka, [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter], kafka.topic_partitions)
+        print(f"export ROLLCAST_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+        print("embedded broker running (memory storage); Ctrl-C stops it", flush=True)
+        _block_until_signal()
+
+
+def _block_until_signal() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _produce(frame_source: Callable[[], object]) -> None:
+    import pandas as pd
+
+    from pipeline.datasets import frame_to_observations
+    from pipeline.kafka_io import Publisher, replay
+
+    frame = frame_source()
+    assert isinstance(frame, pd.DataFrame)
+    publisher = Publisher(KafkaSettings())
+    try:
+        sent = replay(publisher, frame_to_observations(frame), total=len(frame))
+    finally:
+        publisher.close()
+    print(f"produced {sent} observations")
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from pipeline.datasets import load_csv
+
+    _produce(lambda: load_csv(args.csv, args.series_id).head(args.limit or None))
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from pipeline.datasets import FleetSpec, synthetic_fleet
+
+    per_series = max(1, args.records // args.series)
+    _produce(lambda: synthetic_fleet(FleetSpec(n_series=args.series, n_steps=per_series)))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from pipeline.kafka_io import bootstrap_servers
+
+    bootstrap_servers(KafkaSettings())  # says how to start a broker before Prefect starts
+    from flows.ingest import ingest_flow
+
+    print(json.dumps(ingest_flow(max_records=args.max_records)))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from flows.train import train_flow
+
+    print(json.dumps(train_flow(epochs=args.epochs)))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from pipeline.config import MlflowSettings, ServeSettings, StoreSettings
+    from pipeline.kafka_io import bootstrap_servers
+    from pipeline.serve import serve_from_settings
+
+    kafka = KafkaSettings()
+    bootstrap_servers(kafka)
+    serve = ServeSettings() if args.idle_s is None else ServeSettings(serve_idle_s=args.idle_s)
+    stats, _ = serve_from_settings(kafka, StoreSettings(), MlflowSettings(), serve, args.max_records)
+    print(json.dumps(stats.as_dict()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        args.handler(args)
+    except RollcastError as err:
+        print(f"rollcast: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Typed, frozen settings: one class per component, every field an environment variable.
+
+Each field ``foo`` is read from ``ROLLCAST_FOO``. Settings are read once, at an entry point
+(the CLI, a flow), and passed down; no other module reads the environment.
+
+>>> KafkaSettings(bootstrap_servers="localhost:9092").topic_forecasts
+'forecasts'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ROLLCAST_"
+
+
+def _settings_config() -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", protected_namespaces=()
+    )
+
+
+class KafkaSettings(BaseSettings):
+    """Where the stream lives. Security fields are passed through to the Kafka clients."""
+
+    model_config = _settings_config()
+
+    bootstrap_servers: str | None = None
+    topic_observations: str = "observations"
+    topic_forecasts: str = "forecasts"
+    topic_deadletter: str = "deadletter"
+    topic_partitions: int = 3
+    client_id: str = "rollcast"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def security_options(self) -> dict[str, Any]:
+        """The kafka-python security keyword arguments that are set."""
+        names = (
+            "security_protocol",
+            "sasl_mechanism",
+            "sasl_plain_username",
+            "sasl_plain_password",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+        )
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+class StoreSettings(BaseSettings):
+    """The local series store and state folder."""
+
+    model_config = _settings_config()
+
+    data_dir: Path = Path(".rollcast")
+    # Every series is resampled to this pandas frequency (hourly suits ETT and the demo fleet).
+    freq: str = "1h"
+    # Gaps of up to this many steps are interpolated; longer ones split the series.
+    max_gap: int = 3
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+
+class MlflowSettings(BaseSettings):
+    """Tracking and registry."""
+
+    model_config = _settings_config()
+
+    mlflow_tracking_uri: str = "sqlite:///.rollcast/mlflow.db"
+    mlflow_experiment: str = "rollcast"
+    model_name: str = "rollcast-forecaster"
+    champion_alias: str = "champion"
+
+
+class ModelSettings(BaseSettings):
+    """Shape of the forecaster trained by the train flow."""
+
+    model_config = _settings_config()
+
+    lookback: int = 96
+    horizon: int = 24
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    norm: Literal["last", "mean", "none"] = "last"
+    # Period of the seasonal-naive baseline, in steps (24 = daily for hourly data).
+    season: int = 24
+
+
+class TrainSettings(BaseSettings):
+    """Optimisation settings of the train flow."""
+
+    model_config = _settings_config()
+
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 5
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+
+
+class IngestSettings(BaseSettings):
+    """The ingest stage's consumer."""
+
+    model_config = _settings_config()
+
+    ingest_group: str = "rollcast-ingest"
+    # The ingest flow ends after this long without a new record.
+    ingest_idle_s: float = 5.0
+    max_record_bytes: int = 65536
+
+
+class ServeSettings(BaseSettings):
+    """The serve stage's consumer and loop."""
+
+    model_config = _settings_config()
+
+    serve_group: str = "rollcast-serve"
+    serve_idle_s: float | None = None  # None: run until stopped
+    max_poll_records: int = 2000
+    max_series: int = 100_000
+    champion_poll_s: float = 30.0

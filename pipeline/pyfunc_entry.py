@@ -1,0 +1,7 @@
+"""The MLflow model-from-code entry: MLflow runs this file to build the pyfunc, so nothing is unpickled."""
+
+from mlflow.models import set_model
+
+from pipeline.registry import ForecasterPyfunc
+
+set_model(ForecasterPyfunc())

@@ -1,0 +1,232 @@
+"""Wire formats: observations in, forecasts and dead letters out (JSON, UTF-8).
+
+An observation's Kafka key is its series id and its value is::
+
+    {"series": "t1", "ts": "2016-07-01T00:00:00Z", "values": {"OT": 30.53, "HUFL": 5.83}}
+
+``ts`` is ISO-8601 with a zone, or epoch milliseconds. Anything else raises
+:class:`RecordError`, whose ``reason`` becomes the dead-letter header.
+
+>>> obs = parse_observation(b'{"series": "t1", "ts": 0, "values": {"OT": 1.5}}')
+>>> obs.series, obs.ts_ms, obs.values
+('t1', 0, {'OT': 1.5})
+>>> parse_observation(b'{"series": "t1", "ts": 0, "values": {"OT": NaN}}')
+Traceback (most recent call last):
+...
+pipeline.records.RecordError: non_finite: value 'OT' is NaN or infinite
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline import RollcastError
+
+# Reasons carried in the dead-letter `reason` header.
+MALFORMED_JSON = "malformed_json"
+MISSING_FIELD = "missing_field"
+BAD_TIMESTAMP = "bad_timestamp"
+NON_NUMERIC = "non_numeric"
+NON_FINITE = "non_finite"
+KEY_MISMATCH = "key_mismatch"
+TOO_LARGE = "too_large"
+LATE = "late"
+MISSING_CHANNEL = "missing_channel"
+
+# A record bigger than this is refused before parsing; a real observation is a few hundred bytes.
+DEFAULT_MAX_RECORD_BYTES = 65536
+
+
+class RecordError(RollcastError):
+    """A record that cannot be accepted; ``reason`` is one of the reason constants above."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One consumed Kafka record, before parsing; kept so it can be dead-lettered unchanged."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The first header called ``name``, decoded, or None."""
+        return next((v.decode() for k, v in self.headers if k == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One validated observation: a series id, a UTC time in epoch ms, and finite channel values."""
+
+    series: str
+    ts_ms: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """``horizon`` future steps of every channel for one series, issued at its last observed step."""
+
+    series: str
+    issued_at_ms: int
+    model_name: str
+    model_version: str
+    freq: str
+    step_ms: int
+    channels: tuple[str, ...]
+    values: list[list[float]]  # (horizon, channels)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A refused record with the reason, bound for the dead-letter topic."""
+
+    record: RawRecord
+    reason: str
+    detail: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("reason", self.reason.encode()),
+            ("detail", self.detail.encode()[:1024]),
+            ("source_topic", self.record.topic.encode()),
+            ("source_partition", str(self.record.partition).encode()),
+            ("source_offset", str(self.record.offset).encode()),
+        ]
+
+
+def parse_observation(
+    value: bytes | None, key: bytes | None = None, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Observation:
+    """Parse and validate one observation value; raise :class:`RecordError` on bad input."""
+    if value is None:
+        raise RecordError(MALFORMED_JSON, "record has no value")
+    if len(value) > max_bytes:
+        raise RecordError(TOO_LARGE, f"{len(value)} bytes exceeds the limit of {max_bytes}")
+    payload = _decode_json(value)
+    series = _series_id(payload, key)
+    ts_ms = parse_timestamp(_field(payload, "ts"))
+    return Observation(series=series, ts_ms=ts_ms, values=_channel_values(payload))
+
+
+def _decode_json(value: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordError(MALFORMED_JSON, str(err)) from err
+    if not isinstance(payload, dict):
+        raise RecordError(MALFORMED_JSON, f"expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _field(payload: dict[str, Any], name: str) -> Any:
+    if name not in payload or payload[name] is None:
+        raise RecordError(MISSING_FIELD, f"field {name!r} is missing")
+    return payload[name]
+
+
+def _series_id(payload: dict[str, Any], key: bytes | None) -> str:
+    series = _field(payload, "series")
+    if not isinstance(series, str) or not series:
+        raise RecordError(MISSING_FIELD, "field 'series' must be a non-empty string")
+    if key is not None and key.decode("utf-8", "replace") != series:
+        raise RecordError(KEY_MISMATCH, f"key {key!r} differs from series {series!r}")
+    return series
+
+
+def _channel_values(payload: dict[str, Any]) -> dict[str, float]:
+    values = _field(payload, "values")
+    if not isinstance(values, dict) or not values:
+        raise RecordError(MISSING_FIELD, "field 'values' must be a non-empty object")
+    parsed: dict[str, float] = {}
+    for channel, value in values.items():
+        # bool is an int subclass in Python, but `true` is not a measurement.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecordError(NON_NUMERIC, f"value {channel!r} is {value!r}, not a number")
+        if not math.isfinite(value):
+            raise RecordError(NON_FINITE, f"value {channel!r} is NaN or infinite")
+        parsed[channel] = float(value)
+    return parsed
+
+
+def parse_timestamp(ts: Any) -> int:
+    """Epoch milliseconds (UTC) from ISO-8601 with a zone, or from epoch milliseconds."""
+    if isinstance(ts, bool):
+        raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not a time")
+    if isinstance(ts, int | float):
+        if not math.isfinite(ts):
+            raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not finite")
+        return int(ts)
+    if not isinstance(ts, str):
+        raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is neither a string nor a number")
+    try:
+        parsed = datetime.fromisoformat(ts)
+    except ValueError as err:
+        raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not ISO-8601") from err
+    if parsed.tzinfo is None:
+        raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} has no time zone")
+    return int(parsed.timestamp() * 1000)
+
+
+def format_timestamp(ts_ms: int) -> str:
+    """ISO-8601 UTC with a ``Z`` suffix, the form every Rollcast message uses.
+
+    >>> format_timestamp(0)
+    '1970-01-01T00:00:00Z'
+    """
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    text = moment.isoformat(timespec="milliseconds" if ts_ms % 1000 else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def observation_to_bytes(obs: Observation) -> bytes:
+    payload = {"series": obs.series, "ts": format_timestamp(obs.ts_ms), "values": obs.values}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def forecast_to_dict(forecast: Forecast) -> dict[str, Any]:
+    steps = [
+        {
+            "ts": format_timestamp(forecast.issued_at_ms + (h + 1) * forecast.step_ms),
+            **dict(zip(forecast.channels, row, strict=True)),
+        }
+        for h, row in enumerate(forecast.values)
+    ]
+    return {
+        "series": forecast.series,
+        "issued_at": format_timestamp(forecast.issued_at_ms),
+        "model": {"name": forecast.model_name, "version": forecast.model_version},
+        "freq": forecast.freq,
+        "forecast": steps,
+    }
+
+
+def forecast_to_bytes(forecast: Forecast) -> bytes:
+    return json.dumps(forecast_to_dict(forecast), separators=(",", ":")).encode()
+
+
+def triage(
+    records: list[RawRecord], max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> tuple[list[tuple[RawRecord, Observation]], list[DeadLetter]]:
+    """Split consumed records into parsed observations and dead letters with their reasons."""
+    accepted: list[tuple[RawRecord, Observation]] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        try:
+            accepted.append((record, parse_observation(record.value, record.key, max_bytes)))
+        except RecordError as err:
+            dead.append(DeadLetter(record, err.reason, err.detail))
+    return accepted, dead

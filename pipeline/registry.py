@@ -1,0 +1,245 @@
+"""MLflow: runs, plots, model logging, registration, the champion alias, and safe loading.
+
+The logged model is a pyfunc whose ``load_context`` rebuilds the network from a checkpoint
+(loaded with ``weights_only=True``) and whose ``predict`` takes a frame of recent observations
+and returns a frame of forecasts. Promotion moves the ``champion`` alias; files are never copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from pipeline import RollcastError
+from pipeline.config import MlflowSettings, StoreSettings
+from pipeline.evaluate import Scorecard
+from pipeline.model import StackedLSTMForecaster, load_checkpoint, save_checkpoint
+from pipeline.records import format_timestamp
+from pipeline.train import TrainConfig, TrainResult, predict
+from pipeline.windows import SERIES, TS, WindowSet, freq_to_ms, regularize, resample
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+CHECKPOINT_FILE = "forecaster.pt"
+MODEL_ARTIFACT_PATH = "model"
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+# Validation windows drawn in the forecast-vs-actual plot.
+PLOTTED_WINDOWS = 4
+
+
+class RegistryError(RollcastError):
+    """The registry has no usable model, or MLflow refused an operation."""
+
+
+def configure(mlflow_settings: MlflowSettings, store: StoreSettings) -> str:
+    """Point MLflow at the tracking URI and make sure the experiment exists; return its id."""
+    uri = mlflow_settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(mlflow_settings.mlflow_experiment)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    # A local store gets its artifacts beside the data; a server decides for itself.
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    location = (store.data_dir / "mlartifacts").resolve().as_uri() if local else None
+    return str(mlflow.create_experiment(mlflow_settings.mlflow_experiment, location))
+
+
+class ForecasterPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Recent observations in (``series``, ``ts``, channels), forecasts out (plus ``step``).
+
+    ``ts`` is ISO-8601 text in and out, as on the wire (MLflow schemas hold no time zones).
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.model = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        return forecast_frame(self.model, model_input)
+
+
+def forecast_frame(model: StackedLSTMForecaster, recent: pd.DataFrame) -> pd.DataFrame:
+    """Forecast every series in a frame of recent observations (at least ``lookback`` steps each)."""
+    config = model.config
+    frame = recent if SERIES in recent.columns else recent.assign(**{SERIES: "series"})
+    frame = resample(frame.assign(**{TS: pd.to_datetime(frame[TS], utc=True)}), config.freq)
+    ids, windows, last_ts = [], [], []
+    for series_id, rows in frame.groupby(SERIES):
+        values = regularize(rows, config.freq, max_gap=config.lookback)[list(config.channels)]
+        if len(values) < config.lookback or values.tail(config.lookback).isna().any(axis=None):
+            raise RegistryError(f"series {series_id!r} has fewer than {config.lookback} recent steps")
+        ids.append(series_id)
+        windows.append(values.tail(config.lookback).to_numpy(np.float32))
+        last_ts.append(values.index[-1])
+    preds = predict(model, np.stack(windows))  # (S, H, C)
+    step = pd.Timedelta(milliseconds=freq_to_ms(config.freq))
+    rows_out = [
+        {
+            SERIES: sid,
+            TS: format_timestamp(int((ts + (h + 1) * step).timestamp() * 1000)),
+            "step": h + 1,
+            **dict(zip(config.channels, p[h], strict=True)),
+        }
+        for sid, ts, p in zip(ids, last_ts, preds, strict=True)
+        for h in range(config.horizon)
+    ]
+    return pd.DataFrame(rows_out)
+
+
+@dataclass(frozen=True)
+class LoggedVersion:
+    run_id: str
+    version: str
+
+
+def log_training_run(
+    settings: MlflowSettings,
+    result: TrainResult,
+    train_config: TrainConfig,
+    card: Scorecard,
+    val: WindowSet,
+    example: pd.DataFrame,
+    data_params: dict[str, Any],
+) -> LoggedVersion:
+    """Log params, per-epoch losses, metrics, plots and the model; register a new version."""
+    with mlflow.start_run(run_name=f"train-{settings.model_name}") as run:
+        mlflow.log_params(_params(result.model, train_config, data_params))
+        for stats in result.history:
+            mlflow.log_metrics({"train_loss": stats.train_loss, "val_loss": stats.val_loss}, step=stats.epoch)
+        mlflow.log_metrics({**card.as_metrics(), "best_epoch": result.best_epoch, "samples_per_s": result.samples_per_s})
+        mlflow.log_figure(loss_figure(result), "plots/loss.png")
+        mlflow.log_figure(forecast_figure(result.model, val), "plots/validation_forecast.png")
+        version = _log_model(settings, result.model, example)
+    logger.info("logged run %s, registered %s version %s", run.info.run_id, settings.model_name, version)
+    return LoggedVersion(run.info.run_id, version)
+
+
+def _params(model: StackedLSTMForecaster, train_config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    model_params = {f"model.{k}": v for k, v in model.config.to_dict().items()}
+    train_params = {f"train.{k}": v for k, v in asdict(train_config).items()}
+    return {**model_params, **train_params, **{f"data.{k}": v for k, v in data.items()}}
+
+
+def _log_model(settings: MlflowSettings, model: StackedLSTMForecaster, example: pd.DataFrame) -> str:
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_PATH,
+            python_model=str(PYFUNC_ENTRY),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            signature=infer_signature(example, forecast_frame(model, example)),
+            input_example=example,
+            registered_model_name=settings.model_name,
+            # Listing them avoids MLflow's slow import-capturing subprocess.
+            pip_requirements=_pip_requirements(),
+        )
+    return str(info.registered_model_version)
+
+
+def _pip_requirements() -> list[str]:
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def loss_figure(result: TrainResult) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [s.epoch for s in result.history]
+    ax.plot(epochs, [s.train_loss for s in result.history], label="train")
+    ax.plot(epochs, [s.val_loss for s in result.history], label="validation")
+    ax.axvline(result.best_epoch, color="grey", linestyle=":", label="best epoch")
+    ax.set(xlabel="epoch", ylabel="MSE (scaled)", yscale="log", title="Training loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def forecast_figure(model: StackedLSTMForecaster, val: WindowSet) -> plt.Figure:
+    """Forecast vs actual for a few validation windows, first channel, in the data's units."""
+    picks = np.linspace(0, len(val) - 1, num=min(PLOTTED_WINDOWS, len(val))).astype(int)
+    preds = predict(model.cpu(), val.inputs[picks])
+    lookback, horizon = val.inputs.shape[1], val.targets.shape[1]
+    fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.2 * len(picks)), squeeze=False)
+    for ax, i, pred in zip(axes[:, 0], picks, preds, strict=True):
+        ax.plot(range(lookback), val.inputs[i, :, 0], color="black", label="history")
+        future = range(lookback, lookback + horizon)
+        ax.plot(future, val.targets[i, :, 0], color="black", linestyle="--", label="actual")
+        ax.plot(future, pred[:, 0], color="tab:orange", label="forecast")
+        ax.set_title(f"{val.series[i]} — {model.config.channels[0]}", fontsize=9)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True)
+class RegisteredForecaster:
+    """A registered model version, loaded and ready to forecast."""
+
+    name: str
+    version: str
+    model: StackedLSTMForecaster
+
+
+def champion_version(settings: MlflowSettings) -> str | None:
+    """The version the champion alias points at, or None if there is no champion yet."""
+    try:
+        found = MlflowClient().get_model_version_by_alias(settings.model_name, settings.champion_alias)
+    except MlflowException:
+        return None
+    return str(found.version)
+
+
+def load_version(settings: MlflowSettings, version: str) -> RegisteredForecaster:
+    """Download one version's checkpoint and rebuild it, never unpickling arbitrary code."""
+    uri = f"models:/{settings.model_name}/{version}"
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as err:
+        raise RegistryError(f"cannot download {uri}: {err}") from err
+    checkpoint = next(local.rglob(CHECKPOINT_FILE), None)
+    if checkpoint is None:
+        raise RegistryError(f"{uri} has no {CHECKPOINT_FILE}: was it logged by Rollcast?")
+    return RegisteredForecaster(settings.model_name, version, load_checkpoint(checkpoint))
+
+
+def load_champion(settings: MlflowSettings) -> RegisteredForecaster:
+    version = champion_version(settings)
+    if version is None:
+        raise RegistryError(
+            f"model {settings.model_name!r} has no {settings.champion_alias!r} alias: "
+            "run `rollcast train` first"
+        )
+    return load_version(settings, version)
+
+
+def promote(settings: MlflowSettings, version: str) -> None:
+    MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, version)
+    logger.info("%s version %s is now %s", settings.model_name, version, settings.champion_alias)
+
+
+def tag_version(settings: MlflowSettings, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)

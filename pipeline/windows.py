@@ -1,0 +1,249 @@
+"""Pure window functions: resampling, de-duplication, gap policy, training windows, rolling buffers.
+
+The policies, in one place:
+
+* **Duplicates.** Two observations of the same (series, ts) are duplicates; the first one accepted
+  wins, so replaying a topic never rewrites history.
+* **Resampling.** Timestamps are floored to the series frequency and observations falling in the
+  same step are averaged.
+* **Gaps.** A gap of up to ``max_gap`` missing steps is filled by linear interpolation. A longer gap
+  is left missing: no training window crosses it, and a live series gets no forecast until
+  ``lookback`` steps have arrived after it.
+* **Late records.** In a live rolling window, an observation older than the newest step already
+  held is late: it is refused (the caller dead-letters it with reason ``late``).
+
+Imports only numpy and pandas.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.records import Observation
+
+SERIES = "series"
+TS = "ts"
+
+
+def freq_to_ms(freq: str) -> int:
+    """Length of one step of a pandas frequency string, in milliseconds.
+
+    >>> freq_to_ms("1h"), freq_to_ms("15min")
+    (3600000, 900000)
+    """
+    return int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) / pd.Timedelta(milliseconds=1))
+
+
+def observations_to_frame(observations: Iterable[Observation]) -> pd.DataFrame:
+    """A long frame: one row per observation, columns ``series``, ``ts`` (UTC) and one per channel."""
+    rows = [{SERIES: o.series, TS: o.ts_ms, **o.values} for o in observations]
+    frame = pd.DataFrame(rows, columns=None if rows else [SERIES, TS])
+    frame[TS] = pd.to_datetime(frame[TS], unit="ms", utc=True)
+    return frame
+
+
+def channel_columns(frame: pd.DataFrame) -> list[str]:
+    """The value columns of a long frame, in sorted order."""
+    return sorted(c for c in frame.columns if c not in (SERIES, TS))
+
+
+def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop repeated (series, ts) rows, keeping the first; return the frame and the count dropped.
+
+    >>> f = pd.DataFrame({"series": ["a", "a", "b"], "ts": [1, 1, 1], "x": [1.0, 9.0, 2.0]})
+    >>> kept, dropped = deduplicate(f)
+    >>> kept["x"].tolist(), dropped
+    ([1.0, 2.0], 1)
+    """
+    kept = frame.drop_duplicates(subset=[SERIES, TS], keep="first")
+    return kept, len(frame) - len(kept)
+
+
+def resample(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
+    """Floor every timestamp to ``freq`` and average the observations that share a step."""
+    if frame.empty:
+        return frame
+    floored = frame.assign(**{TS: frame[TS].dt.floor(freq)})
+    return floored.groupby([SERIES, TS], as_index=False, sort=True).mean(numeric_only=True)
+
+
+def regularize(series_frame: pd.DataFrame, freq: str, max_gap: int) -> pd.DataFrame:
+    """One series on a complete grid of ``freq`` steps, indexed by ``ts``, gaps filled per policy.
+
+    Runs of up to ``max_gap`` missing steps are interpolated linearly; longer runs stay NaN.
+    """
+    values = series_frame.set_index(TS)[channel_columns(series_frame)].sort_index()
+    if values.empty:
+        return values
+    grid = pd.date_range(values.index[0], values.index[-1], freq=freq)
+    values = values.reindex(grid)
+    values.index.name = TS
+    filled = values.interpolate(method="linear", limit_area="inside")
+    return filled.mask(_missing_run_length(values) > max_gap)
+
+
+def _missing_run_length(values: pd.DataFrame) -> pd.DataFrame:
+    """For each missing cell, the length of the run of missing cells it belongs to (else 0)."""
+    missing = values.isna()
+    run_ids = (~missing).cumsum()
+    lengths = {c: missing[c].groupby(run_ids[c]).transform("sum") for c in values.columns}
+    return pd.DataFrame(lengths, index=values.index).where(missing, 0)
+
+
+@dataclass(frozen=True)
+class WindowSet:
+    """Model inputs ``(N, L, C)`` and targets ``(N, H, C)``, float32, with each window's series."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    series: np.ndarray  # (N,) series id of each window
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def sliding_windows(values: np.ndarray, lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """All complete windows of a ``(T, C)`` array, stride 1, with no Python loop over samples.
+
+    Returns inputs ``(N, L, C)`` and targets ``(N, H, C)`` with ``N = T - L - H + 1``; windows that
+    contain a NaN are dropped.
+
+    >>> x, y = sliding_windows(np.arange(6.0).reshape(6, 1), lookback=3, horizon=2)
+    >>> x.shape, y.shape, y[:, :, 0].tolist()
+    ((2, 3, 1), (2, 2, 1), [[3.0, 4.0], [4.0, 5.0]])
+    """
+    span = lookback + horizon
+    n_steps, n_channels = values.shape
+    if n_steps < span:
+        empty = np.empty((0, span, n_channels), dtype=np.float32)
+        return empty[:, :lookback], empty[:, lookback:]
+    windows = np.lib.stride_tricks.sliding_window_view(values, span, axis=0)  # (N, C, L+H)
+    windows = windows.transpose(0, 2, 1)  # (N, L+H, C)
+    complete = ~np.isnan(windows).any(axis=(1, 2))
+    windows = windows[complete].astype(np.float32)
+    return windows[:, :lookback], windows[:, lookback:]
+
+
+def split_point(n_steps: int, val_fraction: float) -> int:
+    """Index of the first step whose target belongs to validation (the last ``val_fraction``)."""
+    return n_steps - max(1, int(round(n_steps * val_fraction)))
+
+
+def build_window_sets(
+    series_values: Mapping[str, pd.DataFrame],
+    channels: Sequence[str],
+    lookback: int,
+    horizon: int,
+    val_fraction: float,
+) -> tuple[WindowSet, WindowSet]:
+    """Train and validation windows over many regularized series.
+
+    Each series is split in time: training targets end before its last ``val_fraction`` of steps;
+    validation targets lie inside them (their inputs may reach back into the training part).
+    """
+    train_parts, val_parts = [], []
+    for series_id, frame in series_values.items():
+        values = frame[list(channels)].to_numpy(dtype=np.float64)
+        cut = split_point(len(values), val_fraction)
+        train_parts.append((series_id, *sliding_windows(values[:cut], lookback, horizon)))
+        val_values = values[max(0, cut - lookback) :]
+        val_parts.append((series_id, *sliding_windows(val_values, lookback, horizon)))
+    return _stack(train_parts, lookback, horizon, len(channels)), _stack(
+        val_parts, lookback, horizon, len(channels)
+    )
+
+
+def _stack(
+    parts: list[tuple[str, np.ndarray, np.ndarray]], lookback: int, horizon: int, n_channels: int
+) -> WindowSet:
+    if not parts:
+        return WindowSet(
+            np.empty((0, lookback, n_channels), np.float32),
+            np.empty((0, horizon, n_channels), np.float32),
+            np.empty(0, dtype=object),
+        )
+    return WindowSet(
+        inputs=np.concatenate([p[1] for p in parts]),
+        targets=np.concatenate([p[2] for p in parts]),
+        series=np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
+    )
+
+
+class Append(enum.Enum):
+    """What :meth:`RollingWindow.append` did with an observation."""
+
+    ACCEPTED = "accepted"
+    FILLED_GAP = "filled_gap"  # accepted after interpolating a short gap
+    RESTARTED = "restarted"  # accepted after a long gap emptied the window
+    DUPLICATE = "duplicate"  # same step as the newest one held: dropped
+    LATE = "late"  # older than the newest step held: refused
+
+
+class RollingWindow:
+    """The newest ``lookback`` steps of one series, in a fixed-size numpy ring.
+
+    Memory is bounded by ``lookback * channels`` floats whatever the stream does.
+
+    >>> w = RollingWindow(lookback=2, n_channels=1, step_ms=10, max_gap=1)
+    >>> [w.append(t, np.array([float(t)])).value for t in (0, 10, 10, 40)]
+    ['accepted', 'accepted', 'duplicate', 'restarted']
+    >>> w.is_whole
+    False
+    """
+
+    def __init__(self, lookback: int, n_channels: int, step_ms: int, max_gap: int) -> None:
+        self._ring = np.zeros((lookback, n_channels), dtype=np.float32)
+        self._step_ms = step_ms
+        self._max_gap = max_gap
+        self._count = 0  # steps written since the last restart
+        self.last_ts_ms: int | None = None
+
+    @property
+    def lookback(self) -> int:
+        return len(self._ring)
+
+    @property
+    def is_whole(self) -> bool:
+        return self._count >= self.lookback
+
+    def append(self, ts_ms: int, values: np.ndarray) -> Append:
+        """Add one observation at ``ts_ms`` (floored to the step grid) following the gap policy."""
+        ts_ms -= ts_ms % self._step_ms
+        if self.last_ts_ms is None:
+            return self._write(ts_ms, values, Append.ACCEPTED)
+        missing = (ts_ms - self.last_ts_ms) // self._step_ms - 1
+        if missing < -1:
+            return Append.LATE
+        if missing == -1:
+            return Append.DUPLICATE
+        if missing == 0:
+            return self._write(ts_ms, values, Append.ACCEPTED)
+        if missing <= self._max_gap:
+            self._interpolate(missing, values)
+            return self._write(ts_ms, values, Append.FILLED_GAP)
+        self._count = 0
+        return self._write(ts_ms, values, Append.RESTARTED)
+
+    def window(self) -> np.ndarray:
+        """The newest ``lookback`` steps, oldest first, as a new ``(L, C)`` array."""
+        start = self._count % self.lookback
+        return np.concatenate([self._ring[start:], self._ring[:start]])
+
+    def _interpolate(self, missing: int, values: np.ndarray) -> None:
+        previous = self._ring[(self._count - 1) % self.lookback]
+        for k in range(1, missing + 1):
+            self._push(previous + (values - previous) * (k / (missing + 1)))
+
+    def _write(self, ts_ms: int, values: np.ndarray, outcome: Append) -> Append:
+        self._push(values)
+        self.last_ts_ms = ts_ms
+        return outcome
+
+    def _push(self, values: np.ndarray) -> None:
+        self._ring[self._count % self.lookback] = values
+        self._count += 1

@@ -66,7 +66,7 @@ def _sensor(
         }
     )
     starts = rng.integers(1, len(hours) - 3, size=gaps)
-    dropped = np.concatenate([np.arange(s, s + rng.integers(1, 3)) for s in starts])
+    dropped = [step for s in starts for step in range(s, s + rng.integers(1, 3))]
     return frame.drop(index=dropped)
 
 

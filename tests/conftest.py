@@ -1,0 +1,58 @@
+"""Shared fixtures. Integration tests use the real embedded broker, a real MLflow sqlite store
+and a real Prefect API (the test harness); nothing of these is mocked."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.broker import EmbeddedBroker
+from pipeline.config import KafkaSettings
+from pipeline.kafka_io import create_topics
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def rollcast_env(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> KafkaSettings:
+    """Fresh topics, consumer groups, data dir and MLflow store for one test, set as a user would:
+    through ROLLCAST_* environment variables. Returns the Kafka settings they describe."""
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "ROLLCAST_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "ROLLCAST_TOPIC_OBSERVATIONS": f"observations-{run}",
+        "ROLLCAST_TOPIC_FORECASTS": f"forecasts-{run}",
+        "ROLLCAST_TOPIC_DEADLETTER": f"deadletter-{run}",
+        "ROLLCAST_INGEST_GROUP": f"ingest-{run}",
+        "ROLLCAST_SERVE_GROUP": f"serve-{run}",
+        "ROLLCAST_INGEST_IDLE_S": "3",
+        "ROLLCAST_DATA_DIR": str(tmp_path / "data"),
+        "ROLLCAST_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "ROLLCAST_MODEL_NAME": f"forecaster-{run}",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    kafka = KafkaSettings()
+    topics = [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter]
+    create_topics(kafka, topics, partitions=2)
+    return kafka

@@ -1,0 +1,113 @@
+"""The demo path with a tiny model, on the real broker, a real MLflow store and a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.ingest import ingest_flow
+from flows.serve import serve_flow
+from flows.train import train_flow
+from pipeline.config import KafkaSettings, MlflowSettings
+from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
+from pipeline.kafka_io import Publisher, read_topic, replay
+from pipeline.records import parse_timestamp
+
+pytestmark = pytest.mark.integration
+
+LOOKBACK, HORIZON, STEPS, SERIES = 48, 12, 400, 3
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "ROLLCAST_LOOKBACK": LOOKBACK,
+        "ROLLCAST_HORIZON": HORIZON,
+        "ROLLCAST_HIDDEN_SIZE": 32,
+        "ROLLCAST_NUM_LAYERS": 2,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+
+
+def test_demo_path_publishes_champion_forecasts_for_every_series(
+    rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
+) -> None:
+    fleet = synthetic_fleet(FleetSpec(n_series=SERIES, n_steps=STEPS, gaps_per_series=0, seed=3))
+    publisher = Publisher(rollcast_env)
+    produced = replay(publisher, frame_to_observations(fleet))
+    publisher.close()
+
+    ingested = ingest_flow(max_records=produced)
+    trained = train_flow(epochs=8)
+    served = serve_flow(max_records=produced)
+
+    assert ingested["rows_written"] == produced == SERIES * STEPS
+    _assert_mlflow_holds_the_run_and_champion(trained)
+    assert trained["val_mse"] < trained["val_repeat_last_mse"], "beats repeat-last-value"
+
+    expected = SERIES * (STEPS - LOOKBACK + 1)  # one per step once the window is whole
+    assert served["forecasts_out"] == expected
+    messages = read_topic(rollcast_env, rollcast_env.topic_forecasts, expected=expected)
+    assert len(messages) == expected
+    _assert_forecasts_are_complete(messages, fleet, trained["version"])
+
+
+def _assert_mlflow_holds_the_run_and_champion(trained: dict) -> None:
+    settings = MlflowSettings()
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    run = client.get_run(trained["run_id"])
+    assert run.data.params["model.lookback"] == str(LOOKBACK)
+    assert "val_mse" in run.data.metrics and "val_seasonal_naive_mse" in run.data.metrics
+    losses = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in losses] == list(range(1, trained["epochs"] + 1))
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss.png", "plots/validation_forecast.png"}
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
+    assert str(champion.version) == trained["version"] and champion.run_id == run.info.run_id
+
+
+def _assert_forecasts_are_complete(messages: list, fleet: pd.DataFrame, version: str) -> None:
+    issued: dict[str, list[int]] = defaultdict(list)
+    for message in messages:
+        forecast = json.loads(message.value)
+        assert message.key == forecast["series"].encode()
+        assert forecast["model"]["version"] == version
+        issued_at = parse_timestamp(forecast["issued_at"])
+        steps = [parse_timestamp(step["ts"]) for step in forecast["forecast"]]
+        assert steps == [issued_at + (h + 1) * HOUR_MS for h in range(HORIZON)]
+        assert all({"load", "temp"} <= step.keys() for step in forecast["forecast"])
+        issued[forecast["series"]].append(issued_at)
+    for series_id, rows in fleet.groupby("series"):
+        observed = rows["ts"].to_numpy(dtype="datetime64[ms]").astype("int64")
+        assert sorted(issued[series_id]) == sorted(observed.tolist()[LOOKBACK - 1 :])
+
+
+def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
+    rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
+) -> None:
+    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=5))
+    publisher = Publisher(rollcast_env)
+    produced = replay(publisher, frame_to_observations(fleet))
+    publisher.close()
+    ingest_flow(max_records=produced)
+    train_flow(epochs=2)
+
+    settings = MlflowSettings()
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    recent = fleet.groupby("series").tail(LOOKBACK)
+    recent = recent.assign(ts=recent["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    out = model.predict(recent)
+
+    assert len(out) == 2 * HORIZON
+    assert set(out["series"]) == set(fleet["series"])
+    assert out.groupby("series")["step"].apply(list).map(lambda s: s == list(range(1, HORIZON + 1))).all()
+    last = pd.to_datetime(recent.groupby("series")["ts"].max(), utc=True)
+    first_step = pd.to_datetime(out[out["step"] == 1].set_index("series")["ts"], utc=True)
+    assert (first_step - last.loc[first_step.index] == pd.Timedelta(hours=1)).all()
+    assert out[["load", "temp"]].notna().all().all()

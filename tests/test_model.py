@@ -1,0 +1,247 @@
+"""The forecaster network, its config and its checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.model import (
+    MIN_SCALE,
+    CheckpointError,
+    ForecasterConfig,
+    StackedLSTMForecaster,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+CHANNELS = ("load", "temp")
+
+
+def small_config(**changes: Any) -> ForecasterConfig:
+    base = ForecasterConfig(channels=CHANNELS, lookback=12, horizon=4, hidden_size=8, num_layers=1)
+    return dataclasses.replace(base, **changes)
+
+
+def build(config: ForecasterConfig, seed: int = 0) -> StackedLSTMForecaster:
+    torch.manual_seed(seed)
+    return StackedLSTMForecaster(config).eval()
+
+
+def batch(config: ForecasterConfig, size: int = 5, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return 20 + 5 * torch.randn(size, config.lookback, config.n_channels, generator=generator)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("norm", ["last", "mean", "none"])
+def test_forecast_shape_is_batch_horizon_channels(num_layers: int, norm: str) -> None:
+    config = small_config(num_layers=num_layers, norm=norm, horizon=6)
+    model = build(config)
+
+    out = model(batch(config, size=3))
+
+    assert out.shape == (3, 6, 2)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("channels", "lookback", "horizon"), [(("OT",), 1, 1), (CHANNELS, 48, 24)])
+def test_forecast_shape_follows_config(channels: tuple[str, ...], lookback: int, horizon: int) -> None:
+    config = small_config(channels=channels, lookback=lookback, horizon=horizon)
+
+    out = build(config)(batch(config, size=2))
+
+    assert out.shape == (2, horizon, len(channels))
+
+
+def test_invalid_norm_is_refused() -> None:
+    with pytest.raises(ValueError, match="norm"):
+        StackedLSTMForecaster(small_config(norm="zscore"))
+
+
+@pytest.mark.parametrize("norm", ["last", "mean"])
+def test_forecasts_follow_the_level_of_the_input(norm: str) -> None:
+    config = small_config(norm=norm)
+    model = build(config)
+    x = batch(config)
+    shift = 50.0
+
+    with torch.no_grad():
+        base, shifted = model(x), model(x + shift)
+
+    torch.testing.assert_close(shifted, base + shift, atol=1e-4, rtol=0)
+
+
+def test_fit_scale_is_the_per_channel_spread() -> None:
+    config = small_config()
+    model = build(config)
+    x = batch(config, size=64)
+    x[..., 1] = 7.0  # a channel that never moves
+
+    model.fit_scale(x)
+
+    expected_load = x[..., 0].reshape(-1).std()
+    torch.testing.assert_close(model.scale[0], expected_load)
+    assert model.scale[1].item() == pytest.approx(MIN_SCALE)
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    config = small_config(norm="mean", dropout=0.3, freq="15min")
+
+    assert ForecasterConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"hidden_size": 128}, id="hidden_size"),
+        pytest.param({"num_layers": 3}, id="num_layers"),
+        pytest.param({"dropout": 0.5}, id="dropout"),
+        pytest.param({"norm": "mean"}, id="norm"),
+        pytest.param({}, id="identical"),
+    ],
+)
+def test_serves_like_ignores_the_network_shape(change: dict[str, Any]) -> None:
+    assert small_config().serves_like(small_config(**change))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"channels": ("temp", "load")}, id="channel-order"),
+        pytest.param({"channels": ("load",)}, id="channel-set"),
+        pytest.param({"lookback": 24}, id="lookback"),
+        pytest.param({"horizon": 8}, id="horizon"),
+        pytest.param({"freq": "15min"}, id="freq"),
+    ],
+)
+def test_serves_like_requires_same_inputs_outputs_and_step(change: dict[str, Any]) -> None:
+    assert not small_config().serves_like(small_config(**change))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained_like(tmp_path: Path) -> tuple[StackedLSTMForecaster, Path]:
+    """A two-layer model with a fitted scale (a buffer, not a parameter), saved to disk."""
+    config = small_config(num_layers=2, dropout=0.2, norm="mean")
+    model = build(config, seed=3)
+    model.fit_scale(batch(config, size=32, seed=4))
+    return model, save_checkpoint(model, tmp_path / "model.pt")
+
+
+def test_checkpoint_round_trip_gives_identical_forecasts(
+    trained_like: tuple[StackedLSTMForecaster, Path],
+) -> None:
+    model, path = trained_like
+
+    loaded = load_checkpoint(path)
+
+    assert loaded.config == model.config
+    assert not loaded.training  # ready to serve: dropout off
+    torch.testing.assert_close(loaded.scale, model.scale, rtol=0, atol=0)
+    x = batch(model.config, size=7, seed=9)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_checkpoint_loads_with_weights_only(
+    trained_like: tuple[StackedLSTMForecaster, Path],
+) -> None:
+    _, path = trained_like
+
+    blob = torch.load(path, weights_only=True)
+
+    assert set(blob) == {"config", "state_dict"}
+    assert all(is_safe(v) for v in blob.values())
+    assert all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values())
+
+
+def is_safe(value: object) -> bool:
+    """Only tensors, primitives and containers of them: nothing that needs code to unpickle."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_safe(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(is_safe(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool | torch.Tensor)
+
+
+def test_checkpoint_of_missing_file_raises_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="absent.pt"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_checkpoint_without_config_raises_checkpoint_error(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, path)
+
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_raises_checkpoint_error(
+    trained_like: tuple[StackedLSTMForecaster, Path],
+) -> None:
+    _, path = trained_like
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_checkpoint_for_another_shape_raises_checkpoint_error(
+    trained_like: tuple[StackedLSTMForecaster, Path], tmp_path: Path
+) -> None:
+    model, _ = trained_like
+    blob = {"config": small_config(hidden_size=16).to_dict(), "state_dict": model.state_dict()}
+    path = tmp_path / "mismatch.pt"
+    torch.save(blob, path)
+
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+UNCAUGHT_UNPICKLING = (
+    "BUG: load_checkpoint catches OSError/KeyError/RuntimeError/TypeError only; on a file that "
+    "is not a checkpoint torch.load raises pickle.UnpicklingError, IndexError or EOFError, "
+    "which escape as themselves instead of CheckpointError"
+)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"not a checkpoint at all", id="unpickling-error"),
+        pytest.param(b"this is not a checkpoint", id="index-error"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+@pytest.mark.xfail(strict=True, reason=UNCAUGHT_UNPICKLING)
+def test_garbage_checkpoint_raises_checkpoint_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(content)
+
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: load_checkpoint does not catch the ValueError StackedLSTMForecaster raises "
+    "for a checkpoint whose config holds an unknown norm",
+)
+def test_checkpoint_with_invalid_config_raises_checkpoint_error(
+    trained_like: tuple[StackedLSTMForecaster, Path], tmp_path: Path
+) -> None:
+    model, _ = trained_like
+    config = {**model.config.to_dict(), "norm": "zscore"}
+    path = tmp_path / "bad-config.pt"
+    torch.save({"config": config, "state_dict": model.state_dict()}, path)
+
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)

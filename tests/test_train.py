@@ -1,0 +1,197 @@
+"""The training engine on a small learnable signal: learning, early stopping, errors, seeding."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.evaluate import score_forecaster
+from pipeline.model import ForecasterConfig, StackedLSTMForecaster
+from pipeline.train import EpochStats, TrainConfig, TrainingError, TrainResult, fit, predict
+from pipeline.windows import WindowSet, build_window_sets
+
+LOOKBACK, HORIZON, SEASON = 48, 12, 24
+N_SERIES, N_STEPS = 4, 400
+# One intra-op thread: the model is tiny, and more threads only contend with other processes.
+TORCH_THREADS = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_threads() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(previous)
+
+
+def two_sines(n_steps: int, phase: float, level: float) -> np.ndarray:
+    """A daily and a weekly-ish cycle around ``level``: easy to learn, hard to repeat-last."""
+    t = np.arange(n_steps)
+    return (
+        level
+        + 3.0 * np.sin(2 * np.pi * (t / SEASON + phase))
+        + 1.5 * np.sin(2 * np.pi * (t / 7 + 2 * phase))
+    )
+
+
+@pytest.fixture(scope="module")
+def windows() -> tuple[WindowSet, WindowSet]:
+    series = {
+        f"s{i}": pd.DataFrame({"x": two_sines(N_STEPS, phase=i / 5, level=10.0 * i)})
+        for i in range(N_SERIES)
+    }
+    return build_window_sets(series, ["x"], LOOKBACK, HORIZON, val_fraction=0.25)
+
+
+def tiny_model(seed: int = 0) -> StackedLSTMForecaster:
+    torch.manual_seed(seed)
+    config = ForecasterConfig(
+        channels=("x",), lookback=LOOKBACK, horizon=HORIZON, hidden_size=16, num_layers=1
+    )
+    return StackedLSTMForecaster(config)
+
+
+BASE_TRAIN = TrainConfig(epochs=6, batch_size=64, learning_rate=1e-2, patience=10, device="cpu")
+
+
+def train_config(**changes: Any) -> TrainConfig:
+    return dataclasses.replace(BASE_TRAIN, **changes)
+
+
+@pytest.fixture(scope="module")
+def trained(windows: tuple[WindowSet, WindowSet]) -> TrainResult:
+    train, val = windows
+    return fit(tiny_model(), train, val, train_config())
+
+
+def test_training_loss_falls(trained: TrainResult) -> None:
+    losses = [stats.train_loss for stats in trained.history]
+
+    assert len(losses) == 6
+    assert losses[-1] < losses[0]
+
+
+def test_trained_model_beats_repeat_last(
+    trained: TrainResult, windows: tuple[WindowSet, WindowSet]
+) -> None:
+    _, val = windows
+
+    card = score_forecaster(trained.model, val, SEASON)
+
+    assert card.mse < card.repeat_last_mse
+
+
+def test_fit_returns_the_best_epoch_weights(
+    trained: TrainResult, windows: tuple[WindowSet, WindowSet]
+) -> None:
+    _, val = windows
+    best = min(trained.history, key=lambda stats: stats.val_loss)
+
+    card = score_forecaster(trained.model, val, SEASON)
+
+    assert (trained.best_epoch, trained.best_val_loss) == (best.epoch, best.val_loss)
+    # The validation loss is the MSE in units of the training scale, the scorecard's unit too.
+    assert card.mse == pytest.approx(trained.best_val_loss, rel=1e-4)
+
+
+def test_fit_reports_each_epoch(windows: tuple[WindowSet, WindowSet]) -> None:
+    train, val = windows
+    reported: list[EpochStats] = []
+
+    result = fit(tiny_model(), train, val, train_config(epochs=2), on_epoch=reported.append)
+
+    assert reported == result.history
+    assert [stats.epoch for stats in reported] == [1, 2]
+    assert result.device == "cpu"
+    assert result.samples_per_s > 0
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_when_validation_cannot_improve(
+    windows: tuple[WindowSet, WindowSet], patience: int
+) -> None:
+    # With a zero learning rate the weights never move, so epoch 1 stays the best.
+    train, val = windows
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items() if k != "scale"}
+
+    result = fit(model, train, val, train_config(epochs=10, learning_rate=0.0, patience=patience))
+
+    assert len(result.history) == 1 + patience
+    assert result.best_epoch == 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_seeded_runs_are_reproducible(windows: tuple[WindowSet, WindowSet]) -> None:
+    train, val = windows
+    config = train_config(epochs=2)
+
+    first = fit(tiny_model(seed=5), train, val, config)
+    second = fit(tiny_model(seed=5), train, val, config)
+
+    losses = [(s.train_loss, s.val_loss) for s in first.history]
+    assert losses == [(s.train_loss, s.val_loss) for s in second.history]
+    np.testing.assert_array_equal(
+        predict(first.model, val.inputs), predict(second.model, val.inputs)
+    )
+
+
+def test_another_seed_gives_another_run(windows: tuple[WindowSet, WindowSet]) -> None:
+    train, val = windows
+    config = train_config(epochs=1)
+
+    first = fit(tiny_model(seed=5), train, val, config)
+    second = fit(tiny_model(seed=6), train, val, train_config(epochs=1, seed=1))
+
+    assert first.history[0].train_loss != second.history[0].train_loss
+
+
+def empty_windows() -> WindowSet:
+    return WindowSet(
+        np.empty((0, LOOKBACK, 1), np.float32),
+        np.empty((0, HORIZON, 1), np.float32),
+        np.empty(0, dtype=object),
+    )
+
+
+@pytest.mark.parametrize("empty", ["train", "val"])
+def test_fit_refuses_empty_windows(windows: tuple[WindowSet, WindowSet], empty: str) -> None:
+    train, val = windows
+    if empty == "train":
+        train = empty_windows()
+    else:
+        val = empty_windows()
+
+    with pytest.raises(TrainingError, match="lookback/horizon"):
+        fit(tiny_model(), train, val, train_config())
+
+
+def test_fit_stops_on_a_non_finite_loss(windows: tuple[WindowSet, WindowSet]) -> None:
+    train, val = windows
+    targets = train.targets.copy()
+    targets[0, 0, 0] = np.inf
+    poisoned = WindowSet(train.inputs, targets, train.series)
+
+    with pytest.raises(TrainingError, match="learning rate"):
+        fit(tiny_model(), poisoned, val, train_config(batch_size=len(train)))
+
+
+def test_predict_gives_one_forecast_per_window(
+    trained: TrainResult, windows: tuple[WindowSet, WindowSet]
+) -> None:
+    _, val = windows
+
+    pred = predict(trained.model, val.inputs, batch_size=100)
+
+    assert pred.shape == (len(val), HORIZON, 1)
+    with torch.no_grad():
+        expected = trained.model(torch.from_numpy(val.inputs)).numpy()
+    np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=1e-5)
+    assert predict(trained.model, val.inputs[:0]).shape == (0, HORIZON, 1)

@@ -1,0 +1,409 @@
+"""Pure window functions: resampling, de-duplication, gap policy, training windows, rolling buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.windows import (
+    SERIES,
+    TS,
+    Append,
+    RollingWindow,
+    build_window_sets,
+    deduplicate,
+    freq_to_ms,
+    regularize,
+    resample,
+    sliding_windows,
+)
+
+START = pd.Timestamp("2024-01-01T00:00:00Z")
+STEP = pd.Timedelta(hours=1)
+MAX_GAP = 3
+
+
+def long_frame(series: list[str], offsets: list[pd.Timedelta], **channels: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({SERIES: series, TS: [START + o for o in offsets], **channels})
+
+
+def hourly(series_id: str, steps: list[int], values: list[float]) -> pd.DataFrame:
+    """One series observed at the given hour indices, channel ``x``."""
+    return long_frame([series_id] * len(steps), [k * STEP for k in steps], x=values)
+
+
+def index_series(n_steps: int, offset: float = 0.0) -> pd.DataFrame:
+    """A regular series whose value at step ``k`` is ``offset + k``: values reveal positions."""
+    grid = pd.date_range(START, periods=n_steps, freq="1h", name=TS)
+    return pd.DataFrame({"x": offset + np.arange(n_steps, dtype=np.float64)}, index=grid)
+
+
+# --- freq_to_ms -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("freq", "expected"),
+    [
+        ("1h", 60 * 60 * 1000),
+        ("15min", 15 * 60 * 1000),
+        ("30s", 30 * 1000),
+        ("1D", 24 * 60 * 60 * 1000),
+    ],
+)
+def test_freq_to_ms(freq: str, expected: int) -> None:
+    assert freq_to_ms(freq) == expected
+
+
+# --- deduplicate and resample ---------------------------------------------------------------------
+
+
+def test_deduplicate_keeps_the_first_of_each_series_and_ts() -> None:
+    frame = long_frame(
+        ["a", "a", "b", "a", "a"],
+        [0 * STEP, 0 * STEP, 0 * STEP, 1 * STEP, 0 * STEP],
+        x=[1.0, 9.0, 2.0, 3.0, 7.0],
+    )
+
+    kept, dropped = deduplicate(frame)
+
+    assert dropped == 2
+    assert list(zip(kept[SERIES], kept["x"], strict=True)) == [("a", 1.0), ("b", 2.0), ("a", 3.0)]
+
+
+def test_deduplicate_without_duplicates_keeps_everything() -> None:
+    frame = hourly("a", [0, 1, 2], [1.0, 2.0, 3.0])
+
+    kept, dropped = deduplicate(frame)
+
+    assert dropped == 0
+    pd.testing.assert_frame_equal(kept, frame)
+
+
+def test_resample_floors_timestamps_and_averages_within_a_step() -> None:
+    minutes = pd.Timedelta(minutes=1)
+    frame = long_frame(
+        ["a", "a", "a", "b"],
+        [10 * minutes, 50 * minutes, 80 * minutes, 59 * minutes],
+        x=[1.0, 3.0, 5.0, 7.0],
+    )
+
+    out = resample(frame, "1h")
+
+    assert out[SERIES].tolist() == ["a", "a", "b"]
+    assert out[TS].tolist() == [START, START + STEP, START]
+    assert out["x"].tolist() == [2.0, 5.0, 7.0]
+
+
+def test_resample_averages_each_channel_separately() -> None:
+    frame = long_frame(["a", "a"], [pd.Timedelta(0), pd.Timedelta(minutes=30)], x=[1.0, 3.0])
+    frame["y"] = [10.0, 30.0]
+
+    out = resample(frame, "1h")
+
+    assert out[["x", "y"]].to_numpy().tolist() == [[2.0, 20.0]]
+
+
+# --- regularize -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gap", [1, MAX_GAP - 1, MAX_GAP])
+def test_regularize_interpolates_a_gap_up_to_max_gap(gap: int) -> None:
+    # Values lie on a line 2k + 1, so linear interpolation must recover them exactly.
+    steps = [0, 1, 2, *range(3 + gap, 8 + gap)]
+    frame = hourly("a", steps, [2.0 * k + 1 for k in steps])
+
+    out = regularize(frame, "1h", max_gap=MAX_GAP)
+
+    n_steps = 8 + gap
+    assert out.index.tolist() == [START + k * STEP for k in range(n_steps)]
+    np.testing.assert_allclose(out["x"].to_numpy(), 2.0 * np.arange(n_steps) + 1)
+
+
+@pytest.mark.parametrize("gap", [MAX_GAP + 1, MAX_GAP + 5])
+def test_regularize_leaves_a_gap_longer_than_max_gap_missing(gap: int) -> None:
+    steps = [0, 1, 2, *range(3 + gap, 8 + gap)]
+    frame = hourly("a", steps, [2.0 * k + 1 for k in steps])
+
+    out = regularize(frame, "1h", max_gap=MAX_GAP)
+
+    values = out["x"].to_numpy()
+    assert len(values) == 8 + gap
+    assert np.isnan(values[3 : 3 + gap]).all()
+    observed = np.array(steps)
+    np.testing.assert_array_equal(values[observed], 2.0 * observed + 1)
+
+
+def test_regularize_applies_the_policy_per_gap() -> None:
+    # A short gap (1 step) then a long one (MAX_GAP + 1 steps) in the same series.
+    steps = [0, 2, 3, 4 + MAX_GAP + 1, 5 + MAX_GAP + 1]
+    frame = hourly("a", steps, [float(k) for k in steps])
+
+    values = regularize(frame, "1h", max_gap=MAX_GAP)["x"].to_numpy()
+
+    assert values[1] == 1.0
+    assert np.isnan(values[4 : 4 + MAX_GAP + 1]).all()
+    assert not np.isnan(np.delete(values, range(4, 4 + MAX_GAP + 1))).any()
+
+
+def test_regularize_sorts_time() -> None:
+    frame = hourly("a", [2, 0, 1], [2.0, 0.0, 1.0])
+
+    out = regularize(frame, "1h", max_gap=MAX_GAP)
+
+    assert out["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+# --- sliding_windows ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_steps", "lookback", "horizon", "n_channels"),
+    [(10, 3, 2, 1), (50, 24, 6, 3), (8, 4, 4, 2), (20, 1, 1, 1)],
+)
+def test_sliding_windows_shapes_and_values(
+    n_steps: int, lookback: int, horizon: int, n_channels: int
+) -> None:
+    values = np.arange(n_steps * n_channels, dtype=np.float64).reshape(n_steps, n_channels)
+
+    inputs, targets = sliding_windows(values, lookback, horizon)
+
+    n_windows = n_steps - lookback - horizon + 1
+    assert inputs.shape == (n_windows, lookback, n_channels)
+    assert targets.shape == (n_windows, horizon, n_channels)
+    assert inputs.dtype == targets.dtype == np.float32
+    for i in range(n_windows):
+        np.testing.assert_array_equal(inputs[i], values[i : i + lookback])
+        np.testing.assert_array_equal(targets[i], values[i + lookback : i + lookback + horizon])
+
+
+def test_sliding_windows_drop_windows_with_nan() -> None:
+    n_steps, lookback, horizon, hole = 20, 4, 2, 9
+    values = np.arange(n_steps, dtype=np.float64).reshape(n_steps, 1)
+    values[hole] = np.nan
+
+    inputs, targets = sliding_windows(values, lookback, horizon)
+
+    # A window starting at i covers steps i .. i + L + H - 1.
+    clean_starts = [i for i in range(n_steps - lookback - horizon + 1) if not i <= hole < i + 6]
+    assert inputs[:, 0, 0].tolist() == clean_starts
+    assert not np.isnan(inputs).any()
+    assert not np.isnan(targets).any()
+
+
+def test_sliding_windows_nan_in_any_channel_drops_the_window() -> None:
+    values = np.ones((6, 2))
+    values[0, 1] = np.nan
+
+    inputs, _ = sliding_windows(values, lookback=2, horizon=1)
+
+    assert len(inputs) == 6 - 2 - 1 + 1 - 1
+
+
+@pytest.mark.parametrize("n_steps", [0, 3, 4])
+def test_sliding_windows_too_short_series_gives_no_windows(n_steps: int) -> None:
+    inputs, targets = sliding_windows(np.zeros((n_steps, 2)), lookback=3, horizon=2)
+
+    assert inputs.shape == (0, 3, 2)
+    assert targets.shape == (0, 2, 2)
+
+
+# --- build_window_sets ----------------------------------------------------------------------------
+
+
+def test_build_window_sets_splits_each_series_in_time() -> None:
+    n_steps, lookback, horizon, val_fraction = 100, 8, 4, 0.2
+    cut = n_steps - int(n_steps * val_fraction)  # first step whose target is validation
+
+    train, val = build_window_sets(
+        {"a": index_series(n_steps)}, ["x"], lookback, horizon, val_fraction
+    )
+
+    assert train.targets.max() < cut
+    assert val.targets.min() >= cut
+    # Nothing is lost at the seam: the first validation target is the first validation step,
+    # and every training target step up to the cut is used.
+    assert val.targets[:, 0, 0].tolist() == list(range(cut, n_steps - horizon + 1))
+    assert train.targets[:, -1, 0].max() == cut - 1
+    # Validation inputs may look back into the training part.
+    assert val.inputs.min() == cut - lookback
+
+
+def test_build_window_sets_stacks_series_with_labels() -> None:
+    lookback, horizon, val_fraction = 6, 3, 0.25
+    series = {"a": index_series(60), "b": index_series(40, offset=1000.0)}
+
+    train, val = build_window_sets(series, ["x"], lookback, horizon, val_fraction)
+
+    for windows in (train, val):
+        assert len(windows.series) == len(windows) == len(windows.targets)
+        from_b = windows.series == "b"
+        assert set(windows.series) == {"a", "b"}
+        assert (windows.inputs[from_b] >= 1000).all()
+        assert (windows.inputs[~from_b] < 1000).all()
+    # Each series is split at its own last quarter.
+    for series_id, n_steps, offset in (("a", 60, 0.0), ("b", 40, 1000.0)):
+        cut = offset + n_steps - int(n_steps * val_fraction)
+        assert train.targets[train.series == series_id].max() < cut
+        assert val.targets[val.series == series_id].min() >= cut
+    n_train_a = (60 - 15) - lookback - horizon + 1
+    assert (train.series == "a").sum() == n_train_a
+
+
+def test_build_window_sets_never_crosses_a_long_gap() -> None:
+    frame = index_series(60)
+    frame.iloc[20:25] = np.nan
+
+    train, val = build_window_sets({"a": frame}, ["x"], 6, 3, 0.25)
+
+    assert not np.isnan(train.inputs).any()
+    assert not np.isnan(train.targets).any()
+    assert len(val) > 0
+
+
+# --- RollingWindow --------------------------------------------------------------------------------
+
+STEP_MS = 10
+
+
+def rolling(lookback: int = 4, max_gap: int = MAX_GAP, n_channels: int = 1) -> RollingWindow:
+    return RollingWindow(lookback=lookback, n_channels=n_channels, step_ms=STEP_MS, max_gap=max_gap)
+
+
+def feed(window: RollingWindow, steps: list[int]) -> list[Append]:
+    """Append value ``k`` at step ``k`` for each step."""
+    return [window.append(k * STEP_MS, np.array([float(k)])) for k in steps]
+
+
+def test_rolling_window_accepts_a_regular_sequence() -> None:
+    window = rolling(lookback=4)
+
+    outcomes = feed(window, [0, 1, 2])
+
+    assert outcomes == [Append.ACCEPTED] * 3
+    assert not window.is_whole
+    assert feed(window, [3]) == [Append.ACCEPTED]
+    assert window.is_whole
+    assert window.window()[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert window.last_ts_ms == 3 * STEP_MS
+
+
+def test_rolling_window_floors_timestamps_to_the_step() -> None:
+    window = rolling()
+
+    window.append(3 * STEP_MS + 7, np.array([1.0]))
+
+    assert window.last_ts_ms == 3 * STEP_MS
+    assert window.append(3 * STEP_MS + 2, np.array([2.0])) is Append.DUPLICATE
+
+
+def test_rolling_window_drops_a_duplicate_keeping_the_first() -> None:
+    window = rolling(lookback=2)
+    feed(window, [0, 1])
+
+    outcome = window.append(1 * STEP_MS, np.array([99.0]))
+
+    assert outcome is Append.DUPLICATE
+    assert window.window()[:, 0].tolist() == [0.0, 1.0]
+
+
+def test_rolling_window_refuses_a_late_observation() -> None:
+    window = rolling(lookback=3)
+    feed(window, [0, 1, 2])
+
+    outcome = window.append(0, np.array([99.0]))
+
+    assert outcome is Append.LATE
+    assert window.window()[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert window.last_ts_ms == 2 * STEP_MS
+
+
+@pytest.mark.parametrize("gap", range(1, MAX_GAP + 1))
+def test_rolling_window_interpolates_a_short_gap(gap: int) -> None:
+    lookback = 8
+    window = rolling(lookback=lookback)
+    feed(window, [0, 1, 2])
+
+    outcome = window.append((3 + gap) * STEP_MS, np.array([float(3 + gap)]))
+
+    assert outcome is Append.FILLED_GAP
+    n_held = 4 + gap
+    # Value k sits at step k, so interpolated steps must hold their own index.
+    assert window.window()[-n_held:, 0].tolist() == [float(k) for k in range(n_held)]
+    assert window.is_whole == (n_held >= lookback)
+
+
+def test_rolling_window_interpolates_every_channel() -> None:
+    window = rolling(lookback=3, n_channels=2)
+    window.append(0, np.array([0.0, 10.0]))
+
+    window.append(2 * STEP_MS, np.array([2.0, 30.0]))
+
+    np.testing.assert_allclose(window.window(), [[0.0, 10.0], [1.0, 20.0], [2.0, 30.0]])
+
+
+@pytest.mark.parametrize("gap", [MAX_GAP + 1, 50])
+def test_rolling_window_restarts_after_a_long_gap(gap: int) -> None:
+    lookback = 4
+    window = rolling(lookback=lookback)
+    feed(window, [0, 1, 2, 3, 4])
+    assert window.is_whole
+    first = 5 + gap
+
+    assert feed(window, [first]) == [Append.RESTARTED]
+    assert not window.is_whole
+    for k in range(1, lookback - 1):
+        assert feed(window, [first + k]) == [Append.ACCEPTED]
+        assert not window.is_whole
+    feed(window, [first + lookback - 1])
+
+    assert window.is_whole
+    assert window.window()[:, 0].tolist() == [float(first + k) for k in range(lookback)]
+
+
+def test_rolling_window_is_oldest_first_after_wrap_around() -> None:
+    window = rolling(lookback=3)
+
+    feed(window, list(range(10)))
+
+    assert window.window()[:, 0].tolist() == [7.0, 8.0, 9.0]
+
+
+def test_rolling_window_returns_a_copy() -> None:
+    window = rolling(lookback=2)
+    feed(window, [0, 1])
+
+    snapshot = window.window()
+    feed(window, [2])
+
+    assert snapshot[:, 0].tolist() == [0.0, 1.0]
+
+
+def test_rolling_window_memory_is_bounded() -> None:
+    lookback, n_channels = 16, 3
+    window = rolling(lookback=lookback, n_channels=n_channels)
+    ring = window._ring  # the only storage the window holds
+    ring_shape, ring_bytes = ring.shape, ring.nbytes
+
+    for k in range(10_000):
+        window.append(k * STEP_MS, np.full(n_channels, float(k)))
+
+    assert window._ring is ring
+    assert (window._ring.shape, window._ring.nbytes) == (ring_shape, ring_bytes)
+    assert window.window().shape == (lookback, n_channels)
+    assert window.window()[:, 0].tolist() == [float(k) for k in range(10_000 - lookback, 10_000)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: RollingWindow._interpolate keeps a view of the previous ring row; when a "
+    "fillable gap is longer than lookback (max_gap > lookback) the ring wraps onto that row "
+    "and later interpolated values are computed from an overwritten anchor",
+)
+def test_rolling_window_interpolates_a_gap_longer_than_lookback() -> None:
+    window = rolling(lookback=2, max_gap=5)
+    feed(window, [0])
+
+    assert feed(window, [4]) == [Append.FILLED_GAP]
+
+    assert window.window()[:, 0].tolist() == [3.0, 4.0]

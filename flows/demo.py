@@ -50,7 +50,8 @@ class DemoSummary:
     def lines(self) -> list[str]:
         gain = 1 - self.val_mse / self.seasonal_naive_mse if self.seasonal_naive_mse else 0.0
         return [
-            f"records in        {self.records_in} ({self.rows_stored} rows stored, {self.dead_letters} dead letters)",
+            f"records in        {self.records_in} ({self.rows_stored} rows stored,"
+            f" {self.dead_letters} dead letters)",
             f"forecasts out     {self.forecasts_out} for {self.series_forecast} series",
             f"model             {self.model_name} v{self.model_version}"
             + (" (champion)" if self.promoted else " (not promoted)"),

@@ -1,4 +1,7 @@
-"""Serve flow: the rolling forecast loop as a Prefect run (the `rollcast serve` process is the same loop)."""
+"""Serve flow: the rolling forecast loop as a Prefect run.
+
+The `rollcast serve` process runs the same loop without Prefect.
+"""
 
 from __future__ import annotations
 

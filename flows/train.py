@@ -19,7 +19,9 @@ from pipeline.windows import SERIES, TS, WindowSet, build_window_sets
 def load_series(store: StoreSettings) -> dict[str, pd.DataFrame]:
     series = load_regular_series(SeriesStore(store.store_dir), store.freq, store.max_gap)
     if not series:
-        raise TrainingError(f"the series store {store.store_dir} is empty: run `rollcast ingest` first")
+        raise TrainingError(
+            f"the series store {store.store_dir} is empty: run `rollcast ingest` first"
+        )
     return series
 
 
@@ -68,7 +70,9 @@ def score_champion(
         return None
     champion = registry.load_version(mlflow_settings, version)
     if not champion.model.config.serves_like(config):
-        get_run_logger().warning("champion v%s has other inputs or outputs: not comparable", version)
+        get_run_logger().warning(
+            "champion v%s has other inputs or outputs: not comparable", version
+        )
         return None
     return score_forecaster(champion.model, val, season).mse
 
@@ -80,12 +84,16 @@ def crown(
     challenger_mse: float,
     champion_mse: float | None,
 ) -> bool:
-    """Move the champion alias to the challenger if it wins (or if there is no comparable champion)."""
+    """Move the champion alias to the challenger if it wins, or if no champion compares."""
     wins = champion_mse is None or challenger_mse < champion_mse
     registry.tag_version(
         mlflow_settings,
         challenger.version,
-        {"val_mse": f"{challenger_mse:.6f}", "champion_val_mse": str(champion_mse), "promoted": str(wins)},
+        {
+            "val_mse": f"{challenger_mse:.6f}",
+            "champion_val_mse": str(champion_mse),
+            "promoted": str(wins),
+        },
     )
     if wins:
         registry.promote(mlflow_settings, challenger.version)
@@ -109,7 +117,9 @@ def train_flow(
 ) -> dict[str, object]:
     """Train a challenger on the whole store and promote it if it beats the champion."""
     overrides = {"lookback": lookback, "horizon": horizon, "hidden_size": hidden_size}
-    model_settings = ModelSettings(**{k: v for k, v in overrides.items() if v is not None})
+    model_settings = ModelSettings().model_copy(
+        update={k: v for k, v in overrides.items() if v is not None}
+    )
     train_settings = TrainSettings() if epochs is None else TrainSettings(epochs=epochs)
     store, mlflow_settings = StoreSettings(), MlflowSettings()
     registry.configure(mlflow_settings, store)
@@ -120,7 +130,11 @@ def train_flow(
     train_config = train_config_from(train_settings)
     result = train_challenger(train, val, config, train_config)
     card = score_challenger(result, val, model_settings.season)
-    data_params = {"series": len(series), "train_windows": len(train), "val_windows": len(val)}
+    data_params: dict[str, object] = {
+        "series": len(series),
+        "train_windows": len(train),
+        "val_windows": len(val),
+    }
     logged = log_challenger(
         mlflow_settings, result, train_config, card, val, input_example(series, config), data_params
     )
@@ -137,9 +151,13 @@ def train_flow(
     }
 
 
-def forecaster_config(settings: ModelSettings, channels: tuple[str, ...], freq: str) -> ForecasterConfig:
+def forecaster_config(
+    settings: ModelSettings, channels: tuple[str, ...], freq: str
+) -> ForecasterConfig:
     if not channels:
-        raise TrainingError("the stored series share no channel: a single model cannot serve them all")
+        raise TrainingError(
+            "the stored series share no channel: a single model cannot serve them all"
+        )
     return ForecasterConfig(
         channels=channels,
         lookback=settings.lookback,

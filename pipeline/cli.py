@@ -83,7 +83,11 @@ def cmd_broker(args: argparse.Namespace) -> None:
 
     with EmbeddedBroker(port=args.port) as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-        create_topics(kafka, [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter], kafka.topic_partitions)
+        create_topics(
+            kafka,
+            [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter],
+            kafka.topic_partitions,
+        )
         print(f"export ROLLCAST_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
         print("embedded broker running (memory storage); Ctrl-C stops it", flush=True)
         _block_until_signal()
@@ -150,7 +154,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     kafka = KafkaSettings()
     bootstrap_servers(kafka)
     serve = ServeSettings() if args.idle_s is None else ServeSettings(serve_idle_s=args.idle_s)
-    stats, _ = serve_from_settings(kafka, StoreSettings(), MlflowSettings(), serve, args.max_records)
+    stats, _ = serve_from_settings(
+        kafka, StoreSettings(), MlflowSettings(), serve, args.max_records
+    )
     print(json.dumps(stats.as_dict()))
 
 

@@ -40,7 +40,9 @@ def seasonal_naive(inputs: np.ndarray, horizon: int, season: int) -> np.ndarray:
     Raises ``ValueError`` when the lookback is shorter than one season.
     """
     if inputs.shape[1] < season:
-        raise ValueError(f"seasonal naive needs lookback >= season ({season}), got {inputs.shape[1]}")
+        raise ValueError(
+            f"seasonal naive needs lookback >= season ({season}), got {inputs.shape[1]}"
+        )
     last_season = inputs[:, -season:, :]
     repeats = -(-horizon // season)  # ceiling division
     return np.tile(last_season, (1, repeats, 1))[:, :horizon, :]

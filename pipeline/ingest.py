@@ -58,7 +58,9 @@ class IngestReport:
         }
 
 
-def store_observations(observations: list[Observation], store: SeriesStore, freq: str) -> tuple[int, int]:
+def store_observations(
+    observations: list[Observation], store: SeriesStore, freq: str
+) -> tuple[int, int]:
     """De-duplicate, resample and append; return (rows written, duplicates dropped in the batch)."""
     if not observations:
         return 0, 0
@@ -139,7 +141,10 @@ class IngestError(RollcastError):
 
 
 def ingest_from_settings(
-    kafka: KafkaSettings, store: StoreSettings, ingest: IngestSettings, max_records: int | None = None
+    kafka: KafkaSettings,
+    store: StoreSettings,
+    ingest: IngestSettings,
+    max_records: int | None = None,
 ) -> IngestReport:
     """The ingest stage wired to Kafka and the Parquet store."""
     source = StreamSource(kafka, kafka.topic_observations, ingest.ingest_group)

@@ -61,7 +61,9 @@ def _check_reachable(servers: str) -> None:
     for address in servers.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            socket.create_connection(
+                (host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S
+            ).close()
             return
         except (OSError, ValueError):
             continue
@@ -163,7 +165,9 @@ class Publisher:
         self._pending: list[Any] = []
 
     def send_forecast(self, forecast: Forecast) -> None:
-        self._send(self._settings.topic_forecasts, forecast.series.encode(), forecast_to_bytes(forecast))
+        self._send(
+            self._settings.topic_forecasts, forecast.series.encode(), forecast_to_bytes(forecast)
+        )
 
     def send_dead_letter(self, dead: DeadLetter) -> None:
         self._send(
@@ -171,7 +175,9 @@ class Publisher:
         )
 
     def send_observation(self, obs: Observation) -> None:
-        self._send(self._settings.topic_observations, obs.series.encode(), observation_to_bytes(obs))
+        self._send(
+            self._settings.topic_observations, obs.series.encode(), observation_to_bytes(obs)
+        )
 
     def _send(
         self,
@@ -183,14 +189,16 @@ class Publisher:
         self._pending.append(self._producer.send(topic, key=key, value=value, headers=headers))
 
     def flush(self, timeout_s: float = 60.0) -> int:
-        """Block until the broker acknowledged every send; raise if any failed. Returns the count."""
+        """Wait for the broker to acknowledge every send; raise if one failed; return the count."""
         self._producer.flush(timeout=timeout_s)
         pending, self._pending = self._pending, []
         for future in pending:
             try:
                 future.get(timeout=timeout_s)
             except KafkaError as err:
-                raise BrokerUnavailableError(f"the broker did not acknowledge a record: {err}") from err
+                raise BrokerUnavailableError(
+                    f"the broker did not acknowledge a record: {err}"
+                ) from err
         return len(pending)
 
     def close(self) -> None:
@@ -220,7 +228,9 @@ def read_topic(
         consumer.close(autocommit=False)
 
 
-def replay(publisher: Publisher, observations: Iterable[Observation], total: int | None = None) -> int:
+def replay(
+    publisher: Publisher, observations: Iterable[Observation], total: int | None = None
+) -> int:
     """Produce observations in order, showing progress; return how many the broker acknowledged."""
     progress = Progress("replay", total, logger)
     sent = 0

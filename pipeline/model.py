@@ -75,6 +75,7 @@ class StackedLSTMForecaster(nn.Module):
         )
         self.head = nn.Linear(config.hidden_size, config.horizon * config.n_channels)
         # Per-channel spread of the training data; set by `fit_scale`, saved with the weights.
+        self.scale: torch.Tensor
         self.register_buffer("scale", torch.ones(config.n_channels))
 
     def fit_scale(self, inputs: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""The MLflow model-from-code entry: MLflow runs this file to build the pyfunc, so nothing is unpickled."""
+"""The MLflow model-from-code entry: MLflow runs this file to build the pyfunc; no pickle."""
 
 from mlflow.models import set_model
 

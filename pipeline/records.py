@@ -78,7 +78,7 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Forecast:
-    """``horizon`` future steps of every channel for one series, issued at its last observed step."""
+    """``horizon`` future steps of every channel of one series, issued at its last step."""
 
     series: str
     issued_at_ms: int

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from pipeline import RollcastError
@@ -63,7 +64,7 @@ def configure(mlflow_settings: MlflowSettings, store: StoreSettings) -> str:
     return str(mlflow.create_experiment(mlflow_settings.mlflow_experiment, location))
 
 
-class ForecasterPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class ForecasterPyfunc(PythonModel):
     """Recent observations in (``series``, ``ts``, channels), forecasts out (plus ``step``).
 
     ``ts`` is ISO-8601 text in and out, as on the wire (MLflow schemas hold no time zones).
@@ -77,7 +78,7 @@ class ForecasterPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
 
 def forecast_frame(model: StackedLSTMForecaster, recent: pd.DataFrame) -> pd.DataFrame:
-    """Forecast every series in a frame of recent observations (at least ``lookback`` steps each)."""
+    """Forecast every series in a frame of recent observations (``lookback`` steps or more)."""
     config = model.config
     frame = recent if SERIES in recent.columns else recent.assign(**{SERIES: "series"})
     frame = resample(frame.assign(**{TS: pd.to_datetime(frame[TS], utc=True)}), config.freq)
@@ -85,7 +86,9 @@ def forecast_frame(model: StackedLSTMForecaster, recent: pd.DataFrame) -> pd.Dat
     for series_id, rows in frame.groupby(SERIES):
         values = regularize(rows, config.freq, max_gap=config.lookback)[list(config.channels)]
         if len(values) < config.lookback or values.tail(config.lookback).isna().any(axis=None):
-            raise RegistryError(f"series {series_id!r} has fewer than {config.lookback} recent steps")
+            raise RegistryError(
+                f"series {series_id!r} has fewer than {config.lookback} recent steps"
+            )
         ids.append(series_id)
         windows.append(values.tail(config.lookback).to_numpy(np.float32))
         last_ts.append(values.index[-1])
@@ -123,22 +126,36 @@ def log_training_run(
     with mlflow.start_run(run_name=f"train-{settings.model_name}") as run:
         mlflow.log_params(_params(result.model, train_config, data_params))
         for stats in result.history:
-            mlflow.log_metrics({"train_loss": stats.train_loss, "val_loss": stats.val_loss}, step=stats.epoch)
-        mlflow.log_metrics({**card.as_metrics(), "best_epoch": result.best_epoch, "samples_per_s": result.samples_per_s})
+            mlflow.log_metrics(
+                {"train_loss": stats.train_loss, "val_loss": stats.val_loss}, step=stats.epoch
+            )
+        mlflow.log_metrics(
+            {
+                **card.as_metrics(),
+                "best_epoch": result.best_epoch,
+                "samples_per_s": result.samples_per_s,
+            }
+        )
         mlflow.log_figure(loss_figure(result), "plots/loss.png")
         mlflow.log_figure(forecast_figure(result.model, val), "plots/validation_forecast.png")
         version = _log_model(settings, result.model, example)
-    logger.info("logged run %s, registered %s version %s", run.info.run_id, settings.model_name, version)
+    logger.info(
+        "logged run %s, registered %s version %s", run.info.run_id, settings.model_name, version
+    )
     return LoggedVersion(run.info.run_id, version)
 
 
-def _params(model: StackedLSTMForecaster, train_config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+def _params(
+    model: StackedLSTMForecaster, train_config: TrainConfig, data: dict[str, Any]
+) -> dict[str, Any]:
     model_params = {f"model.{k}": v for k, v in model.config.to_dict().items()}
     train_params = {f"train.{k}": v for k, v in asdict(train_config).items()}
     return {**model_params, **train_params, **{f"data.{k}": v for k, v in data.items()}}
 
 
-def _log_model(settings: MlflowSettings, model: StackedLSTMForecaster, example: pd.DataFrame) -> str:
+def _log_model(
+    settings: MlflowSettings, model: StackedLSTMForecaster, example: pd.DataFrame
+) -> str:
     model = model.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE)
@@ -205,7 +222,9 @@ class RegisteredForecaster:
 def champion_version(settings: MlflowSettings) -> str | None:
     """The version the champion alias points at, or None if there is no champion yet."""
     try:
-        found = MlflowClient().get_model_version_by_alias(settings.model_name, settings.champion_alias)
+        found = MlflowClient().get_model_version_by_alias(
+            settings.model_name, settings.champion_alias
+        )
     except MlflowException:
         return None
     return str(found.version)

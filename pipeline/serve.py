@@ -98,7 +98,9 @@ class RollingForecaster:
     def model(self) -> StackedLSTMForecaster:
         return self.forecaster.model
 
-    def observe(self, record: RawRecord, obs: Observation, stats: ServeStats) -> ForecastRequest | DeadLetter | None:
+    def observe(
+        self, record: RawRecord, obs: Observation, stats: ServeStats
+    ) -> ForecastRequest | DeadLetter | None:
         """Add one observation to its series' window; say what it asks for."""
         channels = self.model.config.channels
         missing = [c for c in channels if c not in obs.values]
@@ -107,7 +109,9 @@ class RollingForecaster:
         window = self._window(obs.series, stats)
         outcome = window.append(obs.ts_ms, np.array([obs.values[c] for c in channels], np.float32))
         if outcome is Append.LATE:
-            return DeadLetter(record, LATE, f"older than the newest step held ({window.last_ts_ms} ms)")
+            return DeadLetter(
+                record, LATE, f"older than the newest step held ({window.last_ts_ms} ms)"
+            )
         if outcome is Append.DUPLICATE:
             stats.duplicates += 1
         if outcome in FORECASTING and window.is_whole:
@@ -192,7 +196,9 @@ def run_serve(
             progress.advance(len(records), f"{stats.forecasts_out} forecasts")
         if should_stop(stats, not records):
             break
-    progress.finish(f"{stats.forecasts_out} forecasts, {sum(stats.dead_letters.values())} dead letters")
+    progress.finish(
+        f"{stats.forecasts_out} forecasts, {sum(stats.dead_letters.values())} dead letters"
+    )
     return stats
 
 
@@ -214,7 +220,9 @@ def serve_from_settings(
     champion = registry.load_champion(mlflow_settings)
     logger.info("serving %s version %s", champion.name, champion.version)
     rolling = RollingForecaster(champion, store.max_gap, serve.max_series)
-    source = StreamSource(kafka, kafka.topic_observations, serve.serve_group, serve.max_poll_records)
+    source = StreamSource(
+        kafka, kafka.topic_observations, serve.serve_group, serve.max_poll_records
+    )
     publisher = Publisher(kafka)
     try:
         stats = run_serve(source, publisher, rolling, _stop_rule(max_records, serve.serve_idle_s))

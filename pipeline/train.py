@@ -154,7 +154,9 @@ def evaluate_loss(
     return total / len(x)
 
 
-def scaled_mse(model: StackedLSTMForecaster, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def scaled_mse(
+    model: StackedLSTMForecaster, pred: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     """MSE after dividing by the channel scale, so every channel weighs the same."""
     return torch.mean(((pred.float() - target) / model.scale) ** 2)
 

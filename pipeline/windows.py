@@ -40,7 +40,7 @@ def freq_to_ms(freq: str) -> int:
 
 
 def observations_to_frame(observations: Iterable[Observation]) -> pd.DataFrame:
-    """A long frame: one row per observation, columns ``series``, ``ts`` (UTC) and one per channel."""
+    """A long frame: a row per observation; columns ``series``, ``ts`` (UTC), one per channel."""
     rows = [{SERIES: o.series, TS: o.ts_ms, **o.values} for o in observations]
     frame = pd.DataFrame(rows, columns=None if rows else [SERIES, TS])
     frame[TS] = pd.to_datetime(frame[TS], unit="ms", utc=True)
@@ -107,7 +107,9 @@ class WindowSet:
         return len(self.inputs)
 
 
-def sliding_windows(values: np.ndarray, lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+def sliding_windows(
+    values: np.ndarray, lookback: int, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
     """All complete windows of a ``(T, C)`` array, stride 1, with no Python loop over samples.
 
     Returns inputs ``(N, L, C)`` and targets ``(N, H, C)`` with ``N = T - L - H + 1``; windows that
@@ -131,7 +133,7 @@ def sliding_windows(values: np.ndarray, lookback: int, horizon: int) -> tuple[np
 
 def split_point(n_steps: int, val_fraction: float) -> int:
     """Index of the first step whose target belongs to validation (the last ``val_fraction``)."""
-    return n_steps - max(1, int(round(n_steps * val_fraction)))
+    return n_steps - max(1, round(n_steps * val_fraction))
 
 
 def build_window_sets(

@@ -92,7 +92,10 @@ def test_load_csv_uses_the_given_series_id_and_first_column_as_date(tmp_path: Pa
     frame = load_csv(path, series_id="plant-9")
 
     assert frame[SERIES].tolist() == ["plant-9", "plant-9"]
-    assert frame[TS].tolist() == [pd.Timestamp("2023-12-31T22:00:00Z"), pd.Timestamp("2023-12-31T23:00:00Z")]
+    assert frame[TS].tolist() == [
+        pd.Timestamp("2023-12-31T22:00:00Z"),
+        pd.Timestamp("2023-12-31T23:00:00Z"),
+    ]
     assert frame["value"].tolist() == [1.5, 2.5]
 
 
@@ -109,6 +112,7 @@ def test_load_csv_without_numeric_columns(tmp_path: Path) -> None:
         load_csv(path)
 
 
+@pytest.mark.filterwarnings("ignore:Could not infer format:UserWarning")
 def test_load_csv_with_a_date_column_that_is_not_dates(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("date,OT\nmonday,1.0\ntuesday,2.0\n")

@@ -1,4 +1,4 @@
-"""The demo path with a tiny model, on the real broker, a real MLflow store and a real Prefect API."""
+"""The demo path with a tiny model: real broker, real MLflow store, real Prefect API."""
 
 from __future__ import annotations
 
@@ -106,7 +106,12 @@ def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
 
     assert len(out) == 2 * HORIZON
     assert set(out["series"]) == set(fleet["series"])
-    assert out.groupby("series")["step"].apply(list).map(lambda s: s == list(range(1, HORIZON + 1))).all()
+    assert (
+        out.groupby("series")["step"]
+        .apply(list)
+        .map(lambda s: s == list(range(1, HORIZON + 1)))
+        .all()
+    )
     last = pd.to_datetime(recent.groupby("series")["ts"].max(), utc=True)
     first_step = pd.to_datetime(out[out["step"] == 1].set_index("series")["ts"], utc=True)
     assert (first_step - last.loc[first_step.index] == pd.Timedelta(hours=1)).all()

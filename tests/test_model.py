@@ -50,7 +50,9 @@ def test_forecast_shape_is_batch_horizon_channels(num_layers: int, norm: str) ->
 
 
 @pytest.mark.parametrize(("channels", "lookback", "horizon"), [(("OT",), 1, 1), (CHANNELS, 48, 24)])
-def test_forecast_shape_follows_config(channels: tuple[str, ...], lookback: int, horizon: int) -> None:
+def test_forecast_shape_follows_config(
+    channels: tuple[str, ...], lookback: int, horizon: int
+) -> None:
     config = small_config(channels=channels, lookback=lookback, horizon=horizon)
 
     out = build(config)(batch(config, size=2))
@@ -172,7 +174,7 @@ def is_safe(value: object) -> bool:
 
 
 def test_checkpoint_of_missing_file_raises_checkpoint_error(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="absent.pt"):
+    with pytest.raises(CheckpointError, match=r"absent\.pt"):
         load_checkpoint(tmp_path / "absent.pt")
 
 

@@ -236,7 +236,6 @@ def test_forecast_step_timestamps_are_issued_at_plus_k_steps() -> None:
     assert [parse_observation_ts(step["ts"]) for step in steps] == expected
 
 
-
 # --- dead letters and triage --------------------------------------------------------------------
 
 

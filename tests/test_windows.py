@@ -1,4 +1,4 @@
-"""Pure window functions: resampling, de-duplication, gap policy, training windows, rolling buffers."""
+"""Pure window functions: resampling, de-duplication, gaps, training windows, rolling buffers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ STEP = pd.Timedelta(hours=1)
 MAX_GAP = 3
 
 
-def long_frame(series: list[str], offsets: list[pd.Timedelta], **channels: list[float]) -> pd.DataFrame:
+def long_frame(
+    series: list[str], offsets: list[pd.Timedelta], **channels: list[float]
+) -> pd.DataFrame:
     return pd.DataFrame({SERIES: series, TS: [START + o for o in offsets], **channels})
 
 

@@ -11,6 +11,7 @@ and it is loaded with ``weights_only=True``: no arbitrary code is unpickled.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,6 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> StackedLS
         blob = torch.load(path, map_location=device, weights_only=True)
         model = StackedLSTMForecaster(ForecasterConfig.from_dict(blob["config"]))
         model.load_state_dict(blob["state_dict"])
-    except (OSError, KeyError, RuntimeError, TypeError) as err:
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, IndexError, RuntimeError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot load forecaster checkpoint {path}: {err}") from err
     return model.to(device).eval()

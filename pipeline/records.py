@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline import RollcastError
@@ -36,6 +36,11 @@ KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
 LATE = "late"
 MISSING_CHANNEL = "missing_channel"
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# pandas holds times as int64 nanoseconds: about 1677-09-21 to 2262-04-11. Stay inside it.
+MIN_TS_MS = -9_223_372_036_854
+MAX_TS_MS = 9_223_372_036_854
 
 # A record bigger than this is refused before parsing; a real observation is a few hundred bytes.
 DEFAULT_MAX_RECORD_BYTES = 65536
@@ -169,7 +174,7 @@ def parse_timestamp(ts: Any) -> int:
     if isinstance(ts, int | float):
         if not math.isfinite(ts):
             raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not finite")
-        return int(ts)
+        return _in_range(int(ts), ts)
     if not isinstance(ts, str):
         raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is neither a string nor a number")
     try:
@@ -178,7 +183,14 @@ def parse_timestamp(ts: Any) -> int:
         raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not ISO-8601") from err
     if parsed.tzinfo is None:
         raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} has no time zone")
-    return int(parsed.timestamp() * 1000)
+    # Integer arithmetic: float seconds * 1000 loses a millisecond on some dates.
+    return _in_range((parsed - EPOCH) // timedelta(milliseconds=1), ts)
+
+
+def _in_range(ts_ms: int, original: Any) -> int:
+    if not MIN_TS_MS <= ts_ms <= MAX_TS_MS:
+        raise RecordError(BAD_TIMESTAMP, f"timestamp {original!r} is outside 1678-2261")
+    return ts_ms
 
 
 def format_timestamp(ts_ms: int) -> str:

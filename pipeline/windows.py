@@ -237,7 +237,8 @@ class RollingWindow:
         return np.concatenate([self._ring[start:], self._ring[:start]])
 
     def _interpolate(self, missing: int, values: np.ndarray) -> None:
-        previous = self._ring[(self._count - 1) % self.lookback]
+        # A copy: with max_gap > lookback the ring wraps onto the row being read.
+        previous = self._ring[(self._count - 1) % self.lookback].copy()
         for k in range(1, missing + 1):
             self._push(previous + (values - previous) * (k / (missing + 1)))
 

@@ -208,13 +208,6 @@ def test_checkpoint_for_another_shape_raises_checkpoint_error(
         load_checkpoint(path)
 
 
-UNCAUGHT_UNPICKLING = (
-    "BUG: load_checkpoint catches OSError/KeyError/RuntimeError/TypeError only; on a file that "
-    "is not a checkpoint torch.load raises pickle.UnpicklingError, IndexError or EOFError, "
-    "which escape as themselves instead of CheckpointError"
-)
-
-
 @pytest.mark.parametrize(
     "content",
     [
@@ -223,7 +216,6 @@ UNCAUGHT_UNPICKLING = (
         pytest.param(b"", id="empty"),
     ],
 )
-@pytest.mark.xfail(strict=True, reason=UNCAUGHT_UNPICKLING)
 def test_garbage_checkpoint_raises_checkpoint_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "garbage.pt"
     path.write_bytes(content)
@@ -232,11 +224,6 @@ def test_garbage_checkpoint_raises_checkpoint_error(tmp_path: Path, content: byt
         load_checkpoint(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_checkpoint does not catch the ValueError StackedLSTMForecaster raises "
-    "for a checkpoint whose config holds an unknown norm",
-)
 def test_checkpoint_with_invalid_config_raises_checkpoint_error(
     trained_like: tuple[StackedLSTMForecaster, Path], tmp_path: Path
 ) -> None:

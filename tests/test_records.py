@@ -148,12 +148,6 @@ def test_record_at_the_size_limit_is_accepted() -> None:
     assert parse_observation(value, max_bytes=len(value)).series == "t1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_timestamp accepts any integer epoch ms; one pandas cannot represent "
-    "passes validation and later raises OutOfBoundsDatetime in observations_to_frame, "
-    "failing the whole ingest batch instead of dead-lettering one record",
-)
 def test_epoch_ms_out_of_datetime_range_is_bad_timestamp() -> None:
     with pytest.raises(RecordError) as caught:
         parse_observation(observation_json(ts=10**20))
@@ -179,11 +173,6 @@ def test_observation_round_trips_through_bytes(ts_ms: int) -> None:
     assert parse_observation(observation_to_bytes(obs), key=b"sensor-007") == obs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_timestamp computes int(datetime.timestamp() * 1000); float rounding "
-    "truncates some millisecond ISO timestamps (e.g. years 2004, 2038) one ms low",
-)
 def test_millisecond_iso_timestamp_round_trips_exactly() -> None:
     moment = datetime(2004, 11, 1, 22, 11, 33, 534_000, tzinfo=UTC)
     obs = Observation("t1", epoch_ms(moment), {"OT": 1.0})

@@ -396,12 +396,6 @@ def test_rolling_window_memory_is_bounded() -> None:
     assert window.window()[:, 0].tolist() == [float(k) for k in range(10_000 - lookback, 10_000)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RollingWindow._interpolate keeps a view of the previous ring row; when a "
-    "fillable gap is longer than lookback (max_gap > lookback) the ring wraps onto that row "
-    "and later interpolated values are computed from an overwritten anchor",
-)
 def test_rolling_window_interpolates_a_gap_longer_than_lookback() -> None:
     window = rolling(lookback=2, max_gap=5)
     feed(window, [0])

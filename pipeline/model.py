@@ -25,6 +25,19 @@ from pipeline import RollcastError
 MIN_SCALE = 1e-6
 
 
+# What torch.load and the rebuild raise for a file that is not a valid checkpoint.
+UNREADABLE_CHECKPOINT = (
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+)
+
+
 class CheckpointError(RollcastError):
     """A checkpoint that cannot be turned back into a model."""
 
@@ -115,6 +128,6 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> StackedLS
         blob = torch.load(path, map_location=device, weights_only=True)
         model = StackedLSTMForecaster(ForecasterConfig.from_dict(blob["config"]))
         model.load_state_dict(blob["state_dict"])
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, IndexError, RuntimeError, TypeError, ValueError) as err:
+    except UNREADABLE_CHECKPOINT as err:
         raise CheckpointError(f"cannot load forecaster checkpoint {path}: {err}") from err
     return model.to(device).eval()

@@ -132,9 +132,9 @@ class StreamSource:
 
     def poll(self, timeout_s: float = 1.0) -> list[RawRecord]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
-        records = [_to_raw(m) for messages in batches.values() for m in messages]
-        records.sort(key=lambda r: r.timestamp_ms)
-        return records
+        # Partition order is the only order Kafka promises, and a series lives in one partition:
+        # keep it (producer timestamps may run backwards).
+        return [_to_raw(m) for messages in batches.values() for m in messages]
 
     def assigned(self) -> bool:
         """Whether the group has given this member its partitions yet."""
@@ -165,27 +165,28 @@ class Publisher:
         self._pending: list[Any] = []
 
     def send_forecast(self, forecast: Forecast) -> None:
-        self._send(
+        self.send_raw(
             self._settings.topic_forecasts, forecast.series.encode(), forecast_to_bytes(forecast)
         )
 
     def send_dead_letter(self, dead: DeadLetter) -> None:
-        self._send(
+        self.send_raw(
             self._settings.topic_deadletter, dead.record.key, dead.record.value, dead.headers()
         )
 
     def send_observation(self, obs: Observation) -> None:
-        self._send(
+        self.send_raw(
             self._settings.topic_observations, obs.series.encode(), observation_to_bytes(obs)
         )
 
-    def _send(
+    def send_raw(
         self,
         topic: str,
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        """Send exact bytes (a replayed dead letter, say); acknowledged by the next flush."""
         self._pending.append(self._producer.send(topic, key=key, value=value, headers=headers))
 
     def flush(self, timeout_s: float = 60.0) -> int:

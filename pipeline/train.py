@@ -85,8 +85,8 @@ def fit(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    result = TrainResult(model=model, device=str(device))
-    best_state, stale, started = copy.deepcopy(model.state_dict()), 0, time.perf_counter()
+    result, best = TrainResult(model=model, device=str(device)), BestWeights(model)
+    started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         tic = time.perf_counter()
         train_loss = _train_epoch(model, optimizer, x_train, y_train, config)
@@ -95,18 +95,33 @@ def fit(
         stats = EpochStats(epoch, train_loss, val_loss, time.perf_counter() - tic)
         _report(stats, config.epochs, on_epoch)
         result.history.append(stats)
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        if stale >= config.patience:
-            logger.info("early stop at epoch %d: no better validation loss in %d", epoch, stale)
+        if best.stale_after(stats) >= config.patience:
+            logger.info(
+                "early stop at epoch %d: no better validation loss since %d", epoch, best.epoch
+            )
             break
-    model.load_state_dict(best_state)
-    elapsed = time.perf_counter() - started
-    result.samples_per_s = len(train) * len(result.history) / max(elapsed, 1e-9)
+    best.restore()
+    result.best_epoch, result.best_val_loss = best.epoch, best.val_loss
+    result.samples_per_s = len(train) * len(result.history) / (time.perf_counter() - started)
     return result
+
+
+class BestWeights:
+    """Keeps a copy of the weights of the epoch with the lowest validation loss."""
+
+    def __init__(self, model: StackedLSTMForecaster) -> None:
+        self.model, self.epoch, self.val_loss = model, 0, float("inf")
+        self._state = copy.deepcopy(model.state_dict())
+
+    def stale_after(self, stats: EpochStats) -> int:
+        """Record an epoch; return how many epochs have passed without improvement."""
+        if stats.val_loss < self.val_loss:
+            self.epoch, self.val_loss = stats.epoch, stats.val_loss
+            self._state = copy.deepcopy(self.model.state_dict())
+        return stats.epoch - self.epoch
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self._state)
 
 
 def _to_device(windows: WindowSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ def _send_raw(kafka: KafkaSettings, messages: list[tuple[bytes, bytes]]) -> None
     publisher = Publisher(kafka)
     try:
         for key, value in messages:
-            publisher._send(kafka.topic_observations, key, value)
+            publisher.send_raw(kafka.topic_observations, key, value)
         publisher.flush()
     finally:
         publisher.close()

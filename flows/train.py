@@ -155,29 +155,10 @@ def forecaster_config(
     settings: ModelSettings, channels: tuple[str, ...], freq: str
 ) -> ForecasterConfig:
     if not channels:
-        raise TrainingError(
-            "the stored series share no channel: a single model cannot serve them all"
-        )
-    return ForecasterConfig(
-        channels=channels,
-        lookback=settings.lookback,
-        horizon=settings.horizon,
-        freq=freq,
-        hidden_size=settings.hidden_size,
-        num_layers=settings.num_layers,
-        dropout=settings.dropout,
-        norm=settings.norm,
-    )
+        raise TrainingError("the stored series share no channel: one model cannot serve them all")
+    shape = settings.model_dump(exclude={"season"})  # season is the baseline's, not the model's
+    return ForecasterConfig(channels=channels, freq=freq, **shape)
 
 
 def train_config_from(settings: TrainSettings) -> TrainConfig:
-    return TrainConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        weight_decay=settings.weight_decay,
-        grad_clip=settings.grad_clip,
-        patience=settings.patience,
-        seed=settings.seed,
-        device=settings.device,
-    )
+    return TrainConfig(**settings.model_dump(exclude={"val_fraction"}))

@@ -38,7 +38,8 @@ class DemoSummary:
     forecasts_out: int
     series_forecast: int
     model_name: str
-    model_version: str
+    model_version: str  # the version this demo trained and registered
+    served_version: str  # the champion that made the forecasts
     promoted: bool
     val_mse: float
     seasonal_naive_mse: float
@@ -53,8 +54,8 @@ class DemoSummary:
             f"records in        {self.records_in} ({self.rows_stored} rows stored,"
             f" {self.dead_letters} dead letters)",
             f"forecasts out     {self.forecasts_out} for {self.series_forecast} series",
-            f"model             {self.model_name} v{self.model_version}"
-            + (" (champion)" if self.promoted else " (not promoted)"),
+            f"model             {self.model_name} v{self.model_version} "
+            + ("(champion)" if self.promoted else f"(not promoted: v{self.served_version} served)"),
             f"validation MSE    {self.val_mse:.4f}  vs seasonal naive {self.seasonal_naive_mse:.4f}"
             f" ({gain:+.0%})  and repeat-last {self.repeat_last_mse:.4f}",
             f"look at the run   {self.mlflow_ui}",
@@ -111,7 +112,8 @@ def summarize(
         forecasts_out=int(served["forecasts_out"]),
         series_forecast=int(served["series_forecast"]),
         model_name=str(trained["model_name"]),
-        model_version=str(served["model_version"]),
+        model_version=str(trained["version"]),
+        served_version=str(served["model_version"]),
         promoted=bool(trained["promoted"]),
         val_mse=float(trained["val_mse"]),
         seasonal_naive_mse=float(trained["val_seasonal_naive_mse"]),

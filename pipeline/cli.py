@@ -14,9 +14,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import RollcastError
 from pipeline.config import KafkaSettings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("pipeline.cli")
 
@@ -102,16 +106,13 @@ def _block_until_signal() -> None:
         pass
 
 
-def _produce(frame_source: Callable[[], object]) -> None:
-    import pandas as pd
-
+def _produce(frame_source: Callable[[], pd.DataFrame]) -> None:
     from pipeline.datasets import frame_to_observations
     from pipeline.kafka_io import Publisher, replay
 
-    frame = frame_source()
-    assert isinstance(frame, pd.DataFrame)
-    publisher = Publisher(KafkaSettings())
+    publisher = Publisher(KafkaSettings())  # fails fast, before the data is built
     try:
+        frame = frame_source()
         sent = replay(publisher, frame_to_observations(frame), total=len(frame))
     finally:
         publisher.close()

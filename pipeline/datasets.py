@@ -19,6 +19,8 @@ from pipeline.windows import SERIES, TS, channel_columns
 
 HOURS_PER_DAY = 24
 HOURS_PER_WEEK = 168
+# A gap needs a step before and after it; shorter series are sent whole.
+MIN_STEPS_FOR_GAPS = 8
 
 
 class DatasetError(RollcastError):
@@ -65,6 +67,8 @@ def _sensor(
             "temp": temp + rng.normal(0, 0.3, len(hours)),
         }
     )
+    if len(hours) < MIN_STEPS_FOR_GAPS:
+        return frame
     starts = rng.integers(1, len(hours) - 3, size=gaps)
     dropped = [step for s in starts for step in range(s, s + rng.integers(1, 3))]
     return frame.drop(index=dropped)

@@ -56,12 +56,15 @@ def configure(mlflow_settings: MlflowSettings, store: StoreSettings) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(mlflow_settings.mlflow_experiment)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    # A local store gets its artifacts beside the data; a server decides for itself.
-    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    location = (store.data_dir / "mlartifacts").resolve().as_uri() if local else None
-    return str(mlflow.create_experiment(mlflow_settings.mlflow_experiment, location))
+    if experiment is None:
+        # A local store gets its artifacts beside the data; a server decides for itself.
+        local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+        location = (store.data_dir / "mlartifacts").resolve().as_uri() if local else None
+        experiment_id = mlflow.create_experiment(mlflow_settings.mlflow_experiment, location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return str(experiment_id)
 
 
 class ForecasterPyfunc(PythonModel):

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from flows.ingest import ingest_flow
 from flows.serve import serve_flow
 from flows.train import train_flow
-from pipeline.config import KafkaSettings, MlflowSettings
+from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
 from pipeline.kafka_io import Publisher, read_topic, replay
 from pipeline.records import parse_timestamp
@@ -62,6 +62,9 @@ def _assert_mlflow_holds_the_run_and_champion(trained: dict) -> None:
     settings = MlflowSettings()
     client = MlflowClient(settings.mlflow_tracking_uri)
     run = client.get_run(trained["run_id"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == settings.mlflow_experiment
+    assert run.info.artifact_uri.startswith(StoreSettings().data_dir.resolve().as_uri())
     assert run.data.params["model.lookback"] == str(LOOKBACK)
     assert "val_mse" in run.data.metrics and "val_seasonal_naive_mse" in run.data.metrics
     losses = client.get_metric_history(run.info.run_id, "val_loss")

@@ -1,0 +1,44 @@
+"""The `rollcast` command as a user runs it: real embedded broker, MLflow store and Prefect API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prints_a_summary_and_ends_with_it_as_json(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in {"ROLLCAST_LOOKBACK": "48", "ROLLCAST_HORIZON": "6"}.items():
+        monkeypatch.setenv(name, value)
+
+    code = main(["demo", "--series", "2", "--records", "600", "--epochs", "2", "--json"])
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert code == 0
+    assert summary["records_in"] == summary["rows_stored"] > 0
+    assert summary["series_forecast"] == 2
+    assert summary["forecasts_out"] > 0
+    assert summary["model_version"] == summary["served_version"] == "1"
+    assert summary["mlflow_ui"].startswith(".venv/bin/mlflow ui --backend-store-uri sqlite:///")
+    assert any(line.strip().startswith("validation MSE") for line in lines)
+
+
+def test_stages_without_a_broker_say_how_to_start_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("ROLLCAST_BOOTSTRAP_SERVERS", raising=False)
+
+    for command in (["ingest"], ["serve"], ["synth", "--records", "10"]):
+        assert main(command) == 2
+        assert "rollcast broker" in capsys.readouterr().err

@@ -208,6 +208,7 @@ def forecast_figure(model: StackedLSTMForecaster, val: WindowSet) -> plt.Figure:
         ax.plot(future, val.targets[i, :, 0], color="black", linestyle="--", label="actual")
         ax.plot(future, pred[:, 0], color="tab:orange", label="forecast")
         ax.set_title(f"{val.series[i]} — {model.config.channels[0]}", fontsize=9)
+    axes[-1, 0].set_xlabel(f"step ({model.config.freq})")
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig

@@ -13,8 +13,8 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline flows tests
-	$(BIN)/ruff format --check pipeline flows tests
+	$(BIN)/ruff check pipeline flows tests benchmarks
+	$(BIN)/ruff format --check pipeline flows tests benchmarks
 	$(BIN)/mypy pipeline
 
 venv: $(STAMP)

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline import registry
 from pipeline.config import MlflowSettings, ModelSettings, StoreSettings, TrainSettings
 from pipeline.evaluate import Scorecard, score_forecaster
-from pipeline.model import ForecasterConfig, StackedLSTMForecaster
+from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.store import SeriesStore, load_regular_series, shared_channels
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
 from pipeline.windows import SERIES, TS, WindowSet, build_window_sets
@@ -37,7 +37,7 @@ def train_challenger(
     train: WindowSet, val: WindowSet, config: ForecasterConfig, train_config: TrainConfig
 ) -> TrainResult:
     get_run_logger().info("training on %d windows, validating on %d", len(train), len(val))
-    return fit(StackedLSTMForecaster(config), train, val, train_config)
+    return fit(build_forecaster(config), train, val, train_config)
 
 
 @task(cache_policy=NO_CACHE)

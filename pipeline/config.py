@@ -90,10 +90,17 @@ class ModelSettings(BaseSettings):
 
     lookback: int = 96
     horizon: int = 24
-    hidden_size: int = 64
+    architecture: Literal["lstm", "dlinear"] = "lstm"
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden_size: int = 128
     num_layers: int = 2
     dropout: float = 0.1
+    bidirectional: bool = False
     norm: Literal["last", "mean", "none"] = "last"
+    channel_independent: bool = True
+    # Steps per input and output segment: a day of hourly data; lookback must be a multiple.
+    segment_len: int = 24
+    decoder: Literal["pmf", "linear"] = "pmf"
     # Period of the seasonal-naive baseline, in steps (24 = daily for hourly data).
     season: int = 24
 
@@ -112,6 +119,7 @@ class TrainSettings(BaseSettings):
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
+    loss: Literal["mse", "l1"] = "mse"
 
 
 class IngestSettings(BaseSettings):

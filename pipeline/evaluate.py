@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.model import StackedLSTMForecaster
+from pipeline.model import Forecaster
 from pipeline.train import predict
 from pipeline.windows import WindowSet
 
@@ -79,7 +79,7 @@ def score(
     )
 
 
-def score_forecaster(model: StackedLSTMForecaster, windows: WindowSet, season: int) -> Scorecard:
+def score_forecaster(model: Forecaster, windows: WindowSet, season: int) -> Scorecard:
     """Forecast every window with ``model`` and score it beside the baselines."""
     pred = predict(model, windows.inputs)
     scale = model.scale.detach().cpu().numpy()

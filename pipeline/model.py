@@ -1,16 +1,27 @@
-"""The forecaster network and its config; nothing else.
+"""The forecaster networks and their config; nothing else.
 
-A stacked LSTM reads the lookback window and a linear head maps its final state to every
-horizon step at once (direct multi-step). Inputs are normalized per window (instance
-normalization) and per channel (a training-set scale), and the output is restored, so one
-model serves series of any level.
+:class:`StackedLSTMForecaster` is a stacked LSTM built the way recurrent forecasters became
+competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every technique an option:
 
+* instance normalization: the window's last value (or mean) is removed and restored;
+* channel independence: each channel is its own sequence through shared weights, told
+  apart by a learned channel embedding;
+* segment-wise input: the lookback is cut into segments of ``segment_len`` steps, each embedded,
+  so the LSTM runs ``lookback / segment_len`` steps instead of ``lookback``;
+* parallel multi-step decoding: every output segment is decoded in one LSTM step from the
+  encoder's final state, told apart by a positional embedding;
+* layers, hidden size, dropout, a bidirectional encoder, and GRU as an alternative cell.
+
+:class:`DLinear` is the linear baseline (Zeng et al. 2023, arXiv:2205.13504).
+
+Both map ``(B, L, C)`` recent values to ``(B, H, C)`` forecasts in the data's own units.
 A checkpoint holds the config beside the weights, so a model can be rebuilt from the file alone,
 and it is loaded with ``weights_only=True``: no arbitrary code is unpickled.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +34,8 @@ from pipeline import RollcastError
 
 # Keeps division safe for a channel that never moved in training.
 MIN_SCALE = 1e-6
-
+# DLinear's moving-average window (the paper's setting for every dataset).
+DLINEAR_KERNEL = 25
 
 # What torch.load and the rebuild raise for a file that is not a valid checkpoint.
 UNREADABLE_CHECKPOINT = (
@@ -44,16 +56,22 @@ class CheckpointError(RollcastError):
 
 @dataclass(frozen=True)
 class ForecasterConfig:
-    """Everything needed to rebuild the network, and what it expects of its input."""
+    """Everything needed to rebuild a network, and what it expects of its input."""
 
     channels: tuple[str, ...]
     lookback: int = 96
     horizon: int = 24
     freq: str = "1h"
-    hidden_size: int = 64
-    num_layers: int = 2
+    architecture: str = "lstm"  # "lstm": StackedLSTMForecaster; "dlinear": DLinear
+    cell: str = "lstm"  # or "gru"
+    hidden_size: int = 128
+    num_layers: int = 1
     dropout: float = 0.1
+    bidirectional: bool = False
     norm: str = "last"  # "last": subtract the window's last value; "mean": its mean; "none"
+    channel_independent: bool = True
+    segment_len: int = 1  # steps per input/output segment; 1 = step by step
+    decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
 
     @property
     def n_channels(self) -> int:
@@ -72,61 +90,197 @@ class ForecasterConfig:
         return cls(**{**data, "channels": tuple(data["channels"])})
 
 
-class StackedLSTMForecaster(nn.Module):
-    """``(B, L, C)`` recent values in, ``(B, H, C)`` forecasts out, in the data's own units."""
+class InstanceNorm(nn.Module):
+    """Removes each window's level and a per-channel training scale; restores both on output."""
 
-    def __init__(self, config: ForecasterConfig) -> None:
+    def __init__(self, n_channels: int, mode: str) -> None:
         super().__init__()
-        if config.norm not in ("last", "mean", "none"):
-            raise ValueError(f"norm must be 'last', 'mean' or 'none', not {config.norm!r}")
-        self.config = config
-        self.lstm = nn.LSTM(
-            input_size=config.n_channels,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
-        self.head = nn.Linear(config.hidden_size, config.horizon * config.n_channels)
+        if mode not in ("last", "mean", "none"):
+            raise ValueError(f"norm must be 'last', 'mean' or 'none', not {mode!r}")
+        self.mode = mode
         # Per-channel spread of the training data; set by `fit_scale`, saved with the weights.
         self.scale: torch.Tensor
-        self.register_buffer("scale", torch.ones(config.n_channels))
+        self.register_buffer("scale", torch.ones(n_channels))
 
-    def fit_scale(self, inputs: torch.Tensor) -> None:
-        """Set the per-channel scale from training inputs ``(N, L, C)``."""
-        spread = inputs.reshape(-1, inputs.shape[-1]).float().std(dim=0)
-        self.scale.copy_(spread.clamp_min(MIN_SCALE))
-
-    def anchor(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-window level removed before the LSTM and restored after: ``(B, 1, C)``."""
-        if self.config.norm == "last":
+    def level(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-window level: ``(B, 1, C)``."""
+        if self.mode == "last":
             return x[:, -1:, :]
-        if self.config.norm == "mean":
+        if self.mode == "mean":
             return x.mean(dim=1, keepdim=True)
         return torch.zeros_like(x[:, -1:, :])
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        level = self.level(x)
+        return (x - level) / self.scale, level
+
+    def restore(self, z: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return z.float() * self.scale + level
+
+
+class StackedLSTMForecaster(nn.Module):
+    """Segment-wise, channel-independent stacked LSTM with parallel multi-step decoding."""
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        _check_shape(config)
+        self.config = config
+        self.norm = InstanceNorm(config.n_channels, config.norm)
+        width = config.segment_len * (1 if config.channel_independent else config.n_channels)
+        hidden = config.hidden_size
+        self.n_in = config.lookback // config.segment_len
+        self.n_out = math.ceil(config.horizon / config.segment_len)
+        self.embed = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
+        rnn = nn.GRU if config.cell == "gru" else nn.LSTM
+        layers: dict[str, Any] = {"num_layers": config.num_layers, "batch_first": True}
+        layers["dropout"] = config.dropout if config.num_layers > 1 else 0.0
+        self.encoder = rnn(hidden, hidden, bidirectional=config.bidirectional, **layers)
+        # SegRNN shares one RNN for both; a bidirectional encoder needs a forward-only decoder.
+        self.decoder = rnn(hidden, hidden, **layers) if config.bidirectional else self.encoder
+        self.position = nn.Parameter(torch.randn(self.n_out, hidden // 2) * 0.02)
+        self.channel = nn.Parameter(torch.randn(config.n_channels, hidden - hidden // 2) * 0.02)
+        self.dropout = nn.Dropout(config.dropout)
+        out_width = (
+            width if config.decoder == "pmf" else config.horizon * width // config.segment_len
+        )
+        self.head = nn.Linear(hidden, out_width)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.norm.scale
+
+    def fit_scale(self, inputs: torch.Tensor) -> None:
+        """Set the per-channel scale from training values ``(..., C)``."""
+        spread = inputs.reshape(-1, inputs.shape[-1]).float().std(dim=0)
+        self.norm.scale.copy_(spread.clamp_min(MIN_SCALE))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        level = self.anchor(x)  # (B, 1, C)
-        z = (x - level) / self.scale  # (B, L, C)
-        states, _ = self.lstm(z)  # (B, L, hidden)
-        out = self.head(states[:, -1])  # (B, H*C)
-        out = out.view(batch, self.config.horizon, self.config.n_channels)  # (B, H, C)
-        return out.float() * self.scale + level
+        z, level = self.norm(x)  # (B, L, C)
+        sequences = self._to_sequences(z)  # (N, L, W/w) with N = B*C or B
+        segments = sequences.reshape(len(sequences), self.n_in, -1)  # (N, n_in, w*width)
+        _, state = self.encoder(self.embed(segments))
+        state = self._merge_directions(state)
+        if self.config.decoder == "pmf":
+            out = self._decode_parallel(state, len(sequences))  # (N, n_out*w*width)
+        else:
+            out = self.head(self.dropout(_last_layer(state)))  # (N, H*width)
+        return self.norm.restore(self._from_sequences(out, x.shape[0]), level)
+
+    def _to_sequences(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.config.channel_independent:
+            return z  # (B, L, C)
+        batch, lookback, channels = z.shape
+        return z.permute(0, 2, 1).reshape(batch * channels, lookback, 1)  # (B*C, L, 1)
+
+    def _from_sequences(self, out: torch.Tensor, batch: int) -> torch.Tensor:
+        horizon, channels = self.config.horizon, self.config.n_channels
+        if self.config.channel_independent:
+            out = out.reshape(batch, channels, -1)[:, :, :horizon]  # (B, C, H)
+            return out.permute(0, 2, 1)  # (B, H, C)
+        return out.reshape(batch, -1, channels)[:, :horizon, :]  # (B, H, C)
+
+    def _merge_directions(self, state: Any) -> Any:
+        if not self.config.bidirectional:
+            return state
+
+        def merge(s: torch.Tensor) -> torch.Tensor:  # (layers*2, N, d) -> (layers, N, d)
+            return s.view(self.config.num_layers, 2, *s.shape[1:]).sum(dim=1)
+
+        return tuple(merge(s) for s in state) if isinstance(state, tuple) else merge(state)
+
+    def _decode_parallel(self, state: Any, n_sequences: int) -> torch.Tensor:
+        """One decoder step per output segment, all at once, from the encoder's final state."""
+        hidden = self.config.hidden_size
+        channel = self.channel if self.config.channel_independent else self.channel[:1]
+        n_groups = n_sequences // len(channel)  # batch size
+        position = self.position.unsqueeze(0).expand(len(channel), -1, -1)  # (C', n_out, d/2)
+        tagged = channel.unsqueeze(1).expand(-1, self.n_out, -1)  # (C', n_out, d - d/2)
+        queries = torch.cat([position, tagged], dim=-1)  # (C', n_out, d)
+        queries = queries.repeat(n_groups, 1, 1).reshape(-1, 1, hidden)  # (N*n_out, 1, d)
+        start = _repeat_state(state, self.n_out)  # (layers, N*n_out, d)
+        decoded, _ = self.decoder(queries, start)  # (N*n_out, 1, d)
+        out = self.head(self.dropout(decoded))  # (N*n_out, 1, w*width)
+        return out.reshape(n_sequences, -1)  # (N, n_out*w*width)
 
 
-def save_checkpoint(model: StackedLSTMForecaster, path: Path) -> Path:
+def _check_shape(config: ForecasterConfig) -> None:
+    if config.lookback % config.segment_len:
+        raise ValueError(
+            f"lookback {config.lookback} must be a multiple of segment_len {config.segment_len}"
+        )
+    if config.cell not in ("lstm", "gru") or config.decoder not in ("pmf", "linear"):
+        raise ValueError(f"unknown cell {config.cell!r} or decoder {config.decoder!r}")
+    if config.decoder == "linear" and config.horizon % config.segment_len:
+        raise ValueError("the linear decoder needs horizon to be a multiple of segment_len")
+
+
+def _last_layer(state: Any) -> torch.Tensor:
+    hidden = state[0] if isinstance(state, tuple) else state
+    return hidden[-1]  # (N, d)
+
+
+def _repeat_state(state: Any, times: int) -> Any:
+    if isinstance(state, tuple):
+        return tuple(s.repeat_interleave(times, dim=1) for s in state)
+    return state.repeat_interleave(times, dim=1)
+
+
+class DLinear(nn.Module):
+    """Moving-average trend plus seasonal remainder, each mapped ``L → H`` by one linear layer
+    shared by every channel."""
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.norm = InstanceNorm(config.n_channels, "none")
+        self.trend = nn.Linear(config.lookback, config.horizon)
+        self.seasonal = nn.Linear(config.lookback, config.horizon)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.norm.scale
+
+    def fit_scale(self, inputs: torch.Tensor) -> None:
+        """DLinear works on the data as given (the LTSF protocol standardizes it first)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        trend = moving_average(x, DLINEAR_KERNEL)  # (B, L, C)
+        seasonal = x - trend
+        out = self.trend(trend.transpose(1, 2)) + self.seasonal(seasonal.transpose(1, 2))
+        return out.transpose(1, 2).float()  # (B, H, C)
+
+
+def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Centred moving average along time of ``(B, L, C)``, ends padded with the edge values."""
+    front = x[:, :1, :].expand(-1, (kernel - 1) // 2, -1)
+    back = x[:, -1:, :].expand(-1, kernel // 2, -1)
+    padded = torch.cat([front, x, back], dim=1).transpose(1, 2)  # (B, C, L + kernel - 1)
+    return nn.functional.avg_pool1d(padded, kernel, stride=1).transpose(1, 2)
+
+
+Forecaster = StackedLSTMForecaster | DLinear
+
+
+def build_forecaster(config: ForecasterConfig) -> Forecaster:
+    if config.architecture == "dlinear":
+        return DLinear(config)
+    if config.architecture == "lstm":
+        return StackedLSTMForecaster(config)
+    raise ValueError(f"unknown architecture {config.architecture!r}: use 'lstm' or 'dlinear'")
+
+
+def save_checkpoint(model: Forecaster, path: Path) -> Path:
     """Write config and weights to one file."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"config": model.config.to_dict(), "state_dict": state}, path)
     return path
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> StackedLSTMForecaster:
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Forecaster:
     """Rebuild a model from :func:`save_checkpoint`'s file, in eval mode."""
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
-        model = StackedLSTMForecaster(ForecasterConfig.from_dict(blob["config"]))
+        model = build_forecaster(ForecasterConfig.from_dict(blob["config"]))
         model.load_state_dict(blob["state_dict"])
     except UNREADABLE_CHECKPOINT as err:
         raise CheckpointError(f"cannot load forecaster checkpoint {path}: {err}") from err

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import RollcastError
 from pipeline.config import MlflowSettings, StoreSettings
 from pipeline.evaluate import Scorecard
-from pipeline.model import StackedLSTMForecaster, load_checkpoint, save_checkpoint
+from pipeline.model import Forecaster, load_checkpoint, save_checkpoint
 from pipeline.records import format_timestamp
 from pipeline.train import TrainConfig, TrainResult, predict
 from pipeline.windows import SERIES, TS, WindowSet, freq_to_ms, regularize, resample
@@ -80,7 +80,7 @@ class ForecasterPyfunc(PythonModel):
         return forecast_frame(self.model, model_input)
 
 
-def forecast_frame(model: StackedLSTMForecaster, recent: pd.DataFrame) -> pd.DataFrame:
+def forecast_frame(model: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
     """Forecast every series in a frame of recent observations (``lookback`` steps or more)."""
     config = model.config
     frame = recent if SERIES in recent.columns else recent.assign(**{SERIES: "series"})
@@ -148,17 +148,13 @@ def log_training_run(
     return LoggedVersion(run.info.run_id, version)
 
 
-def _params(
-    model: StackedLSTMForecaster, train_config: TrainConfig, data: dict[str, Any]
-) -> dict[str, Any]:
+def _params(model: Forecaster, train_config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     model_params = {f"model.{k}": v for k, v in model.config.to_dict().items()}
     train_params = {f"train.{k}": v for k, v in asdict(train_config).items()}
     return {**model_params, **train_params, **{f"data.{k}": v for k, v in data.items()}}
 
 
-def _log_model(
-    settings: MlflowSettings, model: StackedLSTMForecaster, example: pd.DataFrame
-) -> str:
+def _log_model(settings: MlflowSettings, model: Forecaster, example: pd.DataFrame) -> str:
     model = model.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE)
@@ -196,18 +192,19 @@ def loss_figure(result: TrainResult) -> plt.Figure:
     return fig
 
 
-def forecast_figure(model: StackedLSTMForecaster, val: WindowSet) -> plt.Figure:
+def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
     """Forecast vs actual for a few validation windows, first channel, in the data's units."""
     picks = np.linspace(0, len(val) - 1, num=min(PLOTTED_WINDOWS, len(val))).astype(int)
-    preds = predict(model.cpu(), val.inputs[picks])
-    lookback, horizon = val.inputs.shape[1], val.targets.shape[1]
+    shown = val.subset(picks)
+    preds = predict(model.cpu(), shown.inputs)
+    lookback, horizon = val.lookback, val.horizon
     fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.2 * len(picks)), squeeze=False)
-    for ax, i, pred in zip(axes[:, 0], picks, preds, strict=True):
-        ax.plot(range(lookback), val.inputs[i, :, 0], color="black", label="history")
+    for ax, i, pred in zip(axes[:, 0], range(len(picks)), preds, strict=True):
+        ax.plot(range(lookback), shown.inputs[i, :, 0], color="black", label="history")
         future = range(lookback, lookback + horizon)
-        ax.plot(future, val.targets[i, :, 0], color="black", linestyle="--", label="actual")
+        ax.plot(future, shown.targets[i, :, 0], color="black", linestyle="--", label="actual")
         ax.plot(future, pred[:, 0], color="tab:orange", label="forecast")
-        ax.set_title(f"{val.series[i]} — {model.config.channels[0]}", fontsize=9)
+        ax.set_title(f"{shown.series[i]} — {model.config.channels[0]}", fontsize=9)
     axes[-1, 0].set_xlabel(f"step ({model.config.freq})")
     axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -220,7 +217,7 @@ class RegisteredForecaster:
 
     name: str
     version: str
-    model: StackedLSTMForecaster
+    model: Forecaster
 
 
 def champion_version(settings: MlflowSettings) -> str | None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
 from pipeline.kafka_io import Publisher, StreamSource
-from pipeline.model import StackedLSTMForecaster
+from pipeline.model import Forecaster
 from pipeline.progress import Progress
 from pipeline.records import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -95,7 +95,7 @@ class RollingForecaster:
         self.step_ms = freq_to_ms(self.model.config.freq)
 
     @property
-    def model(self) -> StackedLSTMForecaster:
+    def model(self) -> Forecaster:
         return self.forecaster.model
 
     def observe(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -97,14 +97,49 @@ def _missing_run_length(values: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class WindowSet:
-    """Model inputs ``(N, L, C)`` and targets ``(N, H, C)``, float32, with each window's series."""
+    """Windows of ``lookback + horizon`` steps, kept as start indices into series values.
 
-    inputs: np.ndarray
-    targets: np.ndarray
+    ``values`` holds every series back to back as ``(T, C)`` float32; window ``i`` covers rows
+    ``starts[i] : starts[i] + lookback + horizon``. Nothing is copied per window until
+    :attr:`inputs` or :attr:`targets` is read; training gathers batches by index instead.
+    """
+
+    values: np.ndarray  # (T, C) float32
+    starts: np.ndarray  # (N,) int64
+    lookback: int
+    horizon: int
     series: np.ndarray  # (N,) series id of each window
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.starts)
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """``(N, L, C)``"""
+        return self.values[self.starts[:, None] + np.arange(self.lookback)]
+
+    @property
+    def targets(self) -> np.ndarray:
+        """``(N, H, C)``"""
+        return self.values[self.starts[:, None] + self.lookback + np.arange(self.horizon)]
+
+    def subset(self, index: np.ndarray) -> WindowSet:
+        return replace(self, starts=self.starts[index], series=self.series[index])
+
+
+def window_starts(values: np.ndarray, first: int, last: int, span: int) -> np.ndarray:
+    """Starts in ``[first, last]`` of windows of ``span`` rows that hold no NaN.
+
+    >>> v = np.array([[0.0], [1.0], [np.nan], [3.0], [4.0], [5.0]])
+    >>> window_starts(v, 0, 4, span=2).tolist()
+    [0, 3, 4]
+    """
+    first, last = max(first, 0), min(last, len(values) - span)
+    if last < first:
+        return np.empty(0, dtype=np.int64)
+    missing = np.concatenate([[0], np.cumsum(np.isnan(values).any(axis=1))])
+    starts = np.arange(first, last + 1)
+    return starts[missing[starts + span] == missing[starts]].astype(np.int64)
 
 
 def sliding_windows(
@@ -148,32 +183,28 @@ def build_window_sets(
     Each series is split in time: training targets end before its last ``val_fraction`` of steps;
     validation targets lie inside them (their inputs may reach back into the training part).
     """
-    train_parts, val_parts = [], []
+    span = lookback + horizon
+    blocks, train, val, offset = [], [], [], 0
     for series_id, frame in series_values.items():
-        values = frame[list(channels)].to_numpy(dtype=np.float64)
+        values = frame[list(channels)].to_numpy(dtype=np.float32)
         cut = split_point(len(values), val_fraction)
-        train_parts.append((series_id, *sliding_windows(values[:cut], lookback, horizon)))
-        val_values = values[max(0, cut - lookback) :]
-        val_parts.append((series_id, *sliding_windows(val_values, lookback, horizon)))
-    return _stack(train_parts, lookback, horizon, len(channels)), _stack(
-        val_parts, lookback, horizon, len(channels)
+        train.append((series_id, offset + window_starts(values, 0, cut - span, span)))
+        val.append((series_id, offset + window_starts(values, cut - lookback, len(values), span)))
+        blocks.append(values)
+        offset += len(values)
+    stacked = np.concatenate(blocks) if blocks else np.empty((0, len(channels)), np.float32)
+    return _window_set(stacked, train, lookback, horizon), _window_set(
+        stacked, val, lookback, horizon
     )
 
 
-def _stack(
-    parts: list[tuple[str, np.ndarray, np.ndarray]], lookback: int, horizon: int, n_channels: int
+def _window_set(
+    values: np.ndarray, parts: list[tuple[str, np.ndarray]], lookback: int, horizon: int
 ) -> WindowSet:
-    if not parts:
-        return WindowSet(
-            np.empty((0, lookback, n_channels), np.float32),
-            np.empty((0, horizon, n_channels), np.float32),
-            np.empty(0, dtype=object),
-        )
-    return WindowSet(
-        inputs=np.concatenate([p[1] for p in parts]),
-        targets=np.concatenate([p[2] for p in parts]),
-        series=np.concatenate([np.full(len(p[1]), p[0], dtype=object) for p in parts]),
-    )
+    starts = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
+    labels = [np.full(len(p[1]), p[0], dtype=object) for p in parts]
+    series = np.concatenate(labels) if labels else np.empty(0, dtype=object)
+    return WindowSet(values, starts.astype(np.int64), lookback, horizon, series)
 
 
 class Append(enum.Enum):

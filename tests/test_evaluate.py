@@ -115,8 +115,8 @@ def test_score_forecaster_of_a_repeat_last_network() -> None:
         model.head.weight.zero_()
         model.head.bias.zero_()
     rng = np.random.default_rng(0)
-    values = rng.normal(size=(10, 9, 1)).astype(np.float32)
-    windows = WindowSet(values[:, :6], values[:, 6:], np.full(10, "a", dtype=object))
+    values = rng.normal(size=(90, 1)).astype(np.float32)  # 10 disjoint windows of 6 + 3 steps
+    windows = WindowSet(values, np.arange(10) * 9, 6, 3, np.full(10, "a", dtype=object))
 
     card = score_forecaster(model, windows, season=2)
 

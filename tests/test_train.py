@@ -119,7 +119,8 @@ def test_early_stopping_when_validation_cannot_improve(
     # With a zero learning rate the weights never move, so epoch 1 stays the best.
     train, val = windows
     model = tiny_model()
-    before = {k: v.clone() for k, v in model.state_dict().items() if k != "scale"}
+    # The scale buffer is set from the data at the start of fit; the weights are what must not move.
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("scale")}
 
     result = fit(model, train, val, train_config(epochs=10, learning_rate=0.0, patience=patience))
 
@@ -155,8 +156,10 @@ def test_another_seed_gives_another_run(windows: tuple[WindowSet, WindowSet]) ->
 
 def empty_windows() -> WindowSet:
     return WindowSet(
-        np.empty((0, LOOKBACK, 1), np.float32),
-        np.empty((0, HORIZON, 1), np.float32),
+        np.empty((0, 1), np.float32),
+        np.empty(0, np.int64),
+        LOOKBACK,
+        HORIZON,
         np.empty(0, dtype=object),
     )
 
@@ -175,9 +178,9 @@ def test_fit_refuses_empty_windows(windows: tuple[WindowSet, WindowSet], empty: 
 
 def test_fit_stops_on_a_non_finite_loss(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
-    targets = train.targets.copy()
-    targets[0, 0, 0] = np.inf
-    poisoned = WindowSet(train.inputs, targets, train.series)
+    values = train.values.copy()
+    values[train.starts[0] + LOOKBACK, 0] = np.inf  # the first target step of the first window
+    poisoned = dataclasses.replace(train, values=values)
 
     with pytest.raises(TrainingError, match="learning rate"):
         fit(tiny_model(), poisoned, val, train_config(batch_size=len(train)))

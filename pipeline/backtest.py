@@ -1,0 +1,230 @@
+"""The long-horizon forecasting (LTSF) benchmark protocol and backtests. numpy, pandas, torch only.
+
+The protocol, as the published ETT results use it (Informer, Autoformer, DLinear, PatchTST, SegRNN):
+
+* **Borders.** ETTh: 12 / 4 / 4 months of hours, i.e. training targets in rows 0-8639,
+  validation 8640-11519, test 11520-14399 (ETTm: four times as many rows). Any other CSV:
+  70 / 10 / 20 % (the Autoformer convention). Validation and test inputs reach back ``L`` rows.
+* **Scaling.** A standard scaler (mean, population std) fit on the training rows only;
+  every metric is on that normalized scale.
+* **Windows.** Stride 1 and none dropped: ETTh has ``2881 - H`` test windows.
+* **Features.** ``M``: every channel in, every channel out. ``S``: the target (``OT``) alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import RollcastError
+from pipeline.evaluate import mae, mse, repeat_last, seasonal_naive
+from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.train import TrainConfig, fit, predict
+from pipeline.windows import WindowSet, window_starts
+
+logger = logging.getLogger(__name__)
+
+ETTH_BORDERS = (8640, 11520, 14400)  # 12, 16 and 20 months of 30 days of hours
+ETTM_STEPS_PER_HOUR = 4
+DAILY_SEASON = 24  # the seasonal-naive baseline's period, in hourly steps
+TRAINED_MODELS = ("lstm", "dlinear")
+NAIVE_MODELS = ("repeat_last", "seasonal_naive")
+MODELS = TRAINED_MODELS + NAIVE_MODELS
+
+
+class BacktestError(RollcastError):
+    """A backtest that cannot run as asked (unknown model, too little data, bad features)."""
+
+
+@dataclass(frozen=True)
+class Borders:
+    """End rows (exclusive) of the training, validation and test targets."""
+
+    train_end: int
+    val_end: int
+    test_end: int
+
+
+def ltsf_borders(n_rows: int, dataset: str) -> Borders:
+    """The fixed borders for ETT files, else a 70/10/20 split of ``n_rows``."""
+    if dataset.startswith("ETTh"):
+        return Borders(*ETTH_BORDERS)
+    if dataset.startswith("ETTm"):
+        return Borders(*(b * ETTM_STEPS_PER_HOUR for b in ETTH_BORDERS))
+    n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
+    return Borders(n_train, n_rows - n_test, n_rows)
+
+
+@dataclass(frozen=True)
+class Scaler:
+    mean: np.ndarray  # (C,)
+    std: np.ndarray  # (C,)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+
+def fit_scaler(values: np.ndarray, train_end: int) -> Scaler:
+    """Mean and population std of the training rows only (what sklearn's StandardScaler does)."""
+    train = values[:train_end].astype(np.float64)
+    return Scaler(train.mean(axis=0), np.where(train.std(axis=0) > 0, train.std(axis=0), 1.0))
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
+
+
+def ltsf_splits(values: np.ndarray, borders: Borders, lookback: int, horizon: int) -> Splits:
+    """Stride-1 windows whose targets fall inside each part; inputs may reach back ``lookback``."""
+    span = lookback + horizon
+
+    def part(first_target: int, end: int) -> WindowSet:
+        starts = window_starts(values, first_target - lookback, end - span, span)
+        return WindowSet(values, starts, lookback, horizon, np.full(len(starts), "", dtype=object))
+
+    return Splits(
+        train=part(lookback, borders.train_end),
+        val=part(borders.train_end, borders.val_end),
+        test=part(borders.val_end, borders.test_end),
+    )
+
+
+def select_features(frame: pd.DataFrame, features: str, target: str = "OT") -> pd.DataFrame:
+    """``M``: every numeric column; ``S``: ``target`` alone."""
+    numeric = frame.select_dtypes("number")
+    if features == "M":
+        return numeric
+    if features == "S":
+        if target not in numeric.columns:
+            raise BacktestError(f"target column {target!r} is not among {list(numeric.columns)}")
+        return numeric[[target]]
+    raise BacktestError(f"features must be 'M' or 'S', not {features!r}")
+
+
+@dataclass(frozen=True)
+class BacktestSpec:
+    features: str = "M"
+    lookback: int = 720
+    horizon: int = 96
+    model: str = "lstm"
+    seed: int = 0
+    target: str = "OT"
+    split: str = "test"  # "val" scores on validation, for choosing settings without the test
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    predictions: np.ndarray  # (N, H, C) on the scored split, normalized
+    metrics: dict[str, Any]
+
+
+def recommended(horizon: int, model: str = "lstm") -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The lookback, model and training settings Rollcast stands behind for a horizon.
+
+    Chosen on the validation split of ETTh1 only (see BENCHMARKS.md); the test split was not
+    looked at to choose them.
+    """
+    if model == "dlinear":
+        return 336, {}, {"learning_rate": 5e-3, "batch_size": 32, "epochs": 10, "patience": 3}
+    lstm = {
+        "cell": "lstm",
+        "hidden_size": 256,
+        "num_layers": 1,
+        "segment_len": 48,
+        "dropout": 0.5,
+        "norm": "last",
+        "channel_independent": True,
+        "decoder": "pmf",
+    }
+    train = {"learning_rate": 1e-3, "batch_size": 256, "epochs": 12, "patience": 3, "loss": "l1"}
+    return 720, lstm, train
+
+
+def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> BacktestResult:
+    """Run the protocol for one model on one CSV frame; score it on ``spec.split``."""
+    if spec.model not in MODELS:
+        raise BacktestError(f"unknown model {spec.model!r}: choose one of {', '.join(MODELS)}")
+    started = time.perf_counter()
+    table = select_features(frame, spec.features, spec.target)
+    raw = table.to_numpy(dtype=np.float64)
+    borders = ltsf_borders(len(raw), dataset)
+    values = fit_scaler(raw, borders.train_end).transform(raw)
+    splits = ltsf_splits(values, borders, spec.lookback, spec.horizon)
+    scored = splits.test if spec.split == "test" else splits.val
+    details: dict[str, Any] = {}
+    if spec.model in NAIVE_MODELS:
+        predictions = _naive(spec, scored)
+    else:
+        predictions, details = _trained(spec, tuple(table.columns), splits, scored)
+    targets = scored.targets
+    metrics = {
+        "dataset": dataset,
+        "model": spec.model,
+        "features": spec.features,
+        "lookback": spec.lookback,
+        "horizon": spec.horizon,
+        "seed": spec.seed,
+        "split": spec.split,
+        "mse": mse(predictions, targets),
+        "mae": mae(predictions, targets),
+        "windows": len(scored),
+        **details,
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    return BacktestResult(predictions, metrics)
+
+
+def _naive(spec: BacktestSpec, test: WindowSet) -> np.ndarray:
+    if spec.model == "repeat_last":
+        return repeat_last(test.inputs, spec.horizon)
+    return seasonal_naive(test.inputs, spec.horizon, DAILY_SEASON)
+
+
+def _trained(
+    spec: BacktestSpec, channels: tuple[str, ...], splits: Splits, scored: WindowSet
+) -> tuple[np.ndarray, dict[str, Any]]:
+    _, model_defaults, train_defaults = recommended(spec.horizon, spec.model)
+    config = ForecasterConfig(
+        channels=channels,
+        lookback=spec.lookback,
+        horizon=spec.horizon,
+        architecture=spec.model,
+        **{**model_defaults, **spec.model_overrides},
+    )
+    train_config = replace(
+        TrainConfig(seed=spec.seed), **{**train_defaults, **spec.train_overrides}
+    )
+    model = build_forecaster(config)
+    result = fit(model, splits.train, splits.val, train_config)
+    predictions = predict(model, scored.inputs, batch_size=train_config.batch_size)
+    details = {
+        "val_loss": result.best_val_loss,
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "device": result.device,
+        "train_samples_per_s": round(result.samples_per_s, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model_config": config.to_dict(),
+        "train_config": {**train_config.__dict__},
+    }
+    return predictions, details
+
+
+def load_ltsf_csv(path: Path) -> pd.DataFrame:
+    """A benchmark CSV as it is: a date column first, then numeric columns, rows in time order."""
+    if not path.exists():
+        raise BacktestError(f"{path} does not exist")
+    frame = pd.read_csv(path)
+    date_column = "date" if "date" in frame.columns else frame.columns[0]
+    return frame.drop(columns=[date_column])

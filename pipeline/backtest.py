@@ -162,9 +162,8 @@ def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> Backt
     values = fit_scaler(raw, borders.train_end).transform(raw)
     splits = ltsf_splits(values, borders, spec.lookback, spec.horizon)
     scored = splits.test if spec.split == "test" else splits.val
-    details: dict[str, Any] = {}
     if spec.model in NAIVE_MODELS:
-        predictions = _naive(spec, scored)
+        predictions, details = _naive(spec, scored), _naive_details(spec)
     else:
         predictions, details = _trained(spec, tuple(table.columns), splits, scored)
     targets = scored.targets
@@ -189,6 +188,12 @@ def _naive(spec: BacktestSpec, test: WindowSet) -> np.ndarray:
     if spec.model == "repeat_last":
         return repeat_last(test.inputs, spec.horizon)
     return seasonal_naive(test.inputs, spec.horizon, DAILY_SEASON)
+
+
+def _naive_details(spec: BacktestSpec) -> dict[str, Any]:
+    season = {"season": DAILY_SEASON} if spec.model == "seasonal_naive" else {}
+    config = {"architecture": spec.model, **season}
+    return {"epochs": 0, "device": "cpu", "model_config": config}
 
 
 def _trained(

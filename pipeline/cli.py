@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.set_defaults(handler=cmd_train)
 
+    backtest = commands.add_parser("backtest", help="run the LTSF benchmark protocol on a CSV")
+    backtest.add_argument("--data", type=Path, required=True, help="CSV: a date column, numbers")
+    backtest.add_argument("--features", choices=["M", "S"], default="M")
+    backtest.add_argument("--horizon", type=int, default=96)
+    backtest.add_argument("--lookback", type=int, help="default: the recommended one")
+    backtest.add_argument(
+        "--model", default="lstm", help="lstm, dlinear, repeat_last, seasonal_naive"
+    )
+    backtest.add_argument("--target", default="OT", help="the S setting's column (default OT)")
+    backtest.add_argument("--seed", type=int, default=0)
+    backtest.add_argument("--epochs", type=int, help="override the recommended epochs")
+    backtest.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    backtest.set_defaults(handler=cmd_backtest)
+
     serve = commands.add_parser("serve", help="serve forecasts until stopped")
     serve.add_argument("--max-records", type=int, help="stop after this many records")
     serve.add_argument("--idle-s", type=float, help="stop after this long without records")
@@ -145,6 +159,42 @@ def cmd_train(args: argparse.Namespace) -> None:
     from flows.train import train_flow
 
     print(json.dumps(train_flow(epochs=args.epochs)))
+
+
+def cmd_backtest(args: argparse.Namespace) -> None:
+    import os
+
+    import numpy as np
+
+    from pipeline.backtest import BacktestSpec, load_ltsf_csv, recommended, run_backtest
+
+    lookback = args.lookback or recommended(args.horizon, args.model)[0]
+    spec = BacktestSpec(
+        features=args.features,
+        lookback=lookback,
+        horizon=args.horizon,
+        model=args.model,
+        seed=args.seed,
+        target=args.target,
+        train_overrides={} if args.epochs is None else {"epochs": args.epochs},
+    )
+    result = run_backtest(load_ltsf_csv(args.data), args.data.stem, spec)
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.save(args.out / "predictions.npy", result.predictions)
+    (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    if "ROLLCAST_MLFLOW_TRACKING_URI" in os.environ:
+        _log_backtest(result.metrics, args.out)
+    print(json.dumps({k: result.metrics[k] for k in ("mse", "mae", "lookback", "horizon")}))
+
+
+def _log_backtest(metrics: dict[str, object], out: Path) -> None:
+    from pipeline import registry
+    from pipeline.config import MlflowSettings, StoreSettings
+
+    settings = MlflowSettings()
+    registry.configure(settings, StoreSettings())
+    run_id = registry.log_backtest(metrics, out)
+    print(f"logged to MLflow run {run_id} at {settings.mlflow_tracking_uri}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

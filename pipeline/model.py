@@ -140,9 +140,9 @@ class StackedLSTMForecaster(nn.Module):
         self.position = nn.Parameter(torch.randn(self.n_out, hidden // 2) * 0.02)
         self.channel = nn.Parameter(torch.randn(config.n_channels, hidden - hidden // 2) * 0.02)
         self.dropout = nn.Dropout(config.dropout)
-        out_width = (
-            width if config.decoder == "pmf" else config.horizon * width // config.segment_len
-        )
+        # pmf: one segment per decoder step; linear: the whole horizon from the final state.
+        per_step = width // config.segment_len  # 1, or C when channels are mixed
+        out_width = width if config.decoder == "pmf" else config.horizon * per_step
         self.head = nn.Linear(hidden, out_width)
 
     @property
@@ -210,8 +210,6 @@ def _check_shape(config: ForecasterConfig) -> None:
         )
     if config.cell not in ("lstm", "gru") or config.decoder not in ("pmf", "linear"):
         raise ValueError(f"unknown cell {config.cell!r} or decoder {config.decoder!r}")
-    if config.decoder == "linear" and config.horizon % config.segment_len:
-        raise ValueError("the linear decoder needs horizon to be a multiple of segment_len")
 
 
 def _last_layer(state: Any) -> torch.Tensor:

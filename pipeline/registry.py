@@ -211,6 +211,21 @@ def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
     return fig
 
 
+def log_backtest(metrics: dict[str, Any], out_dir: Path) -> str:
+    """One MLflow run per backtest: its settings as params, its errors as metrics, its files."""
+    parts = (metrics["dataset"], metrics["model"], metrics["features"], f"H{metrics['horizon']}")
+    name = "backtest-" + "-".join(map(str, parts))
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    params = {k: v for k, v in metrics.items() if k not in numeric and not isinstance(v, dict)}
+    for section in ("model_config", "train_config"):
+        params.update({f"{section}.{k}": v for k, v in dict(metrics.get(section, {})).items()})
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(numeric)
+        mlflow.log_artifacts(str(out_dir), artifact_path="backtest")
+    return str(run.info.run_id)
+
+
 @dataclass(frozen=True)
 class RegisteredForecaster:
     """A registered model version, loaded and ready to forecast."""

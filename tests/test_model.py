@@ -12,9 +12,12 @@ import torch
 from pipeline.model import (
     MIN_SCALE,
     CheckpointError,
+    DLinear,
     ForecasterConfig,
     StackedLSTMForecaster,
+    build_forecaster,
     load_checkpoint,
+    moving_average,
     save_checkpoint,
 )
 
@@ -234,3 +237,63 @@ def test_checkpoint_with_invalid_config_raises_checkpoint_error(
 
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cell": "gru"},
+        {"bidirectional": True, "num_layers": 2},
+        {"channel_independent": False},
+        {"decoder": "linear"},
+        {"channel_independent": False, "decoder": "linear", "cell": "gru"},
+        {"segment_len": 1},
+        {"norm": "mean", "bidirectional": True, "cell": "gru"},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_every_option_forecasts_horizon_steps_of_every_channel(options: dict) -> None:
+    config = ForecasterConfig(
+        channels=("a", "b", "c"), lookback=48, horizon=20, segment_len=8, hidden_size=16
+    )
+    model = build_forecaster(dataclasses.replace(config, **options))
+
+    out = model(torch.randn(5, 48, 3))
+
+    assert out.shape == (5, 20, 3)
+    assert torch.isfinite(out).all()
+
+
+def test_segments_must_tile_the_lookback() -> None:
+    config = ForecasterConfig(channels=("a",), lookback=50, horizon=8, segment_len=24)
+    with pytest.raises(ValueError, match="multiple of segment_len"):
+        build_forecaster(config)
+
+
+def test_segment_wise_input_shortens_the_recurrence() -> None:
+    config = ForecasterConfig(channels=("a",), lookback=720, horizon=96, segment_len=48)
+    model = build_forecaster(config)
+    assert isinstance(model, StackedLSTMForecaster)
+    assert (model.n_in, model.n_out) == (15, 2)
+
+
+def test_dlinear_round_trips_and_forecasts_a_trend_exactly_when_fitted(tmp_path: Path) -> None:
+    config = ForecasterConfig(channels=("a", "b"), lookback=32, horizon=8, architecture="dlinear")
+    model = build_forecaster(config)
+    path = save_checkpoint(model, tmp_path / "dlinear.pt")
+
+    loaded = load_checkpoint(path)
+    x = torch.randn(4, 32, 2)
+
+    assert isinstance(loaded, DLinear)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert loaded(x).shape == (4, 8, 2)
+
+
+def test_moving_average_keeps_a_constant_and_smooths_a_spike() -> None:
+    constant = torch.full((1, 30, 1), 3.0)
+    spike = torch.zeros(1, 30, 1)
+    spike[0, 15, 0] = 25.0
+
+    assert torch.allclose(moving_average(constant, 25), constant)
+    assert moving_average(spike, 25)[0, 15, 0].item() == pytest.approx(1.0)

@@ -1,0 +1,147 @@
+"""The LTSF protocol, the baselines and the backtest command (no broker, MLflow or Prefect)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.backtest import (
+    BacktestError,
+    BacktestSpec,
+    Borders,
+    fit_scaler,
+    load_ltsf_csv,
+    ltsf_borders,
+    ltsf_splits,
+    run_backtest,
+    select_features,
+)
+from pipeline.cli import main
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ETTH1 = SHARED_DATA / "ETTh1.csv"
+needs_ett = pytest.mark.skipif(not ETTH1.exists(), reason=f"{ETTH1} is not there")
+
+
+@needs_ett
+@pytest.mark.parametrize(
+    ("horizon", "windows"), [(96, 2785), (192, 2689), (336, 2545), (720, 2161)]
+)
+def test_ett_test_split_has_every_stride_one_window(horizon: int, windows: int) -> None:
+    values = load_ltsf_csv(ETTH1).to_numpy(np.float32)
+    borders = ltsf_borders(len(values), "ETTh1")
+
+    splits = ltsf_splits(values, borders, lookback=336, horizon=horizon)
+
+    assert len(splits.test) == windows == 2881 - horizon
+    assert len(splits.val) == windows
+    first_target = splits.test.starts[0] + 336
+    last_target = splits.test.starts[-1] + 336 + horizon - 1
+    assert (first_target, last_target) == (11520, 14399)
+
+
+def test_borders_are_fixed_for_ett_and_70_10_20_otherwise() -> None:
+    assert ltsf_borders(17420, "ETTh2") == Borders(8640, 11520, 14400)
+    assert ltsf_borders(69680, "ETTm1") == Borders(34560, 46080, 57600)
+    assert ltsf_borders(1000, "sales") == Borders(700, 800, 1000)
+
+
+def test_scaler_is_fit_on_training_rows_only() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(5.0, 2.0, size=(1000, 3))
+    shifted = values.copy()
+    shifted[700:] += 100.0  # validation and test rows far away
+
+    scaler, shifted_scaler = fit_scaler(values, 700), fit_scaler(shifted, 700)
+
+    np.testing.assert_array_equal(scaler.mean, shifted_scaler.mean)
+    np.testing.assert_array_equal(scaler.std, shifted_scaler.std)
+    train = scaler.transform(values[:700])
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=0), 1.0, atol=1e-5)
+
+
+def small_frame(rows: int = 100) -> pd.DataFrame:
+    t = np.arange(rows, dtype=np.float64)
+    return pd.DataFrame({"HUFL": np.sin(t / 3) * 4 + t / 10, "OT": np.cos(t / 5) + t / 20})
+
+
+def test_repeat_last_reproduces_the_last_scaled_value_exactly() -> None:
+    frame = small_frame()
+    spec = BacktestSpec(features="M", lookback=4, horizon=2, model="repeat_last")
+
+    result = run_backtest(frame, "slice", spec)
+
+    raw = frame.to_numpy()
+    scaled = (raw - raw[:70].mean(axis=0)) / raw[:70].std(axis=0)  # by hand
+    test_starts = range(80 - 4, 100 - 4 - 2 + 1)  # targets in rows 80..99
+    expected = np.stack([np.repeat(scaled[s + 3][None], 2, axis=0) for s in test_starts])
+    targets = np.stack([scaled[s + 4 : s + 6] for s in test_starts])
+    np.testing.assert_allclose(result.predictions, expected, rtol=1e-5, atol=1e-6)
+    assert result.metrics["mse"] == pytest.approx(np.mean((expected - targets) ** 2), rel=1e-5)
+    assert result.metrics["windows"] == 19
+
+
+def test_s_setting_keeps_the_target_column_only() -> None:
+    assert list(select_features(small_frame(), "S").columns) == ["OT"]
+    with pytest.raises(BacktestError, match="target column"):
+        select_features(small_frame(), "S", target="missing")
+
+
+def test_unknown_model_is_refused_with_the_choices() -> None:
+    with pytest.raises(BacktestError, match="repeat_last"):
+        run_backtest(small_frame(), "slice", BacktestSpec(model="prophet", lookback=4, horizon=2))
+
+
+def seasonal_random_walk(rows: int, seed: int) -> pd.DataFrame:
+    """Daily seasonality on a wandering level: the level seen in test was never seen in training."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)
+    columns = {}
+    for c in range(2):
+        level = np.cumsum(rng.normal(0, 0.3, rows))
+        columns[f"c{c}"] = (
+            level + 3 * np.sin(2 * np.pi * (t / 24 + c / 4)) + rng.normal(0, 0.1, rows)
+        )
+    return pd.DataFrame(columns)
+
+
+def test_short_lstm_run_beats_dlinear_on_a_seasonal_signal() -> None:
+    torch.set_num_threads(2)
+    frame = seasonal_random_walk(1500, seed=1)
+    common = {"features": "M", "lookback": 96, "horizon": 24, "seed": 0}
+    lstm = BacktestSpec(
+        model="lstm",
+        model_overrides={"hidden_size": 32, "segment_len": 24, "dropout": 0.0},
+        train_overrides={"epochs": 6, "batch_size": 64, "learning_rate": 3e-3},
+        **common,
+    )
+    dlinear = BacktestSpec(model="dlinear", train_overrides={"epochs": 6}, **common)
+
+    lstm_mse = run_backtest(frame, "synthetic", lstm).metrics["mse"]
+    dlinear_mse = run_backtest(frame, "synthetic", dlinear).metrics["mse"]
+
+    assert lstm_mse < dlinear_mse
+
+
+def test_backtest_command_writes_predictions_and_metrics(tmp_path: Path) -> None:
+    csv = tmp_path / "sales.csv"
+    dates = pd.date_range("2024-01-01", periods=200, freq="h")
+    small_frame(200).assign(date=dates).to_csv(csv, index=False)
+    out = tmp_path / "out"
+
+    options = ["--model", "dlinear", "--lookback", "24", "--horizon", "8", "--epochs", "1"]
+    code = main(["backtest", "--data", str(csv), *options, "--out", str(out)])
+
+    predictions = np.load(out / "predictions.npy")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0
+    assert predictions.shape == (40 - 8 + 1, 8, 2)  # test targets: the last 20 % of 200 rows
+    for key in ("mse", "mae", "lookback", "horizon", "features", "model_config", "epochs"):
+        assert key in metrics
+    assert metrics["wall_s"] > 0 and metrics["device"] == "cpu"

@@ -87,8 +87,11 @@ def planned_jobs(args: argparse.Namespace, done: set[tuple[Any, ...]]) -> list[d
                                 "train_overrides": json.loads(args.train_overrides),
                             }
                         )
-    # Longest first, so the pool does not end waiting on one big job.
-    return sorted(jobs, key=lambda j: (j["model"] != "lstm", j["features"] != "M", -j["horizon"]))
+    # One seed of every cell before more seeds, so a cut-short run still fills the table;
+    # then the longest first, so the pool does not end waiting on one big job.
+    return sorted(
+        jobs, key=lambda j: (j["seed"], j["model"] != "lstm", j["features"] != "M", -j["horizon"])
+    )
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:

@@ -120,6 +120,7 @@ class TrainSettings(BaseSettings):
     seed: int = 0
     device: str = "auto"
     loss: Literal["mse", "l1"] = "mse"
+    schedule: Literal["cosine", "halving"] = "cosine"
 
 
 class IngestSettings(BaseSettings):

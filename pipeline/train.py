@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
     loss: str = "mse"  # or "l1", which is less swayed by spikes
+    schedule: str = "cosine"  # or "halving": the rate halves every epoch (DLinear's recipe)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def fit(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    schedule = _schedule(optimizer, config)
     result, best = TrainResult(model=model, device=str(device)), BestWeights(model)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -109,6 +110,14 @@ def fit(
     result.best_epoch, result.best_val_loss = best.epoch, best.val_loss
     result.samples_per_s = len(train) * len(result.history) / (time.perf_counter() - started)
     return result
+
+
+def _schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "halving":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
 
 
 class BestWeights:

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline import registry
 from pipeline.config import MlflowSettings, ModelSettings, StoreSettings, TrainSettings
 from pipeline.evaluate import Scorecard, score_forecaster
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import CheckpointError, ForecasterConfig, build_forecaster
 from pipeline.store import SeriesStore, load_regular_series, shared_channels
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
 from pipeline.windows import SERIES, TS, WindowSet, build_window_sets
@@ -68,7 +68,13 @@ def score_champion(
     version = registry.champion_version(mlflow_settings)
     if version is None:
         return None
-    champion = registry.load_version(mlflow_settings, version)
+    try:
+        champion = registry.load_version(mlflow_settings, version)
+    except (registry.RegistryError, CheckpointError) as err:
+        get_run_logger().warning(
+            "champion v%s cannot be loaded, so it is replaced: %s", version, err
+        )
+        return None
     if not champion.model.config.serves_like(config):
         get_run_logger().warning(
             "champion v%s has other inputs or outputs: not comparable", version

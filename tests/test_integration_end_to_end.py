@@ -16,7 +16,9 @@ from flows.train import train_flow
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
 from pipeline.kafka_io import Publisher, read_topic, replay
+from pipeline.model import CheckpointError
 from pipeline.records import parse_timestamp
+from pipeline.registry import load_champion
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +121,27 @@ def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
     first_step = pd.to_datetime(out[out["step"] == 1].set_index("series")["ts"], utc=True)
     assert (first_step - last.loc[first_step.index] == pd.Timedelta(hours=1)).all()
     assert out[["load", "temp"]].notna().all().all()
+
+
+def test_an_unloadable_champion_is_replaced_by_the_next_training(
+    rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
+) -> None:
+    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=7))
+    publisher = Publisher(rollcast_env)
+    produced = replay(publisher, frame_to_observations(fleet))
+    publisher.close()
+    ingest_flow(max_records=produced)
+    first = train_flow(epochs=1)
+    checkpoints = list((StoreSettings().data_dir / "mlartifacts").rglob("forecaster.pt"))
+    for checkpoint in checkpoints:
+        checkpoint.write_bytes(b"truncated by a full disk")
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_champion(MlflowSettings())  # the champion really is broken now
+
+    second = train_flow(epochs=1)
+
+    settings = MlflowSettings()
+    champion = MlflowClient().get_model_version_by_alias(settings.model_name, "champion")
+    assert first["version"] == "1" and second["version"] == "2"
+    assert second["promoted"] is True
+    assert str(champion.version) == "2"

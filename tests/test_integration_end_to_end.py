@@ -37,15 +37,22 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, str(value))
 
 
+def stream_and_ingest(kafka: KafkaSettings, fleet: pd.DataFrame) -> tuple[int, dict]:
+    """Produce the fleet to the observations topic and run the ingest flow over it."""
+    publisher = Publisher(kafka)
+    try:
+        produced = replay(publisher, frame_to_observations(fleet))
+    finally:
+        publisher.close()
+    return produced, ingest_flow(max_records=produced)
+
+
 def test_demo_path_publishes_champion_forecasts_for_every_series(
     rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
 ) -> None:
     fleet = synthetic_fleet(FleetSpec(n_series=SERIES, n_steps=STEPS, gaps_per_series=0, seed=3))
-    publisher = Publisher(rollcast_env)
-    produced = replay(publisher, frame_to_observations(fleet))
-    publisher.close()
 
-    ingested = ingest_flow(max_records=produced)
+    produced, ingested = stream_and_ingest(rollcast_env, fleet)
     trained = train_flow(epochs=8)
     served = serve_flow(max_records=produced)
 
@@ -97,10 +104,7 @@ def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
     rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
 ) -> None:
     fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=5))
-    publisher = Publisher(rollcast_env)
-    produced = replay(publisher, frame_to_observations(fleet))
-    publisher.close()
-    ingest_flow(max_records=produced)
+    stream_and_ingest(rollcast_env, fleet)
     train_flow(epochs=2)
 
     settings = MlflowSettings()
@@ -126,11 +130,7 @@ def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
 def test_an_unloadable_champion_is_replaced_by_the_next_training(
     rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
 ) -> None:
-    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=7))
-    publisher = Publisher(rollcast_env)
-    produced = replay(publisher, frame_to_observations(fleet))
-    publisher.close()
-    ingest_flow(max_records=produced)
+    stream_and_ingest(rollcast_env, synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=7)))
     first = train_flow(epochs=1)
     checkpoints = list((StoreSettings().data_dir / "mlartifacts").rglob("forecaster.pt"))
     for checkpoint in checkpoints:

@@ -41,6 +41,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(job.pop("threads"))
+    job.pop("first_seed")
     from pipeline.backtest import BacktestSpec, load_ltsf_csv, recommended, run_backtest
 
     frame, dataset = load_ltsf_csv(Path(job.pop("path"))), job.pop("dataset")
@@ -81,17 +82,23 @@ def planned_jobs(args: argparse.Namespace, done: set[tuple[Any, ...]]) -> list[d
                             {
                                 **job,
                                 "path": str(args.data_dir / f"{dataset}.csv"),
+                                "first_seed": seeds[0],
                                 "lookback": args.lookback,
                                 "threads": args.threads,
                                 "model_overrides": json.loads(args.model_overrides),
                                 "train_overrides": json.loads(args.train_overrides),
                             }
                         )
-    # One seed of every cell before more seeds, so a cut-short run still fills the table;
-    # then the longest first, so the pool does not end waiting on one big job.
-    return sorted(
-        jobs, key=lambda j: (j["seed"], j["model"] != "lstm", j["features"] != "M", -j["horizon"])
-    )
+    return sorted(jobs, key=job_priority)
+
+
+def job_priority(job: dict[str, Any]) -> tuple[Any, ...]:
+    """Seed 0 of every cell first, so a cut-short run still fills the table; then the cheap
+    S-setting seeds; then the M seeds dataset by dataset. Longest first within each group,
+    so the pool does not end waiting on one big job."""
+    if job["seed"] == job["first_seed"]:
+        return (0, job["model"] != "lstm", job["features"] != "M", "", -job["horizon"])
+    return (1, job["features"] == "M", job["model"] != "lstm", job["dataset"], -job["horizon"])
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:

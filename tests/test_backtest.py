@@ -145,3 +145,28 @@ def test_backtest_command_writes_predictions_and_metrics(tmp_path: Path) -> None
     for key in ("mse", "mae", "lookback", "horizon", "features", "model_config", "epochs"):
         assert key in metrics
     assert metrics["wall_s"] > 0 and metrics["device"] == "cpu"
+
+
+def test_backtest_is_logged_to_mlflow_when_a_tracking_uri_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("ROLLCAST_MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("ROLLCAST_DATA_DIR", str(tmp_path / "data"))
+    csv = tmp_path / "sales.csv"
+    dates = pd.date_range("2024-01-01", periods=200, freq="h")
+    small_frame(200).assign(date=dates).to_csv(csv, index=False)
+    options = ["--model", "repeat_last", "--lookback", "24", "--horizon", "8"]
+
+    assert main(["backtest", "--data", str(csv), *options, "--out", str(tmp_path / "o")]) == 0
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("rollcast")
+    (run,) = client.search_runs([experiment.experiment_id])
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert run.data.metrics["mse"] == pytest.approx(metrics["mse"])
+    assert run.data.params["model"] == "repeat_last"
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "backtest")}
+    assert files == {"backtest/metrics.json", "backtest/predictions.npy"}

@@ -138,7 +138,9 @@ class StackedLSTMForecaster(nn.Module):
         # SegRNN shares one RNN for both; a bidirectional encoder needs a forward-only decoder.
         self.decoder = rnn(hidden, hidden, **layers) if config.bidirectional else self.encoder
         self.position = nn.Parameter(torch.randn(self.n_out, hidden // 2) * 0.02)
-        self.channel = nn.Parameter(torch.randn(config.n_channels, hidden - hidden // 2) * 0.02)
+        # One learned tag per channel when channels are separate sequences; one shared otherwise.
+        n_tags = config.n_channels if config.channel_independent else 1
+        self.channel = nn.Parameter(torch.randn(n_tags, hidden - hidden // 2) * 0.02)
         self.dropout = nn.Dropout(config.dropout)
         # pmf: one segment per decoder step; linear: the whole horizon from the final state.
         per_step = width // config.segment_len  # 1, or C when channels are mixed
@@ -156,14 +158,14 @@ class StackedLSTMForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, level = self.norm(x)  # (B, L, C)
-        sequences = self._to_sequences(z)  # (N, L, W/w) with N = B*C or B
-        segments = sequences.reshape(len(sequences), self.n_in, -1)  # (N, n_in, w*width)
+        sequences = self._to_sequences(z)  # (B*C, L, 1), or (B, L, C) when channels mix
+        segments = sequences.reshape(len(sequences), self.n_in, -1)  # (N, n_in, width)
         _, state = self.encoder(self.embed(segments))
         state = self._merge_directions(state)
         if self.config.decoder == "pmf":
-            out = self._decode_parallel(state, len(sequences))  # (N, n_out*w*width)
+            out = self._decode_parallel(state, len(sequences))  # (N, n_out*width)
         else:
-            out = self.head(self.dropout(_last_layer(state)))  # (N, H*width)
+            out = self.head(self.dropout(_last_layer(state)))  # (N, H*width/w)
         return self.norm.restore(self._from_sequences(out, x.shape[0]), level)
 
     def _to_sequences(self, z: torch.Tensor) -> torch.Tensor:
@@ -190,8 +192,7 @@ class StackedLSTMForecaster(nn.Module):
 
     def _decode_parallel(self, state: Any, n_sequences: int) -> torch.Tensor:
         """One decoder step per output segment, all at once, from the encoder's final state."""
-        hidden = self.config.hidden_size
-        channel = self.channel if self.config.channel_independent else self.channel[:1]
+        hidden, channel = self.config.hidden_size, self.channel
         n_groups = n_sequences // len(channel)  # batch size
         position = self.position.unsqueeze(0).expand(len(channel), -1, -1)  # (C', n_out, d/2)
         tagged = channel.unsqueeze(1).expand(-1, self.n_out, -1)  # (C', n_out, d - d/2)
@@ -199,8 +200,8 @@ class StackedLSTMForecaster(nn.Module):
         queries = queries.repeat(n_groups, 1, 1).reshape(-1, 1, hidden)  # (N*n_out, 1, d)
         start = _repeat_state(state, self.n_out)  # (layers, N*n_out, d)
         decoded, _ = self.decoder(queries, start)  # (N*n_out, 1, d)
-        out = self.head(self.dropout(decoded))  # (N*n_out, 1, w*width)
-        return out.reshape(n_sequences, -1)  # (N, n_out*w*width)
+        out = self.head(self.dropout(decoded))  # (N*n_out, 1, width)
+        return out.reshape(n_sequences, -1)  # (N, n_out*width)
 
 
 def _check_shape(config: ForecasterConfig) -> None:

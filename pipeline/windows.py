@@ -142,30 +142,6 @@ def window_starts(values: np.ndarray, first: int, last: int, span: int) -> np.nd
     return starts[missing[starts + span] == missing[starts]].astype(np.int64)
 
 
-def sliding_windows(
-    values: np.ndarray, lookback: int, horizon: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """All complete windows of a ``(T, C)`` array, stride 1, with no Python loop over samples.
-
-    Returns inputs ``(N, L, C)`` and targets ``(N, H, C)`` with ``N = T - L - H + 1``; windows that
-    contain a NaN are dropped.
-
-    >>> x, y = sliding_windows(np.arange(6.0).reshape(6, 1), lookback=3, horizon=2)
-    >>> x.shape, y.shape, y[:, :, 0].tolist()
-    ((2, 3, 1), (2, 2, 1), [[3.0, 4.0], [4.0, 5.0]])
-    """
-    span = lookback + horizon
-    n_steps, n_channels = values.shape
-    if n_steps < span:
-        empty = np.empty((0, span, n_channels), dtype=np.float32)
-        return empty[:, :lookback], empty[:, lookback:]
-    windows = np.lib.stride_tricks.sliding_window_view(values, span, axis=0)  # (N, C, L+H)
-    windows = windows.transpose(0, 2, 1)  # (N, L+H, C)
-    complete = ~np.isnan(windows).any(axis=(1, 2))
-    windows = windows[complete].astype(np.float32)
-    return windows[:, :lookback], windows[:, lookback:]
-
-
 def split_point(n_steps: int, val_fraction: float) -> int:
     """Index of the first step whose target belongs to validation (the last ``val_fraction``)."""
     return n_steps - max(1, round(n_steps * val_fraction))

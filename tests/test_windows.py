@@ -11,12 +11,13 @@ from pipeline.windows import (
     TS,
     Append,
     RollingWindow,
+    WindowSet,
     build_window_sets,
     deduplicate,
     freq_to_ms,
     regularize,
     resample,
-    sliding_windows,
+    window_starts,
 )
 
 START = pd.Timestamp("2024-01-01T00:00:00Z")
@@ -156,19 +157,27 @@ def test_regularize_sorts_time() -> None:
     assert out["x"].tolist() == [0.0, 1.0, 2.0]
 
 
-# --- sliding_windows ------------------------------------------------------------------------------
+# --- window_starts and WindowSet -----------------------------------------------------------------
+
+
+def all_windows(values: np.ndarray, lookback: int, horizon: int) -> WindowSet:
+    """Every complete window of one series, as training and backtests build them."""
+    starts = window_starts(values, 0, len(values), lookback + horizon)
+    labels = np.full(len(starts), "s", dtype=object)
+    return WindowSet(values.astype(np.float32), starts, lookback, horizon, labels)
 
 
 @pytest.mark.parametrize(
     ("n_steps", "lookback", "horizon", "n_channels"),
     [(10, 3, 2, 1), (50, 24, 6, 3), (8, 4, 4, 2), (20, 1, 1, 1)],
 )
-def test_sliding_windows_shapes_and_values(
+def test_windows_shapes_and_values(
     n_steps: int, lookback: int, horizon: int, n_channels: int
 ) -> None:
     values = np.arange(n_steps * n_channels, dtype=np.float64).reshape(n_steps, n_channels)
 
-    inputs, targets = sliding_windows(values, lookback, horizon)
+    windows = all_windows(values, lookback, horizon)
+    inputs, targets = windows.inputs, windows.targets
 
     n_windows = n_steps - lookback - horizon + 1
     assert inputs.shape == (n_windows, lookback, n_channels)
@@ -179,35 +188,33 @@ def test_sliding_windows_shapes_and_values(
         np.testing.assert_array_equal(targets[i], values[i + lookback : i + lookback + horizon])
 
 
-def test_sliding_windows_drop_windows_with_nan() -> None:
+def test_windows_with_nan_are_skipped() -> None:
     n_steps, lookback, horizon, hole = 20, 4, 2, 9
     values = np.arange(n_steps, dtype=np.float64).reshape(n_steps, 1)
     values[hole] = np.nan
 
-    inputs, targets = sliding_windows(values, lookback, horizon)
+    windows = all_windows(values, lookback, horizon)
 
     # A window starting at i covers steps i .. i + L + H - 1.
     clean_starts = [i for i in range(n_steps - lookback - horizon + 1) if not i <= hole < i + 6]
-    assert inputs[:, 0, 0].tolist() == clean_starts
-    assert not np.isnan(inputs).any()
-    assert not np.isnan(targets).any()
+    assert windows.inputs[:, 0, 0].tolist() == clean_starts
+    assert not np.isnan(windows.inputs).any()
+    assert not np.isnan(windows.targets).any()
 
 
-def test_sliding_windows_nan_in_any_channel_drops_the_window() -> None:
+def test_nan_in_any_channel_skips_the_window() -> None:
     values = np.ones((6, 2))
     values[0, 1] = np.nan
 
-    inputs, _ = sliding_windows(values, lookback=2, horizon=1)
-
-    assert len(inputs) == 6 - 2 - 1 + 1 - 1
+    assert len(all_windows(values, lookback=2, horizon=1)) == 6 - 2 - 1 + 1 - 1
 
 
 @pytest.mark.parametrize("n_steps", [0, 3, 4])
-def test_sliding_windows_too_short_series_gives_no_windows(n_steps: int) -> None:
-    inputs, targets = sliding_windows(np.zeros((n_steps, 2)), lookback=3, horizon=2)
+def test_too_short_series_gives_no_windows(n_steps: int) -> None:
+    windows = all_windows(np.zeros((n_steps, 2)), lookback=3, horizon=2)
 
-    assert inputs.shape == (0, 3, 2)
-    assert targets.shape == (0, 2, 2)
+    assert windows.inputs.shape == (0, 3, 2)
+    assert windows.targets.shape == (0, 2, 2)
 
 
 # --- build_window_sets ----------------------------------------------------------------------------

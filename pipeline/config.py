@@ -143,4 +143,3 @@ class ServeSettings(BaseSettings):
     serve_idle_s: float | None = None  # None: run until stopped
     max_poll_records: int = 2000
     max_series: int = 100_000
-    champion_poll_s: float = 30.0

@@ -141,5 +141,16 @@ class ServeSettings(BaseSettings):
 
     serve_group: str = "rollcast-serve"
     serve_idle_s: float | None = None  # None: run until stopped
+    # Records per poll: one batch. Also the bound on records forecast twice after a crash.
     max_poll_records: int = 2000
+    # Live series held; the least recently seen is dropped beyond this.
     max_series: int = 100_000
+    # Steps of event time a step waits for out-of-order records before it is forecast.
+    grace_steps: int = 0
+    # Records re-read per gained partition to rebuild windows after a restart or rebalance.
+    rewind_records: int = 50_000
+    # How often the registry alias is checked for a new champion.
+    champion_poll_s: float = 30.0
+    # Prometheus endpoint port; 0 turns it off.
+    metrics_port: int = 9108
+    max_record_bytes: int = 65536

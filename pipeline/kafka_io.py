@@ -8,12 +8,19 @@ of the forecasts), which gives at-least-once delivery.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -40,6 +47,7 @@ REPLAY_FLUSH_EVERY = 5000
 CONNECT_TIMEOUT_S = 3.0
 # Long enough for a slow train step between polls, short enough to notice a dead consumer.
 SESSION_TIMEOUT_MS = 10_000
+SERVED_BY_HEADER = "served-by"
 
 
 class BrokerUnavailableError(RollcastError):
@@ -102,7 +110,7 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
     return KafkaProducer(acks="all", linger_ms=PRODUCER_LINGER_MS, **_client_options(settings))
 
 
-def _to_raw(message: Any) -> RawRecord:
+def _to_raw(message: Any, rewound: bool = False) -> RawRecord:
     return RawRecord(
         topic=message.topic,
         partition=message.partition,
@@ -111,17 +119,29 @@ def _to_raw(message: Any) -> RawRecord:
         value=message.value,
         timestamp_ms=message.timestamp,
         headers=tuple(message.headers or ()),
+        rewound=rewound,
     )
 
 
 class StreamSource:
-    """A consumer-group member reading one topic from the earliest uncommitted offset."""
+    """A consumer-group member reading one topic from the earliest uncommitted offset.
+
+    With ``rewind > 0``, each partition this member gains is first re-read from up to ``rewind``
+    records before its committed offset. Those records come back marked ``rewound``: the caller
+    rebuilds state from them and publishes nothing. ``on_lost`` is told which partitions went to
+    another member after a rebalance.
+    """
 
     def __init__(
-        self, settings: KafkaSettings, topic: str, group_id: str, max_poll_records: int = 2000
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        group_id: str,
+        max_poll_records: int = 2000,
+        rewind: int = 0,
+        on_lost: Callable[[set[int]], None] | None = None,
     ) -> None:
         self._consumer = KafkaConsumer(
-            topic,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -129,21 +149,51 @@ class StreamSource:
             session_timeout_ms=SESSION_TIMEOUT_MS,
             **_client_options(settings),
         )
+        self._rewind, self._on_lost = rewind, on_lost
+        self._owned: set[TopicPartition] = set()
+        self._resume: dict[int, int] = {}  # partition -> first offset not rewound
+        self._next: dict[TopicPartition, int] = {}  # partition -> next offset to read
+        self._new_assignment: set[TopicPartition] | None = None  # set by the rebalance listener
+        self._consumer.subscribe([topic], listener=_Rebalance(self))
 
     def poll(self, timeout_s: float = 1.0) -> list[RawRecord]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        assignment, self._new_assignment = self._new_assignment, None
+        if assignment is not None:
+            rewound = self._take_assignment(assignment)
+            # Fetched before the seek back: they are read again, in order, after the rewind.
+            batches = {tp: ms for tp, ms in batches.items() if tp not in rewound}
         # Partition order is the only order Kafka promises, and a series lives in one partition:
         # keep it (producer timestamps may run backwards).
-        return [_to_raw(m) for messages in batches.values() for m in messages]
+        records: list[RawRecord] = []
+        for tp, messages in batches.items():
+            resume = self._resume.get(tp.partition, -1)
+            if messages[0].offset >= resume:
+                records += [_to_raw(m) for m in messages]
+            else:
+                records += [_to_raw(m, m.offset < resume) for m in messages]
+            self._next[tp] = messages[-1].offset + 1
+        return records
 
     def assigned(self) -> bool:
         """Whether the group has given this member its partitions yet."""
         return bool(self._consumer.assignment())
 
+    def lag(self) -> int:
+        """Records between what was read and each partition's high watermark, as last fetched."""
+        behind = 0
+        for tp, next_offset in self._next.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None and tp in self._owned:
+                behind += max(highwater - next_offset, 0)
+        return behind
+
     def commit(self, records: Sequence[RawRecord]) -> None:
-        """Commit past the newest of ``records`` in each partition."""
+        """Commit past the newest of ``records`` in each partition (rewound ones are already)."""
         newest: dict[TopicPartition, int] = {}
         for record in records:
+            if record.rewound:
+                continue
             tp = TopicPartition(record.topic, record.partition)
             newest[tp] = max(newest.get(tp, -1), record.offset)
         if newest:
@@ -155,6 +205,52 @@ class StreamSource:
         # A consumer that leaves without closing makes the next group join wait out its session.
         self._consumer.close(autocommit=False)
 
+    def _take_assignment(self, assigned: set[TopicPartition]) -> set[TopicPartition]:
+        """Act on a new assignment in the polling thread; return the partitions rewound."""
+        lost, gained = self._owned - assigned, assigned - self._owned
+        self._owned = set(assigned)
+        for tp in lost:
+            self._resume.pop(tp.partition, None)
+            self._next.pop(tp, None)
+        if lost and self._on_lost is not None:
+            self._on_lost({tp.partition for tp in lost})
+        logger.info(
+            "partitions now %s (gained %s, lost %s)",
+            sorted(tp.partition for tp in assigned),
+            sorted(tp.partition for tp in gained),
+            sorted(tp.partition for tp in lost),
+        )
+        return {tp for tp in gained if self._rewind_partition(tp)}
+
+    def _rewind_partition(self, tp: TopicPartition) -> bool:
+        committed = self._consumer.committed(tp) if self._rewind else None
+        if committed is None or committed == 0:
+            return False
+        self._resume[tp.partition] = committed
+        self._consumer.seek(tp, max(committed - self._rewind, 0))
+        return True
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Hands each new assignment to the polling thread.
+
+    kafka-python calls this from its network thread, where blocking calls (such as reading the
+    committed offsets) are not allowed and the serve loop's state must not be touched. Offsets
+    are committed after every batch, so a revocation has nothing to save.
+    """
+
+    def __init__(self, source: StreamSource) -> None:
+        self._source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._source._new_assignment = set(assigned)
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self._source._new_assignment = self._source._owned - set(lost)
+
 
 class Publisher:
     """Sends forecasts, dead letters and observations; :meth:`flush` waits for every ack."""
@@ -163,10 +259,15 @@ class Publisher:
         self._settings = settings
         self._producer = make_producer(settings)
         self._pending: list[Any] = []
+        # Names this process on every forecast, so a consumer can tell which member made it.
+        self._served_by = [(SERVED_BY_HEADER, f"{socket.gethostname()}:{os.getpid()}".encode())]
 
     def send_forecast(self, forecast: Forecast) -> None:
         self.send_raw(
-            self._settings.topic_forecasts, forecast.series.encode(), forecast_to_bytes(forecast)
+            self._settings.topic_forecasts,
+            forecast.series.encode(),
+            forecast_to_bytes(forecast),
+            self._served_by,
         )
 
     def send_dead_letter(self, dead: DeadLetter) -> None:

@@ -66,6 +66,8 @@ class RawRecord:
     value: bytes | None
     timestamp_ms: int = 0
     headers: tuple[tuple[str, bytes], ...] = ()
+    # Re-read only to rebuild state after a restart or rebalance: already served once.
+    rewound: bool = False
 
     def header(self, name: str) -> str | None:
         """The first header called ``name``, decoded, or None."""

@@ -2,12 +2,28 @@
 
 Each poll is one micro-batch::
 
-    triage → dead letters → update rolling windows → one batched model call
+    triage → dead letters → place in rolling windows → one batched model call
            → publish forecasts → wait for the broker's acks → commit input offsets
 
-Offsets are committed only after every forecast and dead letter they caused is acknowledged,
-so delivery is at-least-once: after a crash, the uncommitted polls are read and forecast again
-(at most one poll, ``max_poll_records`` records per member, is repeated).
+Policies (the window policies themselves are in :mod:`pipeline.windows`):
+
+* **Event time.** Each series is on the model's frequency. A step is held for ``grace_steps`` steps
+  of event time so out-of-order records can be placed; one older than that is dead-lettered
+  (``late``). A repeat of an observed (series, ts) is dropped and counted (``duplicates``).
+  Gaps of up to ``max_gap`` steps are interpolated; a longer one empties the window, and the series
+  gets no forecast until ``lookback`` new steps have arrived.
+* **Delivery.** At-least-once. Input offsets are committed only after the broker acknowledged
+  every forecast and dead letter they caused. After a crash, the member re-reads from the last
+  commit, so **at most one poll per member (``max_poll_records`` records) is forecast twice**.
+  Every forecast of a re-read record is identical to the first one, given the same model.
+* **State after a restart or rebalance.** A member that gains a partition re-reads up to
+  ``rewind_records`` records before the committed offset to rebuild the windows of its series,
+  publishing nothing for them. A series whose last ``lookback`` steps lie further back warms up
+  from the stream. Windows of partitions lost to another member are dropped at once, so after
+  the rebalance each series is forecast by the one member that reads its partition.
+* **Live model swap.** Between batches, a version that :mod:`pipeline.swap` loaded in the
+  background replaces the model if it serves like it; windows are kept. Every forecast names
+  the version that made it.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
-from pipeline.kafka_io import Publisher, StreamSource
+from pipeline.metrics import LatencyRecorder
 from pipeline.model import Forecaster
 from pipeline.progress import Progress
 from pipeline.records import (
@@ -35,8 +51,9 @@ from pipeline.records import (
     RawRecord,
     triage,
 )
+from pipeline.swap import INCOMPATIBLE, ChampionWatcher, ModelSlot, incompatibility
 from pipeline.train import predict
-from pipeline.windows import Append, RollingWindow, freq_to_ms
+from pipeline.windows import Append, Gap, RollingWindow, Step, freq_to_ms
 
 if TYPE_CHECKING:
     from pipeline.registry import RegisteredForecaster
@@ -44,12 +61,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.5
-FORECASTING = (Append.ACCEPTED, Append.FILLED_GAP, Append.RESTARTED)
+NO_REQUESTS: tuple[ForecastRequest, ...] = ()
 
 
 class Source(Protocol):
     def poll(self, timeout_s: float = ...) -> list[RawRecord]: ...
     def commit(self, records: list[RawRecord]) -> None: ...
+    def lag(self) -> int: ...
 
 
 class Sink(Protocol):
@@ -60,96 +78,196 @@ class Sink(Protocol):
 
 @dataclass
 class ServeStats:
+    """Running totals of one serve loop; the Prometheus endpoint reads them when scraped."""
+
     records_in: int = 0
+    records_rewound: int = 0
     forecasts_out: int = 0
     duplicates: int = 0
+    gaps_filled: int = 0
+    restarts: int = 0
     evicted_series: int = 0
+    series_forecast: int = 0  # series given their first forecast
+    swaps: int = 0
+    live_series: int = 0
+    consumer_lag: int = 0
+    model_name: str = ""
+    model_version: str = ""
     dead_letters: Counter[str] = field(default_factory=Counter)
-    series_forecast: set[str] = field(default_factory=set)
+    refused: Counter[str] = field(default_factory=Counter)
+    batch_latency: LatencyRecorder = field(default_factory=LatencyRecorder)
+    record_latency: LatencyRecorder = field(default_factory=LatencyRecorder)
+    # Online forecast error by steps ahead (index 0: one step ahead), over channels.
+    abs_error_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    abs_error_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def as_dict(self) -> dict[str, object]:
         return {
             "records_in": self.records_in,
+            "records_rewound": self.records_rewound,
             "forecasts_out": self.forecasts_out,
             "duplicates": self.duplicates,
+            "gaps_filled": self.gaps_filled,
+            "restarts": self.restarts,
             "evicted_series": self.evicted_series,
+            "series_forecast": self.series_forecast,
+            "swaps": self.swaps,
+            "model_version": self.model_version,
             "dead_letters": dict(self.dead_letters),
-            "series_forecast": len(self.series_forecast),
+            "refused": dict(self.refused),
+            "online_mae": self.online_mae(),
         }
 
+    def online_mae(self) -> list[float | None]:
+        """Mean absolute error of published forecasts by steps ahead; None where none scored."""
+        return [
+            float(total / count) if count else None
+            for total, count in zip(self.abs_error_sum, self.abs_error_count, strict=True)
+        ]
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class ForecastRequest:
     series: str
     issued_at_ms: int
     window: np.ndarray  # (L, C)
+    produced_at_ms: int  # the input record's timestamp, for latency
+
+
+@dataclass(slots=True)
+class SeriesState:
+    """What the loop holds for one live series."""
+
+    window: RollingWindow
+    partition: int
+    forecast_before: bool = False
+    # The forecast being scored against actuals as they arrive: (issued_at_ms, (H, C) values).
+    scoring: tuple[int, np.ndarray] | None = None
 
 
 class RollingForecaster:
-    """Per-series rolling windows and the batched forecast step; no I/O of its own."""
+    """Per-series rolling windows, the batched forecast step and online scoring; no I/O."""
 
-    def __init__(self, forecaster: RegisteredForecaster, max_gap: int, max_series: int) -> None:
+    def __init__(
+        self,
+        forecaster: RegisteredForecaster,
+        max_gap: int,
+        max_series: int,
+        grace_steps: int = 0,
+    ) -> None:
         self.forecaster = forecaster
-        self.max_gap, self.max_series = max_gap, max_series
-        self.windows: OrderedDict[str, RollingWindow] = OrderedDict()
+        self.max_gap, self.max_series, self.grace_steps = max_gap, max_series, grace_steps
+        self.series: OrderedDict[str, SeriesState] = OrderedDict()
         self.step_ms = freq_to_ms(self.model.config.freq)
 
     @property
     def model(self) -> Forecaster:
         return self.forecaster.model
 
+    def swap(self, forecaster: RegisteredForecaster) -> None:
+        """Serve with ``forecaster`` from now on; it must serve like the current one."""
+        self.forecaster = forecaster
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop the windows of series read from ``partitions`` (now another member's)."""
+        gone = [sid for sid, state in self.series.items() if state.partition in partitions]
+        for series_id in gone:
+            del self.series[series_id]
+        logger.info("dropped %d series of partitions %s", len(gone), sorted(partitions))
+
     def observe(
         self, record: RawRecord, obs: Observation, stats: ServeStats
-    ) -> ForecastRequest | DeadLetter | None:
-        """Add one observation to its series' window; say what it asks for."""
+    ) -> DeadLetter | tuple[ForecastRequest, ...]:
+        """Add one observation to its series' window; return the forecasts it makes due."""
         channels = self.model.config.channels
-        missing = [c for c in channels if c not in obs.values]
-        if missing:
+        try:
+            values = np.array([obs.values[c] for c in channels], dtype=np.float32)
+        except KeyError:
+            missing = [c for c in channels if c not in obs.values]
             return DeadLetter(record, MISSING_CHANNEL, f"the model needs channels {missing}")
-        window = self._window(obs.series, stats)
-        outcome = window.append(obs.ts_ms, np.array([obs.values[c] for c in channels], np.float32))
+        state = self._state(obs.series, record.partition, stats)
+        outcome = state.window.append(obs.ts_ms, values)
+        if record.rewound:
+            state.window.placed()  # state only: these records were served before
+            return NO_REQUESTS
         if outcome is Append.LATE:
-            return DeadLetter(
-                record, LATE, f"older than the newest step held ({window.last_ts_ms} ms)"
-            )
+            newest = state.window.last_ts_ms
+            return DeadLetter(record, LATE, f"older than the grace period allows (newest {newest})")
         if outcome is Append.DUPLICATE:
             stats.duplicates += 1
-        if outcome in FORECASTING and window.is_whole:
-            return ForecastRequest(obs.series, window.last_ts_ms or obs.ts_ms, window.window())
-        return None
+            return NO_REQUESTS
+        return tuple(self._due(obs.series, state, record, stats))
 
-    def _window(self, series_id: str, stats: ServeStats) -> RollingWindow:
-        window = self.windows.get(series_id)
-        if window is not None:
-            self.windows.move_to_end(series_id)
-            return window
-        if len(self.windows) >= self.max_series:
-            self.windows.popitem(last=False)  # least recently seen
+    def _due(
+        self, series_id: str, state: SeriesState, record: RawRecord, stats: ServeStats
+    ) -> list[ForecastRequest]:
+        due = []
+        for step in state.window.placed():
+            stats.gaps_filled += step.gap is Gap.FILLED
+            stats.restarts += step.gap is Gap.RESTARTED
+            if state.scoring is not None:
+                self._score(state, step, stats)
+            if step.window is not None:
+                due.append(ForecastRequest(series_id, step.ts_ms, step.window, record.timestamp_ms))
+        return due
+
+    def _score(self, state: SeriesState, step: Step, stats: ServeStats) -> None:
+        assert state.scoring is not None
+        issued_at_ms, predicted = state.scoring
+        ahead = (step.ts_ms - issued_at_ms) // self.step_ms - 1
+        if ahead < len(predicted):
+            stats.abs_error_sum[ahead] += float(np.abs(predicted[ahead] - step.values).mean())
+            stats.abs_error_count[ahead] += 1
+        if ahead >= len(predicted) - 1:
+            state.scoring = None  # fully scored (or overtaken): score the next one
+
+    def _state(self, series_id: str, partition: int, stats: ServeStats) -> SeriesState:
+        state = self.series.get(series_id)
+        if state is not None:
+            self.series.move_to_end(series_id)
+            return state
+        if len(self.series) >= self.max_series:
+            self.series.popitem(last=False)  # least recently seen
             stats.evicted_series += 1
         config = self.model.config
-        window = RollingWindow(config.lookback, config.n_channels, self.step_ms, self.max_gap)
-        self.windows[series_id] = window
-        return window
+        window = RollingWindow(
+            config.lookback, config.n_channels, self.step_ms, self.max_gap, self.grace_steps
+        )
+        state = self.series[series_id] = SeriesState(window, partition)
+        return state
 
-    def forecast(self, requests: list[ForecastRequest]) -> list[Forecast]:
+    def forecast(self, requests: list[ForecastRequest], stats: ServeStats) -> list[Forecast]:
         """One batched model call for every request."""
         if not requests:
             return []
         preds = predict(self.model, np.stack([r.window for r in requests]))  # (B, H, C)
-        config = self.model.config
-        return [
-            Forecast(
-                series=r.series,
-                issued_at_ms=r.issued_at_ms,
-                model_name=self.forecaster.name,
-                model_version=self.forecaster.version,
-                freq=config.freq,
-                step_ms=self.step_ms,
-                channels=config.channels,
-                values=pred.tolist(),
+        config, name, version = self.model.config, self.forecaster.name, self.forecaster.version
+        forecasts = []
+        for request, pred in zip(requests, preds, strict=True):
+            self._start_scoring(request, pred, stats)
+            forecasts.append(
+                Forecast(
+                    series=request.series,
+                    issued_at_ms=request.issued_at_ms,
+                    model_name=name,
+                    model_version=version,
+                    freq=config.freq,
+                    step_ms=self.step_ms,
+                    channels=config.channels,
+                    values=pred.tolist(),
+                )
             )
-            for r, pred in zip(requests, preds, strict=True)
-        ]
+        return forecasts
+
+    def _start_scoring(self, request: ForecastRequest, pred: np.ndarray, stats: ServeStats) -> None:
+        state = self.series.get(request.series)
+        if state is None:
+            return  # evicted within this batch
+        if not state.forecast_before:
+            state.forecast_before = True
+            stats.series_forecast += 1
+        if state.scoring is None:
+            state.scoring = (request.issued_at_ms, pred)
 
 
 def serve_batch(
@@ -160,23 +278,59 @@ def serve_batch(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> None:
     """Handle one poll; on return every output it caused is acknowledged by the broker."""
+    started = time.perf_counter()
     accepted, dead = triage(records, max_record_bytes)
     requests: list[ForecastRequest] = []
     for record, obs in accepted:
         outcome = rolling.observe(record, obs, stats)
         if isinstance(outcome, DeadLetter):
             dead.append(outcome)
-        elif outcome is not None:
-            requests.append(outcome)
+        elif outcome:
+            requests += outcome
     for letter in dead:
-        sink.send_dead_letter(letter)
-        stats.dead_letters[letter.reason] += 1
-    for forecast in rolling.forecast(requests):
+        if not letter.record.rewound:
+            sink.send_dead_letter(letter)
+            stats.dead_letters[letter.reason] += 1
+    for forecast in rolling.forecast(requests, stats):
         sink.send_forecast(forecast)
-        stats.series_forecast.add(forecast.series)
     sink.flush()
-    stats.records_in += len(records)
+    _count(records, requests, stats, started)
+
+
+def _count(
+    records: list[RawRecord], requests: list[ForecastRequest], stats: ServeStats, started: float
+) -> None:
+    acked_ms = time.time() * 1000
+    produced_ms = np.fromiter((r.produced_at_ms for r in requests), np.float64, len(requests))
+    stats.record_latency.record((acked_ms - produced_ms) / 1000)
+    stats.batch_latency.record(np.array([time.perf_counter() - started]))
+    rewound = sum(r.rewound for r in records)
+    stats.records_rewound += rewound
+    stats.records_in += len(records) - rewound
     stats.forecasts_out += len(requests)
+
+
+def swap_if_offered(slot: ModelSlot, rolling: RollingForecaster, stats: ServeStats) -> None:
+    """Between batches: take a version the watcher loaded, swap it in or refuse it."""
+    loaded, refusals = slot.take()
+    for refusal in refusals:
+        stats.refused[refusal.reason] += 1
+    if loaded is None:
+        return
+    problem = incompatibility(rolling.forecaster, loaded)
+    if problem is not None:
+        logger.error(
+            "refusing version %s: it does not serve like version %s (%s); keeping the old one",
+            loaded.version,
+            rolling.forecaster.version,
+            problem,
+        )
+        stats.refused[INCOMPATIBLE] += 1
+        return
+    logger.info("swapping in version %s (was %s)", loaded.version, rolling.forecaster.version)
+    rolling.swap(loaded)
+    stats.swaps += 1
+    stats.model_version = loaded.version
 
 
 def run_serve(
@@ -185,21 +339,37 @@ def run_serve(
     rolling: RollingForecaster,
     should_stop: Callable[[ServeStats, bool], bool],
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    slot: ModelSlot | None = None,
+    stats: ServeStats | None = None,
 ) -> ServeStats:
     """Serve until ``should_stop(stats, last_poll_was_empty)`` says so."""
-    stats, progress = ServeStats(), Progress("serve", logger=logger)
+    stats = stats or new_stats(rolling)
+    progress = Progress("serve", logger=logger)
     while True:
+        if slot is not None:
+            swap_if_offered(slot, rolling, stats)
         records = source.poll(POLL_TIMEOUT_S)
         if records:
             serve_batch(records, rolling, sink, stats, max_record_bytes)
             source.commit(records)
             progress.advance(len(records), f"{stats.forecasts_out} forecasts")
+        stats.consumer_lag, stats.live_series = source.lag(), len(rolling.series)
         if should_stop(stats, not records):
             break
     progress.finish(
         f"{stats.forecasts_out} forecasts, {sum(stats.dead_letters.values())} dead letters"
     )
     return stats
+
+
+def new_stats(rolling: RollingForecaster) -> ServeStats:
+    horizon = rolling.model.config.horizon
+    return ServeStats(
+        model_name=rolling.forecaster.name,
+        model_version=rolling.forecaster.version,
+        abs_error_sum=np.zeros(horizon),
+        abs_error_count=np.zeros(horizon, np.int64),
+    )
 
 
 def serve_from_settings(
@@ -209,27 +379,49 @@ def serve_from_settings(
     serve: ServeSettings,
     max_records: int | None = None,
 ) -> tuple[ServeStats, RegisteredForecaster]:
-    """The serve stage wired to Kafka and the registry's champion.
+    """The serve stage wired to Kafka, the registry's champion and the metrics endpoint.
 
     Runs until ``max_records`` are served, ``serve.serve_idle_s`` pass without a record,
-    or forever when both are None.
+    or forever when both are None. Returns the stats and the version serving at the end.
     """
     from pipeline import registry  # MLflow stays out of the loop's import path
+    from pipeline.kafka_io import Publisher, StreamSource
+    from pipeline.metrics import serve_metrics
 
     registry.configure(mlflow_settings, store)
     champion = registry.load_champion(mlflow_settings)
     logger.info("serving %s version %s", champion.name, champion.version)
-    rolling = RollingForecaster(champion, store.max_gap, serve.max_series)
+    rolling = RollingForecaster(champion, store.max_gap, serve.max_series, serve.grace_steps)
+    stats = new_stats(rolling)
+    if serve.metrics_port:
+        serve_metrics(stats, serve.metrics_port)
+        logger.info("Prometheus metrics on http://0.0.0.0:%d/metrics", serve.metrics_port)
+    slot = ModelSlot()
+    watcher = ChampionWatcher(
+        champion.version,
+        lambda: registry.champion_version(mlflow_settings),
+        lambda version: registry.load_version(mlflow_settings, version),
+        slot,
+        serve.champion_poll_s,
+    )
     source = StreamSource(
-        kafka, kafka.topic_observations, serve.serve_group, serve.max_poll_records
+        kafka,
+        kafka.topic_observations,
+        serve.serve_group,
+        serve.max_poll_records,
+        serve.rewind_records,
+        rolling.forget_partitions,
     )
     publisher = Publisher(kafka)
+    watcher.start()
     try:
-        stats = run_serve(source, publisher, rolling, _stop_rule(max_records, serve.serve_idle_s))
+        stop = _stop_rule(max_records, serve.serve_idle_s)
+        run_serve(source, publisher, rolling, stop, serve.max_record_bytes, slot, stats)
     finally:
+        watcher.stop()
         source.close()
         publisher.close()
-    return stats, champion
+    return stats, rolling.forecaster
 
 
 def _stop_rule(max_records: int | None, idle_s: float | None) -> Callable[[ServeStats, bool], bool]:

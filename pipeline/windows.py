@@ -9,8 +9,10 @@ The policies, in one place:
 * **Gaps.** A gap of up to ``max_gap`` missing steps is filled by linear interpolation. A longer gap
   is left missing: no training window crosses it, and a live series gets no forecast until
   ``lookback`` steps have arrived after it.
-* **Late records.** In a live rolling window, an observation older than the newest step already
-  held is late: it is refused (the caller dead-letters it with reason ``late``).
+* **Out of order and late records.** A live rolling window holds each step for a grace period of
+  ``grace_steps`` steps of event time, and places what arrived in that time in timestamp order.
+  An observation of a step that has already been placed is a duplicate if that step was observed
+  (counted and dropped), otherwise late: it is refused (the caller dead-letters it as ``late``).
 
 Imports only numpy and pandas.
 """
@@ -186,74 +188,128 @@ def _window_set(
 class Append(enum.Enum):
     """What :meth:`RollingWindow.append` did with an observation."""
 
-    ACCEPTED = "accepted"
-    FILLED_GAP = "filled_gap"  # accepted after interpolating a short gap
-    RESTARTED = "restarted"  # accepted after a long gap emptied the window
-    DUPLICATE = "duplicate"  # same step as the newest one held: dropped
-    LATE = "late"  # older than the newest step held: refused
+    ACCEPTED = "accepted"  # placed, or held until its grace period ends
+    DUPLICATE = "duplicate"  # a step already observed: dropped, the first one wins
+    LATE = "late"  # older than the grace period allows: refused
+
+
+class Gap(enum.Enum):
+    """How a step was placed in the ring, by the gap policy."""
+
+    NONE = "none"  # the step right after the previous one
+    FILLED = "filled"  # a short gap before it was interpolated
+    RESTARTED = "restarted"  # a long gap before it emptied the window
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One observed step placed in a rolling window, and the whole window ending at it.
+
+    ``window`` is None while fewer than ``lookback`` steps are held.
+    """
+
+    ts_ms: int
+    values: np.ndarray  # (C,) as observed
+    gap: Gap
+    window: np.ndarray | None
 
 
 class RollingWindow:
     """The newest ``lookback`` steps of one series, in a fixed-size numpy ring.
 
-    Memory is bounded by ``lookback * channels`` floats whatever the stream does.
+    Observations may arrive out of order by up to ``grace_steps`` steps: a step is held until an
+    observation ``grace_steps`` newer arrives, then placed in timestamp order. Memory is bounded
+    by ``lookback * channels`` floats plus the held steps, whatever the stream does.
 
     >>> w = RollingWindow(lookback=2, n_channels=1, step_ms=10, max_gap=1)
-    >>> [w.append(t, np.array([float(t)])).value for t in (0, 10, 10, 40)]
-    ['accepted', 'accepted', 'duplicate', 'restarted']
-    >>> w.is_whole
-    False
+    >>> [w.append(t, np.array([float(t)])).value for t in (0, 10, 10, 40, 0)]
+    ['accepted', 'accepted', 'duplicate', 'accepted', 'late']
+    >>> [(s.ts_ms, s.gap.value, s.window is not None) for s in w.placed()]
+    [(0, 'none', False), (10, 'none', True), (40, 'restarted', False)]
     """
 
-    def __init__(self, lookback: int, n_channels: int, step_ms: int, max_gap: int) -> None:
-        self._ring = np.zeros((lookback, n_channels), dtype=np.float32)
+    def __init__(
+        self, lookback: int, n_channels: int, step_ms: int, max_gap: int, grace_steps: int = 0
+    ) -> None:
+        # Every step is written twice, L apart, so the window is always one contiguous slice.
+        self._ring = np.zeros((2 * lookback, n_channels), dtype=np.float32)
+        self._observed_ts = np.full(lookback, -1, dtype=np.int64)  # -1: an interpolated step
+        self._lookback = lookback
         self._step_ms = step_ms
         self._max_gap = max_gap
+        self._grace_ms = grace_steps * step_ms
+        self._held: dict[int, np.ndarray] = {}
+        self._newest_ms: int | None = None
+        self._placed: list[Step] = []
         self._count = 0  # steps written since the last restart
-        self.last_ts_ms: int | None = None
+        self.last_ts_ms: int | None = None  # the newest placed step
 
     @property
     def lookback(self) -> int:
-        return len(self._ring)
+        return self._lookback
 
     @property
     def is_whole(self) -> bool:
-        return self._count >= self.lookback
+        return self._count >= self._lookback
 
     def append(self, ts_ms: int, values: np.ndarray) -> Append:
-        """Add one observation at ``ts_ms`` (floored to the step grid) following the gap policy."""
+        """Take one observation at ``ts_ms`` (floored to the step grid)."""
         ts_ms -= ts_ms % self._step_ms
-        if self.last_ts_ms is None:
-            return self._write(ts_ms, values, Append.ACCEPTED)
-        missing = (ts_ms - self.last_ts_ms) // self._step_ms - 1
-        if missing < -1:
-            return Append.LATE
-        if missing == -1:
+        if self.last_ts_ms is not None and ts_ms <= self.last_ts_ms:
+            return Append.DUPLICATE if self._holds(ts_ms) else Append.LATE
+        if ts_ms in self._held:
             return Append.DUPLICATE
-        if missing == 0:
-            return self._write(ts_ms, values, Append.ACCEPTED)
-        if missing <= self._max_gap:
-            self._interpolate(missing, values)
-            return self._write(ts_ms, values, Append.FILLED_GAP)
-        self._count = 0
-        return self._write(ts_ms, values, Append.RESTARTED)
+        self._held[ts_ms] = values
+        if self._newest_ms is None or ts_ms > self._newest_ms:
+            self._newest_ms = ts_ms
+        self._release(self._newest_ms - self._grace_ms)
+        return Append.ACCEPTED
+
+    def placed(self) -> list[Step]:
+        """The steps placed since the last call, oldest first."""
+        placed, self._placed = self._placed, []
+        return placed
 
     def window(self) -> np.ndarray:
         """The newest ``lookback`` steps, oldest first, as a new ``(L, C)`` array."""
-        start = self._count % self.lookback
-        return np.concatenate([self._ring[start:], self._ring[:start]])
+        start = self._count % self._lookback
+        return self._ring[start : start + self._lookback].copy()
+
+    def _holds(self, ts_ms: int) -> bool:
+        assert self.last_ts_ms is not None
+        back = (self.last_ts_ms - ts_ms) // self._step_ms
+        if back >= min(self._count, self._lookback):
+            return False
+        return bool(self._observed_ts[(self._count - 1 - back) % self._lookback] == ts_ms)
+
+    def _release(self, up_to_ms: int) -> None:
+        while self._held:
+            ts_ms = min(self._held) if len(self._held) > 1 else next(iter(self._held))
+            if ts_ms > up_to_ms:
+                return
+            self._place(ts_ms, self._held.pop(ts_ms))
+
+    def _place(self, ts_ms: int, values: np.ndarray) -> None:
+        gap = Gap.NONE
+        if self.last_ts_ms is not None:
+            missing = (ts_ms - self.last_ts_ms) // self._step_ms - 1
+            if 0 < missing <= self._max_gap:
+                self._interpolate(missing, values)
+                gap = Gap.FILLED
+            elif missing > self._max_gap:
+                self._count, gap = 0, Gap.RESTARTED
+        self._push(values, ts_ms)
+        self.last_ts_ms = ts_ms
+        self._placed.append(Step(ts_ms, values, gap, self.window() if self.is_whole else None))
 
     def _interpolate(self, missing: int, values: np.ndarray) -> None:
         # A copy: with max_gap > lookback the ring wraps onto the row being read.
-        previous = self._ring[(self._count - 1) % self.lookback].copy()
+        previous = self._ring[(self._count - 1) % self._lookback].copy()
         for k in range(1, missing + 1):
-            self._push(previous + (values - previous) * (k / (missing + 1)))
+            self._push(previous + (values - previous) * (k / (missing + 1)), -1)
 
-    def _write(self, ts_ms: int, values: np.ndarray, outcome: Append) -> Append:
-        self._push(values)
-        self.last_ts_ms = ts_ms
-        return outcome
-
-    def _push(self, values: np.ndarray) -> None:
-        self._ring[self._count % self.lookback] = values
+    def _push(self, values: np.ndarray, observed_ts: int) -> None:
+        slot = self._count % self._lookback
+        self._ring[slot] = self._ring[slot + self._lookback] = values
+        self._observed_ts[slot] = observed_ts
         self._count += 1

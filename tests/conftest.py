@@ -45,6 +45,7 @@ def rollcast_env(
         "ROLLCAST_TOPIC_DEADLETTER": f"deadletter-{run}",
         "ROLLCAST_INGEST_GROUP": f"ingest-{run}",
         "ROLLCAST_SERVE_GROUP": f"serve-{run}",
+        "ROLLCAST_METRICS_PORT": "0",
         "ROLLCAST_INGEST_IDLE_S": "3",
         "ROLLCAST_DATA_DIR": str(tmp_path / "data"),
         "ROLLCAST_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -10,6 +10,7 @@ from pipeline.windows import (
     SERIES,
     TS,
     Append,
+    Gap,
     RollingWindow,
     WindowSet,
     build_window_sets,
@@ -275,13 +276,19 @@ def test_build_window_sets_never_crosses_a_long_gap() -> None:
 STEP_MS = 10
 
 
-def rolling(lookback: int = 4, max_gap: int = MAX_GAP, n_channels: int = 1) -> RollingWindow:
-    return RollingWindow(lookback=lookback, n_channels=n_channels, step_ms=STEP_MS, max_gap=max_gap)
+def rolling(
+    lookback: int = 4, max_gap: int = MAX_GAP, n_channels: int = 1, grace_steps: int = 0
+) -> RollingWindow:
+    return RollingWindow(lookback, n_channels, STEP_MS, max_gap, grace_steps)
 
 
 def feed(window: RollingWindow, steps: list[int]) -> list[Append]:
     """Append value ``k`` at step ``k`` for each step."""
     return [window.append(k * STEP_MS, np.array([float(k)])) for k in steps]
+
+
+def placed_steps(window: RollingWindow) -> list[int]:
+    return [step.ts_ms // STEP_MS for step in window.placed()]
 
 
 def test_rolling_window_accepts_a_regular_sequence() -> None:
@@ -295,6 +302,19 @@ def test_rolling_window_accepts_a_regular_sequence() -> None:
     assert window.is_whole
     assert window.window()[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert window.last_ts_ms == 3 * STEP_MS
+
+
+def test_rolling_window_reports_each_placed_step_with_its_window_once_whole() -> None:
+    window = rolling(lookback=2)
+    feed(window, [0, 1, 2])
+
+    steps = window.placed()
+
+    assert [s.ts_ms for s in steps] == [0, STEP_MS, 2 * STEP_MS]
+    assert steps[0].window is None
+    assert steps[1].window is not None and steps[1].window[:, 0].tolist() == [0.0, 1.0]
+    assert steps[2].window is not None and steps[2].window[:, 0].tolist() == [1.0, 2.0]
+    assert window.placed() == []
 
 
 def test_rolling_window_floors_timestamps_to_the_step() -> None:
@@ -316,15 +336,63 @@ def test_rolling_window_drops_a_duplicate_keeping_the_first() -> None:
     assert window.window()[:, 0].tolist() == [0.0, 1.0]
 
 
+def test_rolling_window_knows_an_older_observed_step_is_a_duplicate_not_late() -> None:
+    window = rolling(lookback=4)
+    feed(window, [0, 1, 2, 3])
+
+    assert window.append(1 * STEP_MS, np.array([99.0])) is Append.DUPLICATE
+    assert window.window()[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_rolling_window_refuses_a_late_observation() -> None:
     window = rolling(lookback=3)
-    feed(window, [0, 1, 2])
+    feed(window, [0, 2])  # step 1 is interpolated, never observed
 
-    outcome = window.append(0, np.array([99.0]))
+    outcome = window.append(1 * STEP_MS, np.array([99.0]))
 
     assert outcome is Append.LATE
     assert window.window()[:, 0].tolist() == [0.0, 1.0, 2.0]
     assert window.last_ts_ms == 2 * STEP_MS
+
+
+def test_rolling_window_refuses_a_step_older_than_the_window() -> None:
+    window = rolling(lookback=2)
+    feed(window, [5, 6, 7])
+
+    assert window.append(1 * STEP_MS, np.array([99.0])) is Append.LATE
+
+
+@pytest.mark.parametrize("grace", [1, 2, 5])
+def test_rolling_window_places_out_of_order_records_within_the_grace_period(grace: int) -> None:
+    window = rolling(lookback=4, grace_steps=grace)
+    arrival = [0, 2, 1, 4, 3, 5, 6, 7, 8, 9]  # each at most one step out of order
+
+    assert feed(window, arrival) == [Append.ACCEPTED] * len(arrival)
+
+    newest_placed = 9 - grace
+    assert placed_steps(window) == list(range(newest_placed + 1))
+    expected = [float(k) for k in range(newest_placed - 3, newest_placed + 1)]
+    assert window.window()[:, 0].tolist() == expected
+
+
+def test_rolling_window_holds_a_step_for_its_grace_period() -> None:
+    window = rolling(lookback=2, grace_steps=2)
+    feed(window, [0, 1])
+    assert placed_steps(window) == []
+
+    feed(window, [2])
+
+    assert placed_steps(window) == [0]
+
+
+def test_rolling_window_is_late_beyond_the_grace_period() -> None:
+    window = rolling(lookback=8, grace_steps=1)
+    feed(window, [0, 1, 3, 4])  # step 2 missing: interpolated when 3 was placed
+
+    assert window.append(2 * STEP_MS, np.array([99.0])) is Append.LATE
+    assert window.append(4 * STEP_MS, np.array([99.0])) is Append.DUPLICATE  # still held
+    feed(window, [5])
+    assert window.window()[-5:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 @pytest.mark.parametrize("gap", range(1, MAX_GAP + 1))
@@ -333,9 +401,9 @@ def test_rolling_window_interpolates_a_short_gap(gap: int) -> None:
     window = rolling(lookback=lookback)
     feed(window, [0, 1, 2])
 
-    outcome = window.append((3 + gap) * STEP_MS, np.array([float(3 + gap)]))
+    feed(window, [3 + gap])
 
-    assert outcome is Append.FILLED_GAP
+    assert [s.gap for s in window.placed()][-1] is Gap.FILLED
     n_held = 4 + gap
     # Value k sits at step k, so interpolated steps must hold their own index.
     assert window.window()[-n_held:, 0].tolist() == [float(k) for k in range(n_held)]
@@ -357,17 +425,20 @@ def test_rolling_window_restarts_after_a_long_gap(gap: int) -> None:
     window = rolling(lookback=lookback)
     feed(window, [0, 1, 2, 3, 4])
     assert window.is_whole
+    window.placed()
     first = 5 + gap
 
-    assert feed(window, [first]) == [Append.RESTARTED]
-    assert not window.is_whole
+    feed(window, [first])
+
+    assert [s.gap for s in window.placed()] == [Gap.RESTARTED]
     for k in range(1, lookback - 1):
-        assert feed(window, [first + k]) == [Append.ACCEPTED]
+        feed(window, [first + k])
         assert not window.is_whole
     feed(window, [first + lookback - 1])
 
     assert window.is_whole
     assert window.window()[:, 0].tolist() == [float(first + k) for k in range(lookback)]
+    assert [s.window is not None for s in window.placed()] == [False] * (lookback - 2) + [True]
 
 
 def test_rolling_window_is_oldest_first_after_wrap_around() -> None:
@@ -390,23 +461,26 @@ def test_rolling_window_returns_a_copy() -> None:
 
 def test_rolling_window_memory_is_bounded() -> None:
     lookback, n_channels = 16, 3
-    window = rolling(lookback=lookback, n_channels=n_channels)
-    ring = window._ring  # the only storage the window holds
+    window = rolling(lookback=lookback, n_channels=n_channels, grace_steps=2)
+    ring = window._ring  # the only storage the window holds, besides held steps
     ring_shape, ring_bytes = ring.shape, ring.nbytes
 
     for k in range(10_000):
         window.append(k * STEP_MS, np.full(n_channels, float(k)))
+        window.placed()
 
     assert window._ring is ring
     assert (window._ring.shape, window._ring.nbytes) == (ring_shape, ring_bytes)
+    assert len(window._held) == 2
     assert window.window().shape == (lookback, n_channels)
-    assert window.window()[:, 0].tolist() == [float(k) for k in range(10_000 - lookback, 10_000)]
+    assert window.window()[:, 0].tolist() == [float(k) for k in range(9998 - lookback, 9998)]
 
 
 def test_rolling_window_interpolates_a_gap_longer_than_lookback() -> None:
     window = rolling(lookback=2, max_gap=5)
     feed(window, [0])
 
-    assert feed(window, [4]) == [Append.FILLED_GAP]
+    feed(window, [4])
 
+    assert [s.gap for s in window.placed()] == [Gap.NONE, Gap.FILLED]
     assert window.window()[:, 0].tolist() == [3.0, 4.0]

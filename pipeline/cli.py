@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     backtest.set_defaults(handler=cmd_backtest)
 
+    register = commands.add_parser(
+        "register", help="register a checkpoint trained elsewhere as a new model version"
+    )
+    register.add_argument("checkpoint", type=Path, help="a .pt file written by Rollcast")
+    register.add_argument("--promote", action="store_true", help="make it the champion")
+    register.set_defaults(handler=cmd_register)
+
     serve = commands.add_parser("serve", help="serve forecasts until stopped")
     serve.add_argument("--max-records", type=int, help="stop after this many records")
     serve.add_argument("--idle-s", type=float, help="stop after this long without records")
@@ -195,6 +202,20 @@ def _log_backtest(metrics: dict[str, object], out: Path) -> None:
     registry.configure(settings, StoreSettings())
     run_id = registry.log_backtest(metrics, out)
     print(f"logged to MLflow run {run_id} at {settings.mlflow_tracking_uri}")
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from pipeline import registry
+    from pipeline.config import MlflowSettings, StoreSettings
+    from pipeline.model import load_checkpoint
+
+    settings = MlflowSettings()
+    model = load_checkpoint(args.checkpoint)
+    registry.configure(settings, StoreSettings())
+    version = registry.register_checkpoint(settings, model, str(args.checkpoint))
+    if args.promote:
+        registry.promote(settings, version)
+    print(f"registered {settings.model_name} version {version}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -179,6 +179,10 @@ class StreamSource:
         """Whether the group has given this member its partitions yet."""
         return bool(self._consumer.assignment())
 
+    def partitions(self) -> int:
+        """How many partitions this member owns now."""
+        return len(self._owned)
+
     def lag(self) -> int:
         """Records between what was read and each partition's high watermark, as last fetched."""
         behind = 0
@@ -308,12 +312,18 @@ class Publisher:
 
 
 def read_topic(
-    settings: KafkaSettings, topic: str, expected: int, timeout_s: float = 30.0
+    settings: KafkaSettings,
+    topic: str,
+    expected: int,
+    timeout_s: float = 30.0,
+    settle_s: float = 0.0,
 ) -> list[RawRecord]:
     """Read a topic from its start, without a group, until ``expected`` records or the timeout.
 
-    Counting records, rather than comparing with end offsets, is deliberate: some brokers
-    (the embedded one) report the last batch's base offset as the end.
+    With ``settle_s``, reading goes on after ``expected`` until no record arrives for that long,
+    so records beyond the expected count (duplicates, say) are read too. Counting records,
+    rather than comparing with end offsets, is deliberate: some brokers (the embedded one)
+    report the last batch's base offset as the end.
     """
     consumer = KafkaConsumer(enable_auto_commit=False, **_client_options(settings))
     try:
@@ -323,11 +333,17 @@ def read_topic(
         records: list[RawRecord] = []
         deadline = time.monotonic() + timeout_s
         while len(records) < expected and time.monotonic() < deadline:
-            batches = consumer.poll(timeout_ms=500)
-            records += [_to_raw(m) for messages in batches.values() for m in messages]
+            records += _poll_raw(consumer, 0.5)
+        while settle_s and (more := _poll_raw(consumer, settle_s)):
+            records += more
         return records
     finally:
         consumer.close(autocommit=False)
+
+
+def _poll_raw(consumer: KafkaConsumer, timeout_s: float) -> list[RawRecord]:
+    batches = consumer.poll(timeout_ms=int(timeout_s * 1000))
+    return [_to_raw(m) for messages in batches.values() for m in messages]
 
 
 def replay(

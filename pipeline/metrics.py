@@ -87,6 +87,7 @@ class ServeCollector(Collector):
         yield _labelled_counter("model_refused", "Versions refused", "reason", s.refused)
         yield _gauge("live_series", "Series with a window held", s.live_series)
         yield _gauge("consumer_lag", "Records behind the high watermark", s.consumer_lag)
+        yield _gauge("assigned_partitions", "Input partitions this member reads", s.partitions)
         info = GaugeMetricFamily(
             "rollcast_model", "The model version serving", labels=["name", "version"]
         )

@@ -148,6 +148,32 @@ def log_training_run(
     return LoggedVersion(run.info.run_id, version)
 
 
+def register_checkpoint(settings: MlflowSettings, model: Forecaster, source: str) -> str:
+    """Register a forecaster trained elsewhere (a GPU machine, a notebook) as a new version.
+
+    The run holds the model config as params and ``source`` as a tag; no alias moves.
+    """
+    with mlflow.start_run(run_name=f"register-{settings.model_name}"):
+        mlflow.log_params({f"model.{k}": v for k, v in model.config.to_dict().items()})
+        mlflow.set_tag("rollcast.source", source)
+        version = _log_model(settings, model, example_input(model))
+    logger.info("registered %s from %s as version %s", settings.model_name, source, version)
+    return version
+
+
+def example_input(model: Forecaster) -> pd.DataFrame:
+    """One series of ``lookback`` flat steps: the smallest input the pyfunc accepts."""
+    config = model.config
+    step_ms = freq_to_ms(config.freq)
+    return pd.DataFrame(
+        {
+            SERIES: "example",
+            TS: [format_timestamp(k * step_ms) for k in range(config.lookback)],
+            **{channel: 0.0 for channel in config.channels},
+        }
+    )
+
+
 def _params(model: Forecaster, train_config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     model_params = {f"model.{k}": v for k, v in model.config.to_dict().items()}
     train_params = {f"train.{k}": v for k, v in asdict(train_config).items()}

@@ -29,6 +29,8 @@ Policies (the window policies themselves are in :mod:`pipeline.windows`):
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -68,6 +70,7 @@ class Source(Protocol):
     def poll(self, timeout_s: float = ...) -> list[RawRecord]: ...
     def commit(self, records: list[RawRecord]) -> None: ...
     def lag(self) -> int: ...
+    def partitions(self) -> int: ...
 
 
 class Sink(Protocol):
@@ -91,6 +94,7 @@ class ServeStats:
     swaps: int = 0
     live_series: int = 0
     consumer_lag: int = 0
+    partitions: int = 0
     model_name: str = ""
     model_version: str = ""
     dead_letters: Counter[str] = field(default_factory=Counter)
@@ -354,7 +358,9 @@ def run_serve(
             source.commit(records)
             progress.advance(len(records), f"{stats.forecasts_out} forecasts")
         stats.consumer_lag, stats.live_series = source.lag(), len(rolling.series)
-        if should_stop(stats, not records):
+        stats.partitions = source.partitions()
+        # Idle time counts from the first assignment: a group join can take a session timeout.
+        if should_stop(stats, not records and stats.partitions > 0):
             break
     progress.finish(
         f"{stats.forecasts_out} forecasts, {sum(stats.dead_letters.values())} dead letters"
@@ -415,7 +421,7 @@ def serve_from_settings(
     publisher = Publisher(kafka)
     watcher.start()
     try:
-        stop = _stop_rule(max_records, serve.serve_idle_s)
+        stop = _stop_rule(max_records, serve.serve_idle_s, _stop_on_sigterm())
         run_serve(source, publisher, rolling, stop, serve.max_record_bytes, slot, stats)
     finally:
         watcher.stop()
@@ -424,7 +430,17 @@ def serve_from_settings(
     return stats, rolling.forecaster
 
 
-def _stop_rule(max_records: int | None, idle_s: float | None) -> Callable[[ServeStats, bool], bool]:
+def _stop_on_sigterm() -> threading.Event:
+    """An event set by SIGTERM (``docker stop``, Kubernetes): the loop ends after its batch."""
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    return stopping
+
+
+def _stop_rule(
+    max_records: int | None, idle_s: float | None, stopping: threading.Event
+) -> Callable[[ServeStats, bool], bool]:
     idle_since = time.monotonic()
 
     def should_stop(stats: ServeStats, idle: bool) -> bool:
@@ -432,6 +448,9 @@ def _stop_rule(max_records: int | None, idle_s: float | None) -> Callable[[Serve
         now = time.monotonic()
         if not idle:
             idle_since = now
+        if stopping.is_set():
+            logger.info("stopping: SIGTERM")
+            return True
         if max_records is not None and stats.records_in >= max_records:
             return True
         return idle_s is not None and now - idle_since >= idle_s

@@ -34,6 +34,8 @@ class KafkaSettings(BaseSettings):
     topic_deadletter: str = "deadletter"
     topic_partitions: int = 3
     client_id: str = "rollcast"
+    # How long the broker may hold a fetch that has no data yet: a bound on added latency.
+    fetch_max_wait_ms: int = 10
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None

@@ -163,6 +163,7 @@ class RollingForecaster:
         self.max_gap, self.max_series, self.grace_steps = max_gap, max_series, grace_steps
         self.series: OrderedDict[str, SeriesState] = OrderedDict()
         self.step_ms = freq_to_ms(self.model.config.freq)
+        self._scored: list[tuple[int, np.ndarray, np.ndarray]] = []  # (ahead, predicted, actual)
 
     @property
     def model(self) -> Forecaster:
@@ -220,10 +221,20 @@ class RollingForecaster:
         issued_at_ms, predicted = state.scoring
         ahead = (step.ts_ms - issued_at_ms) // self.step_ms - 1
         if ahead < len(predicted):
-            stats.abs_error_sum[ahead] += float(np.abs(predicted[ahead] - step.values).mean())
-            stats.abs_error_count[ahead] += 1
+            self._scored.append((ahead, predicted[ahead], step.values))
         if ahead >= len(predicted) - 1:
             state.scoring = None  # fully scored (or overtaken): score the next one
+
+    def settle_scores(self, stats: ServeStats) -> None:
+        """Add the batch's online errors to ``stats`` in one vectorised step."""
+        if not self._scored:
+            return
+        ahead = np.fromiter((a for a, _, _ in self._scored), np.int64, len(self._scored))
+        predicted = np.stack([p for _, p, _ in self._scored])
+        actual = np.stack([v for _, _, v in self._scored])
+        np.add.at(stats.abs_error_sum, ahead, np.abs(predicted - actual).mean(axis=1))
+        np.add.at(stats.abs_error_count, ahead, 1)
+        self._scored.clear()
 
     def _state(self, series_id: str, partition: int, stats: ServeStats) -> SeriesState:
         state = self.series.get(series_id)
@@ -247,8 +258,11 @@ class RollingForecaster:
         preds = predict(self.model, np.stack([r.window for r in requests]))  # (B, H, C)
         config, name, version = self.model.config, self.forecaster.name, self.forecaster.version
         forecasts = []
-        for request, pred in zip(requests, preds, strict=True):
+        # Newest first: a batch may hold several steps of a series, and only the newest
+        # forecast's actuals are all still to come.
+        for request, pred in zip(reversed(requests), preds[::-1], strict=True):
             self._start_scoring(request, pred, stats)
+        for request, values in zip(requests, preds.tolist(), strict=True):
             forecasts.append(
                 Forecast(
                     series=request.series,
@@ -258,7 +272,7 @@ class RollingForecaster:
                     freq=config.freq,
                     step_ms=self.step_ms,
                     channels=config.channels,
-                    values=pred.tolist(),
+                    values=values,
                 )
             )
         return forecasts
@@ -291,6 +305,7 @@ def serve_batch(
             dead.append(outcome)
         elif outcome:
             requests += outcome
+    rolling.settle_scores(stats)
     for letter in dead:
         if not letter.record.rewound:
             sink.send_dead_letter(letter)

@@ -223,7 +223,7 @@ def _report(stats: EpochStats, epochs: int, on_epoch: Callable[[EpochStats], Non
         on_epoch(stats)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: Forecaster, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device."""
     model.eval()

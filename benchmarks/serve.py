@@ -1,0 +1,284 @@
+"""Serve throughput, latency and memory on the embedded broker, in one run (issue 4).
+
+    python benchmarks/serve.py                 # about 5 minutes on a 2-core VM
+    python benchmarks/serve.py --json          # the figures as one JSON object on the last line
+    python benchmarks/serve.py --profile FILE  # and a pyinstrument profile of the timed phase
+
+What it measures, all in this process, pinned to one core (``--core``) with one torch thread;
+the broker and the load generator run beside it:
+
+* (a) pass-through: a kafka-python consumer→producer forwarding every record unchanged, with the
+  serve loop's batching (poll, send all, flush, commit);
+* (b) the serve loop over the same records: 1,000 series, a 2-layer hidden-128 LSTM, lookback 96,
+  horizon 24, every record making a forecast (the windows are warmed up first, untimed);
+* RSS after 100k and after 1M records served;
+* (c) per-record latency, from the input's produce timestamp to the broker's acknowledgement of
+  its forecast, with a second process producing at half of rate (b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.broker import EmbeddedBroker
+from pipeline.config import KafkaSettings
+from pipeline.kafka_io import Publisher, StreamSource, create_topics
+from pipeline.metrics import LatencyRecorder
+from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.registry import RegisteredForecaster
+from pipeline.serve import RollingForecaster, ServeStats, new_stats, run_serve
+
+logger = logging.getLogger("benchmarks.serve")
+
+STEP_MS = 3_600_000
+LOOKBACK, HORIZON = 96, 24
+MAX_POLL_RECORDS = 2000
+
+
+def observation(series: int, step: int) -> tuple[bytes, bytes]:
+    key = f"sensor-{series:04d}"
+    value = np.sin(step * 2 * np.pi / 24) + 0.01 * series
+    text = f'{{"series":"{key}","ts":{step * STEP_MS},"values":{{"value":{value:.5f}}}}}'
+    return key.encode(), text.encode()
+
+
+def produce_steps(kafka: KafkaSettings, n_series: int, steps: range) -> int:
+    publisher = Publisher(kafka)
+    try:
+        sent = 0
+        for step in steps:
+            for series in range(n_series):
+                publisher.send_raw(kafka.topic_observations, *observation(series, step))
+            sent += n_series
+            if sent % 50_000 == 0:
+                publisher.flush()
+        publisher.flush()
+        return sent
+    finally:
+        publisher.close()
+
+
+def rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# --- (a) pass-through ------------------------------------------------------------------------
+
+
+def passthrough_rate(kafka: KafkaSettings, warm: int, timed: int) -> float:
+    """Forward every record unchanged; the rate over records ``warm .. warm + timed``."""
+    source = StreamSource(kafka, kafka.topic_observations, "bench-passthrough", MAX_POLL_RECORDS)
+    publisher = Publisher(kafka)
+    done, started = 0, 0.0
+    try:
+        while done < warm + timed:
+            records = source.poll(0.5)
+            for record in records:
+                publisher.send_raw("passthrough", record.key, record.value)
+            publisher.flush()
+            source.commit(records)
+            done += len(records)
+            if done >= warm and not started:
+                started, done_at_start = time.perf_counter(), done
+        return (done - done_at_start) / (time.perf_counter() - started)
+    finally:
+        source.close()
+        publisher.close()
+
+
+# --- (b) the serve loop ---------------------------------------------------------------------
+
+
+def until(records: int) -> Callable[[ServeStats, bool], bool]:
+    return lambda stats, idle: stats.records_in >= records
+
+
+def forecaster() -> RegisteredForecaster:
+    torch.manual_seed(0)
+    config = ForecasterConfig(
+        channels=("value",),
+        lookback=LOOKBACK,
+        horizon=HORIZON,
+        hidden_size=128,
+        num_layers=2,
+        segment_len=24,
+    )
+    return RegisteredForecaster("bench", "1", build_forecaster(config).eval())
+
+
+class ServeBench:
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.rolling = RollingForecaster(forecaster(), max_gap=3, max_series=100_000)
+        self.stats = new_stats(self.rolling)
+        self.source = StreamSource(kafka, kafka.topic_observations, "bench-serve", MAX_POLL_RECORDS)
+        self.publisher = Publisher(kafka)
+
+    def run_until(self, records: int) -> float:
+        """Serve until ``records`` are in; return the seconds it took."""
+        started = time.perf_counter()
+        run_serve(self.source, self.publisher, self.rolling, until(records), stats=self.stats)
+        return time.perf_counter() - started
+
+    def run_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        stop = lambda stats, idle: time.monotonic() >= deadline  # noqa: E731
+        run_serve(self.source, self.publisher, self.rolling, stop, stats=self.stats)
+
+    def close(self) -> None:
+        self.source.close()
+        self.publisher.close()
+
+
+# --- (c) latency at half load ---------------------------------------------------------------
+
+
+def paced_producer(servers: str, topic: str, n_series: int, first_step: int, rate: float,
+                   seconds: float, core: int) -> None:  # fmt: skip
+    """In a child process: produce ``rate`` records/s, in 5 ms ticks, for ``seconds``."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    publisher = Publisher(KafkaSettings(bootstrap_servers=servers, topic_observations=topic))
+    per_tick, tick_s = max(int(rate * 0.005), 1), 0.005
+    step, series, started = first_step, 0, time.perf_counter()
+    ticks = 0
+    while time.perf_counter() - started < seconds:
+        for _ in range(per_tick):
+            publisher.send_raw(topic, *observation(series, step))
+            series += 1
+            if series == n_series:
+                series, step = 0, step + 1
+        publisher.flush()
+        ticks += 1
+        time.sleep(max(started + ticks * tick_s - time.perf_counter(), 0))
+    publisher.close()
+
+
+def latency_at(bench: ServeBench, rate: float, args: argparse.Namespace, first_step: int) -> dict:
+    child = multiprocessing.get_context("spawn").Process(
+        target=paced_producer,
+        args=(bench.kafka.bootstrap_servers, bench.kafka.topic_observations, args.series,
+              first_step, rate, args.latency_s + 2, 1 - args.core),
+    )  # fmt: skip
+    bench.stats.record_latency = LatencyRecorder(keep=1_000_000)
+    child.start()
+    bench.run_for(2)  # the producer's start-up, not measured
+    bench.stats.record_latency = LatencyRecorder(keep=1_000_000)
+    bench.run_for(args.latency_s)
+    child.join()
+    recorder = bench.stats.record_latency
+    return {
+        "latency_records": recorder.count,
+        "p50_ms": recorder.quantile(0.5) * 1000,
+        "p99_ms": recorder.quantile(0.99) * 1000,
+        "max_ms": recorder.max_s * 1000,
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.core})
+    torch.set_num_threads(1)
+    with EmbeddedBroker() as broker:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+        topics = [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter]
+        create_topics(kafka, [*topics, "passthrough"], partitions=args.partitions)
+        total_steps = args.records // args.series
+        logger.info("producing %d records", args.series * total_steps)
+        produce_steps(kafka, args.series, range(total_steps))
+        warm, timed = LOOKBACK * args.series, args.timed
+        passthrough_rps = passthrough_rate(kafka, warm, timed)
+        logger.info("pass-through: %.0f records/s", passthrough_rps)
+        return serve_phases(kafka, args, warm, timed, passthrough_rps, total_steps)
+
+
+def serve_phases(kafka: KafkaSettings, args: argparse.Namespace, warm: int, timed: int,
+                 passthrough_rps: float, total_steps: int) -> dict[str, Any]:  # fmt: skip
+    bench = ServeBench(kafka)
+    try:
+        bench.run_until(warm)
+        forecasts_before = bench.stats.forecasts_out
+        profiler = _start_profiler(args.profile)
+        seconds = bench.run_until(warm + timed)
+        _stop_profiler(profiler, args.profile)
+        serve_rps = timed / seconds
+        made = bench.stats.forecasts_out - forecasts_before
+        logger.info("serve: %.0f records/s, %d forecasts for %d records", serve_rps, made, timed)
+        bench.run_until(min(100_000, args.records))
+        rss_100k = rss_mb()
+        bench.run_until(args.records)
+        rss_1m = rss_mb()
+        latency = latency_at(bench, serve_rps / 2, args, first_step=total_steps)
+    finally:
+        bench.close()
+    return {
+        "passthrough_rps": round(passthrough_rps),
+        "serve_rps": round(serve_rps),
+        "ratio": round(serve_rps / passthrough_rps, 3),
+        "forecasts_per_record": round(made / timed, 3),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in latency.items()},
+        "half_load_rps": round(serve_rps / 2),
+        "rss_mb_100k": round(rss_100k, 1),
+        "rss_mb_1m": round(rss_1m, 1),
+        "records_served": bench.stats.records_in,
+        "series": args.series,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+    }
+
+
+def _start_profiler(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from pyinstrument import Profiler
+
+    profiler = Profiler()
+    profiler.start()
+    return profiler
+
+
+def _stop_profiler(profiler: Any, path: Path | None) -> None:
+    if profiler is not None and path is not None:
+        profiler.stop()
+        path.write_text(profiler.output_text(unicode=False, color=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=1000)
+    parser.add_argument("--records", type=int, default=1_000_000, help="served in all")
+    parser.add_argument("--timed", type=int, default=100_000, help="records in the rate phase")
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--latency-s", type=float, default=20.0)
+    parser.add_argument("--core", type=int, default=0, help="the core this process runs on")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument profile here")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in ("kafka", "pipeline.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    figures = run(args)
+    for name, value in figures.items():
+        print(f"{name:>22}  {value}")
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The serve loop's pure parts: windows per series, batching, online error, swap and metrics.
+
+No broker here: the loop talks to a list-backed sink; the integration tests use the real one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import generate_latest
+
+from pipeline.metrics import LatencyRecorder, serve_metrics
+from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.records import LATE, MISSING_CHANNEL, DeadLetter, Forecast, RawRecord
+from pipeline.registry import RegisteredForecaster
+from pipeline.serve import RollingForecaster, new_stats, serve_batch, swap_if_offered
+from pipeline.swap import INCOMPATIBLE, UNLOADABLE, ChampionWatcher, ModelSlot, incompatibility
+
+LOOKBACK, HORIZON, STEP_MS = 4, 3, 3_600_000
+
+
+def repeat_last(version: str = "1", lookback: int = LOOKBACK) -> RegisteredForecaster:
+    """A DLinear whose weights copy the last input step to every output step."""
+    config = ForecasterConfig(
+        channels=("load",), lookback=lookback, horizon=HORIZON, architecture="dlinear"
+    )
+    model = build_forecaster(config)
+    with torch.no_grad():
+        for layer in (model.trend, model.seasonal):
+            layer.weight.zero_()
+            layer.weight[:, -1] = 1.0
+            layer.bias.zero_()
+    return RegisteredForecaster("m", version, model.eval())
+
+
+def record(series: str, step: int, value: float | None = None, offset: int = 0, **kw) -> RawRecord:
+    values = {"load": float(step) if value is None else value}
+    payload = {"series": series, "ts": step * STEP_MS, "values": values}
+    return RawRecord("obs", kw.pop("partition", 0), offset, series.encode(),
+                     json.dumps(payload).encode(), 1_000, **kw)  # fmt: skip
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.forecasts: list[Forecast] = []
+        self.dead: list[DeadLetter] = []
+        self.flushes = 0
+
+    def send_forecast(self, forecast: Forecast) -> None:
+        self.forecasts.append(forecast)
+
+    def send_dead_letter(self, dead: DeadLetter) -> None:
+        self.dead.append(dead)
+
+    def flush(self, timeout_s: float = 0.0) -> int:
+        self.flushes += 1
+        return 0
+
+
+def serve(records: list[RawRecord], rolling: RollingForecaster | None = None, **options):
+    rolling = rolling or RollingForecaster(repeat_last(), max_gap=1, max_series=100, **options)
+    sink, stats = ListSink(), new_stats(rolling)
+    serve_batch(records, rolling, sink, stats)
+    return sink, stats, rolling
+
+
+def test_one_forecast_per_step_once_the_window_is_whole() -> None:
+    sink, stats, _ = serve([record("a", s) for s in range(6)])
+
+    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5]
+    assert sink.forecasts[0].values == [[3.0]] * HORIZON  # repeat-last of step 3
+    assert (stats.records_in, stats.forecasts_out, sink.flushes) == (6, 3, 1)
+    assert sink.forecasts[0].model_version == "1"
+
+
+def test_the_batch_is_one_model_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    import pipeline.serve as serve_module
+
+    real_predict = serve_module.predict
+    monkeypatch.setattr(
+        serve_module, "predict", lambda m, x: calls.append(len(x)) or real_predict(m, x)
+    )
+
+    serve([record(s, k) for k in range(5) for s in ("a", "b", "c")])
+
+    assert calls == [6]  # steps 3 and 4 of three series, together
+
+
+def test_bad_records_are_dead_lettered_with_their_reason_and_the_rest_served() -> None:
+    records = [record("a", s) for s in range(5)]
+    records += [
+        record("a", 1, offset=7),  # observed, still in the window: a duplicate
+        RawRecord("obs", 0, 8, b"a", b'{"series": "a", "ts": 0, "values": {"temp": 1}}'),
+        RawRecord("obs", 0, 9, b"a", b"not json"),
+        record("a", 5),
+    ]
+
+    sink, stats, _ = serve(records)
+
+    assert [d.reason for d in sink.dead] == ["malformed_json", MISSING_CHANNEL]
+    assert stats.duplicates == 1
+    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5]
+
+
+def test_late_records_beyond_the_grace_period_are_dead_lettered() -> None:
+    records = [record("a", s) for s in (0, 1, 3, 2, 4, 5, 7, 8)] + [record("a", 6, offset=9)]
+
+    sink, stats, _ = serve(records, grace_steps=1)
+
+    # Step 6 was interpolated when 7 was placed: it issues no forecast, and its record is late.
+    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5, 7]
+    assert [d.reason for d in sink.dead] == [LATE]
+    assert stats.gaps_filled == 1
+
+
+def test_rewound_records_rebuild_windows_but_publish_nothing() -> None:
+    rewound = [record("a", s, rewound=True) for s in range(4)]
+
+    sink, stats, _ = serve([*rewound, record("a", 4)])
+
+    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [4]
+    assert (stats.records_in, stats.records_rewound) == (1, 4)
+
+
+def test_the_least_recently_seen_series_is_evicted_at_the_cap() -> None:
+    rolling = RollingForecaster(repeat_last(), max_gap=1, max_series=2)
+
+    _, stats, _ = serve([record("a", 0), record("b", 0), record("a", 1), record("c", 0)], rolling)
+
+    assert list(rolling.series) == ["a", "c"]
+    assert stats.evicted_series == 1
+
+
+def test_forgetting_partitions_drops_only_their_series() -> None:
+    _, _, rolling = serve([record("a", 0, partition=0), record("b", 0, partition=1)])
+
+    rolling.forget_partitions({1})
+
+    assert list(rolling.series) == ["a"]
+
+
+def test_online_error_is_scored_by_steps_ahead() -> None:
+    # Values rise by one a step and the model repeats the last one: k steps ahead it is off by k.
+    rolling = RollingForecaster(repeat_last(), max_gap=1, max_series=10)
+    stats = new_stats(rolling)
+    for step in range(LOOKBACK + HORIZON):
+        serve_batch([record("a", step)], rolling, ListSink(), stats)
+
+    assert stats.online_mae() == [1.0, 2.0, 3.0]
+    assert stats.abs_error_count.tolist() == [1, 1, 1]
+
+
+def test_online_error_scores_the_newest_forecast_of_a_batch() -> None:
+    rolling = RollingForecaster(repeat_last(), max_gap=1, max_series=10)
+    stats = new_stats(rolling)
+    serve_batch([record("a", s) for s in range(LOOKBACK + 2)], rolling, ListSink(), stats)
+
+    serve_batch([record("a", LOOKBACK + 2)], rolling, ListSink(), stats)
+
+    assert stats.online_mae() == [1.0, None, None]  # scored against the forecast of step 5
+
+
+def test_latencies_are_recorded_per_forecast_and_per_batch() -> None:
+    _, stats, _ = serve([record("a", s) for s in range(6)])
+
+    assert stats.record_latency.count == 3
+    assert stats.batch_latency.count == 1
+
+
+def test_a_compatible_version_is_swapped_in_between_batches() -> None:
+    rolling = RollingForecaster(repeat_last("1"), max_gap=1, max_series=10)
+    stats, slot = new_stats(rolling), ModelSlot()
+    serve_batch([record("a", s) for s in range(4)], rolling, ListSink(), stats)
+
+    slot.offer(repeat_last("2"))
+    swap_if_offered(slot, rolling, stats)
+    sink = ListSink()
+    serve_batch([record("a", 4)], rolling, sink, stats)
+
+    assert [f.model_version for f in sink.forecasts] == ["2"]  # the window was kept
+    assert (stats.swaps, stats.model_version) == (1, "2")
+
+
+def test_an_incompatible_version_is_refused_and_the_old_one_serves() -> None:
+    rolling = RollingForecaster(repeat_last("1"), max_gap=1, max_series=10)
+    stats, slot = new_stats(rolling), ModelSlot()
+
+    slot.offer(repeat_last("2", lookback=2 * LOOKBACK))
+    swap_if_offered(slot, rolling, stats)
+
+    assert rolling.forecaster.version == "1"
+    assert stats.refused == {INCOMPATIBLE: 1}
+    assert incompatibility(repeat_last(), repeat_last(lookback=8)) == "lookback 4 -> 8"
+
+
+def test_the_watcher_offers_new_versions_and_refuses_unloadable_ones() -> None:
+    alias, slot = ["1"], ModelSlot()
+
+    def load(version: str) -> RegisteredForecaster:
+        if version == "3":
+            raise RuntimeError("checkpoint is corrupt")
+        return repeat_last(version)
+
+    watcher = ChampionWatcher("1", lambda: alias[0], load, slot, interval_s=60)
+    watcher.check_once()
+    assert slot.take() == (None, [])
+    alias[0] = "2"
+    watcher.check_once()
+    loaded, _ = slot.take()
+    alias[0] = "3"
+    watcher.check_once()
+    watcher.check_once()  # the same bad version is not tried again
+
+    assert loaded is not None and loaded.version == "2"
+    _, refusals = slot.take()
+    assert [(r.version, r.reason) for r in refusals] == [("3", UNLOADABLE)]
+
+
+def test_the_watcher_survives_a_registry_outage() -> None:
+    def outage() -> str:
+        raise ConnectionError("registry down")
+
+    slot = ModelSlot()
+    ChampionWatcher("1", outage, repeat_last, slot, interval_s=60).check_once()
+
+    assert slot.take() == (None, [])
+
+
+def test_metrics_expose_the_loop_counters() -> None:
+    _, stats, rolling = serve(
+        [record("a", s) for s in range(6)] + [RawRecord("obs", 0, 9, b"a", b"x")]
+    )
+    serve_batch([record("a", 6)], rolling, ListSink(), stats)
+
+    text = generate_latest(serve_metrics(stats, port=None)).decode()
+
+    assert "rollcast_records_in_total 8.0" in text
+    assert "rollcast_forecasts_out_total 4.0" in text
+    assert 'rollcast_dead_letters_total{reason="malformed_json"} 1.0' in text
+    assert 'rollcast_model{name="m",version="1"} 1.0' in text
+    assert "rollcast_record_latency_seconds_count 4.0" in text
+    assert 'rollcast_forecast_abs_error_count{steps_ahead="1"} 1.0' in text
+
+
+def test_latency_quantiles_come_from_the_newest_values_in_fixed_memory() -> None:
+    recorder = LatencyRecorder(keep=100)
+    recorder.record(np.full(1000, 5.0))
+    recorder.record(np.linspace(0.0, 0.099, 100))
+
+    assert recorder.count == 1100 and recorder.max_s == 5.0
+    assert recorder.quantile(0.5) == pytest.approx(0.0495)
+    assert recorder.bucket_counts()[-1] == 1100

@@ -38,7 +38,7 @@ from pipeline.kafka_io import Publisher, StreamSource, create_topics
 from pipeline.metrics import LatencyRecorder
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.registry import RegisteredForecaster
-from pipeline.serve import RollingForecaster, ServeStats, new_stats, run_serve
+from pipeline.serve import RollingForecaster, ServeStats, freeze_heap, new_stats, run_serve
 
 logger = logging.getLogger("benchmarks.serve")
 
@@ -126,6 +126,7 @@ class ServeBench:
         self.stats = new_stats(self.rolling)
         self.source = StreamSource(kafka, kafka.topic_observations, "bench-serve", MAX_POLL_RECORDS)
         self.publisher = Publisher(kafka)
+        freeze_heap()  # as serve_from_settings does
 
     def run_until(self, records: int) -> float:
         """Serve until ``records`` are in; return the seconds it took."""

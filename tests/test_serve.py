@@ -254,3 +254,16 @@ def test_latency_quantiles_come_from_the_newest_values_in_fixed_memory() -> None
     assert recorder.count == 1100 and recorder.max_s == 5.0
     assert recorder.quantile(0.5) == pytest.approx(0.0495)
     assert recorder.bucket_counts()[-1] == 1100
+
+
+def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    from pipeline.metrics import MetricsPortError
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsPortError, match=f"port {port}.*ROLLCAST_METRICS_PORT"):
+            serve_metrics(new_stats(RollingForecaster(repeat_last(), 1, 10)), port)

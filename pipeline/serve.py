@@ -286,7 +286,7 @@ class RollingForecaster:
             state.forecast_before = True
             stats.series_forecast += 1
         if state.scoring is None:
-            state.scoring = (request.issued_at_ms, pred)
+            state.scoring = (request.issued_at_ms, pred.copy())  # not a view: frees the batch
 
 
 def serve_batch(

@@ -345,6 +345,8 @@ class Publisher:
         self._producer.flush(timeout=timeout_s)
         pending, self._pending = self._pending, []
         for future in pending:
+            if future.is_done and not future.failed():
+                continue  # the common case, without get()'s locking
             try:
                 future.get(timeout=timeout_s)
             except KafkaError as err:

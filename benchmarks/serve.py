@@ -106,12 +106,15 @@ def until(records: int) -> Callable[[ServeStats, bool], bool]:
     return lambda stats, idle: stats.records_in >= records
 
 
-def forecaster() -> RegisteredForecaster:
+def forecaster(architecture: str) -> RegisteredForecaster:
+    """The issue's model (2-layer LSTM, hidden 128) in the default serving shape; or DLinear,
+    whose cost is close to nothing, to show what the loop costs without the model."""
     torch.manual_seed(0)
     config = ForecasterConfig(
         channels=("value",),
         lookback=LOOKBACK,
         horizon=HORIZON,
+        architecture=architecture,
         hidden_size=128,
         num_layers=2,
         segment_len=24,
@@ -120,9 +123,10 @@ def forecaster() -> RegisteredForecaster:
 
 
 class ServeBench:
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, architecture: str) -> None:
         self.kafka = kafka
-        self.rolling = RollingForecaster(forecaster(), max_gap=3, max_series=100_000)
+        model = forecaster(architecture)
+        self.rolling = RollingForecaster(model, max_gap=3, max_series=100_000)
         self.stats = new_stats(self.rolling)
         self.source = StreamSource(kafka, kafka.topic_observations, "bench-serve", MAX_POLL_RECORDS)
         self.publisher = Publisher(kafka)
@@ -211,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve_phases(kafka: KafkaSettings, args: argparse.Namespace, warm: int, timed: int,
                  passthrough_rps: float, total_steps: int) -> dict[str, Any]:  # fmt: skip
-    bench = ServeBench(kafka)
+    bench = ServeBench(kafka, args.model)
     try:
         bench.run_until(warm)
         forecasts_before = bench.stats.forecasts_out
@@ -239,6 +243,7 @@ def serve_phases(kafka: KafkaSettings, args: argparse.Namespace, warm: int, time
         "rss_mb_1m": round(rss_1m, 1),
         "records_served": bench.stats.records_in,
         "series": args.series,
+        "model": args.model,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
     }
@@ -266,6 +271,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000, help="served in all")
     parser.add_argument("--timed", type=int, default=100_000, help="records in the rate phase")
     parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--model", choices=["lstm", "dlinear"], default="lstm")
     parser.add_argument("--latency-s", type=float, default=20.0)
     parser.add_argument("--core", type=int, default=0, help="the core this process runs on")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile here")

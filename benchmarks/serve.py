@@ -13,7 +13,8 @@ the broker and the load generator run beside it:
   horizon 24, every record making a forecast (the windows are warmed up first, untimed);
 * RSS after 100k and after 1M records served;
 * (c) per-record latency, from the input's produce timestamp to the broker's acknowledgement of
-  its forecast, with a second process producing at half of rate (b).
+  its forecast, with a second process producing at half of rate (b); and, as the floor, the same
+  latency for the pass-through at that rate (to the ack of the forwarded record).
 """
 
 from __future__ import annotations
@@ -172,24 +173,68 @@ def paced_producer(servers: str, topic: str, n_series: int, first_step: int, rat
     publisher.close()
 
 
-def latency_at(bench: ServeBench, rate: float, args: argparse.Namespace, first_step: int) -> dict:
+def start_producer(kafka: KafkaSettings, rate: float, args: argparse.Namespace, first_step: int,
+                   seconds: float) -> multiprocessing.process.BaseProcess:  # fmt: skip
     child = multiprocessing.get_context("spawn").Process(
         target=paced_producer,
-        args=(bench.kafka.bootstrap_servers, bench.kafka.topic_observations, args.series,
-              first_step, rate, args.latency_s + 2, 1 - args.core),
+        args=(kafka.bootstrap_servers, kafka.topic_observations, args.series, first_step, rate,
+              seconds, 1 - args.core),
     )  # fmt: skip
-    bench.stats.record_latency = LatencyRecorder(keep=1_000_000)
     child.start()
+    return child
+
+
+def transport_latency(kafka: KafkaSettings, rate: float, args: argparse.Namespace,
+                      first_step: int) -> dict:  # fmt: skip
+    """The floor: pass-through at the same rate, latency to the ack of the forwarded record."""
+    source = StreamSource(kafka, kafka.topic_observations, "bench-floor", MAX_POLL_RECORDS)
+    publisher = Publisher(kafka)
+    while not source.assigned():  # join the group, then skip what is already there
+        source.commit(source.poll(0.5))
+    while records := source.poll(0.5):
+        source.commit(records)
+    recorder = LatencyRecorder(keep=1_000_000)
+    child = start_producer(kafka, rate, args, first_step, args.latency_s + 2)
+    deadline, measure_from = time.monotonic() + args.latency_s + 2, time.monotonic() + 2
+    try:
+        while time.monotonic() < deadline:
+            records = source.poll(0.1)
+            for record in records:
+                publisher.send_raw("passthrough", record.key, record.value)
+            publisher.flush()
+            source.commit(records)
+            if time.monotonic() >= measure_from:
+                produced = np.array([r.timestamp_ms for r in records], np.float64)
+                recorder.record((time.time() * 1000 - produced) / 1000)
+    finally:
+        child.join()
+        source.close()
+        publisher.close()
+    return {
+        "floor_p50_ms": recorder.quantile(0.5) * 1000,
+        "floor_p99_ms": recorder.quantile(0.99) * 1000,
+        "floor_max_ms": recorder.max_s * 1000,
+    }
+
+
+def latency_at(bench: ServeBench, rate: float, args: argparse.Namespace, first_step: int) -> dict:
+    bench.stats.record_latency = LatencyRecorder(keep=1_000_000)
+    child = start_producer(bench.kafka, rate, args, first_step, args.latency_s + 2)
     bench.run_for(2)  # the producer's start-up, not measured
     bench.stats.record_latency = LatencyRecorder(keep=1_000_000)
+    bench.stats.batch_latency = LatencyRecorder()
     bench.run_for(args.latency_s)
     child.join()
-    recorder = bench.stats.record_latency
+    recorder, batches = bench.stats.record_latency, bench.stats.batch_latency
     return {
         "latency_records": recorder.count,
         "p50_ms": recorder.quantile(0.5) * 1000,
         "p99_ms": recorder.quantile(0.99) * 1000,
         "max_ms": recorder.max_s * 1000,
+        "batches": batches.count,
+        "batch_p50_ms": batches.quantile(0.5) * 1000,
+        "batch_p99_ms": batches.quantile(0.99) * 1000,
+        "batch_max_ms": batches.max_s * 1000,
     }
 
 
@@ -218,13 +263,14 @@ def serve_phases(kafka: KafkaSettings, args: argparse.Namespace, warm: int, time
     bench = ServeBench(kafka, args.model)
     try:
         bench.run_until(warm)
-        forecasts_before = bench.stats.forecasts_out
+        records_before, forecasts_before = bench.stats.records_in, bench.stats.forecasts_out
         profiler = _start_profiler(args.profile)
         seconds = bench.run_until(warm + timed)
         _stop_profiler(profiler, args.profile)
-        serve_rps = timed / seconds
+        served = bench.stats.records_in - records_before
         made = bench.stats.forecasts_out - forecasts_before
-        logger.info("serve: %.0f records/s, %d forecasts for %d records", serve_rps, made, timed)
+        serve_rps = served / seconds
+        logger.info("serve: %.0f records/s, %d forecasts for %d records", serve_rps, made, served)
         bench.run_until(min(100_000, args.records))
         rss_100k = rss_mb()
         bench.run_until(args.records)
@@ -232,12 +278,14 @@ def serve_phases(kafka: KafkaSettings, args: argparse.Namespace, warm: int, time
         latency = latency_at(bench, serve_rps / 2, args, first_step=total_steps)
     finally:
         bench.close()
+    steps_produced = int(serve_rps / 2 * (args.latency_s + 2) / args.series) + 1
+    floor = transport_latency(kafka, serve_rps / 2, args, total_steps + steps_produced + 1)
     return {
         "passthrough_rps": round(passthrough_rps),
         "serve_rps": round(serve_rps),
         "ratio": round(serve_rps / passthrough_rps, 3),
-        "forecasts_per_record": round(made / timed, 3),
-        **{k: round(v, 2) if isinstance(v, float) else v for k, v in latency.items()},
+        "forecasts_per_record": round(made / served, 3),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in {**latency, **floor}.items()},
         "half_load_rps": round(serve_rps / 2),
         "rss_mb_100k": round(rss_100k, 1),
         "rss_mb_1m": round(rss_1m, 1),

@@ -47,12 +47,14 @@ def test_a_killed_server_resumes_and_every_record_gets_a_forecast(
 ) -> None:
     register(tiny_model())
     n_series, n_steps = 10, 200
-    producer = PacedProducer(rollcast_env, n_series, n_steps, per_s=60)
+    producer = PacedProducer(rollcast_env, n_series, n_steps, per_s=20)  # 10 s of stream
     env = {"ROLLCAST_MAX_POLL_RECORDS": str(MAX_POLL_RECORDS)}
 
     with ServeProcess(tmp_path / "first.log", env, idle_s=600) as first:
+        wait_for(lambda: first.metric("assigned_partitions") == 2, "the first server to join")
         producer.start()
         wait_for(lambda: first.metric("forecasts_out_total") >= 300, "forecasts before the kill")
+        before_kill = first.metric("forecasts_out_total")
         first.kill()
     forecast_at_kill = first.metric("forecasts_out_total")  # nan: the process is gone
     producer.join(timeout=120)
@@ -64,6 +66,7 @@ def test_a_killed_server_resumes_and_every_record_gets_a_forecast(
     forecasts = read_forecasts(rollcast_env, len(expected))
     issued = [(f["series"], step_of(f["issued_at"])) for f in forecasts]
     assert np.isnan(forecast_at_kill)
+    assert before_kill < len(expected)  # it was killed mid-stream
     assert set(issued) == expected  # every record with a whole window, none invented
     duplicates = len(issued) - len(set(issued))
     assert duplicates <= MAX_POLL_RECORDS  # the documented bound: one poll per crash

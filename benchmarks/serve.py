@@ -38,6 +38,7 @@ from pipeline.config import KafkaSettings
 from pipeline.kafka_io import Publisher, StreamSource, create_topics
 from pipeline.metrics import LatencyRecorder
 from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.records import RawRecord
 from pipeline.registry import RegisteredForecaster
 from pipeline.serve import RollingForecaster, ServeStats, freeze_heap, new_stats, run_serve
 
@@ -79,6 +80,16 @@ def rss_mb() -> float:
 # --- (a) pass-through ------------------------------------------------------------------------
 
 
+def forward_poll(source: StreamSource, publisher: Publisher, timeout_s: float) -> list[RawRecord]:
+    """One pass-through batch, with the serve loop's batching: poll, send all, flush, commit."""
+    records = source.poll(timeout_s)
+    for record in records:
+        publisher.send_raw("passthrough", record.key, record.value)
+    publisher.flush()
+    source.commit(records)
+    return records
+
+
 def passthrough_rate(kafka: KafkaSettings, warm: int, timed: int) -> float:
     """Forward every record unchanged; the rate over records ``warm .. warm + timed``."""
     source = StreamSource(kafka, kafka.topic_observations, "bench-passthrough", MAX_POLL_RECORDS)
@@ -86,12 +97,7 @@ def passthrough_rate(kafka: KafkaSettings, warm: int, timed: int) -> float:
     done, started = 0, 0.0
     try:
         while done < warm + timed:
-            records = source.poll(0.5)
-            for record in records:
-                publisher.send_raw("passthrough", record.key, record.value)
-            publisher.flush()
-            source.commit(records)
-            done += len(records)
+            done += len(forward_poll(source, publisher, 0.5))
             if done >= warm and not started:
                 started, done_at_start = time.perf_counter(), done
         return (done - done_at_start) / (time.perf_counter() - started)
@@ -198,11 +204,7 @@ def transport_latency(kafka: KafkaSettings, rate: float, args: argparse.Namespac
     deadline, measure_from = time.monotonic() + args.latency_s + 2, time.monotonic() + 2
     try:
         while time.monotonic() < deadline:
-            records = source.poll(0.1)
-            for record in records:
-                publisher.send_raw("passthrough", record.key, record.value)
-            publisher.flush()
-            source.commit(records)
+            records = forward_poll(source, publisher, 0.1)
             if time.monotonic() >= measure_from:
                 produced = np.array([r.timestamp_ms for r in records], np.float64)
                 recorder.record((time.time() * 1000 - produced) / 1000)
@@ -210,11 +212,7 @@ def transport_latency(kafka: KafkaSettings, rate: float, args: argparse.Namespac
         child.join()
         source.close()
         publisher.close()
-    return {
-        "floor_p50_ms": recorder.quantile(0.5) * 1000,
-        "floor_p99_ms": recorder.quantile(0.99) * 1000,
-        "floor_max_ms": recorder.max_s * 1000,
-    }
+    return spread_ms(recorder, "floor_")
 
 
 def latency_at(bench: ServeBench, rate: float, args: argparse.Namespace, first_step: int) -> dict:
@@ -228,13 +226,17 @@ def latency_at(bench: ServeBench, rate: float, args: argparse.Namespace, first_s
     recorder, batches = bench.stats.record_latency, bench.stats.batch_latency
     return {
         "latency_records": recorder.count,
-        "p50_ms": recorder.quantile(0.5) * 1000,
-        "p99_ms": recorder.quantile(0.99) * 1000,
-        "max_ms": recorder.max_s * 1000,
+        **spread_ms(recorder),
         "batches": batches.count,
-        "batch_p50_ms": batches.quantile(0.5) * 1000,
-        "batch_p99_ms": batches.quantile(0.99) * 1000,
-        "batch_max_ms": batches.max_s * 1000,
+        **spread_ms(batches, "batch_"),
+    }
+
+
+def spread_ms(recorder: LatencyRecorder, prefix: str = "") -> dict[str, float]:
+    return {
+        f"{prefix}p50_ms": recorder.quantile(0.5) * 1000,
+        f"{prefix}p99_ms": recorder.quantile(0.99) * 1000,
+        f"{prefix}max_ms": recorder.max_s * 1000,
     }
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.records import DEFAULT_MAX_RECORD_BYTES
+
 ENV_PREFIX = "ROLLCAST_"
 
 
@@ -133,7 +135,7 @@ class IngestSettings(BaseSettings):
     ingest_group: str = "rollcast-ingest"
     # The ingest flow ends after this long without a new record.
     ingest_idle_s: float = 5.0
-    max_record_bytes: int = 65536
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 class ServeSettings(BaseSettings):
@@ -155,4 +157,4 @@ class ServeSettings(BaseSettings):
     champion_poll_s: float = 30.0
     # Prometheus endpoint port; 0 turns it off.
     metrics_port: int = 9108
-    max_record_bytes: int = 65536
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES

@@ -79,8 +79,15 @@ class ForecasterConfig:
 
     def serves_like(self, other: ForecasterConfig) -> bool:
         """Whether a model of ``other`` can replace this one: same inputs, outputs and step."""
-        keys = ("channels", "lookback", "horizon", "freq")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        return not self.serving_differences(other)
+
+    def serving_differences(self, other: ForecasterConfig) -> list[str]:
+        """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
+        return [
+            f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
+            for name in ("channels", "lookback", "horizon", "freq")
+            if getattr(self, name) != getattr(other, name)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "channels": list(self.channels)}

@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -183,7 +183,7 @@ class RollingForecaster:
 
     def observe(
         self, record: RawRecord, obs: Observation, stats: ServeStats
-    ) -> DeadLetter | tuple[ForecastRequest, ...]:
+    ) -> DeadLetter | Sequence[ForecastRequest]:
         """Add one observation to its series' window; return the forecasts it makes due."""
         channels = self.model.config.channels
         try:
@@ -202,7 +202,7 @@ class RollingForecaster:
         if outcome is Append.DUPLICATE:
             stats.duplicates += 1
             return NO_REQUESTS
-        return tuple(self._due(obs.series, state, record, stats))
+        return self._due(obs.series, state, record, stats)
 
     def _due(
         self, series_id: str, state: SeriesState, record: RawRecord, stats: ServeStats

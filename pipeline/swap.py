@@ -37,12 +37,7 @@ class Refusal:
 
 def incompatibility(current: RegisteredForecaster, candidate: RegisteredForecaster) -> str | None:
     """Why ``candidate`` cannot replace ``current`` without a restart, or None if it can."""
-    old, new = current.model.config, candidate.model.config
-    differences = [
-        f"{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
-        for name in ("channels", "lookback", "horizon", "freq")
-        if getattr(old, name) != getattr(new, name)
-    ]
+    differences = current.model.config.serving_differences(candidate.model.config)
     return "; ".join(differences) or None
 
 

@@ -15,7 +15,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline flows tests benchmarks
 	$(BIN)/ruff format --check pipeline flows tests benchmarks
-	$(BIN)/mypy pipeline
+	$(BIN)/mypy pipeline flows
 
 venv: $(STAMP)
 

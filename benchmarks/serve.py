@@ -35,12 +35,13 @@ import torch
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings
-from pipeline.kafka_io import Publisher, StreamSource, create_topics
-from pipeline.metrics import LatencyRecorder
+from pipeline.forecast import LoadedForecaster
+from pipeline.kafka_io import KafkaTransport
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.records import RawRecord
-from pipeline.registry import RegisteredForecaster
-from pipeline.serve import RollingForecaster, ServeStats, freeze_heap, new_stats, run_serve
+from pipeline.serve import RollingForecaster, freeze_heap, new_stats, run_serve
+from pipeline.stats import LatencyRecorder, ServeStats
+from pipeline.transport import Sink, Source
 
 logger = logging.getLogger("benchmarks.serve")
 
@@ -57,7 +58,7 @@ def observation(series: int, step: int) -> tuple[bytes, bytes]:
 
 
 def produce_steps(kafka: KafkaSettings, n_series: int, steps: range) -> int:
-    publisher = Publisher(kafka)
+    publisher = KafkaTransport(kafka).sink()
     try:
         sent = 0
         for step in steps:
@@ -80,7 +81,7 @@ def rss_mb() -> float:
 # --- (a) pass-through ------------------------------------------------------------------------
 
 
-def forward_poll(source: StreamSource, publisher: Publisher, timeout_s: float) -> list[RawRecord]:
+def forward_poll(source: Source, publisher: Sink, timeout_s: float) -> list[RawRecord]:
     """One pass-through batch, with the serve loop's batching: poll, send all, flush, commit."""
     records = source.poll(timeout_s)
     for record in records:
@@ -92,8 +93,9 @@ def forward_poll(source: StreamSource, publisher: Publisher, timeout_s: float) -
 
 def passthrough_rate(kafka: KafkaSettings, warm: int, timed: int) -> float:
     """Forward every record unchanged; the rate over records ``warm .. warm + timed``."""
-    source = StreamSource(kafka, kafka.topic_observations, "bench-passthrough", MAX_POLL_RECORDS)
-    publisher = Publisher(kafka)
+    transport = KafkaTransport(kafka)
+    source = transport.source(kafka.topic_observations, "bench-passthrough", MAX_POLL_RECORDS)
+    publisher = transport.sink()
     done, started = 0, 0.0
     try:
         while done < warm + timed:
@@ -113,7 +115,7 @@ def until(records: int) -> Callable[[ServeStats, bool], bool]:
     return lambda stats, idle: stats.records_in >= records
 
 
-def forecaster(architecture: str) -> RegisteredForecaster:
+def forecaster(architecture: str) -> LoadedForecaster:
     """The issue's model (2-layer LSTM, hidden 128) in the default serving shape; or DLinear,
     whose cost is close to nothing, to show what the loop costs without the model."""
     torch.manual_seed(0)
@@ -126,17 +128,18 @@ def forecaster(architecture: str) -> RegisteredForecaster:
         num_layers=2,
         segment_len=24,
     )
-    return RegisteredForecaster("bench", "1", build_forecaster(config).eval())
+    return LoadedForecaster("bench", "1", build_forecaster(config).eval())
 
 
 class ServeBench:
     def __init__(self, kafka: KafkaSettings, architecture: str) -> None:
         self.kafka = kafka
         model = forecaster(architecture)
-        self.rolling = RollingForecaster(model, max_gap=3, max_series=100_000)
+        self.rolling = RollingForecaster(model, max_series=100_000)
         self.stats = new_stats(self.rolling)
-        self.source = StreamSource(kafka, kafka.topic_observations, "bench-serve", MAX_POLL_RECORDS)
-        self.publisher = Publisher(kafka)
+        transport = KafkaTransport(kafka)
+        self.source = transport.source(kafka.topic_observations, "bench-serve", MAX_POLL_RECORDS)
+        self.publisher = transport.sink()
         freeze_heap()  # as serve_from_settings does
 
     def run_until(self, records: int) -> float:
@@ -163,7 +166,8 @@ def paced_producer(servers: str, topic: str, n_series: int, first_step: int, rat
     """In a child process: produce ``rate`` records/s, in 5 ms ticks, for ``seconds``."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
-    publisher = Publisher(KafkaSettings(bootstrap_servers=servers, topic_observations=topic))
+    kafka = KafkaSettings(bootstrap_servers=servers, topic_observations=topic)
+    publisher = KafkaTransport(kafka).sink()
     per_tick, tick_s = max(int(rate * 0.005), 1), 0.005
     step, series, started = first_step, 0, time.perf_counter()
     ticks = 0
@@ -193,8 +197,9 @@ def start_producer(kafka: KafkaSettings, rate: float, args: argparse.Namespace, 
 def transport_latency(kafka: KafkaSettings, rate: float, args: argparse.Namespace,
                       first_step: int) -> dict:  # fmt: skip
     """The floor: pass-through at the same rate, latency to the ack of the forwarded record."""
-    source = StreamSource(kafka, kafka.topic_observations, "bench-floor", MAX_POLL_RECORDS)
-    publisher = Publisher(kafka)
+    transport = KafkaTransport(kafka)
+    source = transport.source(kafka.topic_observations, "bench-floor", MAX_POLL_RECORDS)
+    publisher = transport.sink()
     while not source.assigned():  # join the group, then skip what is already there
         source.commit(source.poll(0.5))
     while records := source.poll(0.5):
@@ -249,8 +254,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     with EmbeddedBroker() as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-        topics = [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter]
-        create_topics(kafka, [*topics, "passthrough"], partitions=args.partitions)
+        transport = KafkaTransport(kafka)
+        transport.create_topics([*transport.topics.all(), "passthrough"], args.partitions)
         total_steps = args.records // args.series
         logger.info("producing %d records", args.series * total_steps)
         produce_steps(kafka, args.series, range(total_steps))

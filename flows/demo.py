@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -17,7 +16,8 @@ from flows.train import train_flow
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, load_csv, synthetic_fleet
-from pipeline.kafka_io import Publisher, create_topics, replay
+from pipeline.kafka_io import KafkaTransport
+from pipeline.transport import Transport, replay
 
 logger = logging.getLogger(__name__)
 
@@ -72,39 +72,43 @@ def observation_frame(options: DemoOptions) -> pd.DataFrame:
 
 
 def run_demo(options: DemoOptions) -> DemoSummary:
+    """Run every stage against a fresh embedded broker; settings come from ``ROLLCAST_*``."""
     started = time.monotonic()
-    store = StoreSettings()
+    store, mlflow_settings = StoreSettings(), MlflowSettings()
     store.data_dir.mkdir(parents=True, exist_ok=True)
     # The embedded broker starts empty, so the demo's store does too.
     shutil.rmtree(store.store_dir, ignore_errors=True)
     with EmbeddedBroker(log_path=store.data_dir / "broker.log") as broker:
-        # The flows read their settings from the environment, as they do when deployed.
-        os.environ["ROLLCAST_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-        kafka = KafkaSettings()
-        create_topics(
-            kafka,
-            [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter],
-            kafka.topic_partitions,
+        kafka = KafkaSettings().model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        transport = KafkaTransport(kafka)
+        transport.create_topics(transport.topics.all(), kafka.topic_partitions)
+        produced = produce(transport, observation_frame(options))
+        ingested = ingest_flow(max_records=produced, kafka=kafka, store=store)
+        trained = train_flow(epochs=options.epochs, store=store, mlflow_settings=mlflow_settings)
+        served = serve_flow(
+            max_records=produced, kafka=kafka, store=store, mlflow_settings=mlflow_settings
         )
-        produced = produce(kafka, observation_frame(options))
-        ingested = ingest_flow(max_records=produced)
-        trained = train_flow(epochs=options.epochs)
-        served = serve_flow(max_records=produced)
-    return summarize(produced, ingested, trained, served, time.monotonic() - started)
+    wall_s = time.monotonic() - started
+    return summarize(produced, ingested, trained, served, mlflow_settings, wall_s)
 
 
-def produce(kafka: KafkaSettings, frame: pd.DataFrame) -> int:
-    publisher = Publisher(kafka)
+def produce(transport: Transport, frame: pd.DataFrame) -> int:
+    sink = transport.sink()
     try:
-        return replay(publisher, frame_to_observations(frame), total=len(frame))
+        return replay(sink, frame_to_observations(frame), total=len(frame))
     finally:
-        publisher.close()
+        sink.close()
 
 
 def summarize(
-    produced: int, ingested: dict, trained: dict, served: dict, wall_s: float
+    produced: int,
+    ingested: dict,
+    trained: dict,
+    served: dict,
+    mlflow_settings: MlflowSettings,
+    wall_s: float,
 ) -> DemoSummary:
-    uri = MlflowSettings().mlflow_tracking_uri
+    uri = mlflow_settings.mlflow_tracking_uri
     return DemoSummary(
         records_in=produced,
         rows_stored=int(ingested["rows_written"]),

@@ -6,17 +6,28 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import IngestSettings, KafkaSettings, StoreSettings
-from pipeline.ingest import ingest_from_settings
+from pipeline.kafka_io import KafkaTransport
+from pipeline.wiring import ingest_from_settings
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def ingest_observations(
     kafka: KafkaSettings, store: StoreSettings, ingest: IngestSettings, max_records: int | None
 ) -> dict[str, object]:
-    return ingest_from_settings(kafka, store, ingest, max_records).as_dict()
+    return ingest_from_settings(KafkaTransport(kafka), store, ingest, max_records).as_dict()
 
 
 @flow(name="rollcast-ingest")
-def ingest_flow(max_records: int | None = None) -> dict[str, object]:
-    """Consume until idle (or ``max_records``), store, then commit offsets."""
-    return ingest_observations(KafkaSettings(), StoreSettings(), IngestSettings(), max_records)
+def ingest_flow(
+    max_records: int | None = None,
+    kafka: KafkaSettings | None = None,
+    store: StoreSettings | None = None,
+    ingest: IngestSettings | None = None,
+) -> dict[str, object]:
+    """Consume until idle (or ``max_records``), store, then commit offsets.
+
+    Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
+    """
+    return ingest_observations(
+        kafka or KafkaSettings(), store or StoreSettings(), ingest or IngestSettings(), max_records
+    )

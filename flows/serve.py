@@ -9,7 +9,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
-from pipeline.serve import serve_from_settings
+from pipeline.kafka_io import KafkaTransport
+from pipeline.wiring import serve_from_settings
 
 
 @task(cache_policy=NO_CACHE)
@@ -20,12 +21,31 @@ def serve_champion(
     serve: ServeSettings,
     max_records: int | None,
 ) -> dict[str, object]:
-    stats, champion = serve_from_settings(kafka, store, mlflow_settings, serve, max_records)
+    transport = KafkaTransport(kafka)
+    stats, champion = serve_from_settings(transport, store, mlflow_settings, serve, max_records)
     return {**stats.as_dict(), "model_version": champion.version}
 
 
 @flow(name="rollcast-serve")
-def serve_flow(max_records: int | None = None, idle_s: float | None = None) -> dict[str, object]:
-    """Forecast every new step of every series with the champion until stopped."""
-    serve = ServeSettings() if idle_s is None else ServeSettings(serve_idle_s=idle_s)
-    return serve_champion(KafkaSettings(), StoreSettings(), MlflowSettings(), serve, max_records)
+def serve_flow(
+    max_records: int | None = None,
+    idle_s: float | None = None,
+    kafka: KafkaSettings | None = None,
+    store: StoreSettings | None = None,
+    mlflow_settings: MlflowSettings | None = None,
+    serve: ServeSettings | None = None,
+) -> dict[str, object]:
+    """Forecast every new step of every series with the champion until stopped.
+
+    Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
+    """
+    serve = serve or ServeSettings()
+    if idle_s is not None:
+        serve = serve.model_copy(update={"serve_idle_s": idle_s})
+    return serve_champion(
+        kafka or KafkaSettings(),
+        store or StoreSettings(),
+        mlflow_settings or MlflowSettings(),
+        serve,
+        max_records,
+    )

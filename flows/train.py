@@ -120,18 +120,28 @@ def train_flow(
     lookback: int | None = None,
     horizon: int | None = None,
     hidden_size: int | None = None,
+    store: StoreSettings | None = None,
+    mlflow_settings: MlflowSettings | None = None,
+    model_settings: ModelSettings | None = None,
+    train_settings: TrainSettings | None = None,
 ) -> dict[str, object]:
-    """Train a challenger on the whole store and promote it if it beats the champion."""
+    """Train a challenger on the whole store and promote it if it beats the champion.
+
+    Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do;
+    ``epochs``, ``lookback``, ``horizon`` and ``hidden_size`` override them.
+    """
     overrides = {"lookback": lookback, "horizon": horizon, "hidden_size": hidden_size}
-    model_settings = ModelSettings().model_copy(
+    model_settings = (model_settings or ModelSettings()).model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
     )
-    train_settings = TrainSettings() if epochs is None else TrainSettings(epochs=epochs)
-    store, mlflow_settings = StoreSettings(), MlflowSettings()
+    train_settings = train_settings or TrainSettings()
+    if epochs is not None:
+        train_settings = train_settings.model_copy(update={"epochs": epochs})
+    store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
     registry.configure(mlflow_settings, store)
 
     series = load_series(store)
-    config = forecaster_config(model_settings, shared_channels(series), store.freq)
+    config = forecaster_config(model_settings, shared_channels(series), store)
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
     result = train_challenger(train, val, config, train_config)
@@ -158,12 +168,13 @@ def train_flow(
 
 
 def forecaster_config(
-    settings: ModelSettings, channels: tuple[str, ...], freq: str
+    settings: ModelSettings, channels: tuple[str, ...], store: StoreSettings
 ) -> ForecasterConfig:
+    """The challenger's config: its shape, the store's channels, frequency and gap policy."""
     if not channels:
         raise TrainingError("the stored series share no channel: one model cannot serve them all")
     shape = settings.model_dump(exclude={"season"})  # season is the baseline's, not the model's
-    return ForecasterConfig(channels=channels, freq=freq, **shape)
+    return ForecasterConfig(channels=channels, freq=store.freq, max_gap=store.max_gap, **shape)
 
 
 def train_config_from(settings: TrainSettings) -> TrainConfig:

@@ -24,8 +24,9 @@ import pandas as pd
 
 from pipeline import RollcastError
 from pipeline.evaluate import mae, mse, repeat_last, seasonal_naive
+from pipeline.forecast import predict
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.train import TrainConfig, fit, predict
+from pipeline.train import TrainConfig, fit
 from pipeline.windows import WindowSet, window_starts
 
 logger = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.records import DEFAULT_MAX_RECORD_BYTES
@@ -41,7 +42,8 @@ class KafkaSettings(BaseSettings):
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = None
+    # A secret: shown as ********** wherever settings are logged or stored (Prefect parameters).
+    sasl_plain_password: SecretStr | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -57,7 +59,10 @@ class KafkaSettings(BaseSettings):
             "ssl_certfile",
             "ssl_keyfile",
         )
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        options = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.sasl_plain_password is not None:
+            options["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        return options
 
 
 class StoreSettings(BaseSettings):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.forecast import predict
 from pipeline.model import Forecaster
-from pipeline.train import predict
 from pipeline.windows import WindowSet
 
 

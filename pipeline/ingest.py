@@ -11,33 +11,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+
+import pandas as pd
 
 from pipeline import RollcastError
-from pipeline.config import IngestSettings, KafkaSettings, StoreSettings
-from pipeline.kafka_io import Publisher, StreamSource
 from pipeline.progress import Progress
-from pipeline.records import DeadLetter, Observation, RawRecord, triage
+from pipeline.records import Observation, RawRecord, triage
 from pipeline.store import SeriesStore
-from pipeline.windows import deduplicate, observations_to_frame, resample
+from pipeline.transport import Sink, Source
+from pipeline.windows import SERIES, TS, deduplicate, resample
 
 logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 1.0
 # A consumer group's first join can take several seconds; give up if none happens in this time.
 ASSIGNMENT_TIMEOUT_S = 60.0
-
-
-class Source(Protocol):
-    def poll(self, timeout_s: float = ...) -> list[RawRecord]: ...
-    def commit(self, records: list[RawRecord]) -> None: ...
-    def assigned(self) -> bool: ...
-
-
-class DeadLetterSink(Protocol):
-    def send_dead_letter(self, dead: DeadLetter) -> None: ...
-    def flush(self, timeout_s: float = ...) -> int: ...
 
 
 @dataclass
@@ -58,6 +48,14 @@ class IngestReport:
         }
 
 
+def observations_to_frame(observations: Iterable[Observation]) -> pd.DataFrame:
+    """A long frame: a row per observation; columns ``series``, ``ts`` (UTC), one per channel."""
+    rows = [{SERIES: o.series, TS: o.ts_ms, **o.values} for o in observations]
+    frame = pd.DataFrame(rows, columns=None if rows else [SERIES, TS])
+    frame[TS] = pd.to_datetime(frame[TS], unit="ms", utc=True)
+    return frame
+
+
 def store_observations(
     observations: list[Observation], store: SeriesStore, freq: str
 ) -> tuple[int, int]:
@@ -71,7 +69,7 @@ def store_observations(
 def ingest_batch(
     records: list[RawRecord],
     store: SeriesStore,
-    dead_letters: DeadLetterSink,
+    dead_letters: Sink,
     freq: str,
     max_record_bytes: int,
     report: IngestReport,
@@ -93,7 +91,7 @@ def ingest_batch(
 def run_ingest(
     source: Source,
     store: SeriesStore,
-    dead_letters: DeadLetterSink,
+    dead_letters: Sink,
     freq: str,
     idle_s: float,
     max_record_bytes: int,
@@ -138,27 +136,3 @@ class IdleClock:
 
 class IngestError(RollcastError):
     """The ingest stage cannot go on."""
-
-
-def ingest_from_settings(
-    kafka: KafkaSettings,
-    store: StoreSettings,
-    ingest: IngestSettings,
-    max_records: int | None = None,
-) -> IngestReport:
-    """The ingest stage wired to Kafka and the Parquet store."""
-    source = StreamSource(kafka, kafka.topic_observations, ingest.ingest_group)
-    publisher = Publisher(kafka)
-    try:
-        return run_ingest(
-            source,
-            SeriesStore(store.store_dir),
-            publisher,
-            store.freq,
-            ingest.ingest_idle_s,
-            ingest.max_record_bytes,
-            max_records,
-        )
-    finally:
-        source.close()
-        publisher.close()

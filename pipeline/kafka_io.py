@@ -1,8 +1,10 @@
-"""The only module that imports kafka: clients, topic admin, commits, publishing.
+"""The Kafka adapter of the transport port (:mod:`pipeline.transport`); the only module that
+imports kafka.
 
-Consumers never auto-commit. Callers commit explicitly with :meth:`StreamSource.commit`
-after their output is durable (ingest: the Parquet write; serve: the broker's acknowledgement
-of the forecasts), which gives at-least-once delivery.
+:class:`KafkaTransport` is the one entry point: it makes the consumers (:class:`StreamSource`),
+the producer (:class:`Publisher`) and the admin client. Consumers never auto-commit. Callers
+commit explicitly with :meth:`StreamSource.commit` after their output is durable (ingest: the
+Parquet write; serve: the broker's acknowledgement of the forecasts): at-least-once delivery.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from kafka.structs import OffsetAndMetadata
 
 from pipeline import RollcastError
 from pipeline.config import KafkaSettings
-from pipeline.progress import Progress
 from pipeline.records import (
     DeadLetter,
     Forecast,
@@ -37,6 +38,7 @@ from pipeline.records import (
     forecast_to_bytes,
     observation_to_bytes,
 )
+from pipeline.transport import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ PRODUCER_LINGER_MS = 5
 # Bigger batches than kafka-python's 16 KiB default: a forecast is about 1 KB, and per-batch work
 # in the client dominated. 256 KiB measured 2.7x the send rate of 1 KB records (BENCHMARKS.md).
 PRODUCER_BATCH_BYTES = 256 * 1024
-# Replay flushes this often, bounding the records in flight and pacing the progress lines.
-REPLAY_FLUSH_EVERY = 5000
 # How long to try each bootstrap address before saying no broker answers.
 CONNECT_TIMEOUT_S = 3.0
 # Long enough for a slow train step between polls, short enough to notice a dead consumer.
@@ -94,7 +94,43 @@ def _client_options(settings: KafkaSettings) -> dict[str, Any]:
     }
 
 
-def create_topics(settings: KafkaSettings, names: Iterable[str], partitions: int) -> list[str]:
+class KafkaTransport:
+    """Sources, sinks and topic admin on the cluster ``settings`` names.
+
+    Fails at once, with the way out, when no bootstrap servers are configured; every client it
+    makes checks that one of them answers before kafka-python would wait 30 s to say so.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        bootstrap_servers(settings)
+        self.settings = settings
+        self.topics = Topics(
+            settings.topic_observations, settings.topic_forecasts, settings.topic_deadletter
+        )
+
+    def source(
+        self,
+        topic: str,
+        group: str,
+        max_poll_records: int = 2000,
+        rewind: int = 0,
+        on_lost: Callable[[set[int]], None] | None = None,
+    ) -> StreamSource:
+        return StreamSource(self.settings, topic, group, max_poll_records, rewind, on_lost)
+
+    def sink(self) -> Publisher:
+        return Publisher(self.settings)
+
+    def create_topics(self, names: Iterable[str], partitions: int) -> list[str]:
+        return _create_topics(self.settings, names, partitions)
+
+    def read_topic(
+        self, topic: str, expected: int, timeout_s: float = 30.0, settle_s: float = 0.0
+    ) -> list[RawRecord]:
+        return _read_topic(self.settings, topic, expected, timeout_s, settle_s)
+
+
+def _create_topics(settings: KafkaSettings, names: Iterable[str], partitions: int) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
     admin = KafkaAdminClient(**_client_options(settings))
     created = []
@@ -359,7 +395,7 @@ class Publisher:
         self._producer.close()
 
 
-def read_topic(
+def _read_topic(
     settings: KafkaSettings,
     topic: str,
     expected: int,
@@ -392,19 +428,3 @@ def read_topic(
 def _poll_raw(consumer: KafkaConsumer, timeout_s: float) -> list[RawRecord]:
     batches = consumer.poll(timeout_ms=int(timeout_s * 1000))
     return [_to_raw(m) for messages in batches.values() for m in messages]
-
-
-def replay(
-    publisher: Publisher, observations: Iterable[Observation], total: int | None = None
-) -> int:
-    """Produce observations in order, showing progress; return how many the broker acknowledged."""
-    progress = Progress("replay", total, logger)
-    sent = 0
-    for obs in observations:
-        publisher.send_observation(obs)
-        sent += 1
-        if sent % REPLAY_FLUSH_EVERY == 0:
-            progress.advance(publisher.flush())
-    progress.advance(publisher.flush())
-    progress.finish()
-    return sent

@@ -12,9 +12,11 @@ competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every 
   encoder's final state, told apart by a positional embedding;
 * layers, hidden size, dropout, a bidirectional encoder, and GRU as an alternative cell.
 
-:class:`DLinear` is the linear baseline (Zeng et al. 2023, arXiv:2205.13504).
+:class:`DLinear` is the linear baseline (Zeng et al. 2023, arXiv:2205.13504), and
+:class:`RepeatLast` and :class:`SeasonalNaive` are the naive baselines, without parameters.
 
-Both map ``(B, L, C)`` recent values to ``(B, H, C)`` forecasts in the data's own units.
+Every forecaster maps ``(B, L, C)`` recent values to ``(B, H, C)`` forecasts in the data's own
+units, and has a per-channel ``scale`` buffer and a ``fit_scale`` method.
 A checkpoint holds the config beside the weights, so a model can be rebuilt from the file alone,
 and it is loaded with ``weights_only=True``: no arbitrary code is unpickled.
 """
@@ -62,7 +64,8 @@ class ForecasterConfig:
     lookback: int = 96
     horizon: int = 24
     freq: str = "1h"
-    architecture: str = "lstm"  # "lstm": StackedLSTMForecaster; "dlinear": DLinear
+    # "lstm": StackedLSTMForecaster; "dlinear": DLinear; "repeat_last"; "seasonal_naive"
+    architecture: str = "lstm"
     cell: str = "lstm"  # or "gru"
     hidden_size: int = 128
     num_layers: int = 1
@@ -72,20 +75,23 @@ class ForecasterConfig:
     channel_independent: bool = True
     segment_len: int = 1  # steps per input/output segment; 1 = step by step
     decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
+    season: int = 24  # the seasonal-naive period in steps
+    # The gap policy the training windows were built with; inference fills gaps the same way.
+    max_gap: int = 3
 
     @property
     def n_channels(self) -> int:
         return len(self.channels)
 
     def serves_like(self, other: ForecasterConfig) -> bool:
-        """Whether a model of ``other`` can replace this one: same inputs, outputs and step."""
+        """Whether a model of ``other`` can replace this one: same inputs, outputs, step, gaps."""
         return not self.serving_differences(other)
 
     def serving_differences(self, other: ForecasterConfig) -> list[str]:
         """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
         return [
             f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in ("channels", "lookback", "horizon", "freq")
+            for name in ("channels", "lookback", "horizon", "freq", "max_gap")
             if getattr(self, name) != getattr(other, name)
         ]
 
@@ -264,15 +270,83 @@ def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
     return nn.functional.avg_pool1d(padded, kernel, stride=1).transpose(1, 2)
 
 
-Forecaster = StackedLSTMForecaster | DLinear
+class NaiveForecaster(nn.Module):
+    """A forecaster without parameters: it repeats what it has seen, in the data's own units."""
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        self.config = config
+        # Only for the ``scale`` buffer every forecaster carries; the values are not normalized.
+        self.norm = InstanceNorm(config.n_channels, "none")
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.norm.scale
+
+    def fit_scale(self, inputs: torch.Tensor) -> None:
+        """Nothing to fit: a naive forecast does not depend on the training data."""
+
+
+class RepeatLast(NaiveForecaster):
+    """Every future step equals the last observed one.
+
+    >>> model = RepeatLast(ForecasterConfig(channels=("x",), lookback=4, horizon=2))
+    >>> model(torch.tensor([[[1.0], [2.0], [3.0], [4.0]]]))[0, :, 0].tolist()
+    [4.0, 4.0]
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = x[:, -1:, :].float()  # (B, 1, C)
+        return last.repeat(1, self.config.horizon, 1)  # (B, H, C)
+
+
+class SeasonalNaive(NaiveForecaster):
+    """Every future step equals the value one season earlier, repeating the last season.
+
+    Raises ``ValueError`` at construction when ``config.lookback`` is shorter than
+    ``config.season``.
+
+    >>> config = ForecasterConfig(channels=("x",), lookback=4, horizon=3, season=2)
+    >>> SeasonalNaive(config)(torch.tensor([[[1.0], [2.0], [3.0], [4.0]]]))[0, :, 0].tolist()
+    [3.0, 4.0, 3.0]
+    """
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        if config.lookback < config.season:
+            raise ValueError(
+                f"seasonal naive needs lookback >= season, got lookback {config.lookback} "
+                f"and season {config.season}: lengthen the lookback or shorten the season"
+            )
+        super().__init__(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        horizon, season = self.config.horizon, self.config.season
+        last_season = x[:, -season:, :].float()  # (B, S, C)
+        repeats = math.ceil(horizon / season)
+        return last_season.repeat(1, repeats, 1)[:, :horizon, :]  # (B, H, C)
+
+
+Forecaster = StackedLSTMForecaster | DLinear | RepeatLast | SeasonalNaive
+
+# Every architecture a config may name, and the forecaster class it builds.
+ARCHITECTURES: dict[str, type[Forecaster]] = {
+    "lstm": StackedLSTMForecaster,
+    "dlinear": DLinear,
+    "repeat_last": RepeatLast,
+    "seasonal_naive": SeasonalNaive,
+}
 
 
 def build_forecaster(config: ForecasterConfig) -> Forecaster:
-    if config.architecture == "dlinear":
-        return DLinear(config)
-    if config.architecture == "lstm":
-        return StackedLSTMForecaster(config)
-    raise ValueError(f"unknown architecture {config.architecture!r}: use 'lstm' or 'dlinear'")
+    """The forecaster ``config.architecture`` names, with freshly initialized weights.
+
+    Raises ``ValueError`` for an unknown architecture or options the network cannot take.
+    """
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {config.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[config.architecture](config)
 
 
 def save_checkpoint(model: Forecaster, path: Path) -> Path:

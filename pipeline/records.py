@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from pipeline import RollcastError
+from pipeline.windows import format_timestamp
 
 # Reasons carried in the dead-letter `reason` header.
 MALFORMED_JSON = "malformed_json"
@@ -201,17 +202,6 @@ def _in_range(ts_ms: int, original: Any) -> int:
     if not MIN_TS_MS <= ts_ms <= MAX_TS_MS:
         raise RecordError(BAD_TIMESTAMP, f"timestamp {original!r} is outside 1678-2261")
     return ts_ms
-
-
-def format_timestamp(ts_ms: int) -> str:
-    """ISO-8601 UTC with a ``Z`` suffix, the form every Rollcast message uses.
-
-    >>> format_timestamp(0)
-    '1970-01-01T00:00:00Z'
-    """
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-    text = moment.isoformat(timespec="milliseconds" if ts_ms % 1000 else "seconds")
-    return text.replace("+00:00", "Z")
 
 
 def observation_to_bytes(obs: Observation) -> bytes:

@@ -1,8 +1,8 @@
 """MLflow: runs, plots, model logging, registration, the champion alias, and safe loading.
 
 The logged model is a pyfunc whose ``load_context`` rebuilds the network from a checkpoint
-(loaded with ``weights_only=True``) and whose ``predict`` takes a frame of recent observations
-and returns a frame of forecasts. Promotion moves the ``champion`` alias; files are never copied.
+(loaded with ``weights_only=True``) and whose ``predict`` hands a frame of recent observations
+to :mod:`pipeline.forecast`. Promotion moves the ``champion`` alias; files are never copied.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from mlflow.tracking import MlflowClient
 from pipeline import RollcastError
 from pipeline.config import MlflowSettings, StoreSettings
 from pipeline.evaluate import Scorecard
+from pipeline.forecast import LoadedForecaster, example_history, forecast_frame, predict
 from pipeline.model import Forecaster, load_checkpoint, save_checkpoint
-from pipeline.records import format_timestamp
-from pipeline.train import TrainConfig, TrainResult, predict
-from pipeline.windows import SERIES, TS, WindowSet, freq_to_ms, regularize, resample
+from pipeline.train import TrainConfig, TrainResult
+from pipeline.windows import WindowSet
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def configure(mlflow_settings: MlflowSettings, store: StoreSettings) -> str:
 class ForecasterPyfunc(PythonModel):
     """Recent observations in (``series``, ``ts``, channels), forecasts out (plus ``step``).
 
-    ``ts`` is ISO-8601 text in and out, as on the wire (MLflow schemas hold no time zones).
+    A thin shell over :func:`pipeline.forecast.forecast_frame`, the inference the serve loop
+    uses too. ``ts`` is ISO-8601 text in and out, as on the wire (MLflow schemas hold no time
+    zones).
     """
 
     def load_context(self, context: Any) -> None:
@@ -78,36 +80,6 @@ class ForecasterPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         return forecast_frame(self.model, model_input)
-
-
-def forecast_frame(model: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
-    """Forecast every series in a frame of recent observations (``lookback`` steps or more)."""
-    config = model.config
-    frame = recent if SERIES in recent.columns else recent.assign(**{SERIES: "series"})
-    frame = resample(frame.assign(**{TS: pd.to_datetime(frame[TS], utc=True)}), config.freq)
-    ids, windows, last_ts = [], [], []
-    for series_id, rows in frame.groupby(SERIES):
-        values = regularize(rows, config.freq, max_gap=config.lookback)[list(config.channels)]
-        if len(values) < config.lookback or values.tail(config.lookback).isna().any(axis=None):
-            raise RegistryError(
-                f"series {series_id!r} has fewer than {config.lookback} recent steps"
-            )
-        ids.append(series_id)
-        windows.append(values.tail(config.lookback).to_numpy(np.float32))
-        last_ts.append(values.index[-1])
-    preds = predict(model, np.stack(windows))  # (S, H, C)
-    step = pd.Timedelta(milliseconds=freq_to_ms(config.freq))
-    rows_out = [
-        {
-            SERIES: sid,
-            TS: format_timestamp(int((ts + (h + 1) * step).timestamp() * 1000)),
-            "step": h + 1,
-            **dict(zip(config.channels, p[h], strict=True)),
-        }
-        for sid, ts, p in zip(ids, last_ts, preds, strict=True)
-        for h in range(config.horizon)
-    ]
-    return pd.DataFrame(rows_out)
 
 
 @dataclass(frozen=True)
@@ -156,22 +128,9 @@ def register_checkpoint(settings: MlflowSettings, model: Forecaster, source: str
     with mlflow.start_run(run_name=f"register-{settings.model_name}"):
         mlflow.log_params({f"model.{k}": v for k, v in model.config.to_dict().items()})
         mlflow.set_tag("rollcast.source", source)
-        version = _log_model(settings, model, example_input(model))
+        version = _log_model(settings, model, example_history(model.config))
     logger.info("registered %s from %s as version %s", settings.model_name, source, version)
     return version
-
-
-def example_input(model: Forecaster) -> pd.DataFrame:
-    """One series of ``lookback`` flat steps: the smallest input the pyfunc accepts."""
-    config = model.config
-    step_ms = freq_to_ms(config.freq)
-    return pd.DataFrame(
-        {
-            SERIES: "example",
-            TS: [format_timestamp(k * step_ms) for k in range(config.lookback)],
-            **{channel: 0.0 for channel in config.channels},
-        }
-    )
 
 
 def _params(model: Forecaster, train_config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
@@ -252,15 +211,6 @@ def log_backtest(metrics: dict[str, Any], out_dir: Path) -> str:
     return str(run.info.run_id)
 
 
-@dataclass(frozen=True)
-class RegisteredForecaster:
-    """A registered model version, loaded and ready to forecast."""
-
-    name: str
-    version: str
-    model: Forecaster
-
-
 def champion_version(settings: MlflowSettings) -> str | None:
     """The version the champion alias points at, or None if there is no champion yet."""
     try:
@@ -272,7 +222,7 @@ def champion_version(settings: MlflowSettings) -> str | None:
     return str(found.version)
 
 
-def load_version(settings: MlflowSettings, version: str) -> RegisteredForecaster:
+def load_version(settings: MlflowSettings, version: str) -> LoadedForecaster:
     """Download one version's checkpoint and rebuild it, never unpickling arbitrary code."""
     uri = f"models:/{settings.model_name}/{version}"
     try:
@@ -282,10 +232,10 @@ def load_version(settings: MlflowSettings, version: str) -> RegisteredForecaster
     checkpoint = next(local.rglob(CHECKPOINT_FILE), None)
     if checkpoint is None:
         raise RegistryError(f"{uri} has no {CHECKPOINT_FILE}: was it logged by Rollcast?")
-    return RegisteredForecaster(settings.model_name, version, load_checkpoint(checkpoint))
+    return LoadedForecaster(settings.model_name, version, load_checkpoint(checkpoint))
 
 
-def load_champion(settings: MlflowSettings) -> RegisteredForecaster:
+def load_champion(settings: MlflowSettings) -> LoadedForecaster:
     version = champion_version(settings)
     if version is None:
         raise RegistryError(

@@ -33,15 +33,13 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
-from pipeline.metrics import LatencyRecorder
+from pipeline.forecast import LoadedForecaster, new_window, predict
 from pipeline.model import Forecaster
 from pipeline.progress import Progress
 from pipeline.records import (
@@ -54,81 +52,15 @@ from pipeline.records import (
     RawRecord,
     triage,
 )
-from pipeline.swap import INCOMPATIBLE, ChampionWatcher, ModelSlot, incompatibility
-from pipeline.train import predict
-from pipeline.windows import Append, Gap, RollingWindow, Step, freq_to_ms
-
-if TYPE_CHECKING:
-    from pipeline.registry import RegisteredForecaster
+from pipeline.stats import OnlineError, Scoring, ServeStats
+from pipeline.swap import INCOMPATIBLE, ModelSlot, incompatibility
+from pipeline.transport import Sink, Source
+from pipeline.windows import Append, Gap, RollingWindow, freq_to_ms
 
 logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.5
 NO_REQUESTS: tuple[ForecastRequest, ...] = ()
-
-
-class Source(Protocol):
-    def poll(self, timeout_s: float = ...) -> list[RawRecord]: ...
-    def commit(self, records: list[RawRecord]) -> None: ...
-    def lag(self) -> int: ...
-    def partitions(self) -> int: ...
-
-
-class Sink(Protocol):
-    def send_forecast(self, forecast: Forecast) -> None: ...
-    def send_dead_letter(self, dead: DeadLetter) -> None: ...
-    def flush(self, timeout_s: float = ...) -> int: ...
-
-
-@dataclass
-class ServeStats:
-    """Running totals of one serve loop; the Prometheus endpoint reads them when scraped."""
-
-    records_in: int = 0
-    records_rewound: int = 0
-    forecasts_out: int = 0
-    duplicates: int = 0
-    gaps_filled: int = 0
-    restarts: int = 0
-    evicted_series: int = 0
-    series_forecast: int = 0  # series given their first forecast
-    swaps: int = 0
-    live_series: int = 0
-    consumer_lag: int = 0
-    partitions: int = 0
-    model_name: str = ""
-    model_version: str = ""
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    refused: Counter[str] = field(default_factory=Counter)
-    batch_latency: LatencyRecorder = field(default_factory=LatencyRecorder)
-    record_latency: LatencyRecorder = field(default_factory=LatencyRecorder)
-    # Online forecast error by steps ahead (index 0: one step ahead), over channels.
-    abs_error_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    abs_error_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "records_in": self.records_in,
-            "records_rewound": self.records_rewound,
-            "forecasts_out": self.forecasts_out,
-            "duplicates": self.duplicates,
-            "gaps_filled": self.gaps_filled,
-            "restarts": self.restarts,
-            "evicted_series": self.evicted_series,
-            "series_forecast": self.series_forecast,
-            "swaps": self.swaps,
-            "model_version": self.model_version,
-            "dead_letters": dict(self.dead_letters),
-            "refused": dict(self.refused),
-            "online_mae": self.online_mae(),
-        }
-
-    def online_mae(self) -> list[float | None]:
-        """Mean absolute error of published forecasts by steps ahead; None where none scored."""
-        return [
-            float(total / count) if count else None
-            for total, count in zip(self.abs_error_sum, self.abs_error_count, strict=True)
-        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,31 +78,27 @@ class SeriesState:
     window: RollingWindow
     partition: int
     forecast_before: bool = False
-    # The forecast being scored against actuals as they arrive: (issued_at_ms, (H, C) values).
-    scoring: tuple[int, np.ndarray] | None = None
+    scoring: Scoring | None = None  # the forecast being scored against actuals as they arrive
 
 
 class RollingForecaster:
-    """Per-series rolling windows, the batched forecast step and online scoring; no I/O."""
+    """Per-series rolling windows and the batched forecast step; no I/O.
 
-    def __init__(
-        self,
-        forecaster: RegisteredForecaster,
-        max_gap: int,
-        max_series: int,
-        grace_steps: int = 0,
-    ) -> None:
+    Windows are made by :func:`pipeline.forecast.new_window` from the model's config, so they
+    fill gaps as the model's training windows and its MLflow pyfunc do.
+    """
+
+    def __init__(self, forecaster: LoadedForecaster, max_series: int, grace_steps: int = 0) -> None:
         self.forecaster = forecaster
-        self.max_gap, self.max_series, self.grace_steps = max_gap, max_series, grace_steps
+        self.max_series, self.grace_steps = max_series, grace_steps
         self.series: OrderedDict[str, SeriesState] = OrderedDict()
         self.step_ms = freq_to_ms(self.model.config.freq)
-        self._scored: list[tuple[int, np.ndarray, np.ndarray]] = []  # (ahead, predicted, actual)
 
     @property
     def model(self) -> Forecaster:
         return self.forecaster.model
 
-    def swap(self, forecaster: RegisteredForecaster) -> None:
+    def swap(self, forecaster: LoadedForecaster) -> None:
         """Serve with ``forecaster`` from now on; it must serve like the current one."""
         self.forecaster = forecaster
 
@@ -212,30 +140,12 @@ class RollingForecaster:
             stats.gaps_filled += step.gap is Gap.FILLED
             stats.restarts += step.gap is Gap.RESTARTED
             if state.scoring is not None:
-                self._score(state, step, stats)
+                online = stats.online_error
+                if not online.score(state.scoring, step.ts_ms, step.values):
+                    state.scoring = None  # fully scored: score the next one
             if step.window is not None:
                 due.append(ForecastRequest(series_id, step.ts_ms, step.window, record.timestamp_ms))
         return due
-
-    def _score(self, state: SeriesState, step: Step, stats: ServeStats) -> None:
-        assert state.scoring is not None
-        issued_at_ms, predicted = state.scoring
-        ahead = (step.ts_ms - issued_at_ms) // self.step_ms - 1
-        if ahead < len(predicted):
-            self._scored.append((ahead, predicted[ahead], step.values))
-        if ahead >= len(predicted) - 1:
-            state.scoring = None  # fully scored (or overtaken): score the next one
-
-    def settle_scores(self, stats: ServeStats) -> None:
-        """Add the batch's online errors to ``stats`` in one vectorised step."""
-        if not self._scored:
-            return
-        ahead = np.fromiter((a for a, _, _ in self._scored), np.int64, len(self._scored))
-        predicted = np.stack([p for _, p, _ in self._scored])
-        actual = np.stack([v for _, _, v in self._scored])
-        np.add.at(stats.abs_error_sum, ahead, np.abs(predicted - actual).mean(axis=1))
-        np.add.at(stats.abs_error_count, ahead, 1)
-        self._scored.clear()
 
     def _state(self, series_id: str, partition: int, stats: ServeStats) -> SeriesState:
         state = self.series.get(series_id)
@@ -245,10 +155,7 @@ class RollingForecaster:
         if len(self.series) >= self.max_series:
             self.series.popitem(last=False)  # least recently seen
             stats.evicted_series += 1
-        config = self.model.config
-        window = RollingWindow(
-            config.lookback, config.n_channels, self.step_ms, self.max_gap, self.grace_steps
-        )
+        window = new_window(self.model.config, self.grace_steps)
         state = self.series[series_id] = SeriesState(window, partition)
         return state
 
@@ -306,7 +213,7 @@ def serve_batch(
             dead.append(outcome)
         elif outcome:
             requests += outcome
-    rolling.settle_scores(stats)
+    stats.online_error.settle()
     for letter in dead:
         if not letter.record.rewound:
             sink.send_dead_letter(letter)
@@ -385,66 +292,11 @@ def run_serve(
 
 
 def new_stats(rolling: RollingForecaster) -> ServeStats:
-    horizon = rolling.model.config.horizon
     return ServeStats(
+        OnlineError(rolling.model.config.horizon, rolling.step_ms),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,
-        abs_error_sum=np.zeros(horizon),
-        abs_error_count=np.zeros(horizon, np.int64),
     )
-
-
-def serve_from_settings(
-    kafka: KafkaSettings,
-    store: StoreSettings,
-    mlflow_settings: MlflowSettings,
-    serve: ServeSettings,
-    max_records: int | None = None,
-) -> tuple[ServeStats, RegisteredForecaster]:
-    """The serve stage wired to Kafka, the registry's champion and the metrics endpoint.
-
-    Runs until ``max_records`` are served, ``serve.serve_idle_s`` pass without a record,
-    or forever when both are None. Returns the stats and the version serving at the end.
-    """
-    from pipeline import registry  # MLflow stays out of the loop's import path
-    from pipeline.kafka_io import Publisher, StreamSource
-    from pipeline.metrics import serve_metrics
-
-    registry.configure(mlflow_settings, store)
-    champion = registry.load_champion(mlflow_settings)
-    logger.info("serving %s version %s", champion.name, champion.version)
-    rolling = RollingForecaster(champion, store.max_gap, serve.max_series, serve.grace_steps)
-    stats = new_stats(rolling)
-    if serve.metrics_port:
-        serve_metrics(stats, serve.metrics_port)
-        logger.info("Prometheus metrics on http://0.0.0.0:%d/metrics", serve.metrics_port)
-    slot = ModelSlot()
-    watcher = ChampionWatcher(
-        champion.version,
-        lambda: registry.champion_version(mlflow_settings),
-        lambda version: registry.load_version(mlflow_settings, version),
-        slot,
-        serve.champion_poll_s,
-    )
-    source = StreamSource(
-        kafka,
-        kafka.topic_observations,
-        serve.serve_group,
-        serve.max_poll_records,
-        serve.rewind_records,
-        rolling.forget_partitions,
-    )
-    publisher = Publisher(kafka)
-    freeze_heap()
-    watcher.start()
-    try:
-        stop = _stop_rule(max_records, serve.serve_idle_s, _stop_on_sigterm())
-        run_serve(source, publisher, rolling, stop, serve.max_record_bytes, slot, stats)
-    finally:
-        watcher.stop()
-        source.close()
-        publisher.close()
-    return stats, rolling.forecaster
 
 
 def freeze_heap() -> None:
@@ -457,7 +309,7 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def _stop_on_sigterm() -> threading.Event:
+def stop_on_sigterm() -> threading.Event:
     """An event set by SIGTERM (``docker stop``, Kubernetes): the loop ends after its batch."""
     stopping = threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -465,7 +317,7 @@ def _stop_on_sigterm() -> threading.Event:
     return stopping
 
 
-def _stop_rule(
+def stop_rule(
     max_records: int | None, idle_s: float | None, stopping: threading.Event
 ) -> Callable[[ServeStats, bool], bool]:
     idle_since = time.monotonic()

@@ -17,10 +17,8 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pipeline.registry import RegisteredForecaster
+from pipeline.forecast import LoadedForecaster
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +33,7 @@ class Refusal:
     detail: str
 
 
-def incompatibility(current: RegisteredForecaster, candidate: RegisteredForecaster) -> str | None:
+def incompatibility(current: LoadedForecaster, candidate: LoadedForecaster) -> str | None:
     """Why ``candidate`` cannot replace ``current`` without a restart, or None if it can."""
     differences = current.model.config.serving_differences(candidate.model.config)
     return "; ".join(differences) or None
@@ -46,10 +44,10 @@ class ModelSlot:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loaded: RegisteredForecaster | None = None
+        self._loaded: LoadedForecaster | None = None
         self._refusals: list[Refusal] = []
 
-    def offer(self, forecaster: RegisteredForecaster) -> None:
+    def offer(self, forecaster: LoadedForecaster) -> None:
         with self._lock:
             self._loaded = forecaster  # a newer version replaces one not yet taken
 
@@ -57,7 +55,7 @@ class ModelSlot:
         with self._lock:
             self._refusals.append(refusal)
 
-    def take(self) -> tuple[RegisteredForecaster | None, list[Refusal]]:
+    def take(self) -> tuple[LoadedForecaster | None, list[Refusal]]:
         with self._lock:
             loaded, refusals = self._loaded, self._refusals
             self._loaded, self._refusals = None, []
@@ -71,7 +69,7 @@ class ChampionWatcher(threading.Thread):
         self,
         current_version: str,
         champion_version: Callable[[], str | None],
-        load_version: Callable[[str], RegisteredForecaster],
+        load_version: Callable[[str], LoadedForecaster],
         slot: ModelSlot,
         interval_s: float,
     ) -> None:

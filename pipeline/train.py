@@ -221,17 +221,3 @@ def _report(stats: EpochStats, epochs: int, on_epoch: Callable[[EpochStats], Non
     )
     if on_epoch is not None:
         on_epoch(stats)
-
-
-@torch.inference_mode()
-def predict(model: Forecaster, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = [
-        model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size])).to(device))
-        for i in range(0, len(inputs), batch_size)
-    ]
-    if not outputs:
-        return np.empty((0, model.config.horizon, model.config.n_channels), dtype=np.float32)
-    return torch.cat(outputs).float().cpu().numpy()

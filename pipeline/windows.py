@@ -20,13 +20,12 @@ Imports only numpy and pandas.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-
-from pipeline.records import Observation
 
 SERIES = "series"
 TS = "ts"
@@ -41,12 +40,15 @@ def freq_to_ms(freq: str) -> int:
     return int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) / pd.Timedelta(milliseconds=1))
 
 
-def observations_to_frame(observations: Iterable[Observation]) -> pd.DataFrame:
-    """A long frame: a row per observation; columns ``series``, ``ts`` (UTC), one per channel."""
-    rows = [{SERIES: o.series, TS: o.ts_ms, **o.values} for o in observations]
-    frame = pd.DataFrame(rows, columns=None if rows else [SERIES, TS])
-    frame[TS] = pd.to_datetime(frame[TS], unit="ms", utc=True)
-    return frame
+def format_timestamp(ts_ms: int) -> str:
+    """ISO-8601 UTC with a ``Z`` suffix, the form every Rollcast message uses.
+
+    >>> format_timestamp(0)
+    '1970-01-01T00:00:00Z'
+    """
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    text = moment.isoformat(timespec="milliseconds" if ts_ms % 1000 else "seconds")
+    return text.replace("+00:00", "Z")
 
 
 def channel_columns(frame: pd.DataFrame) -> list[str]:

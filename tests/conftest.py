@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings
-from pipeline.kafka_io import create_topics
+from pipeline.kafka_io import KafkaTransport
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,6 +54,6 @@ def rollcast_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     kafka = KafkaSettings()
-    topics = [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter]
-    create_topics(kafka, topics, partitions=2)
+    transport = KafkaTransport(kafka)
+    transport.create_topics(transport.topics.all(), partitions=2)
     return kafka

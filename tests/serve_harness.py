@@ -21,7 +21,7 @@ import torch
 
 from pipeline import registry
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
-from pipeline.kafka_io import SERVED_BY_HEADER, Publisher, read_topic
+from pipeline.kafka_io import SERVED_BY_HEADER, KafkaTransport
 from pipeline.model import Forecaster, ForecasterConfig, build_forecaster
 
 CHANNELS = ("load",)
@@ -63,13 +63,13 @@ def fleet_steps(n_series: int, steps: Iterable[int]) -> list[tuple[bytes, bytes]
 
 
 def produce(kafka: KafkaSettings, records: Iterable[tuple[bytes, bytes]]) -> int:
-    publisher = Publisher(kafka)
+    sink = KafkaTransport(kafka).sink()
     try:
         for key, value in records:
-            publisher.send_raw(kafka.topic_observations, key, value)
-        return publisher.flush()
+            sink.send_raw(kafka.topic_observations, key, value)
+        return sink.flush()
     finally:
-        publisher.close()
+        sink.close()
 
 
 class PacedProducer(threading.Thread):
@@ -82,7 +82,7 @@ class PacedProducer(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        publisher = Publisher(self.kafka)
+        publisher = KafkaTransport(self.kafka).sink()
         try:
             for step in range(self.n_steps):
                 if self._halt.is_set():
@@ -112,7 +112,7 @@ class ServeProcess:
     def __init__(self, log: Path, env: dict[str, str] | None = None, idle_s: float = 5.0) -> None:
         self.log, self.port = log, free_port()
         environment = {**os.environ, "ROLLCAST_METRICS_PORT": str(self.port), **(env or {})}
-        command = [sys.executable, "-m", "pipeline.cli", "serve", "--idle-s", str(idle_s)]
+        command = [sys.executable, "-m", "flows.cli", "serve", "--idle-s", str(idle_s)]
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 command, env=environment, stdout=out, stderr=subprocess.STDOUT
@@ -166,7 +166,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90.0) 
 
 def read_forecasts(kafka: KafkaSettings, expected: int) -> list[dict]:
     """Every forecast on the topic (duplicates too), each with the member that served it."""
-    records = read_topic(kafka, kafka.topic_forecasts, expected, timeout_s=60, settle_s=3)
+    transport = KafkaTransport(kafka)
+    records = transport.read_topic(kafka.topic_forecasts, expected, timeout_s=60, settle_s=3)
     return [
         {**json.loads(r.value or b"{}"), "served_by": r.header(SERVED_BY_HEADER)} for r in records
     ]

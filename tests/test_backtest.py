@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from flows.cli import main
 from pipeline.backtest import (
     BacktestError,
     BacktestSpec,
@@ -21,7 +22,6 @@ from pipeline.backtest import (
     run_backtest,
     select_features,
 )
-from pipeline.cli import main
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ETTH1 = SHARED_DATA / "ETTh1.csv"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.cli import main
+from flows.cli import main
 from pipeline.config import KafkaSettings
 
 pytestmark = pytest.mark.integration

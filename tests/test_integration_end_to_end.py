@@ -15,10 +15,11 @@ from flows.serve import serve_flow
 from flows.train import train_flow
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
-from pipeline.kafka_io import Publisher, read_topic, replay
+from pipeline.kafka_io import KafkaTransport
 from pipeline.model import CheckpointError
 from pipeline.records import parse_timestamp
 from pipeline.registry import load_champion
+from pipeline.transport import replay
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +40,11 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def stream_and_ingest(kafka: KafkaSettings, fleet: pd.DataFrame) -> tuple[int, dict]:
     """Produce the fleet to the observations topic and run the ingest flow over it."""
-    publisher = Publisher(kafka)
+    sink = KafkaTransport(kafka).sink()
     try:
-        produced = replay(publisher, frame_to_observations(fleet))
+        produced = replay(sink, frame_to_observations(fleet))
     finally:
-        publisher.close()
+        sink.close()
     return produced, ingest_flow(max_records=produced)
 
 
@@ -62,7 +63,9 @@ def test_demo_path_publishes_champion_forecasts_for_every_series(
 
     expected = SERIES * (STEPS - LOOKBACK + 1)  # one per step once the window is whole
     assert served["forecasts_out"] == expected
-    messages = read_topic(rollcast_env, rollcast_env.topic_forecasts, expected=expected)
+    messages = KafkaTransport(rollcast_env).read_topic(
+        rollcast_env.topic_forecasts, expected=expected
+    )
     assert len(messages) == expected
     _assert_forecasts_are_complete(messages, fleet, trained["version"])
 

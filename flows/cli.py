@@ -1,7 +1,7 @@
-"""The ``rollcast`` command.
+"""The ``rollcast`` command: an entry point of the app, beside the flows it runs.
 
-Every command reads its settings from ``ROLLCAST_*`` environment variables (see config.py);
-the options below override a few for convenience.
+Every command reads its settings from ``ROLLCAST_*`` environment variables once (see
+pipeline/config.py), applies the options below over a few, and passes the settings down.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from pipeline.config import KafkaSettings
 if TYPE_CHECKING:
     import pandas as pd
 
-logger = logging.getLogger("pipeline.cli")
+    from pipeline.config import MlflowSettings
+
+logger = logging.getLogger("flows.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Client libraries that are chatty at INFO.
@@ -104,15 +106,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_broker(args: argparse.Namespace) -> None:
     from pipeline.broker import EmbeddedBroker
-    from pipeline.kafka_io import create_topics
+    from pipeline.kafka_io import KafkaTransport
 
     with EmbeddedBroker(port=args.port) as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-        create_topics(
-            kafka,
-            [kafka.topic_observations, kafka.topic_forecasts, kafka.topic_deadletter],
-            kafka.topic_partitions,
-        )
+        transport = KafkaTransport(kafka)
+        transport.create_topics(transport.topics.all(), kafka.topic_partitions)
         print(f"export ROLLCAST_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
         print("embedded broker running (memory storage); Ctrl-C stops it", flush=True)
         _block_until_signal()
@@ -129,14 +128,15 @@ def _block_until_signal() -> None:
 
 def _produce(frame_source: Callable[[], pd.DataFrame]) -> None:
     from pipeline.datasets import frame_to_observations
-    from pipeline.kafka_io import Publisher, replay
+    from pipeline.kafka_io import KafkaTransport
+    from pipeline.transport import replay
 
-    publisher = Publisher(KafkaSettings())  # fails fast, before the data is built
+    sink = KafkaTransport(KafkaSettings()).sink()  # fails fast, before the data is built
     try:
         frame = frame_source()
-        sent = replay(publisher, frame_to_observations(frame), total=len(frame))
+        sent = replay(sink, frame_to_observations(frame), total=len(frame))
     finally:
-        publisher.close()
+        sink.close()
     print(f"produced {sent} observations")
 
 
@@ -154,12 +154,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from pipeline.kafka_io import bootstrap_servers
+    from pipeline.kafka_io import KafkaTransport
 
-    bootstrap_servers(KafkaSettings())  # says how to start a broker before Prefect starts
+    kafka = KafkaSettings()
+    KafkaTransport(kafka)  # says how to start a broker before Prefect starts
     from flows.ingest import ingest_flow
 
-    print(json.dumps(ingest_flow(max_records=args.max_records)))
+    print(json.dumps(ingest_flow(max_records=args.max_records, kafka=kafka)))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -169,11 +170,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:
-    import os
-
     import numpy as np
 
     from pipeline.backtest import BacktestSpec, load_ltsf_csv, recommended, run_backtest
+    from pipeline.config import MlflowSettings
 
     lookback = args.lookback or recommended(args.horizon, args.model)[0]
     spec = BacktestSpec(
@@ -189,16 +189,16 @@ def cmd_backtest(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "predictions.npy", result.predictions)
     (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    if "ROLLCAST_MLFLOW_TRACKING_URI" in os.environ:
-        _log_backtest(result.metrics, args.out)
+    settings = MlflowSettings()
+    if "mlflow_tracking_uri" in settings.model_fields_set:  # logged only where asked for
+        _log_backtest(settings, result.metrics, args.out)
     print(json.dumps({k: result.metrics[k] for k in ("mse", "mae", "lookback", "horizon")}))
 
 
-def _log_backtest(metrics: dict[str, object], out: Path) -> None:
+def _log_backtest(settings: MlflowSettings, metrics: dict[str, object], out: Path) -> None:
     from pipeline import registry
-    from pipeline.config import MlflowSettings, StoreSettings
+    from pipeline.config import StoreSettings
 
-    settings = MlflowSettings()
     registry.configure(settings, StoreSettings())
     run_id = registry.log_backtest(metrics, out)
     print(f"logged to MLflow run {run_id} at {settings.mlflow_tracking_uri}")
@@ -220,14 +220,13 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from pipeline.config import MlflowSettings, ServeSettings, StoreSettings
-    from pipeline.kafka_io import bootstrap_servers
-    from pipeline.serve import serve_from_settings
+    from pipeline.kafka_io import KafkaTransport
+    from pipeline.wiring import serve_from_settings
 
-    kafka = KafkaSettings()
-    bootstrap_servers(kafka)
+    transport = KafkaTransport(KafkaSettings())
     serve = ServeSettings() if args.idle_s is None else ServeSettings(serve_idle_s=args.idle_s)
     stats, _ = serve_from_settings(
-        kafka, StoreSettings(), MlflowSettings(), serve, args.max_records
+        transport, StoreSettings(), MlflowSettings(), serve, args.max_records
     )
     print(json.dumps(stats.as_dict()))
 

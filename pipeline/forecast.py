@@ -1,0 +1,146 @@
+"""Inference: the one place a model turns recent history into forecasts. numpy, pandas, torch only.
+
+Serve, evaluation, backtests and the MLflow pyfunc all forecast through :func:`predict`, and the
+two that start from raw observations (the serve loop and :func:`forecast_frame`) build their
+windows with the same :class:`~pipeline.windows.RollingWindow`, made by :func:`new_window` from
+the model's own config. So the stream server and the registered model give the same forecast for
+the same history, gaps and duplicates included: each step is floored to the model's frequency,
+the first observation of a step wins, gaps of up to the model's ``max_gap`` steps are
+interpolated and a longer one starts the window again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import RollcastError
+from pipeline.model import Forecaster, ForecasterConfig
+from pipeline.windows import SERIES, TS, RollingWindow, format_timestamp, freq_to_ms
+
+# Series id given to a history frame that has no ``series`` column.
+SINGLE_SERIES = "series"
+
+
+class ForecastError(RollcastError):
+    """A history that cannot be forecast (too short, or missing the model's channels)."""
+
+
+@dataclass(frozen=True)
+class LoadedForecaster:
+    """A model ready to forecast, with the registered name and version that published it."""
+
+    name: str
+    version: str
+    model: Forecaster
+
+
+@torch.inference_mode()
+def predict(model: Forecaster, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device."""
+    model.eval()
+    device = next(model.parameters(), model.scale).device
+    outputs = [
+        model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size])).to(device))
+        for i in range(0, len(inputs), batch_size)
+    ]
+    if not outputs:
+        return np.empty((0, model.config.horizon, model.config.n_channels), dtype=np.float32)
+    return torch.cat(outputs).float().cpu().numpy()
+
+
+def new_window(config: ForecasterConfig, grace_steps: int = 0) -> RollingWindow:
+    """An empty rolling window shaped and gap-filled the way ``config``'s model expects."""
+    return RollingWindow(
+        config.lookback, config.n_channels, freq_to_ms(config.freq), config.max_gap, grace_steps
+    )
+
+
+@dataclass(frozen=True)
+class LatestWindows:
+    """The newest whole window of each series in a history."""
+
+    series: list[str]
+    issued_at_ms: list[int]  # the last observed step of each series
+    windows: np.ndarray  # (S, L, C)
+
+
+def latest_windows(history: pd.DataFrame, config: ForecasterConfig) -> LatestWindows:
+    """Replay each series of ``history`` (``series``, ``ts``, channels) through a rolling window.
+
+    ``ts`` may be ISO-8601 text or datetimes; rows missing one of the model's channels are
+    skipped, as serve dead-letters them. Raises :class:`ForecastError` when a series does not
+    end in ``lookback`` steps without a gap longer than ``max_gap``.
+    """
+    missing = [c for c in config.channels if c not in history.columns]
+    if missing:
+        raise ForecastError(f"the history has no column for channels {missing}")
+    frame = history if SERIES in history.columns else history.assign(**{SERIES: SINGLE_SERIES})
+    stamps = pd.to_datetime(frame[TS], utc=True).to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    usable = frame.assign(**{TS: stamps})[frame[list(config.channels)].notna().all(axis=1)]
+    usable = usable.sort_values(TS, kind="stable")  # time order; the first of a step wins
+    found = LatestWindows([], [], np.empty((0, config.lookback, config.n_channels), np.float32))
+    windows = []
+    for series_id, rows in usable.groupby(SERIES, sort=True):
+        values = rows[list(config.channels)].to_numpy(dtype=np.float32)
+        issued_at_ms, window = _replay(str(series_id), rows[TS].to_numpy(), values, config)
+        found.series.append(str(series_id))
+        found.issued_at_ms.append(issued_at_ms)
+        windows.append(window)
+    if windows:
+        found = LatestWindows(found.series, found.issued_at_ms, np.stack(windows))
+    return found
+
+
+def _replay(
+    series_id: str, stamps: np.ndarray, values: np.ndarray, config: ForecasterConfig
+) -> tuple[int, np.ndarray]:
+    window = new_window(config)
+    for ts_ms, row in zip(stamps.tolist(), values, strict=True):
+        window.append(ts_ms, row)
+    placed = window.placed()
+    if not placed or placed[-1].window is None:
+        raise ForecastError(
+            f"series {series_id!r} does not end in {config.lookback} steps of {config.freq} "
+            f"without a gap of more than {config.max_gap} steps"
+        )
+    return placed[-1].ts_ms, placed[-1].window
+
+
+def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
+    """Forecast every series of a history frame: a row per series and step ahead.
+
+    Columns out: ``series``, ``ts`` (ISO-8601 text), ``step`` (1..horizon) and the channels.
+    """
+    config = model.config
+    latest = latest_windows(history, config)
+    preds = predict(model, latest.windows)  # (S, H, C)
+    step_ms = freq_to_ms(config.freq)
+    rows = [
+        {
+            SERIES: series_id,
+            TS: format_timestamp(issued_at_ms + (h + 1) * step_ms),
+            "step": h + 1,
+            **dict(zip(config.channels, pred[h], strict=True)),
+        }
+        for series_id, issued_at_ms, pred in zip(
+            latest.series, latest.issued_at_ms, preds, strict=True
+        )
+        for h in range(config.horizon)
+    ]
+    return pd.DataFrame(rows, columns=[SERIES, TS, "step", *config.channels])
+
+
+def example_history(config: ForecasterConfig) -> pd.DataFrame:
+    """One series of ``lookback`` flat steps: the smallest history :func:`forecast_frame` takes."""
+    step_ms = freq_to_ms(config.freq)
+    return pd.DataFrame(
+        {
+            SERIES: "example",
+            TS: [format_timestamp(k * step_ms) for k in range(config.lookback)],
+            **{channel: 0.0 for channel in config.channels},
+        }
+    )

@@ -1,0 +1,202 @@
+"""What the serve loop counts: each counter declared once, with its meaning. numpy only.
+
+:class:`ServeStats` is the one declaration of every counter and gauge. The loop adds to its plain
+fields; the Prometheus collector (:mod:`pipeline.metrics`) and the JSON summary (:meth:`as_dict`)
+both read the declarations, so a new counter is one line here and nothing anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+# Upper bounds of the latency buckets, in seconds: 1 ms to 10 s.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+COUNTER, GAUGE, LABELLED, HISTOGRAM = "counter", "gauge", "labelled", "histogram"
+
+
+def _declare(
+    kind: str, doc: str, metric: str | None, summary: bool, label: str = "", **default: Any
+) -> Any:
+    meta = {"kind": kind, "doc": doc, "metric": metric, "summary": summary, "label": label}
+    return field(metadata=meta, **default)
+
+
+def counter(doc: str, metric: str | None = None, summary: bool = True) -> Any:
+    """A running total; exported as ``rollcast_<metric or field name>_total``."""
+    return _declare(COUNTER, doc, metric, summary, default=0)
+
+
+def gauge(doc: str, metric: str | None = None) -> Any:
+    """A value of now; exported as ``rollcast_<metric or field name>``."""
+    return _declare(GAUGE, doc, metric, summary=False, default=0)
+
+
+def labelled(doc: str, label: str, metric: str | None = None) -> Any:
+    """Totals by one label (a reason, say); exported as a labelled counter."""
+    return _declare(LABELLED, doc, metric, True, label, default_factory=Counter)
+
+
+def histogram(doc: str, metric: str | None = None) -> Any:
+    """Latencies in fixed buckets; exported as a histogram."""
+    return _declare(HISTOGRAM, doc, metric, False, default_factory=LatencyRecorder)
+
+
+class LatencyRecorder:
+    """Counts latencies into fixed buckets and keeps the newest ``keep`` exactly, for quantiles.
+
+    Memory is fixed at construction, however many values are recorded.
+
+    >>> r = LatencyRecorder(keep=4)
+    >>> r.record(np.array([0.002, 0.004, 0.020]))
+    >>> r.count, r.max_s, r.bucket_counts()[:4]
+    (3, 0.02, [0, 1, 2, 2])
+    """
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self._bounds = np.array(LATENCY_BUCKETS_S)
+        self._counts = np.zeros(len(LATENCY_BUCKETS_S) + 1, dtype=np.int64)  # last: +Inf
+        self._recent = np.zeros(keep, dtype=np.float64)
+        self.count, self.sum_s, self.max_s = 0, 0.0, 0.0
+
+    def record(self, seconds: np.ndarray) -> None:
+        if not len(seconds):
+            return
+        np.add.at(self._counts, np.searchsorted(self._bounds, seconds), 1)
+        keep = len(self._recent)
+        slots = (self.count + np.arange(len(seconds))) % keep
+        self._recent[slots[-keep:]] = seconds[-keep:]
+        self.count += len(seconds)
+        self.sum_s += float(seconds.sum())
+        self.max_s = max(self.max_s, float(seconds.max()))
+
+    def bucket_counts(self) -> list[int]:
+        """Cumulative counts per upper bound, Prometheus style (the last one is +Inf)."""
+        return np.cumsum(self._counts).tolist()
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of the newest ``keep`` values (0.0 before any)."""
+        held = self._recent[: min(self.count, len(self._recent))]
+        return float(np.quantile(held, q)) if len(held) else 0.0
+
+
+# A forecast being scored against actuals as they arrive: (issued_at_ms, (H, C) values).
+Scoring = tuple[int, np.ndarray]
+
+
+class OnlineError:
+    """Prequential error of published forecasts, by steps ahead, averaged over channels.
+
+    Each series has at most one forecast being scored (the caller keeps it); every actual that
+    arrives is scored against it with :meth:`score`, and :meth:`settle` adds a batch's errors in
+    one vectorised step.
+
+    >>> online = OnlineError(horizon=2, step_ms=10)
+    >>> scoring = (0, np.array([[1.0], [2.0]]))  # issued at t=0: 1.0 at t=10, 2.0 at t=20
+    >>> online.score(scoring, 10, np.array([1.5])), online.score(scoring, 20, np.array([2.0]))
+    (True, False)
+    >>> online.settle(); online.mae()
+    [0.5, 0.0]
+    """
+
+    def __init__(self, horizon: int, step_ms: int) -> None:
+        self.step_ms = step_ms
+        self.abs_error_sum = np.zeros(horizon)
+        self.abs_error_count = np.zeros(horizon, np.int64)
+        self._scored: list[tuple[int, np.ndarray, np.ndarray]] = []  # (ahead, predicted, actual)
+
+    def score(self, scoring: Scoring, ts_ms: int, actual: np.ndarray) -> bool:
+        """Score the actual of step ``ts_ms``; return whether the forecast has steps left."""
+        issued_at_ms, predicted = scoring
+        ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
+        if ahead < len(predicted):
+            self._scored.append((ahead, predicted[ahead], actual))
+        return ahead < len(predicted) - 1  # else fully scored (or overtaken)
+
+    def settle(self) -> None:
+        if not self._scored:
+            return
+        ahead = np.fromiter((a for a, _, _ in self._scored), np.int64, len(self._scored))
+        predicted = np.stack([p for _, p, _ in self._scored])
+        actual = np.stack([v for _, _, v in self._scored])
+        np.add.at(self.abs_error_sum, ahead, np.abs(predicted - actual).mean(axis=1))
+        np.add.at(self.abs_error_count, ahead, 1)
+        self._scored.clear()
+
+    def mae(self) -> list[float | None]:
+        """Mean absolute error by steps ahead; None where none was scored."""
+        return [
+            float(total / count) if count else None
+            for total, count in zip(self.abs_error_sum, self.abs_error_count, strict=True)
+        ]
+
+
+@dataclass
+class ServeStats:
+    """Running totals of one serve loop; the Prometheus endpoint reads them when scraped."""
+
+    online_error: OnlineError
+    model_name: str = ""
+    model_version: str = field(default="", metadata={"summary": True})
+    records_in: int = counter("Input records consumed (not counting rewound ones)")
+    records_rewound: int = counter("Records re-read to rebuild windows")
+    forecasts_out: int = counter("Forecasts acknowledged by the broker")
+    duplicates: int = counter("Duplicate (series, ts) observations dropped")
+    gaps_filled: int = counter("Short gaps filled by interpolation")
+    restarts: int = counter("Windows emptied by a gap over max_gap", "window_restarts")
+    evicted_series: int = counter("Series dropped by the live-series cap", "series_evicted")
+    series_forecast: int = counter("Series given their first forecast", "series_forecast")
+    swaps: int = counter("Champion versions swapped in", "model_swaps")
+    dead_letters: Counter[str] = labelled("Records dead-lettered", "reason")
+    refused: Counter[str] = labelled("Versions refused", "reason", "model_refused")
+    live_series: int = gauge("Series with a window held")
+    consumer_lag: int = gauge("Records behind the high watermark")
+    partitions: int = gauge("Input partitions this member reads", "assigned_partitions")
+    batch_latency: LatencyRecorder = histogram("Wall time of one poll's batch", "batch_seconds")
+    record_latency: LatencyRecorder = histogram(
+        "Input produce time to the broker's ack of its forecast", "record_latency_seconds"
+    )
+
+    def as_dict(self) -> dict[str, object]:
+        """The summary a finished serve run prints: every counter, by field name."""
+        summary: dict[str, object] = {
+            f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.metadata.get("summary")
+        }
+        return {**summary, "online_mae": self.online_error.mae()}
+
+    def online_mae(self) -> list[float | None]:
+        return self.online_error.mae()
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Counter) else value
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One exported counter, gauge or histogram of a :class:`ServeStats`, with its value now."""
+
+    kind: str
+    name: str  # without the rollcast_ prefix and the _total suffix
+    doc: str
+    label: str
+    value: Any
+
+
+def declared(stats: ServeStats) -> list[Declared]:
+    """Every exported counter, gauge and histogram, in declaration order."""
+    return [
+        Declared(
+            f.metadata["kind"],
+            f.metadata["metric"] or f.name,
+            f.metadata["doc"],
+            f.metadata["label"],
+            getattr(stats, f.name),
+        )
+        for f in fields(stats)
+        if "kind" in f.metadata
+    ]

@@ -1,0 +1,99 @@
+"""The transport port: what the ingest and serve loops need of a stream, and nothing more.
+
+The loops and the wiring depend on these protocols only. :mod:`pipeline.kafka_io` is the Kafka
+adapter; :mod:`pipeline.inmemory` is an in-memory one for unit tests. Another transport is one
+new module with a class like theirs.
+
+Delivery contract, whatever the adapter: a :class:`Source` never commits on its own (callers
+commit after their output is durable), and :meth:`Sink.flush` returns only once every record
+sent so far is acknowledged, raising if one was not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.progress import Progress
+from pipeline.records import DeadLetter, Forecast, Observation, RawRecord
+
+logger = logging.getLogger(__name__)
+
+# Replay flushes this often, bounding the records in flight and pacing the progress lines.
+REPLAY_FLUSH_EVERY = 5000
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The three topics of the data path."""
+
+    observations: str = "observations"
+    forecasts: str = "forecasts"
+    deadletter: str = "deadletter"
+
+    def all(self) -> list[str]:
+        return [self.observations, self.forecasts, self.deadletter]
+
+
+class Source(Protocol):
+    """One consumer-group member reading one topic from its earliest uncommitted record."""
+
+    def poll(self, timeout_s: float = ...) -> list[RawRecord]: ...
+    def commit(self, records: Sequence[RawRecord]) -> None: ...
+    def assigned(self) -> bool: ...
+    def partitions(self) -> int: ...
+    def lag(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Sends forecasts, dead letters and observations to their topics."""
+
+    def send_forecast(self, forecast: Forecast) -> None: ...
+    def send_dead_letter(self, dead: DeadLetter) -> None: ...
+    def send_observation(self, obs: Observation) -> None: ...
+    def send_raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = ...,
+    ) -> None: ...
+    def flush(self, timeout_s: float = ...) -> int: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Makes sources and sinks on one cluster, and administers its topics."""
+
+    topics: Topics
+
+    def source(
+        self,
+        topic: str,
+        group: str,
+        max_poll_records: int = ...,
+        rewind: int = ...,
+        on_lost: Callable[[set[int]], None] | None = ...,
+    ) -> Source: ...
+    def sink(self) -> Sink: ...
+    def create_topics(self, names: Iterable[str], partitions: int) -> list[str]: ...
+    def read_topic(
+        self, topic: str, expected: int, timeout_s: float = ..., settle_s: float = ...
+    ) -> list[RawRecord]: ...
+
+
+def replay(sink: Sink, observations: Iterable[Observation], total: int | None = None) -> int:
+    """Produce observations in order, showing progress; return how many were acknowledged."""
+    progress = Progress("replay", total, logger)
+    sent = 0
+    for obs in observations:
+        sink.send_observation(obs)
+        sent += 1
+        if sent % REPLAY_FLUSH_EVERY == 0:
+            progress.advance(sink.flush())
+    progress.advance(sink.flush())
+    progress.finish()
+    return sent

@@ -1,0 +1,109 @@
+"""The stages wired to their edges: a transport, the MLflow registry and the metrics endpoint.
+
+The loops (:mod:`pipeline.ingest`, :mod:`pipeline.serve`) know only the transport port and the
+core; this module builds what they run on from settings objects, which the entry points (the
+``rollcast`` command, the Prefect flows) read once and pass in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline import registry
+from pipeline.config import IngestSettings, MlflowSettings, ServeSettings, StoreSettings
+from pipeline.forecast import LoadedForecaster
+from pipeline.ingest import IngestReport, run_ingest
+from pipeline.metrics import serve_metrics
+from pipeline.serve import (
+    RollingForecaster,
+    freeze_heap,
+    new_stats,
+    run_serve,
+    stop_on_sigterm,
+    stop_rule,
+)
+from pipeline.stats import ServeStats
+from pipeline.store import SeriesStore
+from pipeline.swap import ChampionWatcher, ModelSlot
+from pipeline.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+
+def ingest_from_settings(
+    transport: Transport,
+    store: StoreSettings,
+    ingest: IngestSettings,
+    max_records: int | None = None,
+) -> IngestReport:
+    """The ingest stage on ``transport``, into the Parquet store."""
+    source = transport.source(transport.topics.observations, ingest.ingest_group)
+    sink = transport.sink()
+    try:
+        return run_ingest(
+            source,
+            SeriesStore(store.store_dir),
+            sink,
+            store.freq,
+            ingest.ingest_idle_s,
+            ingest.max_record_bytes,
+            max_records,
+        )
+    finally:
+        source.close()
+        sink.close()
+
+
+def serve_from_settings(
+    transport: Transport,
+    store: StoreSettings,
+    mlflow_settings: MlflowSettings,
+    serve: ServeSettings,
+    max_records: int | None = None,
+) -> tuple[ServeStats, LoadedForecaster]:
+    """The serve stage on ``transport``, with the registry's champion and the metrics endpoint.
+
+    Runs until ``max_records`` are served, ``serve.serve_idle_s`` pass without a record,
+    or forever when both are None. Returns the stats and the version serving at the end.
+    """
+    registry.configure(mlflow_settings, store)
+    champion = registry.load_champion(mlflow_settings)
+    logger.info("serving %s version %s", champion.name, champion.version)
+    rolling = RollingForecaster(champion, serve.max_series, serve.grace_steps)
+    stats = new_stats(rolling)
+    if serve.metrics_port:
+        serve_metrics(stats, serve.metrics_port)
+        logger.info("Prometheus metrics on http://0.0.0.0:%d/metrics", serve.metrics_port)
+    slot = ModelSlot()
+    watcher = champion_watcher(mlflow_settings, champion.version, slot, serve.champion_poll_s)
+    source = transport.source(
+        transport.topics.observations,
+        serve.serve_group,
+        serve.max_poll_records,
+        serve.rewind_records,
+        rolling.forget_partitions,
+    )
+    sink = transport.sink()
+    freeze_heap()
+    watcher.start()
+    try:
+        stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm())
+        run_serve(source, sink, rolling, stop, serve.max_record_bytes, slot, stats)
+    finally:
+        watcher.stop()
+        source.close()
+        sink.close()
+    return stats, rolling.forecaster
+
+
+def champion_watcher(
+    settings: MlflowSettings, current_version: str, slot: ModelSlot, interval_s: float
+) -> ChampionWatcher:
+    """A watcher thread that reads the champion alias from the MLflow registry."""
+    return ChampionWatcher(
+        current_version,
+        lambda: registry.champion_version(settings),
+        lambda version: registry.load_version(settings, version),
+        slot,
+        interval_s,
+    )

@@ -162,4 +162,6 @@ class ServeSettings(BaseSettings):
     champion_poll_s: float = 30.0
     # Prometheus endpoint port; 0 turns it off.
     metrics_port: int = 9108
+    # The endpoint's address: loopback unless told otherwise (0.0.0.0 in a container).
+    metrics_host: str = "127.0.0.1"
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES

@@ -143,8 +143,7 @@ class MemorySink:
         self.send_raw(topics.forecasts, forecast.series.encode(), forecast_to_bytes(forecast))
 
     def send_dead_letter(self, dead: DeadLetter) -> None:
-        record = dead.record
-        self.send_raw(self._transport.topics.deadletter, record.key, record.value, dead.headers())
+        self.send_raw(self._transport.topics.deadletter, dead.key(), dead.value(), dead.headers())
 
     def send_observation(self, obs: Observation) -> None:
         topic = self._transport.topics.observations

@@ -357,9 +357,7 @@ class Publisher:
         )
 
     def send_dead_letter(self, dead: DeadLetter) -> None:
-        self.send_raw(
-            self._settings.topic_deadletter, dead.record.key, dead.record.value, dead.headers()
-        )
+        self.send_raw(self._settings.topic_deadletter, dead.key(), dead.value(), dead.headers())
 
     def send_observation(self, obs: Observation) -> None:
         self.send_raw(

@@ -88,16 +88,19 @@ def _online_error(online: OnlineError) -> Metric:
     return family
 
 
-def serve_metrics(stats: ServeStats, port: int | None) -> CollectorRegistry:
-    """A registry exposing ``stats``; served over HTTP on ``port`` unless it is None."""
+def serve_metrics(
+    stats: ServeStats, port: int | None, host: str = "127.0.0.1"
+) -> CollectorRegistry:
+    """A registry exposing ``stats``; served over HTTP on ``host:port`` unless port is None."""
     registry = CollectorRegistry()
     registry.register(ServeCollector(stats))
     if port is not None:
         try:
-            start_http_server(port, registry=registry)
+            start_http_server(port, addr=host, registry=registry)
         except OSError as err:
             raise MetricsPortError(
-                f"cannot serve metrics on port {port}: {err.strerror}. Set ROLLCAST_METRICS_PORT "
-                "to a free port, or to 0 to turn the endpoint off"
+                f"cannot serve metrics on {host}:{port}: {err.strerror}. Set "
+                "ROLLCAST_METRICS_PORT to a free port (0 turns the endpoint off), or "
+                "ROLLCAST_METRICS_HOST to an address of this machine"
             ) from err
     return registry

@@ -13,13 +13,14 @@ An observation's Kafka key is its series id and its value is::
 >>> parse_observation(b'{"series": "t1", "ts": 0, "values": {"OT": NaN}}')
 Traceback (most recent call last):
 ...
-pipeline.records.RecordError: non_finite: value 'OT' is NaN or infinite
+pipeline.records.RecordError: non_finite: value 'OT' is NaN or infinite in float32
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,8 @@ import orjson
 
 from pipeline import RollcastError
 from pipeline.windows import format_timestamp
+
+logger = logging.getLogger(__name__)
 
 # Reasons carried in the dead-letter `reason` header.
 MALFORMED_JSON = "malformed_json"
@@ -40,6 +43,9 @@ KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
 LATE = "late"
 MISSING_CHANNEL = "missing_channel"
+BAD_SERIES = "bad_series"  # not valid UTF-8 text, or too long
+BAD_CHANNEL = "bad_channel"  # a reserved, too long or non-UTF-8 channel name
+INVALID = "invalid"  # anything else that failed on the record's path; the detail names it
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # pandas holds times as int64 nanoseconds: about 1677-09-21 to 2262-04-11. Stay inside it.
@@ -48,6 +54,17 @@ MAX_TS_MS = 9_223_372_036_854
 
 # A record bigger than this is refused before parsing; a real observation is a few hundred bytes.
 DEFAULT_MAX_RECORD_BYTES = 65536
+# Series ids become message keys and metric labels: bounded, like Kafka topic names (249).
+MAX_SERIES_ID_CHARS = 256
+MAX_CHANNEL_NAME_CHARS = 256
+# Channel names that would collide with the columns every frame and message already has.
+RESERVED_NAMES = frozenset({"series", "ts", "step"})
+# Values must stay finite in float32, the dtype of every window and model.
+FLOAT32_MAX = 3.4028234663852886e38
+# A dead letter's key and value beyond these are cut, keeping it far inside the producer's
+# request limit (1 MiB by default) whatever a producer sent; the headers say by how much.
+DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
+DEAD_LETTER_MAX_KEY_BYTES = 1024
 
 
 class RecordError(RollcastError):
@@ -110,13 +127,33 @@ class DeadLetter:
     detail: str
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [
+        headers = [
             ("reason", self.reason.encode()),
-            ("detail", self.detail.encode()[:1024]),
+            ("detail", self.detail.encode("utf-8", "backslashreplace")[:1024]),
             ("source_topic", self.record.topic.encode()),
             ("source_partition", str(self.record.partition).encode()),
             ("source_offset", str(self.record.offset).encode()),
         ]
+        for name, data, limit in (
+            ("key", self.record.key, DEAD_LETTER_MAX_KEY_BYTES),
+            ("value", self.record.value, DEAD_LETTER_MAX_VALUE_BYTES),
+        ):
+            if data is not None and len(data) > limit:
+                headers.append((f"truncated_{name}_bytes", str(len(data)).encode()))
+        return headers
+
+    def key(self) -> bytes | None:
+        """The original key, cut to :data:`DEAD_LETTER_MAX_KEY_BYTES`."""
+        key = self.record.key
+        return key if key is None else key[:DEAD_LETTER_MAX_KEY_BYTES]
+
+    def value(self) -> bytes | None:
+        """The original value, cut to :data:`DEAD_LETTER_MAX_VALUE_BYTES`.
+
+        The whole record stays in the source topic at ``source_partition``/``source_offset``.
+        """
+        value = self.record.value
+        return value if value is None else value[:DEAD_LETTER_MAX_VALUE_BYTES]
 
 
 def parse_observation(
@@ -141,7 +178,7 @@ def _decode_json(value: bytes) -> dict[str, Any]:
         # and it gives the error message for broken JSON.
         try:
             payload = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except ValueError as err:  # broken JSON, bad UTF-8, an integer of over 4300 digits
             raise RecordError(MALFORMED_JSON, str(err)) from err
     if not isinstance(payload, dict):
         raise RecordError(MALFORMED_JSON, f"expected a JSON object, got {type(payload).__name__}")
@@ -158,6 +195,11 @@ def _series_id(payload: dict[str, Any], key: bytes | None) -> str:
     series = _field(payload, "series")
     if not isinstance(series, str) or not series:
         raise RecordError(MISSING_FIELD, "field 'series' must be a non-empty string")
+    if len(series) > MAX_SERIES_ID_CHARS or not _is_utf8(series):
+        raise RecordError(
+            BAD_SERIES,
+            f"series {series[:64]!r} must be UTF-8 of at most {MAX_SERIES_ID_CHARS} characters",
+        )
     if key is not None and key.decode("utf-8", "replace") != series:
         raise RecordError(KEY_MISMATCH, f"key {key!r} differs from series {series!r}")
     return series
@@ -169,23 +211,53 @@ def _channel_values(payload: dict[str, Any]) -> dict[str, float]:
         raise RecordError(MISSING_FIELD, "field 'values' must be a non-empty object")
     parsed: dict[str, float] = {}
     for channel, value in values.items():
-        # bool is an int subclass in Python, but `true` is not a measurement.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecordError(NON_NUMERIC, f"value {channel!r} is {value!r}, not a number")
-        if not math.isfinite(value):
-            raise RecordError(NON_FINITE, f"value {channel!r} is NaN or infinite")
-        parsed[channel] = float(value)
+        _check_channel_name(channel)
+        parsed[channel] = _finite_value(channel, value)
     return parsed
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a string with a lone surrogate (``"\\ud800"``), which no UTF-8 output can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_channel_name(channel: str) -> None:
+    if channel in RESERVED_NAMES or not channel or len(channel) > MAX_CHANNEL_NAME_CHARS:
+        raise RecordError(
+            BAD_CHANNEL,
+            f"channel {channel[:64]!r} must be 1 to {MAX_CHANNEL_NAME_CHARS} characters and not "
+            f"one of {sorted(RESERVED_NAMES)}",
+        )
+    if not _is_utf8(channel):
+        raise RecordError(BAD_CHANNEL, f"channel {channel[:64]!r} is not UTF-8 text")
+
+
+def _finite_value(channel: str, value: Any) -> float:
+    """The value as a float that is finite in float32; raises for anything else."""
+    # bool is an int subclass in Python, but `true` is not a measurement.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(NON_NUMERIC, f"value {channel!r} is {str(value)[:64]!r}, not a number")
+    try:
+        number = float(value)  # an integer of 400 digits overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise RecordError(NON_FINITE, f"value {channel!r} is NaN or infinite in float32")
+    return number
 
 
 def parse_timestamp(ts: Any) -> int:
     """Epoch milliseconds (UTC) from ISO-8601 with a zone, or from epoch milliseconds."""
     if isinstance(ts, bool):
         raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not a time")
+    if isinstance(ts, float) and not math.isfinite(ts):
+        raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not finite")
     if isinstance(ts, int | float):
-        if not math.isfinite(ts):
-            raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is not finite")
-        return _in_range(int(ts), ts)
+        return _in_range(int(ts), str(ts)[:32])
     if not isinstance(ts, str):
         raise RecordError(BAD_TIMESTAMP, f"timestamp {ts!r} is neither a string nor a number")
     try:
@@ -257,4 +329,7 @@ def triage(
             accepted.append((record, parse_observation(record.value, record.key, max_bytes)))
         except RecordError as err:
             dead.append(DeadLetter(record, err.reason, err.detail))
+        except Exception as err:  # no record may stop a loop: it becomes a dead letter
+            logger.warning("record at offset %d refused: %r", record.offset, err)
+            dead.append(DeadLetter(record, INVALID, f"{type(err).__name__}: {err}"[:512]))
     return accepted, dead

@@ -44,6 +44,7 @@ from pipeline.model import Forecaster
 from pipeline.progress import Progress
 from pipeline.records import (
     DEFAULT_MAX_RECORD_BYTES,
+    INVALID,
     LATE,
     MISSING_CHANNEL,
     DeadLetter,
@@ -208,7 +209,7 @@ def serve_batch(
     accepted, dead = triage(records, max_record_bytes)
     requests: list[ForecastRequest] = []
     for record, obs in accepted:
-        outcome = rolling.observe(record, obs, stats)
+        outcome = observe_safely(rolling, record, obs, stats)
         if isinstance(outcome, DeadLetter):
             dead.append(outcome)
         elif outcome:
@@ -222,6 +223,20 @@ def serve_batch(
         sink.send_forecast(forecast)
     sink.flush()
     _count(records, requests, stats, started)
+
+
+def observe_safely(
+    rolling: RollingForecaster, record: RawRecord, obs: Observation, stats: ServeStats
+) -> DeadLetter | Sequence[ForecastRequest]:
+    """:meth:`RollingForecaster.observe`, with any error turned into the record's dead letter.
+
+    No single record may stop the loop: what it broke is reported with the reason ``invalid``.
+    """
+    try:
+        return rolling.observe(record, obs, stats)
+    except Exception as err:
+        logger.warning("record at offset %d refused: %r", record.offset, err)
+        return DeadLetter(record, INVALID, f"{type(err).__name__}: {err}"[:512])
 
 
 def _count(

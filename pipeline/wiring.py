@@ -72,8 +72,10 @@ def serve_from_settings(
     rolling = RollingForecaster(champion, serve.max_series, serve.grace_steps)
     stats = new_stats(rolling)
     if serve.metrics_port:
-        serve_metrics(stats, serve.metrics_port)
-        logger.info("Prometheus metrics on http://0.0.0.0:%d/metrics", serve.metrics_port)
+        serve_metrics(stats, serve.metrics_port, serve.metrics_host)
+        logger.info(
+            "Prometheus metrics on http://%s:%d/metrics", serve.metrics_host, serve.metrics_port
+        )
     slot = ModelSlot()
     watcher = champion_watcher(mlflow_settings, champion.version, slot, serve.champion_poll_s)
     source = transport.source(

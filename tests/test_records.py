@@ -8,7 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline.records import (
+    BAD_CHANNEL,
+    BAD_SERIES,
     BAD_TIMESTAMP,
+    DEAD_LETTER_MAX_KEY_BYTES,
+    DEAD_LETTER_MAX_VALUE_BYTES,
     KEY_MISMATCH,
     MALFORMED_JSON,
     MISSING_FIELD,
@@ -273,3 +277,58 @@ def test_triage_applies_the_size_limit() -> None:
 
     assert accepted == []
     assert [letter.reason for letter in dead] == [TOO_LARGE]
+
+
+# --- hostile records (issue 9): each one is refused with a reason, never raised past triage ----
+
+BIG_INT = "9" * 400
+
+
+def hostile_json(series: str = '"t1"', ts: str = "0", values: str = '{"OT": 1}') -> bytes:
+    """An observation written as JSON text, so it can hold what json.dumps would not write."""
+    return f'{{"series": {series}, "ts": {ts}, "values": {values}}}'.encode()
+
+
+HOSTILE = {
+    "a 400-digit value": (hostile_json(values=f'{{"OT": {BIG_INT}}}'), NON_FINITE),
+    "a 400-digit timestamp": (hostile_json(ts=BIG_INT), BAD_TIMESTAMP),
+    "a 5000-digit value": (hostile_json(values=f'{{"OT": {"9" * 5000}}}'), MALFORMED_JSON),
+    "inf in float32": (hostile_json(values='{"OT": 1e39}'), NON_FINITE),
+    "near float64 max": (hostile_json(values='{"OT": 1e308}'), NON_FINITE),
+    "a lone surrogate series": (hostile_json(series='"x\\ud800"'), BAD_SERIES),
+    "a 300-character series": (observation_json(series="s" * 300), BAD_SERIES),
+    "a channel named series": (observation_json(values={"series": 1.0}), BAD_CHANNEL),
+    "a channel named ts": (observation_json(values={"ts": 1.0}), BAD_CHANNEL),
+    "a lone surrogate channel": (hostile_json(values='{"\\udfff": 1}'), BAD_CHANNEL),
+}
+
+
+@pytest.mark.parametrize(("value", "reason"), HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_records_are_dead_lettered_with_their_reason(value: bytes, reason: str) -> None:
+    record = RawRecord("observations", 0, 7, None, value)
+
+    accepted, dead = triage([record, RawRecord("observations", 0, 8, b"t1", observation_json())])
+
+    assert [letter.reason for letter in dead] == [reason]
+    assert [r.offset for r, _ in accepted] == [8]  # the good record after it still counts
+    assert all(isinstance(v, bytes) for _, v in dead[0].headers())  # sendable headers
+
+
+def test_the_largest_finite_float32_value_is_accepted() -> None:
+    obs = parse_observation(observation_json(values={"OT": 3.4e38}))
+
+    assert obs.values == {"OT": 3.4e38}
+
+
+def test_a_huge_dead_letter_is_cut_to_fit_the_producer_and_says_so() -> None:
+    huge = RawRecord("observations", 2, 9, b"k" * 5000, b"x" * 1_048_500)
+
+    (letter,) = triage([huge], max_bytes=65536)[1]
+
+    assert letter.reason == TOO_LARGE
+    assert len(letter.value() or b"") == DEAD_LETTER_MAX_VALUE_BYTES
+    assert len(letter.key() or b"") == DEAD_LETTER_MAX_KEY_BYTES
+    headers = dict(letter.headers())
+    assert headers["truncated_value_bytes"] == b"1048500"
+    assert headers["truncated_key_bytes"] == b"5000"
+    assert (headers["source_partition"], headers["source_offset"]) == (b"2", b"9")

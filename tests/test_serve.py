@@ -266,5 +266,36 @@ def test_a_metrics_port_in_use_is_a_clear_error() -> None:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(MetricsPortError, match=f"port {port}.*ROLLCAST_METRICS_PORT"):
+        with pytest.raises(MetricsPortError, match=f":{port}.*ROLLCAST_METRICS_PORT"):
             serve_metrics(new_stats(RollingForecaster(repeat_last(), 10)), port)
+
+
+def test_the_metrics_endpoint_listens_on_loopback_only_by_default() -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve_metrics(new_stats(RollingForecaster(repeat_last(), 10)), port)
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    assert b"rollcast_records_in_total" in text
+    # Had it bound every interface (0.0.0.0), this other loopback address would be taken too.
+    with socket.socket() as other:
+        other.bind(("127.0.0.2", port))
+
+
+def test_hostile_records_are_dead_lettered_and_serving_goes_on() -> None:
+    BIG = b"9" * 400  # noqa: N806
+    hostile = [
+        RawRecord("obs", 0, 90, None, b'{"series": "x\\ud800", "ts": 0, "values": {"load": 1}}'),
+        RawRecord("obs", 0, 91, b"a", b'{"series": "a", "ts": 0, "values": {"load": 1e39}}'),
+        RawRecord("obs", 0, 92, b"a", b'{"series": "a", "ts": 0, "values": {"load": %s}}' % BIG),
+    ]  # fmt: skip
+
+    sink, _, _ = serve(hostile + [record("a", s) for s in range(5)])
+
+    assert [d.reason for d in sink.dead] == ["bad_series", "non_finite", "non_finite"]
+    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4]
+    assert all(f.values[0][0] == f.issued_at_ms // STEP_MS for f in sink.forecasts)

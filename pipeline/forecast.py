@@ -82,17 +82,16 @@ def latest_windows(history: pd.DataFrame, config: ForecasterConfig) -> LatestWin
     stamps = pd.to_datetime(frame[TS], utc=True).to_numpy(dtype="datetime64[ms]").astype(np.int64)
     usable = frame.assign(**{TS: stamps})[frame[list(config.channels)].notna().all(axis=1)]
     usable = usable.sort_values(TS, kind="stable")  # time order; the first of a step wins
-    found = LatestWindows([], [], np.empty((0, config.lookback, config.n_channels), np.float32))
-    windows = []
+    series, issued_at_ms, windows = [], [], []
     for series_id, rows in usable.groupby(SERIES, sort=True):
         values = rows[list(config.channels)].to_numpy(dtype=np.float32)
-        issued_at_ms, window = _replay(str(series_id), rows[TS].to_numpy(), values, config)
-        found.series.append(str(series_id))
-        found.issued_at_ms.append(issued_at_ms)
+        last_ms, window = _replay(str(series_id), rows[TS].to_numpy(), values, config)
+        series.append(str(series_id))
+        issued_at_ms.append(last_ms)
         windows.append(window)
-    if windows:
-        found = LatestWindows(found.series, found.issued_at_ms, np.stack(windows))
-    return found
+    shape = (0, config.lookback, config.n_channels)
+    stacked = np.stack(windows) if windows else np.empty(shape, np.float32)
+    return LatestWindows(series, issued_at_ms, stacked)
 
 
 def _replay(

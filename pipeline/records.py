@@ -330,6 +330,11 @@ def triage(
         except RecordError as err:
             dead.append(DeadLetter(record, err.reason, err.detail))
         except Exception as err:  # no record may stop a loop: it becomes a dead letter
-            logger.warning("record at offset %d refused: %r", record.offset, err)
-            dead.append(DeadLetter(record, INVALID, f"{type(err).__name__}: {err}"[:512]))
+            dead.append(invalid_letter(record, err))
     return accepted, dead
+
+
+def invalid_letter(record: RawRecord, err: Exception) -> DeadLetter:
+    """The dead letter of a record whose handling failed unexpectedly, naming the error."""
+    logger.warning("record at offset %d refused: %r", record.offset, err)
+    return DeadLetter(record, INVALID, f"{type(err).__name__}: {err}"[:512])

@@ -44,13 +44,13 @@ from pipeline.model import Forecaster
 from pipeline.progress import Progress
 from pipeline.records import (
     DEFAULT_MAX_RECORD_BYTES,
-    INVALID,
     LATE,
     MISSING_CHANNEL,
     DeadLetter,
     Forecast,
     Observation,
     RawRecord,
+    invalid_letter,
     triage,
 )
 from pipeline.stats import OnlineError, Scoring, ServeStats
@@ -235,8 +235,7 @@ def observe_safely(
     try:
         return rolling.observe(record, obs, stats)
     except Exception as err:
-        logger.warning("record at offset %d refused: %r", record.offset, err)
-        return DeadLetter(record, INVALID, f"{type(err).__name__}: {err}"[:512])
+        return invalid_letter(record, err)
 
 
 def _count(

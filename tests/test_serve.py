@@ -299,3 +299,20 @@ def test_hostile_records_are_dead_lettered_and_serving_goes_on() -> None:
     assert [d.reason for d in sink.dead] == ["bad_series", "non_finite", "non_finite"]
     assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4]
     assert all(f.values[0][0] == f.issued_at_ms // STEP_MS for f in sink.forecasts)
+
+
+def test_a_failure_inside_the_window_becomes_an_invalid_dead_letter() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=10)
+    observe = rolling.observe
+
+    def fails_for_b(record: RawRecord, obs, stats):  # type: ignore[no-untyped-def]
+        if obs.series == "b":
+            raise ValueError("window broke")
+        return observe(record, obs, stats)
+
+    rolling.observe = fails_for_b  # type: ignore[method-assign]
+
+    sink, _, _ = serve([record("b", 0)] + [record("a", s) for s in range(4)], rolling)
+
+    assert [(d.reason, d.detail) for d in sink.dead] == [("invalid", "ValueError: window broke")]
+    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3]

@@ -71,16 +71,19 @@ class LatestWindows:
 def latest_windows(history: pd.DataFrame, config: ForecasterConfig) -> LatestWindows:
     """Replay each series of ``history`` (``series``, ``ts``, channels) through a rolling window.
 
-    ``ts`` may be ISO-8601 text or datetimes; rows missing one of the model's channels are
-    skipped, as serve dead-letters them. Raises :class:`ForecastError` when a series does not
-    end in ``lookback`` steps without a gap longer than ``max_gap``.
+    ``ts`` may be ISO-8601 text or datetimes; rows missing a channel value, or holding one that
+    is not finite in float32, are skipped, as serve dead-letters them. Raises
+    :class:`ForecastError` when a series does not end in ``lookback`` steps without a gap longer
+    than ``max_gap``.
     """
     missing = [c for c in config.channels if c not in history.columns]
     if missing:
         raise ForecastError(f"the history has no column for channels {missing}")
     frame = history if SERIES in history.columns else history.assign(**{SERIES: SINGLE_SERIES})
     stamps = pd.to_datetime(frame[TS], utc=True).to_numpy(dtype="datetime64[ms]").astype(np.int64)
-    usable = frame.assign(**{TS: stamps})[frame[list(config.channels)].notna().all(axis=1)]
+    values = frame[list(config.channels)].to_numpy(dtype=np.float64)
+    finite = (np.abs(values) <= np.finfo(np.float32).max).all(axis=1)  # False for NaN too
+    usable = frame.assign(**{TS: stamps})[finite]
     usable = usable.sort_values(TS, kind="stable")  # time order; the first of a step wins
     series, issued_at_ms, windows = [], [], []
     for series_id, rows in usable.groupby(SERIES, sort=True):

@@ -67,12 +67,14 @@ def test_a_long_gap_needs_lookback_new_steps() -> None:
     np.testing.assert_array_equal(latest.windows[0, :, 0], [7.0, 8.0, 9.0, 10.0])
 
 
-def test_rows_missing_a_channel_value_are_skipped_like_dead_letters() -> None:
-    rows = history("a", [0, 1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0, float("nan")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e39, -1e308])
+def test_rows_serve_would_dead_letter_are_skipped(bad: float) -> None:
+    rows = history("a", [0, 1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0, bad])
 
     latest = latest_windows(rows, CONFIG)
 
     assert latest.issued_at_ms == [3 * HOUR_MS]
+    assert np.isfinite(latest.windows).all()
 
 
 def test_a_history_without_the_models_channel_is_a_clear_error() -> None:

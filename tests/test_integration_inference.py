@@ -1,13 +1,13 @@
 """The registered MLflow model and the serve loop forecast alike from the same history.
 
-A real MLflow sqlite store; the serve loop runs on the in-memory transport (the Kafka path of the
-same loop is covered by test_integration_serve.py).
+A real MLflow sqlite store and the embedded broker: the history is produced to the observations
+topic, served by the serve loop, and its forecasts read back from the forecasts topic.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import threading
 
 import mlflow
 import numpy as np
@@ -16,16 +16,19 @@ import pytest
 import torch
 
 from pipeline import registry
-from pipeline.config import MlflowSettings, StoreSettings
+from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
 from pipeline.datasets import frame_to_observations
 from pipeline.forecast import ForecastError
-from pipeline.inmemory import MemoryTransport
+from pipeline.kafka_io import KafkaTransport
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.serve import RollingForecaster, run_serve
+from pipeline.serve import RollingForecaster, run_serve, stop_rule
 from pipeline.transport import replay
 from pipeline.windows import format_timestamp
 
 pytestmark = pytest.mark.integration
+
+# The loop stops once the topic has been quiet this long after the group join.
+IDLE_S = 3.0
 
 LOOKBACK, HORIZON, HOUR_MS = 24, 6, 3_600_000
 
@@ -51,11 +54,9 @@ def fleet_with_gaps() -> pd.DataFrame:
 
 
 @pytest.fixture
-def registered(tmp_path: Path) -> MlflowSettings:
-    settings = MlflowSettings(
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_name="inference"
-    )
-    registry.configure(settings, StoreSettings(data_dir=tmp_path / "data"))
+def registered(rollcast_env: KafkaSettings) -> MlflowSettings:
+    settings = MlflowSettings()  # the test's own store, from rollcast_env
+    registry.configure(settings, StoreSettings())
     torch.manual_seed(0)
     config = ForecasterConfig(
         channels=("load", "temp"), lookback=LOOKBACK, horizon=HORIZON, hidden_size=16, segment_len=6
@@ -65,28 +66,41 @@ def registered(tmp_path: Path) -> MlflowSettings:
     return settings
 
 
-def served_last_forecasts(settings: MlflowSettings, fleet: pd.DataFrame) -> dict[str, dict]:
+def served_last_forecasts(
+    settings: MlflowSettings, kafka: KafkaSettings, fleet: pd.DataFrame
+) -> dict[str, dict]:
     """Stream the fleet through the serve loop; each series' newest forecast, as published."""
-    transport = MemoryTransport()
+    transport = KafkaTransport(kafka)
     sink = transport.sink()
-    replay(sink, frame_to_observations(fleet))
-    rolling = RollingForecaster(registry.load_champion(settings), max_series=100)
-    source = transport.source(transport.topics.observations, "serve")
-    run_serve(source, transport.sink(), rolling, lambda stats, idle: idle)
+    try:
+        replay(sink, frame_to_observations(fleet))
+        rolling = RollingForecaster(registry.load_champion(settings), max_series=100)
+        source = transport.source(transport.topics.observations, ServeSettings().serve_group)
+        try:
+            stop = stop_rule(None, IDLE_S, threading.Event())
+            stats = run_serve(source, sink, rolling, stop)
+        finally:
+            source.close()
+    finally:
+        sink.close()
+    published = transport.read_topic(transport.topics.forecasts, stats.forecasts_out, settle_s=2)
+    assert len(published) == stats.forecasts_out
     newest: dict[str, dict] = {}
-    for record in transport.read_topic(transport.topics.forecasts):
+    for record in published:  # one partition per series, in order
         forecast = json.loads(record.value or b"{}")
         newest[forecast["series"]] = forecast
     return newest
 
 
-def test_the_pyfunc_forecasts_what_the_serve_loop_published(registered: MlflowSettings) -> None:
+def test_the_pyfunc_forecasts_what_the_serve_loop_published(
+    registered: MlflowSettings, rollcast_env: KafkaSettings
+) -> None:
     fleet = fleet_with_gaps()
     history = fleet.assign(ts=fleet["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.model_name}@champion")
     from_pyfunc = pyfunc.predict(history)
-    served = served_last_forecasts(registered, fleet)
+    served = served_last_forecasts(registered, rollcast_env, fleet)
 
     assert set(from_pyfunc["series"]) == set(served) == {"whole", "short-gaps", "long-gap"}
     for series_id, forecast in served.items():
@@ -103,7 +117,7 @@ def test_the_pyfunc_forecasts_what_the_serve_loop_published(registered: MlflowSe
 
 
 def test_a_long_gap_in_the_last_window_stops_both_from_forecasting(
-    registered: MlflowSettings,
+    registered: MlflowSettings, rollcast_env: KafkaSettings
 ) -> None:
     fleet = fleet_with_gaps()
     cut = fleet[
@@ -115,5 +129,5 @@ def test_a_long_gap_in_the_last_window_stops_both_from_forecasting(
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.model_name}@champion")
     with pytest.raises(ForecastError, match="without a gap of more than 3 steps"):
         pyfunc.predict(history)
-    served = served_last_forecasts(registered, cut)
+    served = served_last_forecasts(registered, rollcast_env, cut)
     assert served["long-gap"]["issued_at"] == format_timestamp(29 * HOUR_MS)  # before the gap

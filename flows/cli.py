@@ -219,14 +219,14 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from pipeline.config import MlflowSettings, ServeSettings, StoreSettings
+    from pipeline.config import MlflowSettings, RecordSettings, ServeSettings, StoreSettings
     from pipeline.kafka_io import KafkaTransport
     from pipeline.wiring import serve_from_settings
 
     transport = KafkaTransport(KafkaSettings())
     serve = ServeSettings() if args.idle_s is None else ServeSettings(serve_idle_s=args.idle_s)
     stats, _ = serve_from_settings(
-        transport, StoreSettings(), MlflowSettings(), serve, args.max_records
+        transport, StoreSettings(), MlflowSettings(), serve, RecordSettings(), args.max_records
     )
     print(json.dumps(stats.as_dict()))
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
+from pipeline.config import (
+    KafkaSettings,
+    MlflowSettings,
+    RecordSettings,
+    ServeSettings,
+    StoreSettings,
+)
 from pipeline.kafka_io import KafkaTransport
 from pipeline.wiring import serve_from_settings
 
@@ -19,10 +25,13 @@ def serve_champion(
     store: StoreSettings,
     mlflow_settings: MlflowSettings,
     serve: ServeSettings,
+    records: RecordSettings,
     max_records: int | None,
 ) -> dict[str, object]:
     transport = KafkaTransport(kafka)
-    stats, champion = serve_from_settings(transport, store, mlflow_settings, serve, max_records)
+    stats, champion = serve_from_settings(
+        transport, store, mlflow_settings, serve, records, max_records
+    )
     return {**stats.as_dict(), "model_version": champion.version}
 
 
@@ -34,6 +43,7 @@ def serve_flow(
     store: StoreSettings | None = None,
     mlflow_settings: MlflowSettings | None = None,
     serve: ServeSettings | None = None,
+    records: RecordSettings | None = None,
 ) -> dict[str, object]:
     """Forecast every new step of every series with the champion until stopped.
 
@@ -47,5 +57,6 @@ def serve_flow(
         store or StoreSettings(),
         mlflow_settings or MlflowSettings(),
         serve,
+        records or RecordSettings(),
         max_records,
     )

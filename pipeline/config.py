@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.records import DEFAULT_MAX_RECORD_BYTES
+from pipeline.records import DEFAULT_MAX_RECORD_BYTES, FLOAT32_MAX, RecordPolicy
 
 ENV_PREFIX = "ROLLCAST_"
 
@@ -140,7 +140,6 @@ class IngestSettings(BaseSettings):
     ingest_group: str = "rollcast-ingest"
     # The ingest flow ends after this long without a new record.
     ingest_idle_s: float = 5.0
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 class ServeSettings(BaseSettings):
@@ -154,8 +153,6 @@ class ServeSettings(BaseSettings):
     max_poll_records: int = 2000
     # Live series held; the least recently seen is dropped beyond this.
     max_series: int = 100_000
-    # Steps of event time a step waits for out-of-order records before it is forecast.
-    grace_steps: int = 0
     # Records re-read per gained partition to rebuild windows after a restart or rebalance.
     rewind_records: int = 50_000
     # How often the registry alias is checked for a new champion.
@@ -164,4 +161,31 @@ class ServeSettings(BaseSettings):
     metrics_port: int = 9108
     # The endpoint's address: loopback unless told otherwise (0.0.0.0 in a container).
     metrics_host: str = "127.0.0.1"
+    # Established series are never evicted by new keys: these are held apart, least recently
+    # seen dropped first, until their window fills (a key flood churns only this pool).
+    max_new_series: int = 10_000
+
+
+class RecordSettings(BaseSettings):
+    """What a record must be to be accepted, the same in ingest, serve and training.
+
+    See :class:`pipeline.records.RecordPolicy`.
+    """
+
+    model_config = _settings_config()
+
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # A magnitude limit on every value; the default only asks for finite float32.
+    max_abs_value: float = FLOAT32_MAX
+    # How far past the stream's time (when a record was produced) its timestamp may lie.
+    max_ahead_s: float = 24 * 3600.0
+    # Steps of event time a step waits for out-of-order records; older ones are `late`.
+    grace_steps: int = 0
+
+    def policy(self) -> RecordPolicy:
+        return RecordPolicy(
+            max_record_bytes=self.max_record_bytes,
+            max_abs_value=self.max_abs_value,
+            max_ahead_ms=round(self.max_ahead_s * 1000),
+            grace_steps=self.grace_steps,
+        )

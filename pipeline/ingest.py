@@ -1,4 +1,8 @@
-"""The ingest stage: observations topic → validated, resampled, de-duplicated Parquet store.
+"""The ingest stage: observations topic → validated, step-aligned, de-duplicated Parquet store.
+
+A record is accepted or refused by the same policy as in the serve loop
+(:class:`pipeline.records.RecordPolicy`): the same checks, the same reasons, and the first
+observation of a step wins.
 
 Each poll is handled as a unit: parse, dead-letter the bad records, write the good ones, wait
 for the dead letters' acknowledgement, and only then commit the offsets. A crash anywhere
@@ -8,6 +12,7 @@ replay harmless.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import Counter
@@ -18,10 +23,19 @@ import pandas as pd
 
 from pipeline import RollcastError
 from pipeline.progress import Progress
-from pipeline.records import Observation, RawRecord, triage
+from pipeline.records import (
+    DEFAULT_POLICY,
+    LATE,
+    DeadLetter,
+    Observation,
+    RawRecord,
+    RecordPolicy,
+    channel_problem,
+    triage,
+)
 from pipeline.store import SeriesStore
 from pipeline.transport import Sink, Source
-from pipeline.windows import SERIES, TS, deduplicate, resample
+from pipeline.windows import SERIES, TS, channel_columns, freq_to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -56,36 +70,87 @@ def observations_to_frame(observations: Iterable[Observation]) -> pd.DataFrame:
     return frame
 
 
-def store_observations(
-    observations: list[Observation], store: SeriesStore, freq: str
-) -> tuple[int, int]:
-    """De-duplicate, resample and append; return (rows written, duplicates dropped in the batch)."""
-    if not observations:
-        return 0, 0
-    frame, duplicates = deduplicate(observations_to_frame(observations))
-    return store.append(resample(frame, freq)), duplicates
+@dataclass
+class StoredSeries:
+    """What the store holds of one series, as the record policy needs it."""
+
+    frame: pd.DataFrame
+    channels: frozenset[str] | None  # None: a new series, whose first record sets them
+    steps: list[int]  # epoch ms of every stored step, sorted
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> StoredSeries:
+        if frame.empty:
+            return cls(frame, None, [])
+        steps = sorted(frame[TS].dt.as_unit("ms").astype("int64").tolist())
+        return cls(frame, frozenset(channel_columns(frame)), steps)
+
+    def holds(self, step: int) -> bool:
+        i = bisect.bisect_left(self.steps, step)
+        return i < len(self.steps) and self.steps[i] == step
+
+    def is_late(self, step: int, grace_ms: int) -> bool:
+        """As in serve: older than the newest step whose grace period has passed."""
+        if not self.steps:
+            return False
+        placed = bisect.bisect_right(self.steps, self.steps[-1] - grace_ms)
+        return placed > 0 and step <= self.steps[placed - 1]
+
+
+def admit(
+    accepted: list[tuple[RawRecord, Observation]],
+    stored: dict[str, StoredSeries],
+    step_ms: int,
+    policy: RecordPolicy,
+) -> tuple[list[Observation], list[DeadLetter], int]:
+    """Apply the per-series policy as serve does: (new observations, dead letters, duplicates).
+
+    Timestamps are floored to the step; the first observation of a step wins; a step older than
+    the grace period allows is late; channels must be the series' own.
+    """
+    kept: list[Observation] = []
+    dead: list[DeadLetter] = []
+    duplicates = 0
+    for record, obs in accepted:
+        series = stored[obs.series]
+        if series.channels is None:
+            series.channels = frozenset(obs.values)
+        problem = channel_problem(series.channels, obs.values)
+        step = obs.ts_ms - obs.ts_ms % step_ms
+        if problem is not None:
+            dead.append(DeadLetter(record, *problem))
+        elif series.holds(step):
+            duplicates += 1
+        elif series.is_late(step, policy.grace_steps * step_ms):
+            newest = series.steps[-1]
+            dead.append(DeadLetter(record, LATE, f"older than the grace period allows ({newest})"))
+        else:
+            bisect.insort(series.steps, step)
+            kept.append(Observation(obs.series, step, obs.values))
+    return kept, dead, duplicates
 
 
 def ingest_batch(
     records: list[RawRecord],
     store: SeriesStore,
     dead_letters: Sink,
-    freq: str,
-    max_record_bytes: int,
+    step_ms: int,
+    policy: RecordPolicy,
     report: IngestReport,
 ) -> None:
     """Handle one poll's records; on return they are durable and may be committed."""
-    accepted, dead = triage(records, max_record_bytes)
-    for letter in dead:
+    accepted, dead = triage(records, policy)
+    stored = {sid: StoredSeries.of(store.read(sid)) for sid in {o.series for _, o in accepted}}
+    kept, refused, duplicates = admit(accepted, stored, step_ms, policy)
+    for letter in dead + refused:
         dead_letters.send_dead_letter(letter)
         report.dead_letters[letter.reason] += 1
-    observations = [obs for _, obs in accepted]
-    written, duplicates = store_observations(observations, store, freq)
+    written = store.append(observations_to_frame(kept), {s: v.frame for s, v in stored.items()})
     dead_letters.flush()
     report.records_in += len(records)
     report.rows_written += written
     report.duplicates += duplicates
-    report.series.update(obs.series for obs in observations)
+    report.series.update(obs.series for obs in kept)
 
 
 def run_ingest(
@@ -94,16 +159,16 @@ def run_ingest(
     dead_letters: Sink,
     freq: str,
     idle_s: float,
-    max_record_bytes: int,
+    policy: RecordPolicy = DEFAULT_POLICY,
     max_records: int | None = None,
 ) -> IngestReport:
     """Ingest until ``idle_s`` pass without a record (or ``max_records`` are read)."""
     report, progress = IngestReport(), Progress("ingest", max_records, logger)
-    idle = IdleClock(idle_s)
+    idle, step_ms = IdleClock(idle_s), freq_to_ms(freq)
     while max_records is None or report.records_in < max_records:
         records = source.poll(POLL_TIMEOUT_S)
         if records:
-            ingest_batch(records, store, dead_letters, freq, max_record_bytes, report)
+            ingest_batch(records, store, dead_letters, step_ms, policy, report)
             source.commit(records)
             progress.advance(len(records), f"{report.rows_written} rows stored")
         if idle.expired(bool(records), source.assigned()):

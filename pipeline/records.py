@@ -22,6 +22,8 @@ import functools
 import json
 import logging
 import math
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,8 +43,11 @@ NON_NUMERIC = "non_numeric"
 NON_FINITE = "non_finite"
 KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
+OUT_OF_RANGE = "out_of_range"  # finite, but beyond the policy's magnitude limit
+FUTURE = "future"  # further ahead of the stream's time than the policy allows
 LATE = "late"
 MISSING_CHANNEL = "missing_channel"
+UNKNOWN_CHANNEL = "unknown_channel"  # a channel its series does not have
 BAD_SERIES = "bad_series"  # not valid UTF-8 text, or too long
 BAD_CHANNEL = "bad_channel"  # a reserved, too long or non-UTF-8 channel name
 INVALID = "invalid"  # anything else that failed on the record's path; the detail names it
@@ -61,6 +66,8 @@ MAX_CHANNEL_NAME_CHARS = 256
 RESERVED_NAMES = frozenset({"series", "ts", "step"})
 # Values must stay finite in float32, the dtype of every window and model.
 FLOAT32_MAX = 3.4028234663852886e38
+# How far an observation may lie ahead of the stream's time (see RecordPolicy).
+DEFAULT_MAX_AHEAD_MS = 24 * 3600 * 1000
 # A dead letter's key and value beyond these are cut, keeping it far inside the producer's
 # request limit (1 MiB by default) whatever a producer sent; the headers say by how much.
 DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
@@ -74,6 +81,53 @@ class RecordError(RollcastError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPolicy:
+    """What an observation must be to be accepted: the one policy of ingest, serve and training.
+
+    * at most ``max_record_bytes`` of JSON;
+    * values finite in float32 and within ``max_abs_value``;
+    * a timestamp at most ``max_ahead_ms`` after the stream's time, the record's Kafka
+      timestamp (when it was produced) capped at the reader's clock: an observation cannot be
+      of a moment that had not come when it was sent. A record of 2250 is refused as ``future``
+      and never moves its series' clock;
+    * per series (checked by the loops, see :func:`channel_problem`): the channels of its first
+      accepted record, no more and no fewer; a step older than the newest by more than
+      ``grace_steps`` is ``late`` unless it repeats a step already accepted (a duplicate).
+    """
+
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_abs_value: float = FLOAT32_MAX
+    max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
+    grace_steps: int = 0
+
+    def latest_allowed_ms(self, produced_ms: int, now_ms: int) -> int:
+        """The newest timestamp accepted in a record produced at ``produced_ms`` (0: unknown)."""
+        stream_ms = min(produced_ms, now_ms) if produced_ms > 0 else now_ms
+        return stream_ms + self.max_ahead_ms
+
+    def check_value(self, channel: str, value: Any) -> float:
+        """The value as a float within the policy's bounds; raises :class:`RecordError`."""
+        number = _float_value(channel, value)
+        if abs(number) > self.max_abs_value:
+            raise RecordError(OUT_OF_RANGE, f"value {channel!r} exceeds {self.max_abs_value:g}")
+        return number
+
+
+DEFAULT_POLICY = RecordPolicy()
+
+
+def channel_problem(expected: Collection[str], values: Collection[str]) -> tuple[str, str] | None:
+    """``(reason, detail)`` if an observation's channels are not exactly its series' channels."""
+    if len(values) == len(expected) and all(c in expected for c in values):
+        return None
+    missing = sorted(set(expected) - set(values))
+    if missing:
+        return MISSING_CHANNEL, f"the series has channels {missing[:8]} too"
+    extra = sorted(set(values) - set(expected))
+    return UNKNOWN_CHANNEL, f"the series has no channels {[c[:64] for c in extra[:8]]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,17 +211,28 @@ class DeadLetter:
 
 
 def parse_observation(
-    value: bytes | None, key: bytes | None = None, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    value: bytes | None,
+    key: bytes | None = None,
+    policy: RecordPolicy = DEFAULT_POLICY,
+    latest_ms: int = MAX_TS_MS,
 ) -> Observation:
-    """Parse and validate one observation value; raise :class:`RecordError` on bad input."""
+    """Parse and validate one observation value; raise :class:`RecordError` on bad input.
+
+    ``latest_ms`` is the newest timestamp accepted (:meth:`RecordPolicy.latest_allowed_ms`).
+    """
     if value is None:
         raise RecordError(MALFORMED_JSON, "record has no value")
-    if len(value) > max_bytes:
-        raise RecordError(TOO_LARGE, f"{len(value)} bytes exceeds the limit of {max_bytes}")
+    if len(value) > policy.max_record_bytes:
+        limit = policy.max_record_bytes
+        raise RecordError(TOO_LARGE, f"{len(value)} bytes exceeds the limit of {limit}")
     payload = _decode_json(value)
     series = _series_id(payload, key)
     ts_ms = parse_timestamp(_field(payload, "ts"))
-    return Observation(series=series, ts_ms=ts_ms, values=_channel_values(payload))
+    if ts_ms > latest_ms:
+        raise RecordError(
+            FUTURE, f"timestamp {format_timestamp(ts_ms)} is after {format_timestamp(latest_ms)}"
+        )
+    return Observation(series=series, ts_ms=ts_ms, values=_channel_values(payload, policy))
 
 
 def _decode_json(value: bytes) -> dict[str, Any]:
@@ -205,14 +270,14 @@ def _series_id(payload: dict[str, Any], key: bytes | None) -> str:
     return series
 
 
-def _channel_values(payload: dict[str, Any]) -> dict[str, float]:
+def _channel_values(payload: dict[str, Any], policy: RecordPolicy) -> dict[str, float]:
     values = _field(payload, "values")
     if not isinstance(values, dict) or not values:
         raise RecordError(MISSING_FIELD, "field 'values' must be a non-empty object")
     parsed: dict[str, float] = {}
     for channel, value in values.items():
         _check_channel_name(channel)
-        parsed[channel] = _finite_value(channel, value)
+        parsed[channel] = policy.check_value(channel, value)
     return parsed
 
 
@@ -236,7 +301,7 @@ def _check_channel_name(channel: str) -> None:
         raise RecordError(BAD_CHANNEL, f"channel {channel[:64]!r} is not UTF-8 text")
 
 
-def _finite_value(channel: str, value: Any) -> float:
+def _float_value(channel: str, value: Any) -> float:
     """The value as a float that is finite in float32; raises for anything else."""
     # bool is an int subclass in Python, but `true` is not a measurement.
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -319,14 +384,17 @@ def forecast_to_bytes(forecast: Forecast) -> bytes:
 
 
 def triage(
-    records: list[RawRecord], max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    records: list[RawRecord], policy: RecordPolicy = DEFAULT_POLICY
 ) -> tuple[list[tuple[RawRecord, Observation]], list[DeadLetter]]:
     """Split consumed records into parsed observations and dead letters with their reasons."""
     accepted: list[tuple[RawRecord, Observation]] = []
     dead: list[DeadLetter] = []
+    now_ms = int(time.time() * 1000)
     for record in records:
         try:
-            accepted.append((record, parse_observation(record.value, record.key, max_bytes)))
+            latest_ms = policy.latest_allowed_ms(record.timestamp_ms, now_ms)
+            obs = parse_observation(record.value, record.key, policy, latest_ms)
+            accepted.append((record, obs))
         except RecordError as err:
             dead.append(DeadLetter(record, err.reason, err.detail))
         except Exception as err:  # no record may stop a loop: it becomes a dead letter

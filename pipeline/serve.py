@@ -43,13 +43,16 @@ from pipeline.forecast import LoadedForecaster, new_window, predict
 from pipeline.model import Forecaster
 from pipeline.progress import Progress
 from pipeline.records import (
-    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_POLICY,
+    INVALID,
     LATE,
     MISSING_CHANNEL,
     DeadLetter,
     Forecast,
     Observation,
     RawRecord,
+    RecordPolicy,
+    channel_problem,
     invalid_letter,
     triage,
 )
@@ -78,6 +81,8 @@ class SeriesState:
 
     window: RollingWindow
     partition: int
+    channels: frozenset[str]  # its first accepted record's: later ones must match
+    established: bool = False  # its window has filled once: safe from new keys
     forecast_before: bool = False
     scoring: Scoring | None = None  # the forecast being scored against actuals as they arrive
 
@@ -87,17 +92,36 @@ class RollingForecaster:
 
     Windows are made by :func:`pipeline.forecast.new_window` from the model's config, so they
     fill gaps as the model's training windows and its MLflow pyfunc do.
+
+    **Admission.** A new series waits among at most ``max_new_series`` newcomers until its
+    window fills; only then does it join the ``max_series`` established ones. Each pool drops
+    its least recently seen series when full, so a flood of new keys churns the newcomers and
+    never evicts an established series. Memory is bounded by
+    ``(max_series + max_new_series) * lookback * channels * 8`` bytes of windows plus about
+    1 KB of bookkeeping per series (see BENCHMARKS.md for a measured flood).
     """
 
-    def __init__(self, forecaster: LoadedForecaster, max_series: int, grace_steps: int = 0) -> None:
+    def __init__(
+        self,
+        forecaster: LoadedForecaster,
+        max_series: int,
+        policy: RecordPolicy = DEFAULT_POLICY,
+        max_new_series: int | None = None,
+    ) -> None:
         self.forecaster = forecaster
-        self.max_series, self.grace_steps = max_series, grace_steps
-        self.series: OrderedDict[str, SeriesState] = OrderedDict()
+        self.max_series, self.policy = max_series, policy
+        self.max_new_series = max_series if max_new_series is None else max_new_series
+        self.series: OrderedDict[str, SeriesState] = OrderedDict()  # established
+        self.newcomers: OrderedDict[str, SeriesState] = OrderedDict()
         self.step_ms = freq_to_ms(self.model.config.freq)
 
     @property
     def model(self) -> Forecaster:
         return self.forecaster.model
+
+    def live_series(self) -> int:
+        """Series held, established or new."""
+        return len(self.series) + len(self.newcomers)
 
     def swap(self, forecaster: LoadedForecaster) -> None:
         """Serve with ``forecaster`` from now on; it must serve like the current one."""
@@ -105,22 +129,26 @@ class RollingForecaster:
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the windows of series read from ``partitions`` (now another member's)."""
-        gone = [sid for sid, state in self.series.items() if state.partition in partitions]
-        for series_id in gone:
-            del self.series[series_id]
-        logger.info("dropped %d series of partitions %s", len(gone), sorted(partitions))
+        dropped = 0
+        for pool in (self.series, self.newcomers):
+            gone = [sid for sid, state in pool.items() if state.partition in partitions]
+            for series_id in gone:
+                del pool[series_id]
+            dropped += len(gone)
+        logger.info("dropped %d series of partitions %s", dropped, sorted(partitions))
 
     def observe(
         self, record: RawRecord, obs: Observation, stats: ServeStats
     ) -> DeadLetter | Sequence[ForecastRequest]:
         """Add one observation to its series' window; return the forecasts it makes due."""
-        channels = self.model.config.channels
-        try:
-            values = np.array([obs.values[c] for c in channels], dtype=np.float32)
-        except KeyError:
-            missing = [c for c in channels if c not in obs.values]
-            return DeadLetter(record, MISSING_CHANNEL, f"the model needs channels {missing}")
-        state = self._state(obs.series, record.partition, stats)
+        state = self._state(obs, record.partition, stats)
+        if state is None:
+            missing = [c for c in self.model.config.channels if c not in obs.values]
+            return DeadLetter(record, MISSING_CHANNEL, f"the model needs channels {missing[:8]}")
+        if obs.values.keys() != state.channels:
+            reason, detail = channel_problem(state.channels, obs.values) or (INVALID, "")
+            return DeadLetter(record, reason, detail)
+        values = np.array([obs.values[c] for c in self.model.config.channels], dtype=np.float32)
         outcome = state.window.append(obs.ts_ms, values)
         if record.rewound:
             state.window.placed()  # state only: these records were served before
@@ -146,19 +174,44 @@ class RollingForecaster:
                     state.scoring = None  # fully scored: score the next one
             if step.window is not None:
                 due.append(ForecastRequest(series_id, step.ts_ms, step.window, record.timestamp_ms))
+        if not state.established and state.window.is_whole:
+            self._establish(series_id, state, stats)
         return due
 
-    def _state(self, series_id: str, partition: int, stats: ServeStats) -> SeriesState:
+    def _state(self, obs: Observation, partition: int, stats: ServeStats) -> SeriesState | None:
+        series_id = obs.series
         state = self.series.get(series_id)
         if state is not None:
             self.series.move_to_end(series_id)
             return state
+        state = self.newcomers.get(series_id)
+        if state is not None:
+            self.newcomers.move_to_end(series_id)
+            return state
+        return self._admit(obs, partition, stats)
+
+    def _admit(self, obs: Observation, partition: int, stats: ServeStats) -> SeriesState | None:
+        if any(c not in obs.values for c in self.model.config.channels):
+            return None  # not a series this model can serve: hold nothing for it
+        if len(self.newcomers) >= self.max_new_series:
+            self.newcomers.popitem(last=False)
+            stats.evicted_new_series += 1
+        window = new_window(self.model.config, self.policy.grace_steps)
+        state = SeriesState(window, partition, frozenset(obs.values))
+        self.newcomers[obs.series] = state
+        return state
+
+    def _establish(self, series_id: str, state: SeriesState, stats: ServeStats) -> None:
+        del self.newcomers[series_id]
         if len(self.series) >= self.max_series:
             self.series.popitem(last=False)  # least recently seen
             stats.evicted_series += 1
-        window = new_window(self.model.config, self.grace_steps)
-        state = self.series[series_id] = SeriesState(window, partition)
-        return state
+        state.established = True
+        self.series[series_id] = state
+
+    def series_state(self, series_id: str) -> SeriesState | None:
+        """The state held for a series, established or new."""
+        return self.series.get(series_id) or self.newcomers.get(series_id)
 
     def forecast(self, requests: list[ForecastRequest], stats: ServeStats) -> list[Forecast]:
         """One batched model call for every request."""
@@ -187,7 +240,7 @@ class RollingForecaster:
         return forecasts
 
     def _start_scoring(self, request: ForecastRequest, pred: np.ndarray, stats: ServeStats) -> None:
-        state = self.series.get(request.series)
+        state = self.series_state(request.series)
         if state is None:
             return  # evicted within this batch
         if not state.forecast_before:
@@ -202,11 +255,10 @@ def serve_batch(
     rolling: RollingForecaster,
     sink: Sink,
     stats: ServeStats,
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> None:
     """Handle one poll; on return every output it caused is acknowledged by the broker."""
     started = time.perf_counter()
-    accepted, dead = triage(records, max_record_bytes)
+    accepted, dead = triage(records, rolling.policy)
     requests: list[ForecastRequest] = []
     for record, obs in accepted:
         outcome = observe_safely(rolling, record, obs, stats)
@@ -279,7 +331,6 @@ def run_serve(
     sink: Sink,
     rolling: RollingForecaster,
     should_stop: Callable[[ServeStats, bool], bool],
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     slot: ModelSlot | None = None,
     stats: ServeStats | None = None,
 ) -> ServeStats:
@@ -291,10 +342,10 @@ def run_serve(
             swap_if_offered(slot, rolling, stats)
         records = source.poll(POLL_TIMEOUT_S)
         if records:
-            serve_batch(records, rolling, sink, stats, max_record_bytes)
+            serve_batch(records, rolling, sink, stats)
             source.commit(records)
             progress.advance(len(records), f"{stats.forecasts_out} forecasts")
-        stats.consumer_lag, stats.live_series = source.lag(), len(rolling.series)
+        stats.consumer_lag, stats.live_series = source.lag(), rolling.live_series()
         stats.partitions = source.partitions()
         # Idle time counts from the first assignment: a group join can take a session timeout.
         if should_stop(stats, not records and stats.partitions > 0):

@@ -148,12 +148,15 @@ class ServeStats:
     duplicates: int = counter("Duplicate (series, ts) observations dropped")
     gaps_filled: int = counter("Short gaps filled by interpolation")
     restarts: int = counter("Windows emptied by a gap over max_gap", "window_restarts")
-    evicted_series: int = counter("Series dropped by the live-series cap", "series_evicted")
+    evicted_series: int = counter("Established series dropped by max_series", "series_evicted")
+    evicted_new_series: int = counter(
+        "New series dropped by max_new_series before their window filled", "new_series_evicted"
+    )
     series_forecast: int = counter("Series given their first forecast", "series_forecast")
     swaps: int = counter("Champion versions swapped in", "model_swaps")
     dead_letters: Counter[str] = labelled("Records dead-lettered", "reason")
     refused: Counter[str] = labelled("Versions refused", "reason", "model_refused")
-    live_series: int = gauge("Series with a window held")
+    live_series: int = gauge("Series with a window held, established or new")
     consumer_lag: int = gauge("Records behind the high watermark")
     partitions: int = gauge("Input partitions this member reads", "assigned_partitions")
     batch_latency: LatencyRecorder = histogram("Wall time of one poll's batch", "batch_seconds")

@@ -6,18 +6,23 @@ the previous version intact. On a repeated (series, ts) the row already stored w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from pipeline.windows import SERIES, TS, deduplicate, regularize
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".parquet"
+# File names are at most 255 bytes; a longer quoted id is hashed and read back from the file.
+MAX_QUOTED_CHARS = 200
+HASHED_PREFIX = "~"
 
 
 class SeriesStore:
@@ -25,13 +30,12 @@ class SeriesStore:
         self.root = root
 
     def _path(self, series_id: str) -> Path:
-        # Series ids are arbitrary strings; quoting makes them safe file names.
-        return self.root / f"{quote(series_id, safe='')}{SUFFIX}"
+        return self.root / file_name(series_id)
 
     def series_ids(self) -> list[str]:
         if not self.root.exists():
             return []
-        return sorted(unquote(p.name[: -len(SUFFIX)]) for p in self.root.glob(f"*{SUFFIX}"))
+        return sorted(_series_id(path) for path in self.root.glob(f"*{SUFFIX}"))
 
     def read(self, series_id: str) -> pd.DataFrame:
         """All stored rows of one series, sorted by ``ts``; empty if it was never stored."""
@@ -43,13 +47,22 @@ class SeriesStore:
     def read_all(self) -> dict[str, pd.DataFrame]:
         return {series_id: self.read(series_id) for series_id in self.series_ids()}
 
-    def append(self, frame: pd.DataFrame) -> int:
-        """Merge a long frame into the store; return how many new rows were written."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return sum(self._merge(series_id, rows) for series_id, rows in frame.groupby(SERIES))
+    def append(self, frame: pd.DataFrame, stored: dict[str, pd.DataFrame] | None = None) -> int:
+        """Merge a long frame into the store; return how many new rows were written.
 
-    def _merge(self, series_id: str, rows: pd.DataFrame) -> int:
-        stored = self.read(series_id)
+        ``stored`` may hold what :meth:`read` returned for some of the series, to save a read.
+        """
+        if frame.empty:
+            return 0
+        self.root.mkdir(parents=True, exist_ok=True)
+        stored = stored or {}
+        return sum(
+            self._merge(str(series_id), rows, stored.get(str(series_id)))
+            for series_id, rows in frame.groupby(SERIES)
+        )
+
+    def _merge(self, series_id: str, rows: pd.DataFrame, stored: pd.DataFrame | None) -> int:
+        stored = self.read(series_id) if stored is None else stored
         parts = [rows] if stored.empty else [stored, rows]
         merged, _ = deduplicate(pd.concat(parts, ignore_index=True))
         merged = merged.sort_values(TS, kind="stable").reset_index(drop=True)
@@ -58,6 +71,29 @@ class SeriesStore:
         merged.to_parquet(tmp, index=False)
         os.replace(tmp, path)
         return len(merged) - len(stored)
+
+
+def file_name(series_id: str) -> str:
+    """A safe file name for any series id: quoted, or hashed when quoting makes it too long.
+
+    A quoted name never starts with ``~`` followed by hex alone; a hashed one is ``~<sha256>``.
+
+    >>> file_name("sensor/1"), file_name("x" * 300)[:12]
+    ('sensor%2F1.parquet', '~0d4e2ca9e9c')
+    """
+    quoted = quote(series_id, safe="")
+    if len(quoted) <= MAX_QUOTED_CHARS and not quoted.startswith(HASHED_PREFIX):
+        return quoted + SUFFIX
+    digest = hashlib.sha256(series_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{HASHED_PREFIX}{digest}{SUFFIX}"
+
+
+def _series_id(path: Path) -> str:
+    stem = path.name[: -len(SUFFIX)]
+    if not stem.startswith(HASHED_PREFIX):
+        return unquote(stem)
+    column = pq.read_table(path, columns=[SERIES]).column(0)
+    return str(column[0].as_py())
 
 
 def load_regular_series(store: SeriesStore, freq: str, max_gap: int) -> dict[str, pd.DataFrame]:

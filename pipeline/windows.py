@@ -4,8 +4,9 @@ The policies, in one place:
 
 * **Duplicates.** Two observations of the same (series, ts) are duplicates; the first one accepted
   wins, so replaying a topic never rewrites history.
-* **Resampling.** Timestamps are floored to the series frequency and observations falling in the
-  same step are averaged.
+* **Steps.** Timestamps are floored to the series frequency; of several observations in one step
+  the first accepted wins (ingest, serve and the pyfunc alike), so a step always holds a value
+  that was really observed.
 * **Gaps.** A gap of up to ``max_gap`` missing steps is filled by linear interpolation. A longer gap
   is left missing: no training window crosses it, and a live series gets no forecast until
   ``lookback`` steps have arrived after it.
@@ -66,14 +67,6 @@ def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """
     kept = frame.drop_duplicates(subset=[SERIES, TS], keep="first")
     return kept, len(frame) - len(kept)
-
-
-def resample(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
-    """Floor every timestamp to ``freq`` and average the observations that share a step."""
-    if frame.empty:
-        return frame
-    floored = frame.assign(**{TS: frame[TS].dt.floor(freq)})
-    return floored.groupby([SERIES, TS], as_index=False, sort=True).mean(numeric_only=True)
 
 
 def regularize(series_frame: pd.DataFrame, freq: str, max_gap: int) -> pd.DataFrame:

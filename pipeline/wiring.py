@@ -10,7 +10,13 @@ from __future__ import annotations
 import logging
 
 from pipeline import registry
-from pipeline.config import IngestSettings, MlflowSettings, ServeSettings, StoreSettings
+from pipeline.config import (
+    IngestSettings,
+    MlflowSettings,
+    RecordSettings,
+    ServeSettings,
+    StoreSettings,
+)
 from pipeline.forecast import LoadedForecaster
 from pipeline.ingest import IngestReport, run_ingest
 from pipeline.metrics import serve_metrics
@@ -34,6 +40,7 @@ def ingest_from_settings(
     transport: Transport,
     store: StoreSettings,
     ingest: IngestSettings,
+    records: RecordSettings,
     max_records: int | None = None,
 ) -> IngestReport:
     """The ingest stage on ``transport``, into the Parquet store."""
@@ -46,7 +53,7 @@ def ingest_from_settings(
             sink,
             store.freq,
             ingest.ingest_idle_s,
-            ingest.max_record_bytes,
+            records.policy(),
             max_records,
         )
     finally:
@@ -59,6 +66,7 @@ def serve_from_settings(
     store: StoreSettings,
     mlflow_settings: MlflowSettings,
     serve: ServeSettings,
+    records: RecordSettings,
     max_records: int | None = None,
 ) -> tuple[ServeStats, LoadedForecaster]:
     """The serve stage on ``transport``, with the registry's champion and the metrics endpoint.
@@ -69,7 +77,7 @@ def serve_from_settings(
     registry.configure(mlflow_settings, store)
     champion = registry.load_champion(mlflow_settings)
     logger.info("serving %s version %s", champion.name, champion.version)
-    rolling = RollingForecaster(champion, serve.max_series, serve.grace_steps)
+    rolling = RollingForecaster(champion, serve.max_series, records.policy(), serve.max_new_series)
     stats = new_stats(rolling)
     if serve.metrics_port:
         serve_metrics(stats, serve.metrics_port, serve.metrics_host)
@@ -90,7 +98,7 @@ def serve_from_settings(
     watcher.start()
     try:
         stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm())
-        run_serve(source, sink, rolling, stop, serve.max_record_bytes, slot, stats)
+        run_serve(source, sink, rolling, stop, slot, stats)
     finally:
         watcher.stop()
         source.close()

@@ -54,12 +54,12 @@ def test_ingest_stores_good_records_dead_letters_bad_ones_and_commits(tmp_path: 
     sink.flush()
     store = SeriesStore(tmp_path)
 
-    report = run_ingest(transport.source("observations", "ingest"), store, sink, "1h", 0.0, 1024)
+    report = run_ingest(transport.source("observations", "ingest"), store, sink, "1h", 0.0)
 
     assert report.rows_written == 6 and len(store.read("a")) == 6
     letters = transport.read_topic(transport.topics.deadletter)
     assert [r.header("reason") for r in letters] == ["malformed_json"]
-    again = run_ingest(transport.source("observations", "ingest"), store, sink, "1h", 0.0, 1024)
+    again = run_ingest(transport.source("observations", "ingest"), store, sink, "1h", 0.0)
     assert again.records_in == 0  # everything was committed
 
 

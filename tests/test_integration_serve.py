@@ -26,7 +26,13 @@ from serve_harness import (
     wait_for,
 )
 
-from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
+from pipeline.config import (
+    KafkaSettings,
+    MlflowSettings,
+    RecordSettings,
+    ServeSettings,
+    StoreSettings,
+)
 from pipeline.kafka_io import KafkaTransport
 from pipeline.wiring import serve_from_settings
 
@@ -143,6 +149,7 @@ def test_bad_records_are_dead_lettered_or_counted_and_serving_goes_on(
         StoreSettings(),
         MlflowSettings(),
         serve,
+        RecordSettings(),
         max_records=len(records),
     )
 

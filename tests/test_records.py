@@ -7,23 +7,30 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pipeline.config import RecordSettings
 from pipeline.records import (
     BAD_CHANNEL,
     BAD_SERIES,
     BAD_TIMESTAMP,
     DEAD_LETTER_MAX_KEY_BYTES,
     DEAD_LETTER_MAX_VALUE_BYTES,
+    FUTURE,
     KEY_MISMATCH,
     MALFORMED_JSON,
+    MISSING_CHANNEL,
     MISSING_FIELD,
     NON_FINITE,
     NON_NUMERIC,
+    OUT_OF_RANGE,
     TOO_LARGE,
+    UNKNOWN_CHANNEL,
     DeadLetter,
     Forecast,
     Observation,
     RawRecord,
     RecordError,
+    RecordPolicy,
+    channel_problem,
     forecast_to_dict,
     observation_to_bytes,
     parse_observation,
@@ -141,7 +148,7 @@ def test_bad_input_raises_record_error_with_reason(
 def test_size_limit_is_checked_before_parsing() -> None:
     # Not even valid JSON: the size alone decides, so a huge record is never parsed.
     with pytest.raises(RecordError) as caught:
-        parse_observation(b"x" * 101, max_bytes=100)
+        parse_observation(b"x" * 101, policy=RecordPolicy(max_record_bytes=100))
 
     assert caught.value.reason == TOO_LARGE
 
@@ -149,7 +156,7 @@ def test_size_limit_is_checked_before_parsing() -> None:
 def test_record_at_the_size_limit_is_accepted() -> None:
     value = observation_json()
 
-    assert parse_observation(value, max_bytes=len(value)).series == "t1"
+    assert parse_observation(value, policy=RecordPolicy(max_record_bytes=len(value))).series == "t1"
 
 
 def test_epoch_ms_out_of_datetime_range_is_bad_timestamp() -> None:
@@ -273,7 +280,7 @@ def test_triage_splits_good_and_bad_records_keeping_order() -> None:
 
 
 def test_triage_applies_the_size_limit() -> None:
-    accepted, dead = triage([raw(observation_json())], max_bytes=10)
+    accepted, dead = triage([raw(observation_json())], RecordPolicy(max_record_bytes=10))
 
     assert accepted == []
     assert [letter.reason for letter in dead] == [TOO_LARGE]
@@ -323,7 +330,7 @@ def test_the_largest_finite_float32_value_is_accepted() -> None:
 def test_a_huge_dead_letter_is_cut_to_fit_the_producer_and_says_so() -> None:
     huge = RawRecord("observations", 2, 9, b"k" * 5000, b"x" * 1_048_500)
 
-    (letter,) = triage([huge], max_bytes=65536)[1]
+    (letter,) = triage([huge])[1]
 
     assert letter.reason == TOO_LARGE
     assert len(letter.value() or b"") == DEAD_LETTER_MAX_VALUE_BYTES
@@ -332,3 +339,90 @@ def test_a_huge_dead_letter_is_cut_to_fit_the_producer_and_says_so() -> None:
     assert headers["truncated_value_bytes"] == b"1048500"
     assert headers["truncated_key_bytes"] == b"5000"
     assert (headers["source_partition"], headers["source_offset"]) == (b"2", b"9")
+
+
+# --- the record policy ----------------------------------------------------------------------------
+
+NOW_MS = epoch_ms(datetime(2026, 11, 23, tzinfo=UTC))
+HOUR_MS = 3_600_000
+
+
+def produced_at(ts_ms: int, produced_ms: int) -> RawRecord:
+    value = observation_json(ts=ts_ms)
+    return RawRecord("observations", 0, 0, b"t1", value, timestamp_ms=produced_ms)
+
+
+@pytest.mark.parametrize(
+    ("ts_ms", "produced_ms", "accepted"),
+    [
+        (NOW_MS + 23 * HOUR_MS, NOW_MS, True),  # within a day of when it was produced
+        (NOW_MS + 25 * HOUR_MS, NOW_MS, False),
+        (epoch_ms(datetime(2250, 1, 1, tzinfo=UTC)), NOW_MS, False),
+        (0, NOW_MS, True),  # a replay of old data
+        (NOW_MS, 0, True),  # no Kafka timestamp: the reader's clock is the stream's time
+        (NOW_MS + 25 * HOUR_MS, NOW_MS + 48 * HOUR_MS, False),  # a producer's clock is capped
+    ],
+)
+def test_a_timestamp_ahead_of_the_stream_is_refused_as_future(
+    ts_ms: int, produced_ms: int, accepted: bool
+) -> None:
+    policy = RecordPolicy()
+    record = produced_at(ts_ms, produced_ms)
+    latest = policy.latest_allowed_ms(record.timestamp_ms, NOW_MS)
+
+    if accepted:
+        assert parse_observation(record.value, policy=policy, latest_ms=latest).ts_ms == ts_ms
+    else:
+        with pytest.raises(RecordError) as caught:
+            parse_observation(record.value, policy=policy, latest_ms=latest)
+        assert caught.value.reason == FUTURE
+
+
+def test_triage_refuses_a_far_future_record_with_the_wall_clock() -> None:
+    good, future = produced_at(0, 1), produced_at(epoch_ms(datetime(2250, 1, 1, tzinfo=UTC)), 0)
+
+    accepted, dead = triage([good, future])
+
+    assert [record for record, _ in accepted] == [good]
+    assert [letter.reason for letter in dead] == [FUTURE]
+
+
+def test_the_magnitude_limit_is_a_setting() -> None:
+    policy = RecordPolicy(max_abs_value=1e6)
+
+    assert (
+        parse_observation(observation_json(values={"OT": -1e6}), policy=policy).values["OT"] == -1e6
+    )
+    with pytest.raises(RecordError) as caught:
+        parse_observation(observation_json(values={"OT": 1.5e6}), policy=policy)
+    assert caught.value.reason == OUT_OF_RANGE
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"OT": 1.0, "HUFL": 2.0}, None),
+        ({"OT": 1.0}, MISSING_CHANNEL),
+        ({"OT": 1.0, "HUFL": 2.0, "foo": 3.0}, UNKNOWN_CHANNEL),
+        ({"OT": 1.0, "foo": 3.0}, MISSING_CHANNEL),
+    ],
+)
+def test_a_record_must_carry_exactly_its_series_channels(
+    values: dict[str, float], problem: str | None
+) -> None:
+    found = channel_problem(frozenset({"OT", "HUFL"}), values)
+
+    assert (found and found[0]) == problem
+
+
+def test_record_settings_build_the_policy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROLLCAST_MAX_AHEAD_S", "60")
+    monkeypatch.setenv("ROLLCAST_MAX_ABS_VALUE", "1e9")
+    monkeypatch.setenv("ROLLCAST_GRACE_STEPS", "2")
+
+    policy = RecordSettings().policy()
+
+    assert (policy.max_ahead_ms, policy.max_abs_value, policy.grace_steps) == (60_000, 1e9, 2)
+    assert policy.max_record_bytes == RecordPolicy().max_record_bytes

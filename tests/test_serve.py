@@ -15,7 +15,14 @@ from prometheus_client import generate_latest
 from pipeline.forecast import LoadedForecaster
 from pipeline.metrics import serve_metrics
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.records import LATE, MISSING_CHANNEL, DeadLetter, Forecast, RawRecord
+from pipeline.records import (
+    LATE,
+    MISSING_CHANNEL,
+    DeadLetter,
+    Forecast,
+    RawRecord,
+    RecordPolicy,
+)
 from pipeline.serve import RollingForecaster, new_stats, serve_batch, swap_if_offered
 from pipeline.stats import LatencyRecorder
 from pipeline.swap import INCOMPATIBLE, UNLOADABLE, ChampionWatcher, ModelSlot, incompatibility
@@ -110,7 +117,7 @@ def test_bad_records_are_dead_lettered_with_their_reason_and_the_rest_served() -
 def test_late_records_beyond_the_grace_period_are_dead_lettered() -> None:
     records = [record("a", s) for s in (0, 1, 3, 2, 4, 5, 7, 8)] + [record("a", 6, offset=9)]
 
-    sink, stats, _ = serve(records, grace_steps=1)
+    sink, stats, _ = serve(records, policy=RecordPolicy(grace_steps=1))
 
     # Step 6 was interpolated when 7 was placed: it issues no forecast, and its record is late.
     assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5, 7]
@@ -127,13 +134,42 @@ def test_rewound_records_rebuild_windows_but_publish_nothing() -> None:
     assert (stats.records_in, stats.records_rewound) == (1, 4)
 
 
-def test_the_least_recently_seen_series_is_evicted_at_the_cap() -> None:
+def filled(series: str, first_step: int = 0) -> list[RawRecord]:
+    """Enough records of one series to fill its window."""
+    return [record(series, s) for s in range(first_step, first_step + LOOKBACK)]
+
+
+def test_the_least_recently_seen_established_series_is_evicted_at_the_cap() -> None:
     rolling = RollingForecaster(repeat_last(), max_series=2)
 
-    _, stats, _ = serve([record("a", 0), record("b", 0), record("a", 1), record("c", 0)], rolling)
+    records = filled("a") + filled("b") + [record("a", LOOKBACK)] + filled("c")
+    _, stats, _ = serve(records, rolling)
 
     assert list(rolling.series) == ["a", "c"]
     assert stats.evicted_series == 1
+
+
+def test_a_flood_of_new_keys_never_evicts_an_established_series() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=2, max_new_series=3)
+    serve(filled("a") + filled("b"), rolling)
+
+    flood = [record(f"junk-{i}", 0) for i in range(1000)]
+    sink, stats, _ = serve([*flood, record("a", LOOKBACK), record("b", LOOKBACK)], rolling)
+
+    assert [f.series for f in sink.forecasts] == ["a", "b"]  # windows kept: forecast at once
+    assert list(rolling.newcomers) == ["junk-997", "junk-998", "junk-999"]
+    assert (stats.evicted_series, stats.evicted_new_series) == (0, 997)
+    assert rolling.live_series() == 5
+
+
+def test_a_new_series_joins_the_established_once_its_window_fills() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=10, max_new_series=10)
+
+    serve(filled("a")[:-1], rolling)
+    assert (list(rolling.newcomers), list(rolling.series)) == (["a"], [])
+    serve([record("a", LOOKBACK - 1)], rolling)
+
+    assert (list(rolling.newcomers), list(rolling.series)) == ([], ["a"])
 
 
 def test_forgetting_partitions_drops_only_their_series() -> None:
@@ -141,7 +177,7 @@ def test_forgetting_partitions_drops_only_their_series() -> None:
 
     rolling.forget_partitions({1})
 
-    assert list(rolling.series) == ["a"]
+    assert list(rolling.newcomers) == ["a"] and rolling.live_series() == 1
 
 
 def test_online_error_is_scored_by_steps_ahead() -> None:

@@ -17,7 +17,6 @@ from pipeline.windows import (
     deduplicate,
     freq_to_ms,
     regularize,
-    resample,
     window_starts,
 )
 
@@ -59,7 +58,7 @@ def test_freq_to_ms(freq: str, expected: int) -> None:
     assert freq_to_ms(freq) == expected
 
 
-# --- deduplicate and resample ---------------------------------------------------------------------
+# --- deduplicate ----------------------------------------------------------------------------------
 
 
 def test_deduplicate_keeps_the_first_of_each_series_and_ts() -> None:
@@ -82,30 +81,6 @@ def test_deduplicate_without_duplicates_keeps_everything() -> None:
 
     assert dropped == 0
     pd.testing.assert_frame_equal(kept, frame)
-
-
-def test_resample_floors_timestamps_and_averages_within_a_step() -> None:
-    minutes = pd.Timedelta(minutes=1)
-    frame = long_frame(
-        ["a", "a", "a", "b"],
-        [10 * minutes, 50 * minutes, 80 * minutes, 59 * minutes],
-        x=[1.0, 3.0, 5.0, 7.0],
-    )
-
-    out = resample(frame, "1h")
-
-    assert out[SERIES].tolist() == ["a", "a", "b"]
-    assert out[TS].tolist() == [START, START + STEP, START]
-    assert out["x"].tolist() == [2.0, 5.0, 7.0]
-
-
-def test_resample_averages_each_channel_separately() -> None:
-    frame = long_frame(["a", "a"], [pd.Timedelta(0), pd.Timedelta(minutes=30)], x=[1.0, 3.0])
-    frame["y"] = [10.0, 30.0]
-
-    out = resample(frame, "1h")
-
-    assert out[["x", "y"]].to_numpy().tolist() == [[2.0, 20.0]]
 
 
 # --- regularize -----------------------------------------------------------------------------------

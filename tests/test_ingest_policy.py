@@ -1,0 +1,130 @@
+"""Ingest applies the serve loop's record policy: it refuses the same records for the same reasons.
+
+Pure tests: the ingest batch runs against a Parquet store in a temporary folder, the serve side
+is the :class:`~pipeline.serve.RollingForecaster` with no transport.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.forecast import LoadedForecaster
+from pipeline.ingest import IngestReport, ingest_batch
+from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.records import LATE, MISSING_CHANNEL, UNKNOWN_CHANNEL, RawRecord, RecordPolicy
+from pipeline.serve import RollingForecaster, new_stats, serve_batch
+from pipeline.store import SeriesStore, file_name
+
+HOUR_MS = 3_600_000
+LOOKBACK = 8
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.dead: list = []
+        self.forecasts: list = []
+
+    def send_dead_letter(self, letter) -> None:  # type: ignore[no-untyped-def]
+        self.dead.append(letter)
+
+    def send_forecast(self, forecast) -> None:  # type: ignore[no-untyped-def]
+        self.forecasts.append(forecast)
+
+    def flush(self, timeout_s: float = 0.0) -> int:
+        return 0
+
+
+def record(offset: int, series: str, ts_ms: int, values: dict[str, float]) -> RawRecord:
+    payload = json.dumps({"series": series, "ts": ts_ms, "values": values}).encode()
+    return RawRecord("observations", 0, offset, series.encode(), payload)
+
+
+def ingest(records: list[RawRecord], store: SeriesStore, policy: RecordPolicy) -> ListSink:
+    sink = ListSink()
+    ingest_batch(records, store, sink, HOUR_MS, policy, IngestReport())  # type: ignore[arg-type]
+    return sink
+
+
+def refusals(sink: ListSink) -> dict[int, str]:
+    return {letter.record.offset: letter.reason for letter in sink.dead}
+
+
+def test_a_stored_series_refuses_foreign_channels_and_old_steps(tmp_path: Path) -> None:
+    store, policy = SeriesStore(tmp_path), RecordPolicy()
+    ingest([record(i, "a", i * HOUR_MS, {"OT": 1.0}) for i in range(10)], store, policy)
+
+    sink = ingest(
+        [
+            record(20, "a", 10 * HOUR_MS, {"OT": 1.0, "foo": 2.0}),
+            record(21, "a", 11 * HOUR_MS, {"HUFL": 1.0}),
+            record(22, "a", -HOUR_MS, {"OT": 1.0}),  # 1969, before the newest stored step
+            record(23, "a", 3 * HOUR_MS, {"OT": 9.0}),  # a replay: a duplicate, not late
+            record(24, "a", 10 * HOUR_MS + 60_000, {"OT": 2.0}),  # floored to step 10
+            record(25, "a", 10 * HOUR_MS + 120_000, {"OT": 3.0}),  # same step: the first wins
+        ],
+        store,
+        policy,
+    )
+
+    assert refusals(sink) == {20: UNKNOWN_CHANNEL, 21: MISSING_CHANNEL, 22: LATE}
+    stored = store.read("a")
+    assert len(stored) == 11 and stored["OT"].iloc[3] == 1.0 and stored["OT"].iloc[-1] == 2.0
+    assert list(stored.columns) == ["series", "ts", "OT"]
+
+
+def test_a_series_id_too_long_for_a_file_name_is_stored_under_its_hash(tmp_path: Path) -> None:
+    store, long_id = SeriesStore(tmp_path), "é" * 250  # 2,250 bytes once quoted
+
+    ingest([record(0, long_id, 0, {"OT": 1.0})], store, RecordPolicy())
+
+    assert store.series_ids() == [long_id]
+    assert len(file_name(long_id).encode()) < 100 and len(store.read(long_id)) == 1
+
+
+# Steps stay inside one window and gaps inside max_gap, where serve remembers every step it saw.
+steps = st.integers(min_value=0, max_value=LOOKBACK - 1)
+channel_sets = st.sampled_from([("load",), ("load", "x"), ("x",)])
+streams = st.lists(
+    st.tuples(st.sampled_from(["a", "b"]), steps, channel_sets), min_size=1, max_size=40
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(stream=streams, grace_steps=st.integers(min_value=0, max_value=3))
+def test_ingest_and_serve_refuse_the_same_records(
+    tmp_path_factory: pytest.TempPathFactory, stream: list, grace_steps: int
+) -> None:
+    # Serve cannot hold a series whose first record lacks the model's channels; ingest can.
+    stream = [(s, step, ("load", *c) if c == ("x",) and first else c)
+              for (s, step, c), first in zip(stream, _first_of_series(stream), strict=True)]  # fmt: skip
+    records = [
+        record(i, series, step * HOUR_MS, dict.fromkeys(channels, float(step)))
+        for i, (series, step, channels) in enumerate(stream)
+    ]
+    policy = RecordPolicy(grace_steps=grace_steps)
+    config = ForecasterConfig(("load",), LOOKBACK, 2, architecture="repeat_last", max_gap=LOOKBACK)
+    torch.manual_seed(0)
+    rolling = RollingForecaster(LoadedForecaster("m", "1", build_forecaster(config)), 10, policy)
+    served = ListSink()
+
+    serve_batch(records, rolling, served, new_stats(rolling))  # type: ignore[arg-type]
+    ingested = ingest(records, SeriesStore(tmp_path_factory.mktemp("store")), policy)
+
+    assert refusals(ingested) == refusals(served)
+
+
+def _first_of_series(stream: list) -> list[bool]:
+    seen: set[str] = set()
+    firsts = []
+    for series, _, _ in stream:
+        firsts.append(series not in seen)
+        seen.add(series)
+    return firsts

@@ -103,8 +103,11 @@ def test_ingest_and_serve_refuse_the_same_records(
     tmp_path_factory: pytest.TempPathFactory, stream: list, grace_steps: int
 ) -> None:
     # Serve cannot hold a series whose first record lacks the model's channels; ingest can.
-    stream = [(s, step, ("load", *c) if c == ("x",) and first else c)
-              for (s, step, c), first in zip(stream, _first_of_series(stream), strict=True)]  # fmt: skip
+    firsts = _first_of_series(stream)
+    stream = [
+        (s, step, ("load", *c) if c == ("x",) and first else c)
+        for (s, step, c), first in zip(stream, firsts, strict=True)
+    ]
     records = [
         record(i, series, step * HOUR_MS, dict.fromkeys(channels, float(step)))
         for i, (series, step, channels) in enumerate(stream)

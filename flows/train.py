@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import registry
-from pipeline.config import MlflowSettings, ModelSettings, StoreSettings, TrainSettings
+from pipeline.config import (
+    MlflowSettings,
+    ModelSettings,
+    RecordSettings,
+    StoreSettings,
+    TrainSettings,
+)
 from pipeline.evaluate import Scorecard, score_forecaster
+from pipeline.forecast import example_history
 from pipeline.model import CheckpointError, ForecasterConfig, build_forecaster
-from pipeline.store import SeriesStore, load_regular_series, shared_channels
+from pipeline.records import RecordPolicy
+from pipeline.store import SeriesStore, TrainingData, load_training_data
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
 from pipeline.windows import SERIES, TS, WindowSet, build_window_sets
 
 
 @task(cache_policy=NO_CACHE)
-def load_series(store: StoreSettings) -> dict[str, pd.DataFrame]:
-    series = load_regular_series(SeriesStore(store.store_dir), store.freq, store.max_gap)
-    if not series:
+def load_series(store: StoreSettings, policy: RecordPolicy, span: int) -> TrainingData:
+    """The stored series fit to train on; poisoned rows dropped, unfit series skipped."""
+    series_store = SeriesStore(store.store_dir)
+    if not series_store.series_ids():
         raise TrainingError(
             f"the series store {store.store_dir} is empty: run `rollcast ingest` first"
         )
-    return series
+    data = load_training_data(series_store, policy, store.freq, store.max_gap, span)
+    logger = get_run_logger()
+    if data.repaired_rows:
+        logger.warning("dropped %d stored rows the record policy refuses", data.repaired_rows)
+    if data.skipped:
+        logger.warning("left out %d series (reasons in the log above)", len(data.skipped))
+    if not data.series:
+        reasons = sorted(set(data.skipped.values()))[:3]
+        raise TrainingError(f"no stored series can be trained on: {reasons}")
+    return data
 
 
 @task(cache_policy=NO_CACHE)
@@ -91,7 +111,7 @@ def crown(
     champion_mse: float | None,
 ) -> bool:
     """Move the champion alias to the challenger if it wins, or if no champion compares."""
-    wins = champion_mse is None or challenger_mse < champion_mse
+    wins = challenger_wins(challenger_mse, champion_mse)
     registry.tag_version(
         mlflow_settings,
         challenger.version,
@@ -106,12 +126,32 @@ def crown(
     return wins
 
 
+def challenger_wins(challenger_mse: float, champion_mse: float | None) -> bool:
+    """A finite score beats no champion, a non-finite one, or a worse one; NaN never wins.
+
+    >>> challenger_wins(0.5, None), challenger_wins(0.5, float("inf")), challenger_wins(0.5, 0.4)
+    (True, True, False)
+    >>> challenger_wins(float("nan"), None), challenger_wins(float("inf"), float("inf"))
+    (False, False)
+    """
+    if not math.isfinite(challenger_mse):
+        return False
+    return champion_mse is None or not math.isfinite(champion_mse) or challenger_mse < champion_mse
+
+
 def input_example(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> pd.DataFrame:
-    """The last ``lookback`` steps of one series, as the pyfunc model expects them."""
-    series_id, frame = next(iter(series.items()))
-    recent = frame[list(config.channels)].dropna().tail(config.lookback).reset_index()
-    stamps = recent[TS].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return recent.assign(**{SERIES: series_id, TS: stamps})[[SERIES, TS, *config.channels]]
+    """The last ``lookback`` steps of a series that has them all, as the pyfunc expects them.
+
+    A series whose newest steps lie across a long gap cannot be an example; when none can,
+    the example is a flat history.
+    """
+    for series_id, frame in series.items():
+        recent = frame[list(config.channels)].tail(config.lookback)
+        if len(recent) == config.lookback and not recent.isna().to_numpy().any():
+            recent = recent.reset_index()
+            stamps = recent[TS].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return recent.assign(**{SERIES: series_id, TS: stamps})[[SERIES, TS, *config.channels]]
+    return example_history(config)
 
 
 @flow(name="rollcast-train")
@@ -124,6 +164,7 @@ def train_flow(
     mlflow_settings: MlflowSettings | None = None,
     model_settings: ModelSettings | None = None,
     train_settings: TrainSettings | None = None,
+    records: RecordSettings | None = None,
 ) -> dict[str, object]:
     """Train a challenger on the whole store and promote it if it beats the champion.
 
@@ -140,14 +181,18 @@ def train_flow(
     store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
     registry.configure(mlflow_settings, store)
 
-    series = load_series(store)
-    config = forecaster_config(model_settings, shared_channels(series), store)
+    policy = (records or RecordSettings()).policy()
+    data = load_series(store, policy, model_settings.lookback + model_settings.horizon)
+    series = data.series
+    config = forecaster_config(model_settings, data.channels, store)
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
     result = train_challenger(train, val, config, train_config)
     card = score_challenger(result, val, model_settings.season)
     data_params: dict[str, object] = {
         "series": len(series),
+        "skipped_series": len(data.skipped),
+        "repaired_rows": data.repaired_rows,
         "train_windows": len(train),
         "val_windows": len(val),
     }

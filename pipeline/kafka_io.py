@@ -52,6 +52,10 @@ CONNECT_TIMEOUT_S = 3.0
 # Long enough for a slow train step between polls, short enough to notice a dead consumer.
 SESSION_TIMEOUT_MS = 10_000
 SERVED_BY_HEADER = "served-by"
+# A broker outage is waited out, sending again with backoff up to this long between tries...
+MAX_BACKOFF_S = 30.0
+# ...for this long in all, after which the process gives up (a supervisor restarts it).
+MAX_OUTAGE_S = 3600.0
 
 
 class BrokerUnavailableError(RollcastError):
@@ -282,10 +286,16 @@ class StreamSource:
                 continue
             tp = TopicPartition(record.topic, record.partition)
             newest[tp] = max(newest.get(tp, -1), record.offset)
-        if newest:
+        if not newest:
+            return
+        try:
             self._consumer.commit(
                 {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in newest.items()}
             )
+        except KafkaError as err:
+            # The outputs are acknowledged: a record whose commit is lost is read again, and
+            # handled again, by whoever reads its partition next (at-least-once).
+            logger.warning("offset commit failed, records may be read twice: %r", err)
 
     def close(self) -> None:
         # A consumer that leaves without closing makes the next group join wait out its session.
@@ -344,7 +354,9 @@ class Publisher:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer = make_producer(settings)
-        self._pending: list[Any] = []
+        # Each send's future and what was sent, to send again if the broker fails it.
+        self._pending: list[tuple[Any, tuple[str, bytes | None, bytes | None, Any]]] = []
+        self.max_outage_s = MAX_OUTAGE_S
         # Names this process on every forecast, so a consumer can tell which member made it.
         self._served_by = [(SERVED_BY_HEADER, f"{socket.gethostname()}:{os.getpid()}".encode())]
 
@@ -372,22 +384,48 @@ class Publisher:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send exact bytes (a replayed dead letter, say); acknowledged by the next flush."""
-        self._pending.append(self._producer.send(topic, key=key, value=value, headers=headers))
+        future = self._producer.send(topic, key=key, value=value, headers=headers)
+        self._pending.append((future, (topic, key, value, headers)))
 
     def flush(self, timeout_s: float = 60.0) -> int:
-        """Wait for the broker to acknowledge every send; raise if one failed; return the count."""
-        self._producer.flush(timeout=timeout_s)
-        pending, self._pending = self._pending, []
-        for future in pending:
-            if future.is_done and not future.failed():
-                continue  # the common case, without get()'s locking
+        """Wait until the broker has acknowledged every send; return the count.
+
+        A broker that stalls or is gone is waited for, with backoff and a log line per try,
+        and what it failed to take is sent again: the caller commits nothing until this
+        returns, so an outage delays the stream but loses nothing. Gives up, raising
+        :class:`BrokerUnavailableError`, after ``max_outage_s``.
+        """
+        count, started, attempt = len(self._pending), time.monotonic(), 0
+        while self._pending:
             try:
-                future.get(timeout=timeout_s)
+                self._producer.flush(timeout=timeout_s)
             except KafkaError as err:
+                logger.warning("the broker has not acknowledged %d records: %r", count, err)
+            waiting = [(future, sent) for future, sent in self._pending if not future.is_done]
+            failed = [sent for future, sent in self._pending if future.is_done and future.failed()]
+            if not waiting and not failed:
+                self._pending = []
+                break
+            attempt += 1
+            waited = time.monotonic() - started
+            if waited > self.max_outage_s:
                 raise BrokerUnavailableError(
-                    f"the broker did not acknowledge a record: {err}"
-                ) from err
-        return len(pending)
+                    f"the broker took none of {len(failed)} records for {waited:.0f} s"
+                )
+            delay = min(2.0**attempt, MAX_BACKOFF_S)
+            logger.error(
+                "broker unavailable for %.0f s: %d records unacknowledged, %d failed and "
+                "sent again in %.0f s",
+                waited,
+                len(waiting),
+                len(failed),
+                delay,
+            )
+            time.sleep(delay)
+            self._pending = waiting
+            for topic, key, value, headers in failed:
+                self.send_raw(topic, key, value, headers)
+        return count
 
     def close(self) -> None:
         self._producer.close()

@@ -49,12 +49,42 @@ class RegistryError(RollcastError):
     """The registry has no usable model, or MLflow refused an operation."""
 
 
+class RegistryUnavailableError(RegistryError):
+    """The registry could not be asked: a server down, a locked or missing store.
+
+    Not the same as "no champion": nothing may be concluded about the models in it.
+    """
+
+
+# What MLflow answers when a model or alias does not exist, as opposed to failing to answer.
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 def configure(mlflow_settings: MlflowSettings, store: StoreSettings) -> str:
     """Point MLflow at the tracking URI and make sure the experiment exists; return its id."""
     uri = mlflow_settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    try:
+        return _experiment_id(mlflow_settings, store, uri)
+    except MlflowException as err:
+        raise RegistryUnavailableError(f"cannot reach MLflow at {uri}: {err}") from err
+
+
+def connect_reader(mlflow_settings: MlflowSettings) -> None:
+    """Point MLflow at the registry to read models from, creating nothing.
+
+    A sqlite store that does not exist is an error here: serve must not create an empty one
+    and conclude there is no champion.
+    """
+    uri = mlflow_settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise RegistryUnavailableError(f"the MLflow store {uri} does not exist")
+    mlflow.set_tracking_uri(uri)
+
+
+def _experiment_id(mlflow_settings: MlflowSettings, store: StoreSettings, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(mlflow_settings.mlflow_experiment)
     if experiment is None:
         # A local store gets its artifacts beside the data; a server decides for itself.
@@ -212,27 +242,41 @@ def log_backtest(metrics: dict[str, Any], out_dir: Path) -> str:
 
 
 def champion_version(settings: MlflowSettings) -> str | None:
-    """The version the champion alias points at, or None if there is no champion yet."""
+    """The version the champion alias points at; None if there is no champion yet.
+
+    Raises :class:`RegistryUnavailableError` when the registry cannot answer.
+    """
     try:
         found = MlflowClient().get_model_version_by_alias(
             settings.model_name, settings.champion_alias
         )
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if err.error_code in NOT_FOUND_CODES:
+            return None
+        raise RegistryUnavailableError(f"cannot read the champion alias: {err}") from err
+    except Exception as err:  # a store's own driver error (sqlite locked), a network error
+        raise RegistryUnavailableError(f"cannot read the champion alias: {err!r}") from err
     return str(found.version)
 
 
 def load_version(settings: MlflowSettings, version: str) -> LoadedForecaster:
-    """Download one version's checkpoint and rebuild it, never unpickling arbitrary code."""
+    """Download one version's checkpoint and rebuild it, never unpickling arbitrary code.
+
+    The download goes to a temporary folder, removed once the weights are in memory.
+    """
     uri = f"models:/{settings.model_name}/{version}"
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except MlflowException as err:
-        raise RegistryError(f"cannot download {uri}: {err}") from err
-    checkpoint = next(local.rglob(CHECKPOINT_FILE), None)
-    if checkpoint is None:
-        raise RegistryError(f"{uri} has no {CHECKPOINT_FILE}: was it logged by Rollcast?")
-    return LoadedForecaster(settings.model_name, version, load_checkpoint(checkpoint))
+    with tempfile.TemporaryDirectory(prefix="rollcast-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except MlflowException as err:
+            failure = (
+                RegistryError if err.error_code in NOT_FOUND_CODES else RegistryUnavailableError
+            )
+            raise failure(f"cannot download {uri}: {err}") from err
+        checkpoint = next(local.rglob(CHECKPOINT_FILE), None)
+        if checkpoint is None:
+            raise RegistryError(f"{uri} has no {CHECKPOINT_FILE}: was it logged by Rollcast?")
+        return LoadedForecaster(settings.model_name, version, load_checkpoint(checkpoint))
 
 
 def load_champion(settings: MlflowSettings) -> LoadedForecaster:

@@ -303,13 +303,18 @@ def _count(
     stats.forecasts_out += len(requests)
 
 
-def swap_if_offered(slot: ModelSlot, rolling: RollingForecaster, stats: ServeStats) -> None:
-    """Between batches: take a version the watcher loaded, swap it in or refuse it."""
+def swap_if_offered(
+    slot: ModelSlot, rolling: RollingForecaster, stats: ServeStats
+) -> LoadedForecaster | None:
+    """Between batches: take a version the watcher loaded, swap it in or refuse it.
+
+    Returns the version swapped in, if any.
+    """
     loaded, refusals = slot.take()
     for refusal in refusals:
         stats.refused[refusal.reason] += 1
     if loaded is None:
-        return
+        return None
     problem = incompatibility(rolling.forecaster, loaded)
     if problem is not None:
         logger.error(
@@ -319,11 +324,12 @@ def swap_if_offered(slot: ModelSlot, rolling: RollingForecaster, stats: ServeSta
             problem,
         )
         stats.refused[INCOMPATIBLE] += 1
-        return
+        return None
     logger.info("swapping in version %s (was %s)", loaded.version, rolling.forecaster.version)
     rolling.swap(loaded)
     stats.swaps += 1
     stats.model_version = loaded.version
+    return loaded
 
 
 def run_serve(
@@ -333,13 +339,18 @@ def run_serve(
     should_stop: Callable[[ServeStats, bool], bool],
     slot: ModelSlot | None = None,
     stats: ServeStats | None = None,
+    on_swap: Callable[[LoadedForecaster], None] | None = None,
 ) -> ServeStats:
-    """Serve until ``should_stop(stats, last_poll_was_empty)`` says so."""
+    """Serve until ``should_stop(stats, last_poll_was_empty)`` says so.
+
+    ``on_swap`` is told of each version swapped in (to keep a local copy of it).
+    """
     stats = stats or new_stats(rolling)
     progress = Progress("serve", logger=logger)
     while True:
-        if slot is not None:
-            swap_if_offered(slot, rolling, stats)
+        swapped = swap_if_offered(slot, rolling, stats) if slot is not None else None
+        if swapped is not None and on_swap is not None:
+            on_swap(swapped)
         records = source.poll(POLL_TIMEOUT_S)
         if records:
             serve_batch(records, rolling, sink, stats)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.windows import SERIES, TS, deduplicate, regularize
+from pipeline.records import RecordPolicy
+from pipeline.windows import SERIES, TS, channel_columns, deduplicate, regularize, window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class SeriesStore:
 
     def _merge(self, series_id: str, rows: pd.DataFrame, stored: pd.DataFrame | None) -> int:
         stored = self.read(series_id) if stored is None else stored
+        rows = rows.dropna(axis=1, how="all")  # channels of other series in the same batch
         parts = [rows] if stored.empty else [stored, rows]
         merged, _ = deduplicate(pd.concat(parts, ignore_index=True))
         merged = merged.sort_values(TS, kind="stable").reset_index(drop=True)
@@ -96,12 +102,75 @@ def _series_id(path: Path) -> str:
     return str(column[0].as_py())
 
 
-def load_regular_series(store: SeriesStore, freq: str, max_gap: int) -> dict[str, pd.DataFrame]:
-    """Every stored series on its regular grid, gaps filled per the policy in ``windows``."""
-    return {sid: regularize(frame, freq, max_gap) for sid, frame in store.read_all().items()}
+@dataclass(frozen=True)
+class TrainingData:
+    """The stored series fit to train on, on their regular grid, and why others were left out."""
+
+    series: dict[str, pd.DataFrame]
+    channels: tuple[str, ...]
+    skipped: dict[str, str]  # series id -> reason
+    repaired_rows: int  # rows dropped because the record policy refuses them
 
 
-def shared_channels(series_values: dict[str, pd.DataFrame]) -> tuple[str, ...]:
-    """The channels every series has; a model over several series forecasts exactly these."""
-    sets = [set(frame.columns) for frame in series_values.values()]
-    return tuple(sorted(set.intersection(*sets))) if sets else ()
+def load_training_data(
+    store: SeriesStore, policy: RecordPolicy, freq: str, max_gap: int, span: int
+) -> TrainingData:
+    """Every stored series the record policy accepts, regularized, with a window of ``span``.
+
+    Training repairs what it can and skips what it cannot, saying why; one poisoned record
+    (a value beyond the policy, a far-future step, a foreign channel) never fails a run:
+
+    * rows the policy refuses (a store written before it, or by hand) are dropped;
+    * the model's channels are those of most series; a series with others is skipped;
+    * a series with no gap-free stretch of ``span`` steps is skipped.
+    """
+    now_ms = int(time.time() * 1000)
+    frames, repaired = {}, 0
+    for series_id, frame in store.read_all().items():
+        kept = policy_rows(frame, policy, now_ms)
+        repaired += len(frame) - len(kept)
+        frames[series_id] = kept
+    channels = contract_channels(frames)
+    skipped: dict[str, str] = {}
+    series: dict[str, pd.DataFrame] = {}
+    for series_id, frame in frames.items():
+        reason = _regular_or_reason(frame, channels, freq, max_gap, span)
+        if isinstance(reason, str):
+            skipped[series_id] = reason
+        else:
+            series[series_id] = reason
+    for series_id, reason in skipped.items():
+        logger.warning("series %r left out of training: %s", series_id[:64], reason)
+    return TrainingData(series, channels, skipped, repaired)
+
+
+def policy_rows(frame: pd.DataFrame, policy: RecordPolicy, now_ms: int) -> pd.DataFrame:
+    """The rows of one stored series that the record policy accepts."""
+    values = frame[channel_columns(frame)].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        in_bounds = np.isfinite(values) & (np.abs(values) <= policy.max_abs_value)
+    stamps = frame[TS].dt.as_unit("ms").astype("int64").to_numpy()
+    ok = in_bounds.all(axis=1) & (stamps <= now_ms + policy.max_ahead_ms)
+    return frame[ok]
+
+
+def contract_channels(frames: dict[str, pd.DataFrame]) -> tuple[str, ...]:
+    """The channel set most series have (ties: the larger set, then by name)."""
+    sets = Counter(tuple(channel_columns(f)) for f in frames.values() if not f.empty)
+    if not sets:
+        return ()
+    return max(sets, key=lambda c: (sets[c], len(c), c))
+
+
+def _regular_or_reason(
+    frame: pd.DataFrame, channels: tuple[str, ...], freq: str, max_gap: int, span: int
+) -> str | pd.DataFrame:
+    """The regularized series, or the reason it cannot be trained on."""
+    own = tuple(channel_columns(frame))
+    if own != channels:
+        return f"its channels {list(own)[:8]} are not the model's {list(channels)[:8]}"
+    regular = regularize(frame, freq, max_gap)
+    values = regular.to_numpy(dtype=np.float32)
+    if len(window_starts(values, 0, len(values), span)) == 0:
+        return f"no stretch of {span} steps without a gap over {max_gap} ({len(frame)} rows)"
+    return regular

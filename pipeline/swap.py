@@ -4,8 +4,12 @@ A :class:`ChampionWatcher` thread asks the registry which version the alias name
 ``interval_s``. When it changes, the thread loads that version (the slow part: download and
 rebuild) and leaves it in a :class:`ModelSlot`. The serve loop takes it from the slot between two
 batches, checks that it serves like the running model (channels, lookback, horizon, frequency),
-and swaps it in, or refuses it and keeps serving the old one. A version that failed to load or was
-refused is not tried again until the alias moves.
+and swaps it in, or refuses it and keeps serving the old one. A version that failed to load is
+tried again with backoff (the failure may be a registry outage); one refused as incompatible is
+not, until the alias moves.
+
+:class:`LocalCopy` keeps the version serving on disk, so a serve started while the registry is
+down can still start, from the champion it last served.
 
 The registry is reached only through the two callables the watcher is given, so this module
 imports no MLflow.
@@ -13,17 +17,25 @@ imports no MLflow.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.forecast import LoadedForecaster
+from pipeline.model import CheckpointError, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
 UNLOADABLE = "unloadable"
 INCOMPATIBLE = "incompatible"
+# The longest wait between two attempts to load a version that failed.
+MAX_RETRY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,16 @@ class ChampionWatcher(threading.Thread):
         load_version: Callable[[str], LoadedForecaster],
         slot: ModelSlot,
         interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name="champion-watcher", daemon=True)
         self._seen = current_version
         self._champion_version, self._load_version = champion_version, load_version
         self._slot, self._interval_s = slot, interval_s
         self._stopped = threading.Event()
+        self._clock = clock
+        self._failures: dict[str, int] = {}  # version -> failed loads in a row
+        self._retry_at = 0.0
 
     def run(self) -> None:
         while not self._stopped.wait(self._interval_s):
@@ -92,13 +108,69 @@ class ChampionWatcher(threading.Thread):
             return
         if version is None or version == self._seen:
             return
-        self._seen = version
+        failures = self._failures.get(version, 0)
+        if failures and self._clock() < self._retry_at:
+            return
         logger.info("champion moved to version %s: loading it in the background", version)
         try:
-            self._slot.offer(self._load_version(version))
+            loaded = self._load_version(version)
         except Exception as err:
-            logger.error("refusing version %s: it cannot be loaded: %s", version, err)
+            self._failed(version, failures + 1, err)
+            return
+        self._seen, self._failures = version, {}
+        self._slot.offer(loaded)
+
+    def _failed(self, version: str, failures: int, err: Exception) -> None:
+        self._failures = {version: failures}
+        delay = min(self._interval_s * 2**failures, MAX_RETRY_S)
+        self._retry_at = self._clock() + delay
+        logger.error(
+            "version %s cannot be loaded (attempt %d), retrying in %.0f s: %s",
+            version,
+            failures,
+            delay,
+            err,
+        )
+        if failures == 1:
             self._slot.refuse(Refusal(version, UNLOADABLE, str(err)))
 
     def stop(self) -> None:
         self._stopped.set()
+
+
+class LocalCopy:
+    """The version a serve process runs, kept in ``folder`` to start from when MLflow is down.
+
+    One checkpoint file per model name, written atomically, with the version in a sidecar
+    file written after it; a copy is only read back when both agree.
+    """
+
+    def __init__(self, folder: Path, model_name: str) -> None:
+        self._folder = folder
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
+        self._checkpoint = folder / f"{safe}.pt"
+        self._meta = folder / f"{safe}.json"
+
+    def save(self, forecaster: LoadedForecaster) -> None:
+        self._folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._checkpoint.with_suffix(".tmp")
+        os.replace(save_checkpoint(forecaster.model, tmp), self._checkpoint)
+        meta = {"name": forecaster.name, "version": forecaster.version, "sha256": self._digest()}
+        tmp_meta = self._meta.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, self._meta)
+
+    def load(self) -> LoadedForecaster | None:
+        """The saved version, or None if there is none or it cannot be read."""
+        try:
+            meta = json.loads(self._meta.read_text())
+            if meta["sha256"] != self._digest():
+                raise ValueError("the checkpoint is not the one its version file names")
+            model = load_checkpoint(self._checkpoint)
+        except (OSError, ValueError, KeyError, CheckpointError) as err:
+            logger.warning("no usable local copy of the champion in %s: %s", self._folder, err)
+            return None
+        return LoadedForecaster(str(meta["name"]), str(meta["version"]), model)
+
+    def _digest(self) -> str:
+        return hashlib.sha256(self._checkpoint.read_bytes()).hexdigest()

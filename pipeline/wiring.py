@@ -8,6 +8,7 @@ core; this module builds what they run on from settings objects, which the entry
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pipeline import registry
 from pipeline.config import (
@@ -30,7 +31,7 @@ from pipeline.serve import (
 )
 from pipeline.stats import ServeStats
 from pipeline.store import SeriesStore
-from pipeline.swap import ChampionWatcher, ModelSlot
+from pipeline.swap import ChampionWatcher, LocalCopy, ModelSlot
 from pipeline.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ def serve_from_settings(
     Runs until ``max_records`` are served, ``serve.serve_idle_s`` pass without a record,
     or forever when both are None. Returns the stats and the version serving at the end.
     """
-    registry.configure(mlflow_settings, store)
-    champion = registry.load_champion(mlflow_settings)
+    local_copy = LocalCopy(store.data_dir / "champion", mlflow_settings.model_name)
+    champion = start_champion(mlflow_settings, local_copy)
     logger.info("serving %s version %s", champion.name, champion.version)
     rolling = RollingForecaster(champion, serve.max_series, records.policy(), serve.max_new_series)
     stats = new_stats(rolling)
@@ -98,12 +99,45 @@ def serve_from_settings(
     watcher.start()
     try:
         stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm())
-        run_serve(source, sink, rolling, stop, slot, stats)
+        run_serve(source, sink, rolling, stop, slot, stats, keep_copy(local_copy))
     finally:
         watcher.stop()
         source.close()
         sink.close()
     return stats, rolling.forecaster
+
+
+def start_champion(settings: MlflowSettings, local_copy: LocalCopy) -> LoadedForecaster:
+    """The registry's champion, kept locally; the local copy when the registry is down.
+
+    "No champion" is an error; "registry unreachable" falls back on the copy, and is an error
+    only when there is none.
+    """
+    try:
+        registry.connect_reader(settings)
+        champion = registry.load_champion(settings)
+    except registry.RegistryUnavailableError as err:
+        kept = local_copy.load()
+        if kept is None:
+            raise registry.RegistryUnavailableError(
+                f"{err}; and there is no local copy of a champion to start from"
+            ) from err
+        logger.warning(
+            "MLflow is unreachable (%s): serving the local copy of version %s", err, kept.version
+        )
+        return kept
+    keep_copy(local_copy)(champion)
+    return champion
+
+
+def keep_copy(local_copy: LocalCopy) -> Callable[[LoadedForecaster], None]:
+    def save(forecaster: LoadedForecaster) -> None:
+        try:
+            local_copy.save(forecaster)
+        except OSError as err:  # a full disk must not stop serving
+            logger.error("cannot keep a local copy of version %s: %s", forecaster.version, err)
+
+    return save
 
 
 def champion_watcher(

@@ -6,13 +6,14 @@ No broker here: the loop talks to a list-backed sink; the integration tests use 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from prometheus_client import generate_latest
 
-from pipeline.forecast import LoadedForecaster
+from pipeline.forecast import LoadedForecaster, predict
 from pipeline.metrics import serve_metrics
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.records import (
@@ -25,7 +26,14 @@ from pipeline.records import (
 )
 from pipeline.serve import RollingForecaster, new_stats, serve_batch, swap_if_offered
 from pipeline.stats import LatencyRecorder
-from pipeline.swap import INCOMPATIBLE, UNLOADABLE, ChampionWatcher, ModelSlot, incompatibility
+from pipeline.swap import (
+    INCOMPATIBLE,
+    UNLOADABLE,
+    ChampionWatcher,
+    LocalCopy,
+    ModelSlot,
+    incompatibility,
+)
 
 LOOKBACK, HORIZON, STEP_MS = 4, 3, 3_600_000
 
@@ -234,27 +242,39 @@ def test_an_incompatible_version_is_refused_and_the_old_one_serves() -> None:
     assert incompatibility(repeat_last(), repeat_last(lookback=8)) == "lookback 4 -> 8"
 
 
-def test_the_watcher_offers_new_versions_and_refuses_unloadable_ones() -> None:
-    alias, slot = ["1"], ModelSlot()
+def test_the_watcher_offers_new_versions_and_retries_unloadable_ones_with_backoff() -> None:
+    alias, slot, now, broken = ["1"], ModelSlot(), [0.0], {"3"}
+    attempts: list[str] = []
 
     def load(version: str) -> LoadedForecaster:
-        if version == "3":
-            raise RuntimeError("checkpoint is corrupt")
+        attempts.append(version)
+        if version in broken:
+            raise RuntimeError("registry timed out")
         return repeat_last(version)
 
-    watcher = ChampionWatcher("1", lambda: alias[0], load, slot, interval_s=60)
+    watcher = ChampionWatcher(
+        "1", lambda: alias[0], load, slot, interval_s=10, clock=lambda: now[0]
+    )
     watcher.check_once()
     assert slot.take() == (None, [])
     alias[0] = "2"
     watcher.check_once()
     loaded, _ = slot.take()
     alias[0] = "3"
+    watcher.check_once()  # fails: the next try in 20 s
+    now[0] = 19.0
+    watcher.check_once()  # too soon: not tried
+    now[0] = 21.0
+    watcher.check_once()  # fails again: the next try in 40 s
+    _, refusals = slot.take()
+    broken.clear()
+    now[0] = 62.0
     watcher.check_once()
-    watcher.check_once()  # the same bad version is not tried again
 
     assert loaded is not None and loaded.version == "2"
-    _, refusals = slot.take()
-    assert [(r.version, r.reason) for r in refusals] == [("3", UNLOADABLE)]
+    assert [(r.version, r.reason) for r in refusals] == [("3", UNLOADABLE)]  # reported once
+    assert attempts == ["2", "3", "3", "3"]
+    assert slot.take()[0].version == "3"  # type: ignore[union-attr]
 
 
 def test_the_watcher_survives_a_registry_outage() -> None:
@@ -352,3 +372,17 @@ def test_a_failure_inside_the_window_becomes_an_invalid_dead_letter() -> None:
 
     assert [(d.reason, d.detail) for d in sink.dead] == [("invalid", "ValueError: window broke")]
     assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3]
+
+
+def test_the_local_copy_round_trips_and_refuses_a_mismatched_checkpoint(tmp_path: Path) -> None:
+    copy = LocalCopy(tmp_path, "rollcast/forecaster")
+    assert copy.load() is None
+    copy.save(repeat_last("7"))
+
+    kept = copy.load()
+
+    assert kept is not None and (kept.name, kept.version) == ("m", "7")
+    window = np.arange(LOOKBACK, dtype=np.float32).reshape(1, LOOKBACK, 1)
+    assert np.array_equal(predict(kept.model, window), predict(repeat_last().model, window))
+    (tmp_path / "rollcast_forecaster.pt").write_bytes(b"torn write")
+    assert copy.load() is None

@@ -159,12 +159,18 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     kafka = KafkaSettings()
     KafkaTransport(kafka)  # says how to start a broker before Prefect starts
     from flows.ingest import ingest_flow
+    from flows.prefect_server import tie_temporary_server
+
+    tie_temporary_server()
 
     print(json.dumps(ingest_flow(max_records=args.max_records, kafka=kafka)))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from flows.prefect_server import tie_temporary_server
     from flows.train import train_flow
+
+    tie_temporary_server()
 
     print(json.dumps(train_flow(epochs=args.epochs)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 import socket
 import subprocess
 import time
@@ -96,6 +97,15 @@ class EmbeddedBroker:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def stall(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open and nothing answers, as in a hang."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -84,12 +84,17 @@ def log_challenger(
 def score_champion(
     mlflow_settings: MlflowSettings, val: WindowSet, config: ForecasterConfig, season: int
 ) -> float | None:
-    """The current champion's validation MSE on the challenger's windows, if comparable."""
+    """The current champion's validation MSE on the challenger's windows, if comparable.
+
+    Raises :class:`registry.RegistryUnavailableError` when the registry cannot say.
+    """
     version = registry.champion_version(mlflow_settings)
     if version is None:
         return None
     try:
         champion = registry.load_version(mlflow_settings, version)
+    except registry.RegistryUnavailableError:
+        raise  # an outage says nothing about the champion: no promotion without a comparison
     except (registry.RegistryError, CheckpointError) as err:
         get_run_logger().warning(
             "champion v%s cannot be loaded, so it is replaced: %s", version, err

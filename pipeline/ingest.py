@@ -31,6 +31,7 @@ from pipeline.records import (
     RawRecord,
     RecordPolicy,
     channel_problem,
+    invalid_letter,
     triage,
 )
 from pipeline.store import SeriesStore
@@ -112,22 +113,50 @@ def admit(
     dead: list[DeadLetter] = []
     duplicates = 0
     for record, obs in accepted:
-        series = stored[obs.series]
-        if series.channels is None:
-            series.channels = frozenset(obs.values)
-        problem = channel_problem(series.channels, obs.values)
-        step = obs.ts_ms - obs.ts_ms % step_ms
-        if problem is not None:
-            dead.append(DeadLetter(record, *problem))
-        elif series.holds(step):
+        try:
+            outcome = _admit_one(record, obs, stored[obs.series], step_ms, policy)
+        except Exception as err:  # no record may stop the loop: it becomes a dead letter
+            outcome = invalid_letter(record, err)
+        if isinstance(outcome, DeadLetter):
+            dead.append(outcome)
+        elif outcome is None:
             duplicates += 1
-        elif series.is_late(step, policy.grace_steps * step_ms):
-            newest = series.steps[-1]
-            dead.append(DeadLetter(record, LATE, f"older than the grace period allows ({newest})"))
         else:
-            bisect.insort(series.steps, step)
-            kept.append(Observation(obs.series, step, obs.values))
+            kept.append(outcome)
     return kept, dead, duplicates
+
+
+def _admit_one(
+    record: RawRecord, obs: Observation, series: StoredSeries, step_ms: int, policy: RecordPolicy
+) -> Observation | DeadLetter | None:
+    """The step-aligned observation to store, its dead letter, or None for a duplicate."""
+    if series.channels is None:
+        series.channels = frozenset(obs.values)
+    problem = channel_problem(series.channels, obs.values)
+    step = obs.ts_ms - obs.ts_ms % step_ms
+    if problem is not None:
+        return DeadLetter(record, *problem)
+    if series.holds(step):
+        return None
+    if series.is_late(step, policy.grace_steps * step_ms):
+        newest = series.steps[-1]
+        return DeadLetter(record, LATE, f"older than the grace period allows ({newest})")
+    bisect.insort(series.steps, step)
+    return Observation(obs.series, step, obs.values)
+
+
+def read_stored(
+    store: SeriesStore, series_ids: set[str]
+) -> tuple[dict[str, StoredSeries], dict[str, Exception]]:
+    """What the store holds of each series, and the series whose file cannot be read."""
+    stored, unreadable = {}, {}
+    for series_id in series_ids:
+        try:
+            stored[series_id] = StoredSeries.of(store.read(series_id))
+        except Exception as err:  # a damaged file: its series' records are dead-lettered
+            logger.error("cannot read the stored series %r: %r", series_id[:64], err)
+            unreadable[series_id] = err
+    return stored, unreadable
 
 
 def ingest_batch(
@@ -140,7 +169,11 @@ def ingest_batch(
 ) -> None:
     """Handle one poll's records; on return they are durable and may be committed."""
     accepted, dead = triage(records, policy)
-    stored = {sid: StoredSeries.of(store.read(sid)) for sid in {o.series for _, o in accepted}}
+    stored, unreadable = read_stored(store, {obs.series for _, obs in accepted})
+    for record, obs in accepted:
+        if obs.series in unreadable:
+            dead.append(invalid_letter(record, unreadable[obs.series]))
+    accepted = [(record, obs) for record, obs in accepted if obs.series not in unreadable]
     kept, refused, duplicates = admit(accepted, stored, step_ms, policy)
     for letter in dead + refused:
         dead_letters.send_dead_letter(letter)

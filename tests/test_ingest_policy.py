@@ -131,3 +131,17 @@ def _first_of_series(stream: list) -> list[bool]:
         firsts.append(series not in seen)
         seen.add(series)
     return firsts
+
+
+def test_a_damaged_series_file_dead_letters_its_records_and_ingest_goes_on(tmp_path: Path) -> None:
+    store, policy = SeriesStore(tmp_path), RecordPolicy()
+    ingest([record(0, "a", 0, {"OT": 1.0})], store, policy)
+    (tmp_path / file_name("a")).write_bytes(b"not parquet")
+
+    sink = ingest(
+        [record(1, "a", HOUR_MS, {"OT": 2.0}), record(2, "b", 0, {"OT": 3.0})], store, policy
+    )
+
+    assert refusals(sink) == {1: "invalid"}
+    assert "ArrowInvalid" in sink.dead[0].detail or "Parquet" in sink.dead[0].detail
+    assert store.read("b")["OT"].tolist() == [3.0]

@@ -137,13 +137,14 @@ def _run_cli(args: list[str], log: Path) -> int:
 
 def restart_part(broker: EmbeddedBroker, work: Path, kills: int) -> dict[str, Any]:
     kafka = fresh_env(broker, work, "restarts")
-    n_series, n_steps = 10, 60 * (kills + 1)
-    producer = PacedProducer(kafka, n_series, n_steps, per_s=20)
+    # About 13 s of stream between kills: a restarted member needs one session timeout (10 s).
+    n_series, n_steps = 10, 40 * (kills + 1)
+    producer = PacedProducer(kafka, n_series, n_steps, per_s=3)
     producer.start()
     for k in range(kills):
         with ServeProcess(work / f"restart-{k}.log", idle_s=600) as serve:
             kill_at = (k + 1) * n_steps // (kills + 1)  # steps sent when this one is killed
-            wait_for(lambda: serve.metric("records_in_total") >= 1, "serve to start", 120)
+            wait_for(lambda: serve.metric("assigned_partitions") == 2, "serve to join", 120)
             wait_for(lambda at=kill_at: producer.steps_sent >= at, "the stream", 300)
             serve.kill()
     producer.join(timeout=600)
@@ -164,8 +165,9 @@ def restart_part(broker: EmbeddedBroker, work: Path, kills: int) -> dict[str, An
 def stall_part(broker: EmbeddedBroker, work: Path, stall_s: float) -> dict[str, Any]:
     kafka = fresh_env(broker, work, "stall")
     n_series, n_steps = 5, 400
+    expected = {(f"s{i}", s) for i in range(n_series) for s in range(LOOKBACK - 1, n_steps)}
     producer = PacedProducer(kafka, n_series, n_steps, per_s=4)
-    with ServeProcess(work / "stall-serve.log", idle_s=10) as serve:
+    with ServeProcess(work / "stall-serve.log", idle_s=3600) as serve:
         wait_for(lambda: serve.metric("assigned_partitions") == 2, "serve to join", 120)
         producer.start()
         wait_for(lambda: serve.metric("forecasts_out_total") >= 20, "forecasts", 120)
@@ -173,9 +175,10 @@ def stall_part(broker: EmbeddedBroker, work: Path, stall_s: float) -> dict[str, 
         time.sleep(stall_s)
         broker.resume()
         alive_after = serve.process.poll() is None
-        producer.join(timeout=600)
-        rc = serve.wait(timeout_s=900)
-    expected = {(f"s{i}", s) for i in range(n_series) for s in range(LOOKBACK - 1, n_steps)}
+        producer.join(timeout=900)
+        done = lambda: serve.metric("forecasts_out_total") >= len(expected)  # noqa: E731
+        wait_for(done, "every forecast", 300)
+        rc = serve.stop()
     forecasts = read_forecasts(kafka, len(expected))
     issued = {(f["series"], step_of(f["issued_at"])) for f in forecasts}
     return {
@@ -246,8 +249,7 @@ def main() -> None:
         for name in args.parts.split(","):
             started = time.monotonic()
             results[name] = {**parts[name](), "wall_s": round(time.monotonic() - started, 1)}
-            if not args.json:
-                print(name, json.dumps(results[name]), flush=True)
+            print(name, json.dumps(results[name]), flush=True)
     if args.json:
         print(json.dumps(results))
 

@@ -57,7 +57,7 @@ def train_challenger(
     train: WindowSet, val: WindowSet, config: ForecasterConfig, train_config: TrainConfig
 ) -> TrainResult:
     get_run_logger().info("training on %d windows, validating on %d", len(train), len(val))
-    return fit(build_forecaster(config), train, val, train_config)
+    return fit(build_forecaster(config, seed=train_config.seed), train, val, train_config)
 
 
 @task(cache_policy=NO_CACHE)

@@ -216,7 +216,7 @@ def _trained(
     train_config = replace(
         TrainConfig(seed=spec.seed), **{**train_defaults, **spec.train_overrides}
     )
-    model = build_forecaster(config)
+    model = build_forecaster(config, seed=spec.seed)
     result = fit(model, splits.train, splits.val, train_config)
     predictions = predict(model, scored.inputs, batch_size=train_config.batch_size)
     details = {

@@ -337,16 +337,22 @@ ARCHITECTURES: dict[str, type[Forecaster]] = {
 }
 
 
-def build_forecaster(config: ForecasterConfig) -> Forecaster:
+def build_forecaster(config: ForecasterConfig, seed: int | None = None) -> Forecaster:
     """The forecaster ``config.architecture`` names, with freshly initialized weights.
 
-    Raises ``ValueError`` for an unknown architecture or options the network cannot take.
+    With a ``seed``, the initial weights depend on it alone (the global RNG is left as it was),
+    so one seed gives one model. Raises ``ValueError`` for an unknown architecture or options
+    the network cannot take.
     """
     if config.architecture not in ARCHITECTURES:
         raise ValueError(
             f"unknown architecture {config.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
         )
-    return ARCHITECTURES[config.architecture](config)
+    if seed is None:
+        return ARCHITECTURES[config.architecture](config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ARCHITECTURES[config.architecture](config)
 
 
 def save_checkpoint(model: Forecaster, path: Path) -> Path:

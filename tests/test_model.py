@@ -279,3 +279,16 @@ def test_seasonal_naive_refuses_a_lookback_shorter_than_a_season() -> None:
 def test_unknown_architecture_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"'transformer'.*seasonal_naive"):
         build_forecaster(small_config(architecture="transformer"))
+
+
+def test_one_seed_builds_one_model_whatever_ran_before() -> None:
+    config = ForecasterConfig(channels=("a", "b"), lookback=48, horizon=24)
+
+    first = build_forecaster(config, seed=7)
+    torch.rand(1000)  # other work between the two builds moves the global RNG
+    second = build_forecaster(config, seed=7)
+    other = build_forecaster(config, seed=8)
+
+    for name, weights in first.state_dict().items():
+        assert torch.equal(weights, second.state_dict()[name]), name
+    assert any(not torch.equal(w, other.state_dict()[n]) for n, w in first.state_dict().items())

@@ -13,6 +13,7 @@ import pandas as pd
 from flows.ingest import ingest_flow
 from flows.serve import serve_flow
 from flows.train import train_flow
+from pipeline import RollcastError, registry
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, load_csv, synthetic_fleet
@@ -85,11 +86,28 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         produced = produce(transport, observation_frame(options))
         ingested = ingest_flow(max_records=produced, kafka=kafka, store=store)
         trained = train_flow(epochs=options.epochs, store=store, mlflow_settings=mlflow_settings)
+        require_champion(trained, mlflow_settings)
         served = serve_flow(
             max_records=produced, kafka=kafka, store=store, mlflow_settings=mlflow_settings
         )
     wall_s = time.monotonic() - started
     return summarize(produced, ingested, trained, served, mlflow_settings, wall_s)
+
+
+def require_champion(trained: dict, mlflow_settings: MlflowSettings) -> None:
+    """Stop with the gate's reason when training left nothing to serve."""
+    if trained["promoted"] or registry.champion_version(mlflow_settings) is not None:
+        return
+    raise DemoError(
+        f"version {trained['version']} was not promoted: its validation MSE "
+        f"{trained['val_mse']:.4f} does not beat seasonal-naive's "
+        f"{trained['val_seasonal_naive_mse']:.4f}, so there is no champion to serve. "
+        "Train longer (--epochs) or set ROLLCAST_PROMOTION_GATE=false."
+    )
+
+
+class DemoError(RollcastError):
+    """The demo cannot go on."""
 
 
 def produce(transport: Transport, frame: pd.DataFrame) -> int:

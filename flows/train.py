@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -16,13 +14,13 @@ from pipeline.config import (
     StoreSettings,
     TrainSettings,
 )
-from pipeline.evaluate import Scorecard, score_forecaster
+from pipeline.evaluate import Scorecard, Verdict, default_season, judge, score_forecaster
 from pipeline.forecast import example_history
 from pipeline.model import CheckpointError, ForecasterConfig, build_forecaster
 from pipeline.records import RecordPolicy
 from pipeline.store import SeriesStore, TrainingData, load_training_data
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
-from pipeline.windows import SERIES, TS, WindowSet, build_window_sets
+from pipeline.windows import SERIES, TS, WindowSet, build_window_sets, freq_to_ms
 
 
 @task(cache_policy=NO_CACHE)
@@ -110,38 +108,17 @@ def score_champion(
 
 @task(cache_policy=NO_CACHE)
 def crown(
-    mlflow_settings: MlflowSettings,
-    challenger: registry.LoggedVersion,
-    challenger_mse: float,
-    champion_mse: float | None,
+    mlflow_settings: MlflowSettings, challenger: registry.LoggedVersion, verdict: Verdict
 ) -> bool:
-    """Move the champion alias to the challenger if it wins, or if no champion compares."""
-    wins = challenger_wins(challenger_mse, champion_mse)
-    registry.tag_version(
-        mlflow_settings,
-        challenger.version,
-        {
-            "val_mse": f"{challenger_mse:.6f}",
-            "champion_val_mse": str(champion_mse),
-            "promoted": str(wins),
-        },
-    )
-    if wins:
+    """Move the champion alias to the challenger if the gate passes it; record why in MLflow."""
+    registry.record_verdict(mlflow_settings, challenger, verdict.as_metrics(), verdict.reason)
+    logger = get_run_logger()
+    if verdict.promoted:
         registry.promote(mlflow_settings, challenger.version)
-    return wins
-
-
-def challenger_wins(challenger_mse: float, champion_mse: float | None) -> bool:
-    """A finite score beats no champion, a non-finite one, or a worse one; NaN never wins.
-
-    >>> challenger_wins(0.5, None), challenger_wins(0.5, float("inf")), challenger_wins(0.5, 0.4)
-    (True, True, False)
-    >>> challenger_wins(float("nan"), None), challenger_wins(float("inf"), float("inf"))
-    (False, False)
-    """
-    if not math.isfinite(challenger_mse):
-        return False
-    return champion_mse is None or not math.isfinite(champion_mse) or challenger_mse < champion_mse
+        logger.info("version %s is champion: %s", challenger.version, verdict.reason)
+    else:
+        logger.warning("version %s is not promoted: %s", challenger.version, verdict.reason)
+    return verdict.promoted
 
 
 def input_example(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> pd.DataFrame:
@@ -193,7 +170,8 @@ def train_flow(
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
     result = train_challenger(train, val, config, train_config)
-    card = score_challenger(result, val, model_settings.season)
+    season = model_settings.season or default_season(freq_to_ms(store.freq))
+    card = score_challenger(result, val, season)
     data_params: dict[str, object] = {
         "series": len(series),
         "skipped_series": len(data.skipped),
@@ -204,8 +182,9 @@ def train_flow(
     logged = log_challenger(
         mlflow_settings, result, train_config, card, val, input_example(series, config), data_params
     )
-    champion_mse = score_champion(mlflow_settings, val, config, model_settings.season)
-    promoted = crown(mlflow_settings, logged, card.mse, champion_mse)
+    champion_mse = score_champion(mlflow_settings, val, config, season)
+    verdict = judge(card, champion_mse, train_settings.promotion_gate)
+    promoted = crown(mlflow_settings, logged, verdict)
     return {
         "run_id": logged.run_id,
         "model_name": mlflow_settings.model_name,
@@ -228,4 +207,4 @@ def forecaster_config(
 
 
 def train_config_from(settings: TrainSettings) -> TrainConfig:
-    return TrainConfig(**settings.model_dump(exclude={"val_fraction"}))
+    return TrainConfig(**settings.model_dump(exclude={"val_fraction", "promotion_gate"}))

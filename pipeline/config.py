@@ -110,8 +110,9 @@ class ModelSettings(BaseSettings):
     # Steps per input and output segment: a day of hourly data; lookback must be a multiple.
     segment_len: int = 24
     decoder: Literal["pmf", "linear"] = "pmf"
-    # Period of the seasonal-naive baseline, in steps (24 = daily for hourly data).
-    season: int = 24
+    # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
+    # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
+    season: int | None = None
 
 
 class TrainSettings(BaseSettings):
@@ -130,6 +131,8 @@ class TrainSettings(BaseSettings):
     device: str = "auto"
     loss: Literal["mse", "l1"] = "mse"
     schedule: Literal["cosine", "halving"] = "cosine"
+    # A challenger must beat seasonal-naive on the validation windows to become champion.
+    promotion_gate: bool = True
 
 
 class IngestSettings(BaseSettings):

@@ -12,6 +12,7 @@ different magnitudes weigh the same and figures are comparable across datasets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,74 @@ class Scorecard:
             f"{prefix}seasonal_naive_mse": self.seasonal_naive_mse,
             f"{prefix}repeat_last_mse": self.repeat_last_mse,
         }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a challenger takes the champion alias, why, and by what margins.
+
+    A margin is the relative MSE gain: 0.1 means 10% lower MSE than the other; negative loses.
+    """
+
+    promoted: bool
+    reason: str
+    margin_vs_seasonal_naive: float
+    margin_vs_champion: float | None
+
+    def as_metrics(self) -> dict[str, float]:
+        margins = {"margin_vs_seasonal_naive": self.margin_vs_seasonal_naive}
+        if self.margin_vs_champion is not None:
+            margins["margin_vs_champion"] = self.margin_vs_champion
+        return margins
+
+
+def judge(card: Scorecard, champion_mse: float | None, gate: bool = True) -> Verdict:
+    """The promotion gate, on one set of validation windows.
+
+    The challenger must have a finite MSE, beat seasonal-naive (unless ``gate`` is off) and beat
+    the champion, if there is a comparable one with a finite MSE.
+
+    >>> card = Scorecard(mse=0.8, mae=0.5, seasonal_naive_mse=1.0, repeat_last_mse=1.2)
+    >>> judge(card, champion_mse=None).reason
+    'beats seasonal-naive, no comparable champion'
+    >>> judge(card, champion_mse=0.5).reason
+    'does not beat the champion'
+    >>> round(judge(card, champion_mse=0.9).margin_vs_seasonal_naive, 3)
+    0.2
+    """
+    vs_naive = _margin(card.mse, card.seasonal_naive_mse)
+    has_champion = champion_mse is not None and math.isfinite(champion_mse)
+    vs_champion = _margin(card.mse, float(champion_mse or 0)) if has_champion else None
+    if not math.isfinite(card.mse):
+        return Verdict(False, "the challenger's MSE is not finite", vs_naive, vs_champion)
+    if gate and not card.mse < card.seasonal_naive_mse:
+        return Verdict(False, "does not beat seasonal-naive", vs_naive, vs_champion)
+    if vs_champion is not None and not vs_champion > 0:
+        return Verdict(False, "does not beat the champion", vs_naive, vs_champion)
+    passed = "beats seasonal-naive" if gate else "gate off"
+    against = "and the champion" if vs_champion is not None else "no comparable champion"
+    return Verdict(True, f"{passed}, {against}", vs_naive, vs_champion)
+
+
+def _margin(mse_value: float, baseline: float) -> float:
+    """The relative gain over ``baseline``; NaN where it means nothing (a zero or inf baseline)."""
+    if not (math.isfinite(mse_value) and math.isfinite(baseline)) or baseline <= 0:
+        return math.nan
+    return (baseline - mse_value) / baseline
+
+
+def default_season(step_ms: int) -> int:
+    """The seasonal-naive period in steps: a day of steps, or a week for daily data.
+
+    >>> default_season(3_600_000), default_season(1_800_000), default_season(86_400_000)
+    (24, 48, 7)
+    """
+    day_ms = 86_400_000
+    if step_ms < day_ms and day_ms % step_ms == 0:
+        return day_ms // step_ms
+    if step_ms == day_ms:
+        return 7
+    return 1
 
 
 def score(

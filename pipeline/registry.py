@@ -289,6 +289,17 @@ def load_champion(settings: MlflowSettings) -> LoadedForecaster:
     return load_version(settings, version)
 
 
+def record_verdict(
+    settings: MlflowSettings, logged: LoggedVersion, margins: dict[str, float], reason: str
+) -> None:
+    """The promotion decision on the training run (margins as metrics) and on the version."""
+    client = MlflowClient()
+    for name, value in margins.items():
+        client.log_metric(logged.run_id, name, value)
+    client.set_tag(logged.run_id, "rollcast.promotion", reason)
+    tag_version(settings, logged.version, {"promotion": reason})
+
+
 def promote(settings: MlflowSettings, version: str) -> None:
     MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, version)
     logger.info("%s version %s is now %s", settings.model_name, version, settings.champion_alias)

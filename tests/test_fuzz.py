@@ -196,7 +196,7 @@ def test_a_poisoned_store_still_trains_and_promotes(
         epochs=1,
         store=store,
         model_settings=ModelSettings(lookback=24, horizon=6, hidden_size=8, num_layers=1),
-        train_settings=TrainSettings(batch_size=64),
+        train_settings=TrainSettings(batch_size=64, promotion_gate=False),
     )
 
     assert result["promoted"] is True and np.isfinite(result["val_mse"])

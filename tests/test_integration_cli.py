@@ -18,7 +18,9 @@ def test_demo_prints_a_summary_and_ends_with_it_as_json(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name, value in {"ROLLCAST_LOOKBACK": "48", "ROLLCAST_HORIZON": "6"}.items():
+    # Two epochs need not beat seasonal-naive: the summary, not the gate, is tested here.
+    small = {"ROLLCAST_LOOKBACK": "48", "ROLLCAST_HORIZON": "6", "ROLLCAST_PROMOTION_GATE": "false"}
+    for name, value in small.items():
         monkeypatch.setenv(name, value)
 
     code = main(["demo", "--series", "2", "--records", "600", "--epochs", "2", "--json"])
@@ -42,3 +44,24 @@ def test_stages_without_a_broker_say_how_to_start_one(
     for command in (["ingest"], ["serve"], ["synth", "--records", "10"]):
         assert main(command) == 2
         assert "rollcast broker" in capsys.readouterr().err
+
+
+def test_a_demo_whose_model_loses_to_seasonal_naive_says_so(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A learning rate of 1e-7: the model stays as initialized, far from seasonal-naive.
+    untrained = {
+        "ROLLCAST_LOOKBACK": "48",
+        "ROLLCAST_HORIZON": "6",
+        "ROLLCAST_LEARNING_RATE": "1e-7",
+    }
+    for name, value in untrained.items():
+        monkeypatch.setenv(name, value)
+
+    code = main(["demo", "--series", "2", "--records", "600", "--epochs", "1"])
+
+    assert code == 2
+    assert "does not beat seasonal-naive" in capsys.readouterr().err

@@ -34,6 +34,8 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
         "ROLLCAST_HORIZON": HORIZON,
         "ROLLCAST_HIDDEN_SIZE": 32,
         "ROLLCAST_NUM_LAYERS": 2,
+        # A few epochs of a tiny model: these tests are about the path, the gate has its own.
+        "ROLLCAST_PROMOTION_GATE": "false",
     }.items():
         monkeypatch.setenv(name, str(value))
 
@@ -148,3 +150,29 @@ def test_an_unloadable_champion_is_replaced_by_the_next_training(
     assert first["version"] == "1" and second["version"] == "2"
     assert second["promoted"] is True
     assert str(champion.version) == "2"
+
+
+def test_the_gate_refuses_a_challenger_that_loses_to_seasonal_naive(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    tiny_model: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROLLCAST_PROMOTION_GATE", "true")
+    # A daily pattern that repeats exactly: seasonal-naive (24 steps) is perfect, no model beats it.
+    store = StoreSettings()
+    stamps = pd.date_range("2024-01-01", periods=STEPS, freq="1h", tz="UTC")
+    pattern = [float(h % 24) ** 1.5 for h in range(STEPS)]
+    frame = pd.DataFrame({"series": "daily", "ts": stamps, "load": pattern})
+    from pipeline.store import SeriesStore
+
+    SeriesStore(store.store_dir).append(frame)
+
+    trained = train_flow(epochs=1)
+
+    assert trained["promoted"] is False and trained["val_seasonal_naive_mse"] == 0.0
+    run = mlflow.get_run(str(trained["run_id"]))
+    assert run.data.tags["rollcast.promotion"] == "does not beat seasonal-naive"
+    assert "margin_vs_seasonal_naive" in run.data.metrics
+    with pytest.raises(Exception, match="no 'champion' alias"):
+        load_champion(MlflowSettings())

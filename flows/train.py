@@ -166,11 +166,11 @@ def train_flow(
     policy = (records or RecordSettings()).policy()
     data = load_series(store, policy, model_settings.lookback + model_settings.horizon)
     series = data.series
-    config = forecaster_config(model_settings, data.channels, store)
+    config = forecaster_config(model_settings, data, store)
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
     result = train_challenger(train, val, config, train_config)
-    season = model_settings.season or default_season(freq_to_ms(store.freq))
+    season = model_settings.season or default_season(freq_to_ms(config.freq))
     card = score_challenger(result, val, season)
     data_params: dict[str, object] = {
         "series": len(series),
@@ -197,13 +197,14 @@ def train_flow(
 
 
 def forecaster_config(
-    settings: ModelSettings, channels: tuple[str, ...], store: StoreSettings
+    settings: ModelSettings, data: TrainingData, store: StoreSettings
 ) -> ForecasterConfig:
-    """The challenger's config: its shape, the store's channels, frequency and gap policy."""
+    """The challenger's config: its shape, the data's channels and step, the gap policy."""
+    channels = data.channels
     if not channels:
         raise TrainingError("the stored series share no channel: one model cannot serve them all")
     shape = settings.model_dump(exclude={"season"})  # season is the baseline's, not the model's
-    return ForecasterConfig(channels=channels, freq=store.freq, max_gap=store.max_gap, **shape)
+    return ForecasterConfig(channels=channels, freq=data.freq, max_gap=store.max_gap, **shape)
 
 
 def train_config_from(settings: TrainSettings) -> TrainConfig:

@@ -71,8 +71,9 @@ class StoreSettings(BaseSettings):
     model_config = _settings_config()
 
     data_dir: Path = Path(".rollcast")
-    # Every series is resampled to this pandas frequency (hourly suits ETT and the demo fleet).
-    freq: str = "1h"
+    # Each series' step is inferred from its readings (the median spacing); a pandas frequency
+    # here ("1h", "30min") overrides it for every series.
+    freq: str | None = None
     # Gaps of up to this many steps are interpolated; longer ones split the series.
     max_gap: int = 3
 

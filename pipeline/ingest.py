@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from pipeline import RollcastError
@@ -36,7 +37,7 @@ from pipeline.records import (
 )
 from pipeline.store import SeriesStore
 from pipeline.transport import Sink, Source
-from pipeline.windows import SERIES, TS, channel_columns, freq_to_ms
+from pipeline.windows import SERIES, TS, channel_columns, freq_to_ms, infer_step_ms
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class StoredSeries:
     frame: pd.DataFrame
     channels: frozenset[str] | None  # None: a new series, whose first record sets them
     steps: list[int]  # epoch ms of every stored step, sorted
+    step_ms: int = 1  # the series' step; 1 until it has two readings (nothing is floored)
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> StoredSeries:
@@ -98,10 +100,26 @@ class StoredSeries:
         return placed > 0 and step <= self.steps[placed - 1]
 
 
+def set_steps(
+    stored: dict[str, StoredSeries],
+    accepted: list[tuple[RawRecord, Observation]],
+    step_ms: int | None,
+) -> None:
+    """Each series' step: ``step_ms`` when set, else inferred from its stored and new readings."""
+    new: dict[str, list[int]] = {}
+    for _, obs in accepted:
+        new.setdefault(obs.series, []).append(obs.ts_ms)
+    for series_id, series in stored.items():
+        if step_ms is not None:
+            series.step_ms = step_ms
+            continue
+        readings = np.array(series.steps + new.get(series_id, []), dtype=np.int64)
+        series.step_ms = infer_step_ms(readings) or 1
+
+
 def admit(
     accepted: list[tuple[RawRecord, Observation]],
     stored: dict[str, StoredSeries],
-    step_ms: int,
     policy: RecordPolicy,
 ) -> tuple[list[Observation], list[DeadLetter], int]:
     """Apply the per-series policy as serve does: (new observations, dead letters, duplicates).
@@ -114,7 +132,7 @@ def admit(
     duplicates = 0
     for record, obs in accepted:
         try:
-            outcome = _admit_one(record, obs, stored[obs.series], step_ms, policy)
+            outcome = _admit_one(record, obs, stored[obs.series], policy)
         except Exception as err:  # no record may stop the loop: it becomes a dead letter
             outcome = invalid_letter(record, err)
         if isinstance(outcome, DeadLetter):
@@ -127,12 +145,13 @@ def admit(
 
 
 def _admit_one(
-    record: RawRecord, obs: Observation, series: StoredSeries, step_ms: int, policy: RecordPolicy
+    record: RawRecord, obs: Observation, series: StoredSeries, policy: RecordPolicy
 ) -> Observation | DeadLetter | None:
     """The step-aligned observation to store, its dead letter, or None for a duplicate."""
     if series.channels is None:
         series.channels = frozenset(obs.values)
     problem = channel_problem(series.channels, obs.values)
+    step_ms = series.step_ms
     step = obs.ts_ms - obs.ts_ms % step_ms
     if problem is not None:
         return DeadLetter(record, *problem)
@@ -163,7 +182,7 @@ def ingest_batch(
     records: list[RawRecord],
     store: SeriesStore,
     dead_letters: Sink,
-    step_ms: int,
+    step_ms: int | None,
     policy: RecordPolicy,
     report: IngestReport,
 ) -> None:
@@ -174,7 +193,8 @@ def ingest_batch(
         if obs.series in unreadable:
             dead.append(invalid_letter(record, unreadable[obs.series]))
     accepted = [(record, obs) for record, obs in accepted if obs.series not in unreadable]
-    kept, refused, duplicates = admit(accepted, stored, step_ms, policy)
+    set_steps(stored, accepted, step_ms)
+    kept, refused, duplicates = admit(accepted, stored, policy)
     for letter in dead + refused:
         dead_letters.send_dead_letter(letter)
         report.dead_letters[letter.reason] += 1
@@ -190,14 +210,17 @@ def run_ingest(
     source: Source,
     store: SeriesStore,
     dead_letters: Sink,
-    freq: str,
+    freq: str | None,
     idle_s: float,
     policy: RecordPolicy = DEFAULT_POLICY,
     max_records: int | None = None,
 ) -> IngestReport:
-    """Ingest until ``idle_s`` pass without a record (or ``max_records`` are read)."""
+    """Ingest until ``idle_s`` pass without a record (or ``max_records`` are read).
+
+    Each series is stored on its own step, inferred from its readings; ``freq`` overrides it.
+    """
     report, progress = IngestReport(), Progress("ingest", max_records, logger)
-    idle, step_ms = IdleClock(idle_s), freq_to_ms(freq)
+    idle, step_ms = IdleClock(idle_s), freq_to_ms(freq) if freq else None
     while max_records is None or report.records_in < max_records:
         records = source.poll(POLL_TIMEOUT_S)
         if records:

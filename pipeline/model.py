@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -89,11 +90,14 @@ class ForecasterConfig:
 
     def serving_differences(self, other: ForecasterConfig) -> list[str]:
         """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
-        return [
+        differences = [
             f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in ("channels", "lookback", "horizon", "freq", "max_gap")
+            for name in ("channels", "lookback", "horizon", "max_gap")
             if getattr(self, name) != getattr(other, name)
         ]
+        if _step(self.freq) != _step(other.freq):  # "1h" and "h" are one step
+            differences.append(f"freq {self.freq!r} -> {other.freq!r}")
+        return differences
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "channels": list(self.channels)}
@@ -101,6 +105,10 @@ class ForecasterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForecasterConfig:
         return cls(**{**data, "channels": tuple(data["channels"])})
+
+
+def _step(freq: str) -> pd.Timedelta:
+    return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
 
 
 class InstanceNorm(nn.Module):

@@ -20,7 +20,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.records import RecordPolicy
-from pipeline.windows import SERIES, TS, channel_columns, deduplicate, regularize, window_starts
+from pipeline.windows import (
+    SERIES,
+    TS,
+    channel_columns,
+    deduplicate,
+    infer_step_ms,
+    regularize,
+    step_to_freq,
+    window_starts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +117,13 @@ class TrainingData:
 
     series: dict[str, pd.DataFrame]
     channels: tuple[str, ...]
+    freq: str  # the step the series share (pandas frequency)
     skipped: dict[str, str]  # series id -> reason
     repaired_rows: int  # rows dropped because the record policy refuses them
 
 
 def load_training_data(
-    store: SeriesStore, policy: RecordPolicy, freq: str, max_gap: int, span: int
+    store: SeriesStore, policy: RecordPolicy, freq: str | None, max_gap: int, span: int
 ) -> TrainingData:
     """Every stored series the record policy accepts, regularized, with a window of ``span``.
 
@@ -121,7 +131,8 @@ def load_training_data(
     (a value beyond the policy, a far-future step, a foreign channel) never fails a run:
 
     * rows the policy refuses (a store written before it, or by hand) are dropped;
-    * the model's channels are those of most series; a series with others is skipped;
+    * the model's channels are those of most series, and its step (``freq``, else inferred from
+      each series' readings) too; a series with other channels or another step is skipped;
     * a series with no gap-free stretch of ``span`` steps is skipped.
     """
     now_ms = int(time.time() * 1000)
@@ -131,17 +142,27 @@ def load_training_data(
         repaired += len(frame) - len(kept)
         frames[series_id] = kept
     channels = contract_channels(frames)
+    steps = {sid: freq or step_to_freq(_step_ms(frame)) for sid, frame in frames.items()}
+    shared = Counter(steps.values()).most_common(1)[0][0] if steps else (freq or "h")
     skipped: dict[str, str] = {}
     series: dict[str, pd.DataFrame] = {}
     for series_id, frame in frames.items():
-        reason = _regular_or_reason(frame, channels, freq, max_gap, span)
+        if steps[series_id] != shared:
+            skipped[series_id] = f"its step {steps[series_id]} is not the model's {shared}"
+            continue
+        reason = _regular_or_reason(frame, channels, shared, max_gap, span)
         if isinstance(reason, str):
             skipped[series_id] = reason
         else:
             series[series_id] = reason
     for series_id, reason in skipped.items():
         logger.warning("series %r left out of training: %s", series_id[:64], reason)
-    return TrainingData(series, channels, skipped, repaired)
+    return TrainingData(series, channels, shared, skipped, repaired)
+
+
+def _step_ms(frame: pd.DataFrame) -> int:
+    stamps = frame[TS].dt.as_unit("ms").astype("int64").to_numpy()
+    return infer_step_ms(stamps) or 3_600_000  # one reading: any step will do
 
 
 def policy_rows(frame: pd.DataFrame, policy: RecordPolicy, now_ms: int) -> pd.DataFrame:

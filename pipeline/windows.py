@@ -41,6 +41,48 @@ def freq_to_ms(freq: str) -> int:
     return int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) / pd.Timedelta(milliseconds=1))
 
 
+# Steps a series' spacing snaps to when it is within 10% of one (jittered clocks, lost records).
+COMMON_STEPS_MS = tuple(
+    int(pd.Timedelta(step) / pd.Timedelta(milliseconds=1))
+    for step in ("1s", "5s", "10s", "15s", "30s", "1min", "2min", "5min", "10min", "15min",
+                 "20min", "30min", "1h", "2h", "3h", "4h", "6h", "8h", "12h", "1D", "7D")
+)  # fmt: skip
+
+
+def infer_step_ms(ts_ms: np.ndarray) -> int | None:
+    """A series' step: the median spacing of its distinct timestamps, snapped to a common step.
+
+    None with fewer than two distinct timestamps. Irregular series get the step most of their
+    readings are apart; a step no common one is near is rounded to the second.
+
+    >>> hour = 3_600_000
+    >>> infer_step_ms(np.array([0, hour, 2 * hour, 5 * hour])), infer_step_ms(np.array([7]))
+    (3600000, None)
+    >>> infer_step_ms(np.array([0, 1_795_000, 3_610_000, 5_399_000]))  # half-hourly, jittered
+    1800000
+    """
+    distinct = np.unique(ts_ms)
+    if len(distinct) < 2:
+        return None
+    median = float(np.median(np.diff(distinct)))
+    nearest = min(COMMON_STEPS_MS, key=lambda step: abs(np.log(step / median)))
+    if abs(nearest - median) <= 0.1 * nearest:
+        return nearest
+    return max(1000, round(median / 1000) * 1000)
+
+
+def step_to_freq(step_ms: int) -> str:
+    """The pandas frequency string of a step.
+
+    >>> step_to_freq(3_600_000), step_to_freq(1_800_000), step_to_freq(86_400_000)
+    ('h', '30min', 'D')
+    """
+    days, rest = divmod(step_ms, 86_400_000)
+    if days and not rest:
+        return "D" if days == 1 else f"{days}D"
+    return str(pd.tseries.frequencies.to_offset(pd.Timedelta(milliseconds=step_ms)).freqstr)
+
+
 def format_timestamp(ts_ms: int) -> str:
     """ISO-8601 UTC with a ``Z`` suffix, the form every Rollcast message uses.
 

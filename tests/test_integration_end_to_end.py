@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 
@@ -176,3 +177,22 @@ def test_the_gate_refuses_a_challenger_that_loses_to_seasonal_naive(
     assert "margin_vs_seasonal_naive" in run.data.metrics
     with pytest.raises(Exception, match="no 'champion' alias"):
         load_champion(MlflowSettings())
+
+
+def test_a_half_hourly_fleet_is_stored_and_served_on_its_own_step(
+    rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
+) -> None:
+    spec = FleetSpec(n_series=2, n_steps=STEPS, freq="30min", gaps_per_series=0, seed=5)
+    fleet = synthetic_fleet(spec)
+
+    produced, ingested = stream_and_ingest(rollcast_env, fleet)
+    train_flow(epochs=1)
+    served = serve_flow(max_records=produced)
+
+    assert ingested["rows_written"] == produced == 2 * STEPS  # no reading merged into an hour
+    champion = load_champion(MlflowSettings())
+    assert champion.model.config.freq == "30min"
+    assert served["forecasts_out"] == 2 * (STEPS - LOOKBACK + 1)
+    messages = KafkaTransport(rollcast_env).read_topic(rollcast_env.topic_forecasts, expected=10)
+    steps = [parse_timestamp(s["ts"]) for s in json.loads(messages[0].value or b"{}")["forecast"]]
+    assert {b - a for a, b in itertools.pairwise(steps)} == {HOUR_MS // 2}

@@ -16,7 +16,9 @@ from pipeline.windows import (
     build_window_sets,
     deduplicate,
     freq_to_ms,
+    infer_step_ms,
     regularize,
+    step_to_freq,
     window_starts,
 )
 
@@ -459,3 +461,30 @@ def test_rolling_window_interpolates_a_gap_longer_than_lookback() -> None:
 
     assert [s.gap for s in window.placed()] == [Gap.NONE, Gap.FILLED]
     assert window.window()[:, 0].tolist() == [3.0, 4.0]
+
+
+# --- step inference -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("freq", "expected"), [("1h", "h"), ("30min", "30min"), ("1D", "D"), ("15min", "15min")]
+)
+def test_the_step_of_regular_data_is_its_frequency(freq: str, expected: str) -> None:
+    stamps = pd.date_range("2024-01-01", periods=50, freq=freq, tz="UTC")
+    ts_ms = stamps.as_unit("ms").asi8
+
+    assert step_to_freq(infer_step_ms(ts_ms) or 0) == expected
+
+
+def test_the_step_of_irregular_data_is_what_most_readings_are_apart() -> None:
+    rng = np.random.default_rng(0)
+    hours = np.arange(500) * 3_600_000
+    jittered = hours + rng.integers(-120_000, 120_000, size=500)  # clocks off by up to 2 min
+    with_holes = np.delete(jittered, rng.choice(500, size=80, replace=False))  # 16% lost
+
+    assert infer_step_ms(with_holes) == 3_600_000
+
+
+def test_a_step_near_no_common_one_is_kept_to_the_second() -> None:
+    assert infer_step_ms(np.arange(10) * 7_000) == 7_000
+    assert infer_step_ms(np.array([5, 5, 5])) is None

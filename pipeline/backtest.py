@@ -23,17 +23,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline import RollcastError
-from pipeline.evaluate import mae, mse, repeat_last, seasonal_naive
+from pipeline.evaluate import default_season, mae, mse, repeat_last, seasonal_naive
 from pipeline.forecast import predict
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.train import TrainConfig, fit
-from pipeline.windows import WindowSet, window_starts
+from pipeline.windows import WindowSet, infer_step_ms, window_starts
 
 logger = logging.getLogger(__name__)
 
 ETTH_BORDERS = (8640, 11520, 14400)  # 12, 16 and 20 months of 30 days of hours
 ETTM_STEPS_PER_HOUR = 4
-DAILY_SEASON = 24  # the seasonal-naive baseline's period, in hourly steps
+# The seasonal-naive period when the data has no timestamps to infer it from (hourly: a day).
+DAILY_SEASON = 24
 TRAINED_MODELS = ("lstm", "dlinear")
 NAIVE_MODELS = ("repeat_last", "seasonal_naive")
 MODELS = TRAINED_MODELS + NAIVE_MODELS
@@ -120,6 +121,7 @@ class BacktestSpec:
     seed: int = 0
     target: str = "OT"
     split: str = "test"  # "val" scores on validation, for choosing settings without the test
+    season: int | None = None  # seasonal-naive's period; None: a day of the data's steps
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -169,7 +171,8 @@ def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> Backt
     splits = ltsf_splits(values, borders, spec.lookback, spec.horizon)
     scored = splits.test if spec.split == "test" else splits.val
     if spec.model in NAIVE_MODELS:
-        predictions, details = _naive(spec, scored), _naive_details(spec)
+        season = spec.season or data_season(frame)
+        predictions, details = _naive(spec, scored, season), _naive_details(spec, season)
     else:
         predictions, details = _trained(spec, tuple(table.columns), splits, scored)
     targets = scored.targets
@@ -190,15 +193,24 @@ def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> Backt
     return BacktestResult(predictions, metrics)
 
 
-def _naive(spec: BacktestSpec, test: WindowSet) -> np.ndarray:
+def data_season(frame: pd.DataFrame) -> int:
+    """A day of the frame's steps, from its first time column (a week for daily data)."""
+    times = frame.select_dtypes(include=["datetime", "datetimetz"])
+    if times.empty:
+        return DAILY_SEASON
+    step_ms = infer_step_ms(times.iloc[:, 0].astype("datetime64[ms]").astype("int64").to_numpy())
+    return default_season(step_ms) if step_ms else DAILY_SEASON
+
+
+def _naive(spec: BacktestSpec, test: WindowSet, season: int) -> np.ndarray:
     if spec.model == "repeat_last":
         return repeat_last(test.inputs, spec.horizon)
-    return seasonal_naive(test.inputs, spec.horizon, DAILY_SEASON)
+    return seasonal_naive(test.inputs, spec.horizon, season)
 
 
-def _naive_details(spec: BacktestSpec) -> dict[str, Any]:
-    season = {"season": DAILY_SEASON} if spec.model == "seasonal_naive" else {}
-    config = {"architecture": spec.model, **season}
+def _naive_details(spec: BacktestSpec, season: int) -> dict[str, Any]:
+    seasons = {"season": season} if spec.model == "seasonal_naive" else {}
+    config = {"architecture": spec.model, **seasons}
     return {"epochs": 0, "device": "cpu", "model_config": config}
 
 
@@ -233,9 +245,9 @@ def _trained(
 
 
 def load_ltsf_csv(path: Path) -> pd.DataFrame:
-    """A benchmark CSV as it is: a date column first, then numeric columns, rows in time order."""
+    """A benchmark CSV: a date column first (parsed), then numeric columns, rows in time order."""
     if not path.exists():
         raise BacktestError(f"{path} does not exist")
     frame = pd.read_csv(path)
     date_column = "date" if "date" in frame.columns else frame.columns[0]
-    return frame.drop(columns=[date_column])
+    return frame.assign(**{date_column: pd.to_datetime(frame[date_column])})

@@ -15,6 +15,7 @@ from pipeline.backtest import (
     BacktestError,
     BacktestSpec,
     Borders,
+    data_season,
     fit_scaler,
     load_ltsf_csv,
     ltsf_borders,
@@ -170,3 +171,17 @@ def test_backtest_is_logged_to_mlflow_when_a_tracking_uri_is_set(
     assert run.data.params["model"] == "repeat_last"
     files = {a.path for a in client.list_artifacts(run.info.run_id, "backtest")}
     assert files == {"backtest/metrics.json", "backtest/predictions.npy"}
+
+
+@pytest.mark.parametrize(("freq", "season"), [("h", 24), ("30min", 48), ("D", 7)])
+def test_seasonal_naive_takes_its_period_from_the_data(freq: str, season: int) -> None:
+    dates = pd.date_range("2024-01-01", periods=400, freq=freq)
+    frame = pd.DataFrame({"date": dates, "OT": np.arange(400) % season * 1.0})
+
+    result = run_backtest(
+        frame, "custom", BacktestSpec("S", lookback=96, horizon=8, model="seasonal_naive")
+    )
+
+    assert data_season(frame) == season
+    assert result.metrics["model_config"]["season"] == season
+    assert result.metrics["mse"] == pytest.approx(0.0, abs=1e-12)  # the pattern repeats exactly

@@ -20,7 +20,14 @@ from pipeline.model import CheckpointError, ForecasterConfig, build_forecaster
 from pipeline.records import RecordPolicy
 from pipeline.store import SeriesStore, TrainingData, load_training_data
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
-from pipeline.windows import SERIES, TS, WindowSet, build_window_sets, freq_to_ms
+from pipeline.windows import (
+    SERIES,
+    TS,
+    WindowSet,
+    bounded_lookback,
+    build_window_sets,
+    freq_to_ms,
+)
 
 
 @task(cache_policy=NO_CACHE)
@@ -164,8 +171,10 @@ def train_flow(
     registry.configure(mlflow_settings, store)
 
     policy = (records or RecordSettings()).policy()
-    data = load_series(store, policy, model_settings.lookback + model_settings.horizon)
+    shortest_span = model_settings.segment_len + model_settings.horizon
+    data = load_series(store, policy, shortest_span)
     series = data.series
+    model_settings = sized_to_data(model_settings, data, train_settings.val_fraction)
     config = forecaster_config(model_settings, data, store)
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
@@ -194,6 +203,25 @@ def train_flow(
         "device": result.device,
         **card.as_metrics(),
     }
+
+
+def sized_to_data(
+    settings: ModelSettings, data: TrainingData, val_fraction: float
+) -> ModelSettings:
+    """The settings with a lookback the longest stored series can train with."""
+    longest = max(len(frame) for frame in data.series.values())
+    multiple = settings.segment_len if settings.architecture == "lstm" else 1
+    lookback = bounded_lookback(
+        settings.lookback, settings.horizon, longest, val_fraction, multiple
+    )
+    if lookback != settings.lookback:
+        get_run_logger().warning(
+            "lookback %d -> %d: the longest series has %d steps",
+            settings.lookback,
+            lookback,
+            longest,
+        )
+    return settings.model_copy(update={"lookback": lookback})
 
 
 def forecaster_config(

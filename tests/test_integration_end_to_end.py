@@ -196,3 +196,21 @@ def test_a_half_hourly_fleet_is_stored_and_served_on_its_own_step(
     messages = KafkaTransport(rollcast_env).read_topic(rollcast_env.topic_forecasts, expected=10)
     steps = [parse_timestamp(s["ts"]) for s in json.loads(messages[0].value or b"{}")["forecast"]]
     assert {b - a for a, b in itertools.pairwise(steps)} == {HOUR_MS // 2}
+
+
+def test_short_series_train_with_a_lookback_sized_to_them(
+    rollcast_env: KafkaSettings, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLCAST_PROMOTION_GATE", "false")
+    store = StoreSettings()
+    stamps = pd.date_range("2024-01-01", periods=150, freq="1h", tz="UTC")
+    loads = [[float(h % 24 + i) for h in range(150)] for i in range(2)]
+    frames = [pd.DataFrame({"series": f"s{i}", "ts": stamps, "load": loads[i]}) for i in range(2)]
+    from pipeline.store import SeriesStore
+
+    SeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
+
+    trained = train_flow(epochs=1)  # the defaults: lookback 96, horizon 24, segments of 24
+
+    assert trained["promoted"] is True
+    assert load_champion(MlflowSettings()).model.config.lookback == 24

@@ -33,12 +33,11 @@ from pipeline.windows import (
 @task(cache_policy=NO_CACHE)
 def load_series(store: StoreSettings, policy: RecordPolicy, span: int) -> TrainingData:
     """The stored series fit to train on; poisoned rows dropped, unfit series skipped."""
-    series_store = SeriesStore(store.store_dir)
-    if not series_store.series_ids():
+    data = load_training_data(SeriesStore(store.store_dir), policy, store.freq, store.max_gap, span)
+    if not data.series and not data.skipped:
         raise TrainingError(
             f"the series store {store.store_dir} is empty: run `rollcast ingest` first"
         )
-    data = load_training_data(series_store, policy, store.freq, store.max_gap, span)
     logger = get_run_logger()
     if data.repaired_rows:
         logger.warning("dropped %d stored rows the record policy refuses", data.repaired_rows)

@@ -101,8 +101,9 @@ def judge(card: Scorecard, champion_mse: float | None, gate: bool = True) -> Ver
     0.2
     """
     vs_naive = _margin(card.mse, card.seasonal_naive_mse)
-    has_champion = champion_mse is not None and math.isfinite(champion_mse)
-    vs_champion = _margin(card.mse, float(champion_mse or 0)) if has_champion else None
+    vs_champion = None
+    if champion_mse is not None and math.isfinite(champion_mse):
+        vs_champion = _margin(card.mse, champion_mse)
     if not math.isfinite(card.mse):
         return Verdict(False, "the challenger's MSE is not finite", vs_naive, vs_champion)
     if gate and not card.mse < card.seasonal_naive_mse:

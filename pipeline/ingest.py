@@ -37,7 +37,14 @@ from pipeline.records import (
 )
 from pipeline.store import SeriesStore
 from pipeline.transport import Sink, Source
-from pipeline.windows import SERIES, TS, channel_columns, freq_to_ms, infer_step_ms
+from pipeline.windows import (
+    SERIES,
+    TS,
+    channel_columns,
+    freq_to_ms,
+    infer_step_ms,
+    timestamps_ms,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +92,7 @@ class StoredSeries:
     def of(cls, frame: pd.DataFrame) -> StoredSeries:
         if frame.empty:
             return cls(frame, None, [])
-        steps = sorted(frame[TS].dt.as_unit("ms").astype("int64").tolist())
+        steps = sorted(timestamps_ms(frame).tolist())
         return cls(frame, frozenset(channel_columns(frame)), steps)
 
     def holds(self, step: int) -> bool:

@@ -28,6 +28,7 @@ from pipeline.windows import (
     infer_step_ms,
     regularize,
     step_to_freq,
+    timestamps_ms,
     window_starts,
 )
 
@@ -161,8 +162,7 @@ def load_training_data(
 
 
 def _step_ms(frame: pd.DataFrame) -> int:
-    stamps = frame[TS].dt.as_unit("ms").astype("int64").to_numpy()
-    return infer_step_ms(stamps) or 3_600_000  # one reading: any step will do
+    return infer_step_ms(timestamps_ms(frame)) or 3_600_000  # one reading: any step will do
 
 
 def policy_rows(frame: pd.DataFrame, policy: RecordPolicy, now_ms: int) -> pd.DataFrame:
@@ -170,7 +170,7 @@ def policy_rows(frame: pd.DataFrame, policy: RecordPolicy, now_ms: int) -> pd.Da
     values = frame[channel_columns(frame)].to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
         in_bounds = np.isfinite(values) & (np.abs(values) <= policy.max_abs_value)
-    stamps = frame[TS].dt.as_unit("ms").astype("int64").to_numpy()
+    stamps = timestamps_ms(frame)
     ok = in_bounds.all(axis=1) & (stamps <= now_ms + policy.max_ahead_ms)
     return frame[ok]
 

@@ -94,6 +94,11 @@ def format_timestamp(ts_ms: int) -> str:
     return text.replace("+00:00", "Z")
 
 
+def timestamps_ms(frame: pd.DataFrame) -> np.ndarray:
+    """A long frame's ``ts`` column as epoch milliseconds (int64)."""
+    return frame[TS].dt.as_unit("ms").astype("int64").to_numpy()
+
+
 def channel_columns(frame: pd.DataFrame) -> list[str]:
     """The value columns of a long frame, in sorted order."""
     return sorted(c for c in frame.columns if c not in (SERIES, TS))

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from poison import T0_MS, Poison, poisons, record_level
-from serve_harness import LOOKBACK, read_forecasts, register, step_of, tiny_model
+from serve_harness import LOOKBACK, produce, read_forecasts, register, step_of, tiny_model
 
 from pipeline.config import (
     IngestSettings,
@@ -92,16 +92,6 @@ def fresh_topics(kafka: KafkaSettings) -> KafkaSettings:
     return fresh
 
 
-def send(kafka: KafkaSettings, stream: list[tuple[bytes | None, bytes | None]]) -> None:
-    sink = KafkaTransport(kafka).sink()
-    try:
-        for key, value in stream:
-            sink.send_raw(kafka.topic_observations, key, value)
-        sink.flush()
-    finally:
-        sink.close()
-
-
 def expected_letters(mix: list[tuple[Poison, int]]) -> Counter[tuple[str, bytes | None]]:
     return Counter((p.reason, _cut(p.value)) for p, _ in mix)
 
@@ -135,7 +125,7 @@ def test_serve_and_ingest_survive_a_fuzzed_stream(
     kafka = fresh_topics(rollcast_env)
     register(tiny_model())
     stream = poisoned_stream(mix)
-    send(kafka, stream)
+    produce(kafka, stream)  # type: ignore[arg-type]
     run = uuid.uuid4().hex[:8]
     store = StoreSettings(data_dir=tmp_path_factory.mktemp("data"))
 

@@ -214,3 +214,12 @@ def test_short_series_train_with_a_lookback_sized_to_them(
 
     assert trained["promoted"] is True
     assert load_champion(MlflowSettings()).model.config.lookback == 24
+
+
+def test_training_on_an_empty_store_says_to_ingest_first(
+    rollcast_env: KafkaSettings, prefect_api: None
+) -> None:
+    from pipeline.train import TrainingError
+
+    with pytest.raises(TrainingError, match="is empty: run `rollcast ingest` first"):
+        train_flow(epochs=1)

@@ -10,12 +10,13 @@ Each field ``foo`` is read from ``ROLLCAST_FOO``. Settings are read once, at an 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.records import DEFAULT_MAX_RECORD_BYTES, FLOAT32_MAX, RecordPolicy
+from pipeline.windows import freq_to_ms
 
 ENV_PREFIX = "ROLLCAST_"
 
@@ -74,8 +75,20 @@ class StoreSettings(BaseSettings):
     # Each series' step is inferred from its readings (the median spacing); a pandas frequency
     # here ("1h", "30min") overrides it for every series.
     freq: str | None = None
+
     # Gaps of up to this many steps are interpolated; longer ones split the series.
     max_gap: int = 3
+
+    @field_validator("freq")
+    @classmethod
+    def _fixed_step(cls, freq: str | None) -> str | None:
+        """A step of fixed length ("30min", "1h", "1D"); months and the like are refused."""
+        if freq is not None:
+            try:
+                freq_to_ms(freq)
+            except ValueError as err:
+                raise ValueError(f"{freq!r} is not a fixed-length pandas frequency") from err
+        return freq
 
     @property
     def store_dir(self) -> Path:
@@ -156,7 +169,7 @@ class ServeSettings(BaseSettings):
     # Records per poll: one batch. Also the bound on records forecast twice after a crash.
     max_poll_records: int = 2000
     # Live series held; the least recently seen is dropped beyond this.
-    max_series: int = 100_000
+    max_series: Annotated[int, Field(ge=1)] = 100_000
     # Records re-read per gained partition to rebuild windows after a restart or rebalance.
     rewind_records: int = 50_000
     # How often the registry alias is checked for a new champion.
@@ -167,7 +180,7 @@ class ServeSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # Established series are never evicted by new keys: these are held apart, least recently
     # seen dropped first, until their window fills (a key flood churns only this pool).
-    max_new_series: int = 10_000
+    max_new_series: Annotated[int, Field(ge=1)] = 10_000
 
 
 class RecordSettings(BaseSettings):
@@ -178,13 +191,13 @@ class RecordSettings(BaseSettings):
 
     model_config = _settings_config()
 
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_record_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_RECORD_BYTES
     # A magnitude limit on every value; the default only asks for finite float32.
-    max_abs_value: float = FLOAT32_MAX
+    max_abs_value: Annotated[float, Field(gt=0)] = FLOAT32_MAX
     # How far past the stream's time (when a record was produced) its timestamp may lie.
-    max_ahead_s: float = 24 * 3600.0
+    max_ahead_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 24 * 3600.0
     # Steps of event time a step waits for out-of-order records; older ones are `late`.
-    grace_steps: int = 0
+    grace_steps: Annotated[int, Field(ge=0)] = 0
 
     def policy(self) -> RecordPolicy:
         return RecordPolicy(

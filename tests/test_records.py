@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
-from pipeline.config import RecordSettings
+from pipeline.config import RecordSettings, ServeSettings, StoreSettings
 from pipeline.records import (
     BAD_CHANNEL,
     BAD_SERIES,
@@ -426,3 +427,40 @@ def test_record_settings_build_the_policy_from_the_environment(
 
     assert (policy.max_ahead_ms, policy.max_abs_value, policy.grace_steps) == (60_000, 1e9, 2)
     assert policy.max_record_bytes == RecordPolicy().max_record_bytes
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ROLLCAST_MAX_AHEAD_S", "-1"),
+        ("ROLLCAST_MAX_AHEAD_S", "nan"),
+        ("ROLLCAST_MAX_ABS_VALUE", "0"),
+        ("ROLLCAST_GRACE_STEPS", "-2"),
+        ("ROLLCAST_MAX_RECORD_BYTES", "0"),
+    ],
+)
+def test_a_nonsensical_bound_is_refused_when_settings_are_read(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ValidationError, match=variable.removeprefix("ROLLCAST_").lower()):
+        RecordSettings()
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "value"),
+    [
+        (ServeSettings, "ROLLCAST_MAX_NEW_SERIES", "0"),
+        (ServeSettings, "ROLLCAST_MAX_SERIES", "0"),
+        (StoreSettings, "ROLLCAST_FREQ", "MS"),  # months have no fixed length
+        (StoreSettings, "ROLLCAST_FREQ", "hourly"),
+    ],
+)
+def test_serve_and_store_settings_refuse_what_would_break_the_loops(
+    monkeypatch: pytest.MonkeyPatch, settings: type, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ValidationError):
+        settings()

@@ -42,11 +42,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(job.pop("threads"))
     job.pop("first_seed")
-    from pipeline.backtest import BacktestSpec, load_ltsf_csv, recommended, run_backtest
+    from pipeline.backtest import BacktestSpec, load_ltsf_csv, run_backtest
 
     frame, dataset = load_ltsf_csv(Path(job.pop("path"))), job.pop("dataset")
-    lookback = job.pop("lookback") or recommended(job["horizon"], job["model"])[0]
-    return run_backtest(frame, dataset, BacktestSpec(lookback=lookback, **job)).metrics
+    return run_backtest(frame, dataset, BacktestSpec(**job)).metrics
 
 
 def key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -193,11 +192,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--baseline-seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--lookback", type=int, help="default: the recommended one per model")
+    parser.add_argument("--lookback", type=int, help="default: the model's, cut to the data")
     parser.add_argument(
         "--model-overrides", default="{}", help="JSON, e.g. '{\"hidden_size\": 128}'"
     )
-    parser.add_argument("--train-overrides", default="{}", help="JSON, e.g. '{\"epochs\": 5}'")
+    parser.add_argument("--train-overrides", default="{}", help="JSON, e.g. '{\"max_steps\": 400}'")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument(

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--series", type=int, default=8, help="synthetic series (default 8)")
     demo.add_argument("--records", type=int, default=16_000, help="records in all (default 16000)")
     demo.add_argument("--data", type=Path, help="replay this CSV instead of the synthetic fleet")
-    demo.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    demo.add_argument("--max-steps", type=int, help="training steps (default: the train flow's)")
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     demo.set_defaults(handler=cmd_demo)
 
@@ -64,20 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=cmd_ingest)
 
     train = commands.add_parser("train", help="run the train flow once")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int, help="optimizer steps at most")
+    train.add_argument("--tuned", type=Path, help="a tuned config written by `rollcast tune`")
     train.set_defaults(handler=cmd_train)
+
+    tune = commands.add_parser(
+        "tune", help="search shapes and training settings on the store's validation windows"
+    )
+    tune.add_argument("--trials", type=int, help="trials at most (default 20)")
+    tune.add_argument("--timeout-s", type=float, help="stop starting trials after this long")
+    tune.set_defaults(handler=cmd_tune)
 
     backtest = commands.add_parser("backtest", help="run the LTSF benchmark protocol on a CSV")
     backtest.add_argument("--data", type=Path, required=True, help="CSV: a date column, numbers")
     backtest.add_argument("--features", choices=["M", "S"], default="M")
     backtest.add_argument("--horizon", type=int, default=96)
-    backtest.add_argument("--lookback", type=int, help="default: the recommended one")
+    backtest.add_argument("--lookback", type=int, help="default: the model's, cut to the data")
     backtest.add_argument(
         "--model", default="lstm", help="lstm, dlinear, repeat_last, seasonal_naive"
     )
     backtest.add_argument("--target", default="OT", help="the S setting's column (default OT)")
     backtest.add_argument("--seed", type=int, default=0)
-    backtest.add_argument("--epochs", type=int, help="override the recommended epochs")
+    backtest.add_argument("--max-steps", type=int, help="override the training step budget")
     backtest.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     backtest.set_defaults(handler=cmd_backtest)
 
@@ -98,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(args: argparse.Namespace) -> None:
     from flows.demo import DemoOptions, run_demo, summary_dict
 
-    summary = run_demo(DemoOptions(args.series, args.records, args.data, args.epochs))
+    summary = run_demo(DemoOptions(args.series, args.records, args.data, args.max_steps))
     print("\nRollcast demo\n" + "\n".join("  " + line for line in summary.lines()))
     if args.json:
         print(json.dumps(summary_dict(summary)))
@@ -172,24 +180,32 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     tie_temporary_server()
 
-    print(json.dumps(train_flow(epochs=args.epochs)))
+    print(json.dumps(train_flow(max_steps=args.max_steps, tuned_config=args.tuned)))
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from flows.prefect_server import tie_temporary_server
+    from flows.tune import tune_flow
+
+    tie_temporary_server()
+
+    print(json.dumps(tune_flow(trials=args.trials, timeout_s=args.timeout_s)))
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from pipeline.backtest import BacktestSpec, load_ltsf_csv, recommended, run_backtest
+    from pipeline.backtest import BacktestSpec, load_ltsf_csv, run_backtest
     from pipeline.config import MlflowSettings
 
-    lookback = args.lookback or recommended(args.horizon, args.model)[0]
     spec = BacktestSpec(
         features=args.features,
-        lookback=lookback,
+        lookback=args.lookback,
         horizon=args.horizon,
         model=args.model,
         seed=args.seed,
         target=args.target,
-        train_overrides={} if args.epochs is None else {"epochs": args.epochs},
+        train_overrides={} if args.max_steps is None else {"max_steps": args.max_steps},
     )
     result = run_backtest(load_ltsf_csv(args.data), args.data.stem, spec)
     args.out.mkdir(parents=True, exist_ok=True)

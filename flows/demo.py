@@ -28,7 +28,7 @@ class DemoOptions:
     series: int = 8
     records: int = 16_000  # in all, spread evenly over the series
     data: Path | None = None
-    epochs: int = 8
+    max_steps: int | None = None  # None: the training default
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,9 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         transport.create_topics(transport.topics.all(), kafka.topic_partitions)
         produced = produce(transport, observation_frame(options))
         ingested = ingest_flow(max_records=produced, kafka=kafka, store=store)
-        trained = train_flow(epochs=options.epochs, store=store, mlflow_settings=mlflow_settings)
+        trained = train_flow(
+            max_steps=options.max_steps, store=store, mlflow_settings=mlflow_settings
+        )
         require_champion(trained, mlflow_settings)
         served = serve_flow(
             max_records=produced, kafka=kafka, store=store, mlflow_settings=mlflow_settings
@@ -102,7 +104,7 @@ def require_champion(trained: dict, mlflow_settings: MlflowSettings) -> None:
         f"version {trained['version']} was not promoted: its validation MSE "
         f"{trained['val_mse']:.4f} does not beat seasonal-naive's "
         f"{trained['val_seasonal_naive_mse']:.4f}, so there is no champion to serve. "
-        "Train longer (--epochs) or set ROLLCAST_PROMOTION_GATE=false."
+        "Train longer (--max-steps) or set ROLLCAST_PROMOTION_GATE=false."
     )
 
 

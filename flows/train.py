@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -144,7 +148,7 @@ def input_example(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> 
 
 @flow(name="rollcast-train")
 def train_flow(
-    epochs: int | None = None,
+    max_steps: int | None = None,
     lookback: int | None = None,
     horizon: int | None = None,
     hidden_size: int | None = None,
@@ -153,20 +157,31 @@ def train_flow(
     model_settings: ModelSettings | None = None,
     train_settings: TrainSettings | None = None,
     records: RecordSettings | None = None,
+    tuned_config: Path | None = None,
 ) -> dict[str, object]:
     """Train a challenger on the whole store and promote it if it beats the champion.
 
-    Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do;
-    ``epochs``, ``lookback``, ``horizon`` and ``hidden_size`` override them.
+    Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
+    A tuned config (``tuned_config``, else ``ROLLCAST_TUNED_CONFIG``) overrides them, and with
+    ``ROLLCAST_TUNE_TRIALS`` > 0 a search runs first and its best config is used;
+    ``max_steps``, ``lookback``, ``horizon`` and ``hidden_size`` override them all.
     """
+    store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
+    model_settings, train_settings = (
+        model_settings or ModelSettings(),
+        train_settings or TrainSettings(),
+    )
+    tuned_config = tuned_config or train_settings.tuned_config
+    if train_settings.tune_trials and tuned_config is None:
+        tuned_config = search_first(store, mlflow_settings, model_settings, train_settings, records)
+    if tuned_config is not None:
+        model_settings, train_settings = with_tuned(model_settings, train_settings, tuned_config)
     overrides = {"lookback": lookback, "horizon": horizon, "hidden_size": hidden_size}
-    model_settings = (model_settings or ModelSettings()).model_copy(
+    model_settings = model_settings.model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
     )
-    train_settings = train_settings or TrainSettings()
-    if epochs is not None:
-        train_settings = train_settings.model_copy(update={"epochs": epochs})
-    store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
+    if max_steps is not None:
+        train_settings = train_settings.model_copy(update={"max_steps": max_steps})
     registry.configure(mlflow_settings, store)
 
     policy = (records or RecordSettings()).policy()
@@ -198,7 +213,8 @@ def train_flow(
         "model_name": mlflow_settings.model_name,
         "version": logged.version,
         "promoted": promoted,
-        "epochs": len(result.history),
+        "steps": result.steps,
+        "best_step": result.best_step,
         "device": result.device,
         **card.as_metrics(),
     }
@@ -207,20 +223,62 @@ def train_flow(
 def sized_to_data(
     settings: ModelSettings, data: TrainingData, val_fraction: float
 ) -> ModelSettings:
-    """The settings with a lookback the longest stored series can train with."""
+    """The settings with a lookback (and segment) the longest stored series can train with."""
     longest = max(len(frame) for frame in data.series.values())
-    multiple = settings.segment_len if settings.architecture == "lstm" else 1
-    lookback = bounded_lookback(
-        settings.lookback, settings.horizon, longest, val_fraction, multiple
-    )
-    if lookback != settings.lookback:
-        get_run_logger().warning(
-            "lookback %d -> %d: the longest series has %d steps",
+    room = bounded_lookback(settings.lookback, settings.horizon, longest, val_fraction)
+    segment = min(settings.segment_len, room) if settings.architecture == "lstm" else 1
+    lookback = max(room // segment * segment, segment)
+    if (lookback, segment) != (settings.lookback, settings.segment_len):
+        get_run_logger().info(
+            "lookback %d -> %d (segments of %d steps): the longest series has %d steps",
             settings.lookback,
             lookback,
+            segment,
             longest,
         )
-    return settings.model_copy(update={"lookback": lookback})
+    update = {"lookback": lookback}
+    if settings.architecture == "lstm":
+        update["segment_len"] = segment
+    return settings.model_copy(update=update)
+
+
+def search_first(
+    store: StoreSettings,
+    mlflow_settings: MlflowSettings,
+    model_settings: ModelSettings,
+    train_settings: TrainSettings,
+    records: RecordSettings | None,
+) -> Path:
+    """Run the tune flow (``ROLLCAST_TUNE_TRIALS`` trials) and return its tuned config."""
+    from flows.tune import tune_flow  # the tune flow builds on this module's tasks
+
+    tuned = tune_flow(
+        store=store,
+        mlflow_settings=mlflow_settings,
+        model_settings=model_settings,
+        train_settings=train_settings,
+        records=records,
+    )
+    return Path(tuned["tuned_config"])
+
+
+def with_tuned(
+    model_settings: ModelSettings, train_settings: TrainSettings, path: Path
+) -> tuple[ModelSettings, TrainSettings]:
+    """The settings with a tuned config's overrides (see ``rollcast tune``) applied."""
+    try:
+        tuned: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"cannot read the tuned config {path}: {err}") from err
+    get_run_logger().info("using the tuned config %s: %s", path, tuned)
+    return (
+        ModelSettings.model_validate(
+            {**model_settings.model_dump(), **tuned.get("model_settings", {})}
+        ),
+        TrainSettings.model_validate(
+            {**train_settings.model_dump(), **tuned.get("train_settings", {})}
+        ),
+    )
 
 
 def forecaster_config(
@@ -234,5 +292,9 @@ def forecaster_config(
     return ForecasterConfig(channels=channels, freq=data.freq, max_gap=store.max_gap, **shape)
 
 
+# Train-flow settings that are not the engine's.
+FLOW_ONLY = {"val_fraction", "promotion_gate", "tuned_config", "tune_trials", "tune_timeout_s"}
+
+
 def train_config_from(settings: TrainSettings) -> TrainConfig:
-    return TrainConfig(**settings.model_dump(exclude={"val_fraction", "promotion_gate"}))
+    return TrainConfig(**settings.model_dump(exclude=FLOW_ONLY))

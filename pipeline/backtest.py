@@ -115,7 +115,7 @@ def select_features(frame: pd.DataFrame, features: str, target: str = "OT") -> p
 @dataclass(frozen=True)
 class BacktestSpec:
     features: str = "M"
-    lookback: int = 720
+    lookback: int | None = None  # None: the model's default, cut to fit the data
     horizon: int = 96
     model: str = "lstm"
     seed: int = 0
@@ -132,31 +132,42 @@ class BacktestResult:
     metrics: dict[str, Any]
 
 
-def recommended(horizon: int, model: str = "lstm") -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """The lookback, model and training settings Rollcast stands behind for a horizon.
+# The DLinear paper's ETTh recipe, a baseline's own: L=336, Adam at lr 0.005 halved every pass,
+# batch 32, at most 10 passes with patience 3.
+DLINEAR_LOOKBACK = 336
+DLINEAR_TRAINING: dict[str, Any] = {
+    "learning_rate": 5e-3,
+    "batch_size": 32,
+    "max_steps": 1_000_000,
+    "max_epochs": 10,
+    "eval_every": None,
+    "patience": 3,
+    "schedule": "halving",
+    "weight_decay": 0.0,
+}
 
-    Chosen on the validation split of ETTh1 only (see BENCHMARKS.md); the test split was not
-    looked at to choose them.
+
+def default_lookback(model: str) -> int:
+    """The longest lookback a backtest gives ``model``: Rollcast's default, DLinear's own."""
+    return DLINEAR_LOOKBACK if model == "dlinear" else ForecasterConfig(channels=()).lookback
+
+
+def fitted_lookback(spec: BacktestSpec, borders: Borders) -> int:
+    """The spec's lookback (or the model's default) cut so a window fits half the training rows.
+
+    >>> fitted_lookback(BacktestSpec(horizon=96), Borders(8640, 11520, 14400))
+    720
+    >>> fitted_lookback(BacktestSpec(horizon=192), Borders(1598, 1827, 2284))
+    576
     """
-    if model == "dlinear":
-        # The DLinear paper's ETTh recipe: Adam, lr 0.005 halved every epoch, batch 32.
-        dlinear = {"learning_rate": 5e-3, "batch_size": 32, "epochs": 10, "patience": 3}
-        return 336, {}, {**dlinear, "schedule": "halving", "weight_decay": 0.0}
-    lstm = {
-        "cell": "lstm",
-        "hidden_size": 256,
-        "num_layers": 1,
-        "segment_len": 48,
-        "dropout": 0.5,
-        "norm": "last",
-        "channel_independent": True,
-        "decoder": "pmf",
-    }
-    # 4 epochs fits a 2-core CPU; 8 epochs scored no better on validation (BENCHMARKS.md).
-    # L1 loss scored best on validation at H=96, MSE loss at H=192, 336 and 720.
-    loss = "l1" if horizon <= 96 else "mse"
-    train = {"learning_rate": 1e-3, "batch_size": 256, "epochs": 4, "patience": 3, "loss": loss}
-    return 720, lstm, train
+    lookback = spec.lookback or default_lookback(spec.model)
+    multiple = _shape(spec).segment_len if spec.model == "lstm" else 1
+    room = borders.train_end // 2 - spec.horizon
+    return max(min(lookback, room) // multiple * multiple, multiple)
+
+
+def _shape(spec: BacktestSpec) -> ForecasterConfig:
+    return ForecasterConfig(channels=(), architecture=spec.model, **spec.model_overrides)
 
 
 def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> BacktestResult:
@@ -167,20 +178,23 @@ def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> Backt
     table = select_features(frame, spec.features, spec.target)
     raw = table.to_numpy(dtype=np.float64)
     borders = ltsf_borders(len(raw), dataset)
+    lookback = fitted_lookback(spec, borders)
+    spec = replace(spec, lookback=lookback)
     values = fit_scaler(raw, borders.train_end).transform(raw)
-    splits = ltsf_splits(values, borders, spec.lookback, spec.horizon)
+    splits = ltsf_splits(values, borders, lookback, spec.horizon)
     scored = splits.test if spec.split == "test" else splits.val
     if spec.model in NAIVE_MODELS:
         season = spec.season or data_season(frame)
         predictions, details = _naive(spec, scored, season), _naive_details(spec, season)
     else:
-        predictions, details = _trained(spec, tuple(table.columns), splits, scored)
+        config = replace(_shape(spec), channels=tuple(table.columns), lookback=lookback)
+        predictions, details = _trained(spec, replace(config, horizon=spec.horizon), splits, scored)
     targets = scored.targets
     metrics = {
         "dataset": dataset,
         "model": spec.model,
         "features": spec.features,
-        "lookback": spec.lookback,
+        "lookback": lookback,
         "horizon": spec.horizon,
         "seed": spec.seed,
         "split": spec.split,
@@ -211,30 +225,22 @@ def _naive(spec: BacktestSpec, test: WindowSet, season: int) -> np.ndarray:
 def _naive_details(spec: BacktestSpec, season: int) -> dict[str, Any]:
     seasons = {"season": season} if spec.model == "seasonal_naive" else {}
     config = {"architecture": spec.model, **seasons}
-    return {"epochs": 0, "device": "cpu", "model_config": config}
+    return {"steps": 0, "device": "cpu", "model_config": config}
 
 
 def _trained(
-    spec: BacktestSpec, channels: tuple[str, ...], splits: Splits, scored: WindowSet
+    spec: BacktestSpec, config: ForecasterConfig, splits: Splits, scored: WindowSet
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    _, model_defaults, train_defaults = recommended(spec.horizon, spec.model)
-    config = ForecasterConfig(
-        channels=channels,
-        lookback=spec.lookback,
-        horizon=spec.horizon,
-        architecture=spec.model,
-        **{**model_defaults, **spec.model_overrides},
-    )
-    train_config = replace(
-        TrainConfig(seed=spec.seed), **{**train_defaults, **spec.train_overrides}
-    )
+    recipe = DLINEAR_TRAINING if spec.model == "dlinear" else {}
+    train_config = replace(TrainConfig(seed=spec.seed), **{**recipe, **spec.train_overrides})
     model = build_forecaster(config, seed=spec.seed)
     result = fit(model, splits.train, splits.val, train_config)
     predictions = predict(model, scored.inputs, batch_size=train_config.batch_size)
     details = {
         "val_loss": result.best_val_loss,
-        "epochs": len(result.history),
-        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "epochs": round(result.history[-1].epoch, 2),
         "device": result.device,
         "train_samples_per_s": round(result.samples_per_s, 1),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.model import ForecasterConfig
 from pipeline.records import DEFAULT_MAX_RECORD_BYTES, FLOAT32_MAX, RecordPolicy
+from pipeline.train import TrainConfig
 from pipeline.windows import freq_to_ms
 
 ENV_PREFIX = "ROLLCAST_"
@@ -106,23 +108,30 @@ class MlflowSettings(BaseSettings):
     champion_alias: str = "champion"
 
 
+# The forecaster's shape and training defaults are defined once, on the dataclasses the core
+# uses; the settings below only read them.
+SHAPE = ForecasterConfig(channels=())
+TRAINING = TrainConfig()
+
+
 class ModelSettings(BaseSettings):
-    """Shape of the forecaster trained by the train flow."""
+    """Shape of the forecaster trained by the train flow (defaults: :class:`ForecasterConfig`)."""
 
     model_config = _settings_config()
 
-    lookback: int = 96
-    horizon: int = 24
+    # The longest lookback tried; the train flow shortens it to what the data can train with.
+    lookback: Annotated[int, Field(ge=1)] = SHAPE.lookback
+    horizon: Annotated[int, Field(ge=1)] = SHAPE.horizon
     architecture: Literal["lstm", "dlinear"] = "lstm"
     cell: Literal["lstm", "gru"] = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 2
-    dropout: float = 0.1
-    bidirectional: bool = False
+    hidden_size: Annotated[int, Field(ge=1)] = SHAPE.hidden_size
+    num_layers: Annotated[int, Field(ge=1)] = SHAPE.num_layers
+    dropout: Annotated[float, Field(ge=0, lt=1)] = SHAPE.dropout
+    bidirectional: bool = SHAPE.bidirectional
     norm: Literal["last", "mean", "none"] = "last"
-    channel_independent: bool = True
-    # Steps per input and output segment: a day of hourly data; lookback must be a multiple.
-    segment_len: int = 24
+    channel_independent: bool = SHAPE.channel_independent
+    # Steps per input and output segment; lookback is cut to a multiple of it.
+    segment_len: Annotated[int, Field(ge=1)] = SHAPE.segment_len
     decoder: Literal["pmf", "linear"] = "pmf"
     # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
     # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
@@ -130,23 +139,29 @@ class ModelSettings(BaseSettings):
 
 
 class TrainSettings(BaseSettings):
-    """Optimisation settings of the train flow."""
+    """Optimisation settings of the train flow (defaults: :class:`TrainConfig`)."""
 
     model_config = _settings_config()
 
-    epochs: int = 30
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    patience: int = 5
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"
+    max_steps: Annotated[int, Field(ge=1)] = TRAINING.max_steps
+    eval_every: Annotated[int, Field(ge=1)] | None = TRAINING.eval_every
+    patience: Annotated[int, Field(ge=1)] = TRAINING.patience
+    batch_size: Annotated[int, Field(ge=1)] = TRAINING.batch_size
+    learning_rate: Annotated[float, Field(gt=0)] = TRAINING.learning_rate
+    weight_decay: Annotated[float, Field(ge=0)] = TRAINING.weight_decay
+    grad_clip: Annotated[float, Field(gt=0)] = TRAINING.grad_clip
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    seed: int = TRAINING.seed
+    device: str = TRAINING.device
     loss: Literal["mse", "l1"] = "mse"
     schedule: Literal["cosine", "halving"] = "cosine"
     # A challenger must beat seasonal-naive on the validation windows to become champion.
     promotion_gate: bool = True
+    # A JSON file of tuned settings (written by `rollcast tune`) that override the ones above.
+    tuned_config: Path | None = None
+    # Optuna trials the train flow runs before training (0: none; see `rollcast tune`).
+    tune_trials: Annotated[int, Field(ge=0)] = 0
+    tune_timeout_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class IngestSettings(BaseSettings):

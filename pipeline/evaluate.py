@@ -133,6 +133,8 @@ def default_season(step_ms: int) -> int:
         return day_ms // step_ms
     if step_ms == day_ms:
         return 7
+    if step_ms == 7 * day_ms:
+        return 52  # a year of weeks
     return 1
 
 

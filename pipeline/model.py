@@ -59,22 +59,29 @@ class CheckpointError(RollcastError):
 
 @dataclass(frozen=True)
 class ForecasterConfig:
-    """Everything needed to rebuild a network, and what it expects of its input."""
+    """Everything needed to rebuild a network, and what it expects of its input.
+
+    The defaults are the shape Rollcast stands behind, and the one place it is defined: the
+    train flow's settings, the backtest, the tuner's starting point and the benchmarks read
+    them. They follow SegRNN's published scripts (lss-1138/SegRNN: lookback 720, 48-step
+    segments, dropout 0.5, one recurrent layer), with hidden 256 chosen on ETTh1's validation
+    split (BENCHMARKS.md). The train flow shortens the lookback for short series.
+    """
 
     channels: tuple[str, ...]
-    lookback: int = 96
+    lookback: int = 720
     horizon: int = 24
     freq: str = "1h"
     # "lstm": StackedLSTMForecaster; "dlinear": DLinear; "repeat_last"; "seasonal_naive"
     architecture: str = "lstm"
     cell: str = "lstm"  # or "gru"
-    hidden_size: int = 128
+    hidden_size: int = 256
     num_layers: int = 1
-    dropout: float = 0.1
+    dropout: float = 0.5
     bidirectional: bool = False
     norm: str = "last"  # "last": subtract the window's last value; "mean": its mean; "none"
     channel_independent: bool = True
-    segment_len: int = 1  # steps per input/output segment; 1 = step by step
+    segment_len: int = 48  # steps per input/output segment; 1 = step by step
     decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
     season: int = 24  # the seasonal-naive period in steps
     # The gap policy the training windows were built with; inference fills gaps the same way.

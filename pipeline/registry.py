@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -34,6 +36,9 @@ from pipeline.forecast import LoadedForecaster, example_history, forecast_frame,
 from pipeline.model import Forecaster, load_checkpoint, save_checkpoint
 from pipeline.train import TrainConfig, TrainResult
 from pipeline.windows import WindowSet
+
+if TYPE_CHECKING:  # Optuna is loaded by the search alone, not by serve
+    from pipeline.tuning import SearchResult, TrialRecord
 
 logger = logging.getLogger(__name__)
 
@@ -127,17 +132,18 @@ def log_training_run(
     example: pd.DataFrame,
     data_params: dict[str, Any],
 ) -> LoggedVersion:
-    """Log params, per-epoch losses, metrics, plots and the model; register a new version."""
+    """Log params, the losses at each validation, metrics, plots and the model; register it."""
     with mlflow.start_run(run_name=f"train-{settings.model_name}") as run:
         mlflow.log_params(_params(result.model, train_config, data_params))
         for stats in result.history:
             mlflow.log_metrics(
-                {"train_loss": stats.train_loss, "val_loss": stats.val_loss}, step=stats.epoch
+                {"train_loss": stats.train_loss, "val_loss": stats.val_loss}, step=stats.step
             )
         mlflow.log_metrics(
             {
                 **card.as_metrics(),
-                "best_epoch": result.best_epoch,
+                "best_step": result.best_step,
+                "steps": result.steps,
                 "samples_per_s": result.samples_per_s,
             }
         )
@@ -148,6 +154,56 @@ def log_training_run(
         "logged run %s, registered %s version %s", run.info.run_id, settings.model_name, version
     )
     return LoggedVersion(run.info.run_id, version)
+
+
+@contextmanager
+def search_run(name: str, params: dict[str, Any]) -> Iterator[str]:
+    """The parent run of a search; yields its id. Trials are logged as its children."""
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tag("rollcast.kind", "search")
+        mlflow.log_params(params)
+        yield run.info.run_id
+
+
+def log_trial(record: TrialRecord) -> None:
+    """One trial as a child run of the active search run: its candidate, curve and outcome."""
+    with mlflow.start_run(run_name=f"trial-{record.number}", nested=True):
+        mlflow.log_params(record.candidate.as_params())
+        mlflow.set_tag("rollcast.trial_state", record.state)
+        for stats in record.history:
+            mlflow.log_metric("val_mse", stats.val_mse, step=stats.step)
+        mlflow.log_metrics({"final_val_mse": record.val_mse, "seconds": record.seconds})
+
+
+def log_search_result(result: SearchResult, tuned: dict[str, Any]) -> None:
+    """The best trial on the active search run, and the reusable config as an artifact."""
+    mlflow.log_params({f"best.{k}": v for k, v in result.best.candidate.as_params().items()})
+    mlflow.log_metrics(
+        {
+            "best_val_mse": result.best.val_mse,
+            "trials": len(result.trials),
+            "pruned_trials": result.pruned,
+        }
+    )
+    mlflow.log_dict(tuned, "tuned_config.json")
+    mlflow.log_figure(search_figure(result), "plots/search.png")
+
+
+def search_figure(result: SearchResult) -> plt.Figure:
+    """Each trial's validation MSE in order, pruned trials hollow, the best one marked."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for record in (r for r in result.trials if np.isfinite(r.val_mse)):
+        filled = record.state == "complete"
+        ax.scatter(
+            record.number,
+            record.val_mse,
+            facecolors="C0" if filled else "none",
+            edgecolors="C0",
+        )
+    ax.scatter(result.best.number, result.best.val_mse, color="C3", marker="*", s=150)
+    ax.set(xlabel="trial", ylabel="validation MSE", yscale="log", title="Search (hollow: pruned)")
+    fig.tight_layout()
+    return fig
 
 
 def register_checkpoint(settings: MlflowSettings, model: Forecaster, source: str) -> str:
@@ -197,11 +253,11 @@ def _pip_requirements() -> list[str]:
 
 def loss_figure(result: TrainResult) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [s.epoch for s in result.history]
-    ax.plot(epochs, [s.train_loss for s in result.history], label="train")
-    ax.plot(epochs, [s.val_loss for s in result.history], label="validation")
-    ax.axvline(result.best_epoch, color="grey", linestyle=":", label="best epoch")
-    ax.set(xlabel="epoch", ylabel="MSE (scaled)", yscale="log", title="Training loss")
+    steps = [s.step for s in result.history]
+    ax.plot(steps, [s.train_loss for s in result.history], label="train")
+    ax.plot(steps, [s.val_loss for s in result.history], label="validation")
+    ax.axvline(result.best_step, color="grey", linestyle=":", label="best validation")
+    ax.set(xlabel="optimizer step", ylabel="loss (scaled)", yscale="log", title="Training loss")
     ax.legend()
     fig.tight_layout()
     return fig

@@ -1,17 +1,25 @@
-"""The training engine: device, precision, clipping, early stopping. No MLflow here.
+"""The training engine: device, precision, clipping, a step budget, early stopping. No MLflow here.
+
+Training is measured in optimizer steps, not epochs, so a short series and a long one both get
+a trained model: a 4,000-step series passes over its windows dozens of times within the budget,
+ETTh1's 8,500 windows about seven times. Validation runs every ``eval_every`` steps; the weights
+of the best validation are kept, and training stops after ``patience`` validations without a
+better one.
 
 The series values are moved to the device once and every mini-batch is gathered from them by
 index (``starts[:, None] + arange(L + H)``): no per-sample DataLoader, and no copy of each
 window, which matters at lookback 720.
-Progress is reported through ``on_epoch`` (the train flow logs it to MLflow) and the logger.
+Progress is reported through ``on_eval`` (the train flow logs it to MLflow, the tuner prunes
+with it) and the logger.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,34 +38,72 @@ class TrainingError(RollcastError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    """How a forecaster is trained. These defaults are the ones Rollcast stands behind.
+
+    The step budget is about seven passes over ETTh1's training windows (where four scored as
+    well as eight, BENCHMARKS.md) and thirty over a 4,000-step series; early stopping ends most
+    runs sooner.
+    """
+
+    max_steps: int = 250  # optimizer steps at most; the cosine schedule spans them
+    max_epochs: float | None = None  # also stop after this many passes over the windows
+    eval_every: int | None = 25  # steps between validations; None: once per pass
+    patience: int = 4  # validations without a better loss before stopping
     batch_size: int = 256
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 1.0  # max global L2 norm of the gradients
-    patience: int = 5  # epochs without a better validation loss before stopping
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
     loss: str = "mse"  # or "l1", which is less swayed by spikes
-    schedule: str = "cosine"  # or "halving": the rate halves every epoch (DLinear's recipe)
+    schedule: str = "cosine"  # or "halving": the rate halves every pass (DLinear's recipe)
 
 
 @dataclass(frozen=True)
-class EpochStats:
-    epoch: int
-    train_loss: float
-    val_loss: float
-    seconds: float
+class EvalStats:
+    """One validation: after ``step`` optimizer steps (``epoch`` passes over the windows)."""
+
+    step: int
+    epoch: float
+    train_loss: float  # the mean over the steps since the last validation
+    val_loss: float  # in the training loss (``config.loss``), which early stopping watches
+    val_mse: float  # the same windows' MSE, comparable between runs of either loss
+    seconds: float  # since the last validation
 
 
 @dataclass
 class TrainResult:
     model: Forecaster
-    history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
+    history: list[EvalStats] = field(default_factory=list)
+    best_step: int = 0
     best_val_loss: float = float("inf")
+    steps: int = 0
     device: str = "cpu"
     samples_per_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many steps a run may take and when it validates, for a number of windows."""
+
+    total: int
+    per_epoch: int
+    eval_every: int
+
+    @classmethod
+    def of(cls, n_windows: int, config: TrainConfig) -> StepPlan:
+        """
+        >>> StepPlan.of(1000, TrainConfig(batch_size=100, max_steps=250, eval_every=None))
+        StepPlan(total=250, per_epoch=10, eval_every=10)
+        >>> StepPlan.of(1000, TrainConfig(batch_size=100, max_steps=250, max_epochs=3))
+        StepPlan(total=30, per_epoch=10, eval_every=25)
+        """
+        per_epoch = math.ceil(n_windows / config.batch_size)
+        total = config.max_steps
+        if config.max_epochs is not None:
+            total = min(total, max(1, round(config.max_epochs * per_epoch)))
+        every = config.eval_every or per_epoch
+        return cls(total=max(total, 1), per_epoch=per_epoch, eval_every=max(every, 1))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,9 +121,12 @@ def fit(
     train: WindowSet,
     val: WindowSet,
     config: TrainConfig,
-    on_epoch: Callable[[EpochStats], None] | None = None,
+    on_eval: Callable[[EvalStats], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``train`` with early stopping on ``val``; return the best model."""
+    """Train ``model`` on ``train`` with early stopping on ``val``; return the best model.
+
+    ``on_eval`` sees every validation and may raise to end the run (a tuner's pruning).
+    """
     if len(train) == 0 or len(val) == 0:
         raise TrainingError(
             f"need training and validation windows, got {len(train)} and {len(val)}: "
@@ -87,52 +136,90 @@ def fit(
     device = resolve_device(config.device)
     train_on, val_on = OnDevice(train, device), OnDevice(val, device)
     model.to(device).fit_scale(train_on.batch(train_on.sample(SCALE_SAMPLE))[0])
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    schedule = _schedule(optimizer, config)
+    plan = StepPlan.of(len(train), config)
     result, best = TrainResult(model=model, device=str(device)), BestWeights(model)
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        tic = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, train_on, config)
-        schedule.step()
-        val_loss = evaluate_loss(model, val_on, config.batch_size, config.loss)
-        stats = EpochStats(epoch, train_loss, val_loss, time.perf_counter() - tic)
-        _report(stats, config.epochs, on_epoch)
+    started, tic, losses = time.perf_counter(), time.perf_counter(), []
+    for step, loss in _optimizer_steps(model, train_on, config, plan):
+        losses.append(loss)
+        if step % plan.eval_every and step != plan.total:
+            continue
+        stats = _validate(model, val_on, config, (step, step / plan.per_epoch), losses, tic)
         result.history.append(stats)
+        result.steps, losses, tic = step, [], time.perf_counter()
+        _report(stats, plan.total, on_eval)
         if best.stale_after(stats) >= config.patience:
-            logger.info(
-                "early stop at epoch %d: no better validation loss since %d", epoch, best.epoch
-            )
+            logger.info("early stop at step %d: best validation at step %d", step, best.step)
             break
     best.restore()
-    result.best_epoch, result.best_val_loss = best.epoch, best.val_loss
-    result.samples_per_s = len(train) * len(result.history) / (time.perf_counter() - started)
+    result.best_step, result.best_val_loss = best.step, best.val_loss
+    seen = result.steps * min(config.batch_size, len(train))
+    result.samples_per_s = seen / (time.perf_counter() - started)
     return result
 
 
+def _validate(
+    model: Forecaster,
+    val: OnDevice,
+    config: TrainConfig,
+    at: tuple[int, float],
+    train_losses: list[float],
+    since: float,
+) -> EvalStats:
+    """The validation after ``at`` = (steps, passes) of training."""
+    val_loss = evaluate_loss(model, val, config.batch_size, config.loss)
+    val_mse = val_loss if config.loss == "mse" else evaluate_loss(model, val, config.batch_size)
+    step, epoch = at
+    return EvalStats(
+        step, epoch, float(np.mean(train_losses)), val_loss, val_mse, time.perf_counter() - since
+    )
+
+
+def _optimizer_steps(
+    model: Forecaster, train: OnDevice, config: TrainConfig, plan: StepPlan
+) -> Iterator[tuple[int, float]]:
+    """Take up to ``plan.total`` optimizer steps over shuffled passes; yield (step, loss)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    schedule = _schedule(optimizer, config, plan)
+    step = 0
+    while True:
+        order = train.sample(len(train))
+        for start in range(0, len(train), config.batch_size):
+            loss = _step(
+                model, optimizer, train.batch(order[start : start + config.batch_size]), config
+            )
+            schedule.step()
+            step += 1
+            yield step, loss
+            if step >= plan.total:
+                return
+
+
 def _schedule(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, config: TrainConfig, plan: StepPlan
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "halving":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=plan.per_epoch, gamma=0.5)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total)
 
 
 class BestWeights:
-    """Keeps a copy of the weights of the epoch with the lowest validation loss."""
+    """Keeps a copy of the weights of the validation with the lowest loss."""
 
     def __init__(self, model: Forecaster) -> None:
-        self.model, self.epoch, self.val_loss = model, 0, float("inf")
+        self.model, self.step, self.val_loss = model, 0, float("inf")
         self._state = copy.deepcopy(model.state_dict())
+        self._since = 0
 
-    def stale_after(self, stats: EpochStats) -> int:
-        """Record an epoch; return how many epochs have passed without improvement."""
+    def stale_after(self, stats: EvalStats) -> int:
+        """Record a validation; return how many have passed without improvement."""
         if stats.val_loss < self.val_loss:
-            self.epoch, self.val_loss = stats.epoch, stats.val_loss
+            self.step, self.val_loss, self._since = stats.step, stats.val_loss, 0
             self._state = copy.deepcopy(self.model.state_dict())
-        return stats.epoch - self.epoch
+        else:
+            self._since += 1
+        return self._since
 
     def restore(self) -> None:
         self.model.load_state_dict(self._state)
@@ -159,24 +246,23 @@ class OnDevice:
         return windows[:, : self.lookback], windows[:, self.lookback :]
 
 
-def _train_epoch(
-    model: Forecaster, optimizer: torch.optim.Optimizer, train: OnDevice, config: TrainConfig
+def _step(
+    model: Forecaster,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
 ) -> float:
     model.train()
-    order = train.sample(len(train))
-    total = 0.0
-    for start in range(0, len(train), config.batch_size):
-        x, y = train.batch(order[start : start + config.batch_size])
-        with _autocast(x.device):
-            loss = scaled_loss(model, model(x), y, config.loss)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()}: lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        total += loss.item() * len(x)
-    return total / len(train)
+    x, y = batch
+    with _autocast(x.device):
+        loss = scaled_loss(model, model(x), y, config.loss)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {loss.item()}: lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss.item()
 
 
 @torch.no_grad()
@@ -210,14 +296,15 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _report(stats: EpochStats, epochs: int, on_epoch: Callable[[EpochStats], None] | None) -> None:
+def _report(stats: EvalStats, total: int, on_eval: Callable[[EvalStats], None] | None) -> None:
     logger.info(
-        "epoch %d/%d  train %.4f  val %.4f  (%.1fs)",
+        "step %d/%d (epoch %.1f)  train %.4f  val %.4f  (%.1fs)",
+        stats.step,
+        total,
         stats.epoch,
-        epochs,
         stats.train_loss,
         stats.val_loss,
         stats.seconds,
     )
-    if on_epoch is not None:
-        on_epoch(stats)
+    if on_eval is not None:
+        on_eval(stats)

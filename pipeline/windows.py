@@ -191,6 +191,20 @@ def split_point(n_steps: int, val_fraction: float) -> int:
     return n_steps - max(1, round(n_steps * val_fraction))
 
 
+def channel_scale(series: Mapping[str, pd.DataFrame], channels: Sequence[str]) -> np.ndarray:
+    """Each channel's standard deviation over every series: a fixed unit for comparing errors.
+
+    >>> frame = pd.DataFrame({"a": [0.0, 2.0, np.nan], "b": [1.0, 1.0, 1.0]})
+    >>> channel_scale({"s": frame}, ["a", "b"]).tolist()
+    [1.0, 1.0]
+    """
+    values = np.concatenate(
+        [frame[list(channels)].to_numpy(np.float64) for frame in series.values()]
+    )
+    spread = np.nanstd(values, axis=0)
+    return np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+
+
 def bounded_lookback(
     lookback: int, horizon: int, n_steps: int, val_fraction: float, multiple: int = 1
 ) -> int:

@@ -2,5 +2,5 @@
 
 import os
 
-# Route the library's log lines (training epochs, ingest progress) to the Prefect UI too.
+# Route the library's log lines (training progress, ingest progress) to the Prefect UI too.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pipeline import RollcastError
 from pipeline.evaluate import default_season, mae, mse, repeat_last, seasonal_naive
 from pipeline.forecast import predict
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.train import TrainConfig, fit
+from pipeline.train import EvalStats, TrainConfig, fit
 from pipeline.windows import WindowSet, infer_step_ms, window_starts
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,16 @@ def _shape(spec: BacktestSpec) -> ForecasterConfig:
     return ForecasterConfig(channels=(), architecture=spec.model, **spec.model_overrides)
 
 
-def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> BacktestResult:
-    """Run the protocol for one model on one CSV frame; score it on ``spec.split``."""
+def run_backtest(
+    frame: pd.DataFrame,
+    dataset: str,
+    spec: BacktestSpec,
+    on_eval: Callable[[EvalStats], None] | None = None,
+) -> BacktestResult:
+    """Run the protocol for one model on one CSV frame; score it on ``spec.split``.
+
+    ``on_eval`` sees each validation while a model trains (a tuner prunes with it).
+    """
     if spec.model not in MODELS:
         raise BacktestError(f"unknown model {spec.model!r}: choose one of {', '.join(MODELS)}")
     started = time.perf_counter()
@@ -188,7 +197,8 @@ def run_backtest(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> Backt
         predictions, details = _naive(spec, scored, season), _naive_details(spec, season)
     else:
         config = replace(_shape(spec), channels=tuple(table.columns), lookback=lookback)
-        predictions, details = _trained(spec, replace(config, horizon=spec.horizon), splits, scored)
+        config = replace(config, horizon=spec.horizon)
+        predictions, details = _trained(spec, config, splits, scored, on_eval)
     targets = scored.targets
     metrics = {
         "dataset": dataset,
@@ -229,12 +239,16 @@ def _naive_details(spec: BacktestSpec, season: int) -> dict[str, Any]:
 
 
 def _trained(
-    spec: BacktestSpec, config: ForecasterConfig, splits: Splits, scored: WindowSet
+    spec: BacktestSpec,
+    config: ForecasterConfig,
+    splits: Splits,
+    scored: WindowSet,
+    on_eval: Callable[[EvalStats], None] | None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     recipe = DLINEAR_TRAINING if spec.model == "dlinear" else {}
     train_config = replace(TrainConfig(seed=spec.seed), **{**recipe, **spec.train_overrides})
     model = build_forecaster(config, seed=spec.seed)
-    result = fit(model, splits.train, splits.val, train_config)
+    result = fit(model, splits.train, splits.val, train_config, on_eval)
     predictions = predict(model, scored.inputs, batch_size=train_config.batch_size)
     details = {
         "val_loss": result.best_val_loss,

@@ -123,10 +123,13 @@ def _margin(mse_value: float, baseline: float) -> float:
 
 
 def default_season(step_ms: int) -> int:
-    """The seasonal-naive period in steps: a day of steps, or a week for daily data.
+    """The seasonal-naive period in steps: a day of steps, a week of days, a year of weeks
+    or months; 1 (repeat the last value) when none fits.
 
     >>> default_season(3_600_000), default_season(1_800_000), default_season(86_400_000)
     (24, 48, 7)
+    >>> default_season(7 * 86_400_000), default_season(31 * 86_400_000)
+    (52, 12)
     """
     day_ms = 86_400_000
     if step_ms < day_ms and day_ms % step_ms == 0:
@@ -134,7 +137,9 @@ def default_season(step_ms: int) -> int:
     if step_ms == day_ms:
         return 7
     if step_ms == 7 * day_ms:
-        return 52  # a year of weeks
+        return 52
+    if 28 * day_ms <= step_ms <= 31 * day_ms:  # a month (the median spacing of monthly data)
+        return 12
     return 1
 
 

@@ -56,7 +56,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
     loss: str = "mse"  # or "l1", which is less swayed by spikes
-    schedule: str = "cosine"  # or "halving": the rate halves every pass (DLinear's recipe)
+    # "cosine" over the budget; "plateau": the rate halves after each validation that is no
+    # better; "halving": it halves every pass (DLinear's recipe)
+    schedule: str = "cosine"
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,10 @@ def fit(
     plan = StepPlan.of(len(train), config)
     result, best = TrainResult(model=model, device=str(device)), BestWeights(model)
     started, tic, losses = time.perf_counter(), time.perf_counter(), []
-    for step, loss in _optimizer_steps(model, train_on, config, plan):
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    for step, loss in _optimizer_steps(model, optimizer, train_on, config, plan):
         losses.append(loss)
         if step % plan.eval_every and step != plan.total:
             continue
@@ -147,9 +152,13 @@ def fit(
         result.history.append(stats)
         result.steps, losses, tic = step, [], time.perf_counter()
         _report(stats, plan.total, on_eval)
-        if best.stale_after(stats) >= config.patience:
+        stale = best.stale_after(stats)
+        if stale >= config.patience:
             logger.info("early stop at step %d: best validation at step %d", step, best.step)
             break
+        if stale and config.schedule == "plateau":
+            for group in optimizer.param_groups:
+                group["lr"] /= 2
     best.restore()
     result.best_step, result.best_val_loss = best.step, best.val_loss
     seen = result.steps * min(config.batch_size, len(train))
@@ -175,12 +184,13 @@ def _validate(
 
 
 def _optimizer_steps(
-    model: Forecaster, train: OnDevice, config: TrainConfig, plan: StepPlan
+    model: Forecaster,
+    optimizer: torch.optim.Optimizer,
+    train: OnDevice,
+    config: TrainConfig,
+    plan: StepPlan,
 ) -> Iterator[tuple[int, float]]:
     """Take up to ``plan.total`` optimizer steps over shuffled passes; yield (step, loss)."""
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
     schedule = _schedule(optimizer, config, plan)
     step = 0
     while True:
@@ -201,6 +211,8 @@ def _schedule(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "halving":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=plan.per_epoch, gamma=0.5)
+    if config.schedule == "plateau":  # halved by fit after a validation that is no better
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total)
 
 

@@ -119,10 +119,10 @@ def test_short_lstm_run_beats_dlinear_on_a_seasonal_signal() -> None:
     lstm = BacktestSpec(
         model="lstm",
         model_overrides={"hidden_size": 32, "segment_len": 24, "dropout": 0.0},
-        train_overrides={"epochs": 6, "batch_size": 64, "learning_rate": 3e-3},
+        train_overrides={"max_steps": 120, "batch_size": 64, "learning_rate": 3e-3},
         **common,
     )
-    dlinear = BacktestSpec(model="dlinear", train_overrides={"epochs": 6}, **common)
+    dlinear = BacktestSpec(model="dlinear", train_overrides={"max_epochs": 6}, **common)
 
     lstm_mse = run_backtest(frame, "synthetic", lstm).metrics["mse"]
     dlinear_mse = run_backtest(frame, "synthetic", dlinear).metrics["mse"]
@@ -136,14 +136,14 @@ def test_backtest_command_writes_predictions_and_metrics(tmp_path: Path) -> None
     small_frame(200).assign(date=dates).to_csv(csv, index=False)
     out = tmp_path / "out"
 
-    options = ["--model", "dlinear", "--lookback", "24", "--horizon", "8", "--epochs", "1"]
+    options = ["--model", "dlinear", "--lookback", "24", "--horizon", "8", "--max-steps", "3"]
     code = main(["backtest", "--data", str(csv), *options, "--out", str(out)])
 
     predictions = np.load(out / "predictions.npy")
     metrics = json.loads((out / "metrics.json").read_text())
     assert code == 0
     assert predictions.shape == (40 - 8 + 1, 8, 2)  # test targets: the last 20 % of 200 rows
-    for key in ("mse", "mae", "lookback", "horizon", "features", "model_config", "epochs"):
+    for key in ("mse", "mae", "lookback", "horizon", "features", "model_config", "steps"):
         assert key in metrics
     assert metrics["wall_s"] > 0 and metrics["device"] == "cpu"
 

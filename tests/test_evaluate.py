@@ -109,7 +109,9 @@ def test_seasonal_naive_is_perfect_on_a_periodic_series() -> None:
 
 def test_score_forecaster_of_a_repeat_last_network() -> None:
     # With norm="last" and a zeroed head the network forecasts exactly the last value.
-    config = ForecasterConfig(channels=("x",), lookback=6, horizon=3, hidden_size=4, num_layers=1)
+    config = ForecasterConfig(
+        channels=("x",), lookback=6, horizon=3, hidden_size=4, num_layers=1, segment_len=1
+    )
     model = StackedLSTMForecaster(config)
     with torch.no_grad():
         model.head.weight.zero_()

@@ -183,7 +183,7 @@ def test_a_poisoned_store_still_trains_and_promotes(
     series_store.append(pd.DataFrame({"series": "short", "ts": stamps[:5], "load": 1.0}))
 
     result = train_flow(
-        epochs=1,
+        max_steps=4,
         store=store,
         model_settings=ModelSettings(lookback=24, horizon=6, hidden_size=8, num_layers=1),
         train_settings=TrainSettings(batch_size=64, promotion_gate=False),

@@ -18,12 +18,12 @@ def test_demo_prints_a_summary_and_ends_with_it_as_json(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Two epochs need not beat seasonal-naive: the summary, not the gate, is tested here.
+    # Eight steps need not beat seasonal-naive: the summary, not the gate, is tested here.
     small = {"ROLLCAST_LOOKBACK": "48", "ROLLCAST_HORIZON": "6", "ROLLCAST_PROMOTION_GATE": "false"}
     for name, value in small.items():
         monkeypatch.setenv(name, value)
 
-    code = main(["demo", "--series", "2", "--records", "600", "--epochs", "2", "--json"])
+    code = main(["demo", "--series", "2", "--records", "600", "--max-steps", "8", "--json"])
 
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -61,7 +61,7 @@ def test_a_demo_whose_model_loses_to_seasonal_naive_says_so(
     for name, value in untrained.items():
         monkeypatch.setenv(name, value)
 
-    code = main(["demo", "--series", "2", "--records", "600", "--epochs", "1"])
+    code = main(["demo", "--series", "2", "--records", "600", "--max-steps", "4"])
 
     assert code == 2
     assert "does not beat seasonal-naive" in capsys.readouterr().err

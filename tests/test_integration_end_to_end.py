@@ -35,7 +35,9 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
         "ROLLCAST_HORIZON": HORIZON,
         "ROLLCAST_HIDDEN_SIZE": 32,
         "ROLLCAST_NUM_LAYERS": 2,
-        # A few epochs of a tiny model: these tests are about the path, the gate has its own.
+        "ROLLCAST_SEGMENT_LEN": 24,
+        "ROLLCAST_DROPOUT": 0.1,
+        # A few steps of a tiny model: these tests are about the path, the gate has its own.
         "ROLLCAST_PROMOTION_GATE": "false",
     }.items():
         monkeypatch.setenv(name, str(value))
@@ -57,7 +59,7 @@ def test_demo_path_publishes_champion_forecasts_for_every_series(
     fleet = synthetic_fleet(FleetSpec(n_series=SERIES, n_steps=STEPS, gaps_per_series=0, seed=3))
 
     produced, ingested = stream_and_ingest(rollcast_env, fleet)
-    trained = train_flow(epochs=8)
+    trained = train_flow(max_steps=40)
     served = serve_flow(max_records=produced)
 
     assert ingested["rows_written"] == produced == SERIES * STEPS
@@ -83,7 +85,8 @@ def _assert_mlflow_holds_the_run_and_champion(trained: dict) -> None:
     assert run.data.params["model.lookback"] == str(LOOKBACK)
     assert "val_mse" in run.data.metrics and "val_seasonal_naive_mse" in run.data.metrics
     losses = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [m.step for m in losses] == list(range(1, trained["epochs"] + 1))
+    # A validation every 25 optimizer steps, and one at the end of the budget.
+    assert [m.step for m in losses] == [25, 40] == [*range(25, trained["steps"], 25), 40]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/loss.png", "plots/validation_forecast.png"}
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
@@ -111,7 +114,7 @@ def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
 ) -> None:
     fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=5))
     stream_and_ingest(rollcast_env, fleet)
-    train_flow(epochs=2)
+    train_flow(max_steps=8)
 
     settings = MlflowSettings()
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
@@ -137,14 +140,14 @@ def test_an_unloadable_champion_is_replaced_by_the_next_training(
     rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
 ) -> None:
     stream_and_ingest(rollcast_env, synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=7)))
-    first = train_flow(epochs=1)
+    first = train_flow(max_steps=4)
     checkpoints = list((StoreSettings().data_dir / "mlartifacts").rglob("forecaster.pt"))
     for checkpoint in checkpoints:
         checkpoint.write_bytes(b"truncated by a full disk")
     with pytest.raises(CheckpointError, match="cannot load"):
         load_champion(MlflowSettings())  # the champion really is broken now
 
-    second = train_flow(epochs=1)
+    second = train_flow(max_steps=4)
 
     settings = MlflowSettings()
     champion = MlflowClient().get_model_version_by_alias(settings.model_name, "champion")
@@ -169,7 +172,7 @@ def test_the_gate_refuses_a_challenger_that_loses_to_seasonal_naive(
 
     SeriesStore(store.store_dir).append(frame)
 
-    trained = train_flow(epochs=1)
+    trained = train_flow(max_steps=4)
 
     assert trained["promoted"] is False and trained["val_seasonal_naive_mse"] == 0.0
     run = mlflow.get_run(str(trained["run_id"]))
@@ -186,7 +189,7 @@ def test_a_half_hourly_fleet_is_stored_and_served_on_its_own_step(
     fleet = synthetic_fleet(spec)
 
     produced, ingested = stream_and_ingest(rollcast_env, fleet)
-    train_flow(epochs=1)
+    train_flow(max_steps=4)
     served = serve_flow(max_records=produced)
 
     assert ingested["rows_written"] == produced == 2 * STEPS  # no reading merged into an hour
@@ -210,10 +213,12 @@ def test_short_series_train_with_a_lookback_sized_to_them(
 
     SeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
 
-    trained = train_flow(epochs=1)  # the defaults: lookback 96, horizon 24, segments of 24
+    trained = train_flow(max_steps=4)  # the defaults: lookback 720, horizon 24, segments of 48
 
     assert trained["promoted"] is True
-    assert load_champion(MlflowSettings()).model.config.lookback == 24
+    config = load_champion(MlflowSettings()).model.config
+    # 150 steps: 120 train, and a window may take half of them: 36 of lookback, 24 of horizon.
+    assert (config.lookback, config.segment_len) == (36, 36)
 
 
 def test_training_on_an_empty_store_says_to_ingest_first(
@@ -222,4 +227,4 @@ def test_training_on_an_empty_store_says_to_ingest_first(
     from pipeline.train import TrainingError
 
     with pytest.raises(TrainingError, match="is empty: run `rollcast ingest` first"):
-        train_flow(epochs=1)
+        train_flow(max_steps=4)

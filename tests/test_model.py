@@ -28,7 +28,9 @@ CHANNELS = ("load", "temp")
 
 
 def small_config(**changes: Any) -> ForecasterConfig:
-    base = ForecasterConfig(channels=CHANNELS, lookback=12, horizon=4, hidden_size=8, num_layers=1)
+    base = ForecasterConfig(
+        channels=CHANNELS, lookback=12, horizon=4, hidden_size=8, num_layers=1, segment_len=1
+    )
     return dataclasses.replace(base, **changes)
 
 

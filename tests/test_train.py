@@ -15,7 +15,7 @@ from pipeline.evaluate import score_forecaster
 from pipeline.forecast import predict
 from pipeline.model import ForecasterConfig, StackedLSTMForecaster
 from pipeline.train import (
-    EpochStats,
+    EvalStats,
     OnDevice,
     TrainConfig,
     TrainingError,
@@ -61,12 +61,27 @@ def windows() -> tuple[WindowSet, WindowSet]:
 def tiny_model(seed: int = 0) -> StackedLSTMForecaster:
     torch.manual_seed(seed)
     config = ForecasterConfig(
-        channels=("x",), lookback=LOOKBACK, horizon=HORIZON, hidden_size=16, num_layers=1
+        channels=("x",),
+        lookback=LOOKBACK,
+        horizon=HORIZON,
+        hidden_size=16,
+        num_layers=1,
+        segment_len=1,
+        dropout=0.1,
     )
     return StackedLSTMForecaster(config)
 
 
-BASE_TRAIN = TrainConfig(epochs=6, batch_size=64, learning_rate=1e-2, patience=10, device="cpu")
+# One validation per pass over the windows (16 steps of 64), six passes.
+STEPS_PER_PASS = 16
+BASE_TRAIN = TrainConfig(
+    max_steps=6 * STEPS_PER_PASS,
+    eval_every=None,
+    batch_size=64,
+    learning_rate=1e-2,
+    patience=10,
+    device="cpu",
+)
 
 
 def train_config(**changes: Any) -> TrainConfig:
@@ -111,7 +126,7 @@ def mirrored(windows: WindowSet) -> WindowSet:
     return windows_of(windows.inputs, 2 * last - windows.targets)
 
 
-def test_fit_returns_the_best_epoch_weights(windows: tuple[WindowSet, WindowSet]) -> None:
+def test_fit_returns_the_best_validation_weights(windows: tuple[WindowSet, WindowSet]) -> None:
     train, _ = windows
     val = mirrored(train)  # the better the model learns, the worse validation gets
     config = train_config()
@@ -119,9 +134,9 @@ def test_fit_returns_the_best_epoch_weights(windows: tuple[WindowSet, WindowSet]
     result = fit(tiny_model(), train, val, config)
 
     last = result.history[-1]
-    assert result.best_epoch < len(result.history)  # else the last weights are the best ones
+    assert result.best_step < last.step  # else the last weights are the best ones
     best = min(result.history, key=lambda stats: stats.val_loss)
-    assert (result.best_epoch, result.best_val_loss) == (best.epoch, best.val_loss)
+    assert (result.best_step, result.best_val_loss) == (best.step, best.val_loss)
     loss = evaluate_loss(result.model, OnDevice(val, torch.device("cpu")), config.batch_size)
     assert loss == pytest.approx(result.best_val_loss, rel=1e-6)
     assert loss != pytest.approx(last.val_loss, rel=1e-3)
@@ -130,39 +145,79 @@ def test_fit_returns_the_best_epoch_weights(windows: tuple[WindowSet, WindowSet]
     assert card.mse == pytest.approx(result.best_val_loss, rel=1e-4)
 
 
-def test_fit_reports_each_epoch(windows: tuple[WindowSet, WindowSet]) -> None:
+def test_fit_reports_each_validation(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
-    reported: list[EpochStats] = []
+    reported: list[EvalStats] = []
+    config = train_config(max_steps=25, eval_every=10)
+    assert -(-len(train) // config.batch_size) == STEPS_PER_PASS
 
-    result = fit(tiny_model(), train, val, train_config(epochs=2), on_epoch=reported.append)
+    result = fit(tiny_model(), train, val, config, on_eval=reported.append)
 
     assert reported == result.history
-    assert [stats.epoch for stats in reported] == [1, 2]
+    assert [stats.step for stats in reported] == [10, 20, 25]  # the budget's end is validated
+    assert reported[-1].epoch == pytest.approx(25 / STEPS_PER_PASS)
+    assert result.steps == 25
     assert result.device == "cpu"
     assert result.samples_per_s > 0
+
+
+def test_the_budget_is_steps_so_a_short_series_passes_over_its_windows_many_times(
+    windows: tuple[WindowSet, WindowSet],
+) -> None:
+    train, val = windows
+    short = dataclasses.replace(train, starts=train.starts[:100])  # 2 steps per pass
+
+    result = fit(tiny_model(), short, val, train_config(max_steps=60, eval_every=20))
+
+    assert result.steps == 60
+    assert result.history[-1].epoch == pytest.approx(30)
+
+
+def test_max_epochs_caps_the_budget(windows: tuple[WindowSet, WindowSet]) -> None:
+    train, val = windows
+
+    result = fit(tiny_model(), train, val, train_config(max_steps=1000, max_epochs=2))
+
+    assert result.steps == 2 * STEPS_PER_PASS
+    assert [stats.step for stats in result.history] == [STEPS_PER_PASS, 2 * STEPS_PER_PASS]
+
+
+def test_each_validation_reports_mse_whatever_the_training_loss(
+    windows: tuple[WindowSet, WindowSet],
+) -> None:
+    train, val = windows
+
+    result = fit(tiny_model(), train, val, train_config(max_steps=15, loss="l1"))
+
+    stats = result.history[-1]
+    assert stats.val_mse == pytest.approx(
+        evaluate_loss(result.model, OnDevice(val, torch.device("cpu")), 64)
+    )
+    assert stats.val_mse != pytest.approx(stats.val_loss)
 
 
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_when_validation_cannot_improve(
     windows: tuple[WindowSet, WindowSet], patience: int
 ) -> None:
-    # With a zero learning rate the weights never move, so epoch 1 stays the best.
+    # With a zero learning rate the weights never move, so the first validation stays the best.
     train, val = windows
     model = tiny_model()
     # The scale buffer is set from the data at the start of fit; the weights are what must not move.
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("scale")}
 
-    result = fit(model, train, val, train_config(epochs=10, learning_rate=0.0, patience=patience))
+    config = train_config(max_steps=10 * STEPS_PER_PASS, learning_rate=0.0, patience=patience)
+    result = fit(model, train, val, config)
 
     assert len(result.history) == 1 + patience
-    assert result.best_epoch == 1
+    assert result.best_step == STEPS_PER_PASS
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_seeded_runs_are_reproducible(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
-    config = train_config(epochs=2)
+    config = train_config(max_steps=2 * STEPS_PER_PASS)
 
     first = fit(tiny_model(seed=5), train, val, config)
     model = tiny_model(seed=5)
@@ -179,15 +234,15 @@ def test_seeded_runs_are_reproducible(windows: tuple[WindowSet, WindowSet]) -> N
 def test_another_training_seed_gives_another_run(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
 
-    first = fit(tiny_model(seed=5), train, val, train_config(epochs=1, seed=0))
-    second = fit(tiny_model(seed=5), train, val, train_config(epochs=1, seed=1))
+    first = fit(tiny_model(seed=5), train, val, train_config(max_steps=STEPS_PER_PASS, seed=0))
+    second = fit(tiny_model(seed=5), train, val, train_config(max_steps=STEPS_PER_PASS, seed=1))
 
     assert first.history[0].train_loss != second.history[0].train_loss
 
 
 def test_other_initial_weights_give_another_run(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
-    config = train_config(epochs=1)
+    config = train_config(max_steps=STEPS_PER_PASS)
 
     first = fit(tiny_model(seed=5), train, val, config)
     second = fit(tiny_model(seed=6), train, val, config)

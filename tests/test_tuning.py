@@ -1,0 +1,108 @@
+"""The search on its own: defaults first, the budget, pruning, failures. No training here:
+``evaluate`` is a function of the candidate, so what the search does with it is what is tested."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pipeline.model import ForecasterConfig
+from pipeline.train import EvalStats, TrainConfig, TrainingError
+from pipeline.tuning import Budget, Candidate, search
+
+
+def curve(values: list[float]) -> list[EvalStats]:
+    return [EvalStats(10 * (i + 1), float(i), v, v, v, 0.0) for i, v in enumerate(values)]
+
+
+def scored_by(score: Callable[[Candidate], float]) -> Any:
+    """An evaluate function whose training curve falls to ``score(candidate)``."""
+
+    def evaluate(candidate: Candidate, on_eval: Callable[[EvalStats], None]) -> tuple[float, str]:
+        final = score(candidate)
+        for stats in curve([final * 3, final * 2, final]):
+            on_eval(stats)
+        return final, f"model of {candidate.as_params()}"
+
+    return evaluate
+
+
+def test_the_first_trial_is_rollcasts_defaults() -> None:
+    result = search(scored_by(lambda c: 1.0), max_lookback=720, budget=Budget(trials=1))
+
+    shape, training = ForecasterConfig(channels=()), TrainConfig()
+    first = result.trials[0].candidate
+    assert first.model == {
+        "lookback": shape.lookback,
+        "hidden_size": shape.hidden_size,
+        "num_layers": shape.num_layers,
+        "segment_len": shape.segment_len,
+    }
+    assert first.train == {"loss": training.loss, "learning_rate": training.learning_rate}
+
+
+def test_the_best_trial_is_the_lowest_validation_mse_and_keeps_its_result() -> None:
+    result = search(
+        scored_by(lambda c: c.model["hidden_size"] / 100), max_lookback=720, budget=Budget(trials=6)
+    )
+
+    complete = [t for t in result.trials if t.state == "complete"]
+    assert len(result.trials) == 6
+    assert result.best.val_mse == min(t.val_mse for t in complete)
+    assert result.best.result == f"model of {result.best.candidate.as_params()}"
+
+
+def test_lookbacks_stay_within_what_the_data_allows_and_fit_the_segments() -> None:
+    result = search(scored_by(lambda c: 1.0), max_lookback=200, budget=Budget(trials=8))
+
+    for trial in result.trials:
+        lookback, segment = trial.candidate.model["lookback"], trial.candidate.model["segment_len"]
+        assert lookback <= 200
+        assert lookback % segment == 0
+
+
+def test_a_trial_behind_the_median_is_pruned_and_logged() -> None:
+    seen: list[str] = []
+    scores = iter([1.0, 1.0, 100.0, 100.0])
+
+    result = search(
+        scored_by(lambda c: next(scores)),
+        max_lookback=720,
+        budget=Budget(trials=4),
+        on_trial=lambda record: seen.append(record.state),
+    )
+
+    assert seen == ["complete", "complete", "pruned", "pruned"]
+    assert result.pruned == 2
+    assert len(result.trials[2].history) == 1  # stopped at its first report
+    assert result.best.val_mse == 1.0
+
+
+def test_the_time_budget_stops_the_search() -> None:
+    result = search(
+        scored_by(lambda c: 1.0), max_lookback=720, budget=Budget(trials=1000, timeout_s=0.5)
+    )
+
+    assert 1 <= len(result.trials) < 1000
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on() -> None:
+    def evaluate(candidate: Candidate, on_eval: Any) -> tuple[float, None]:
+        if candidate.model["hidden_size"] == ForecasterConfig(channels=()).hidden_size:
+            raise TrainingError("loss became nan: lower the learning rate")
+        return 2.0, None
+
+    result = search(evaluate, max_lookback=720, budget=Budget(trials=6))
+
+    assert result.trials[0].state == "failed"
+    assert result.best.val_mse == 2.0
+
+
+def test_a_search_where_nothing_completes_says_so() -> None:
+    def evaluate(candidate: Candidate, on_eval: Any) -> tuple[float, None]:
+        raise TrainingError("need training and validation windows")
+
+    with pytest.raises(TrainingError, match="none of 2 trials completed"):
+        search(evaluate, max_lookback=720, budget=Budget(trials=2))

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--series", type=int, default=8, help="synthetic series (default 8)")
     demo.add_argument("--records", type=int, default=16_000, help="records in all (default 16000)")
     demo.add_argument("--data", type=Path, help="replay this CSV instead of the synthetic fleet")
-    demo.add_argument("--max-steps", type=int, help="training steps (default: the train flow's)")
+    demo.add_argument("--max-steps", type=int, default=100, help="training steps (default 100)")
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     demo.set_defaults(handler=cmd_demo)
 

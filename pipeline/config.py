@@ -123,16 +123,16 @@ class ModelSettings(BaseSettings):
     lookback: Annotated[int, Field(ge=1)] = SHAPE.lookback
     horizon: Annotated[int, Field(ge=1)] = SHAPE.horizon
     architecture: Literal["lstm", "dlinear"] = "lstm"
-    cell: Literal["lstm", "gru"] = "lstm"
+    cell: Literal["lstm", "gru"] = SHAPE.cell  # type: ignore[assignment]
     hidden_size: Annotated[int, Field(ge=1)] = SHAPE.hidden_size
     num_layers: Annotated[int, Field(ge=1)] = SHAPE.num_layers
     dropout: Annotated[float, Field(ge=0, lt=1)] = SHAPE.dropout
     bidirectional: bool = SHAPE.bidirectional
-    norm: Literal["last", "mean", "none"] = "last"
+    norm: Literal["last", "mean", "none"] = SHAPE.norm  # type: ignore[assignment]
     channel_independent: bool = SHAPE.channel_independent
     # Steps per input and output segment; lookback is cut to a multiple of it.
     segment_len: Annotated[int, Field(ge=1)] = SHAPE.segment_len
-    decoder: Literal["pmf", "linear"] = "pmf"
+    decoder: Literal["pmf", "linear"] = SHAPE.decoder  # type: ignore[assignment]
     # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
     # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
     season: int | None = None
@@ -153,8 +153,8 @@ class TrainSettings(BaseSettings):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = TRAINING.seed
     device: str = TRAINING.device
-    loss: Literal["mse", "l1"] = "mse"
-    schedule: Literal["cosine", "halving"] = "cosine"
+    loss: Literal["mse", "l1"] = TRAINING.loss  # type: ignore[assignment]
+    schedule: Literal["plateau", "cosine", "halving"] = TRAINING.schedule  # type: ignore[assignment]
     # A challenger must beat seasonal-naive on the validation windows to become champion.
     promotion_gate: bool = True
     # A JSON file of tuned settings (written by `rollcast tune`) that override the ones above.

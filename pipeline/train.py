@@ -2,7 +2,7 @@
 
 Training is measured in optimizer steps, not epochs, so a short series and a long one both get
 a trained model: a 4,000-step series passes over its windows dozens of times within the budget,
-ETTh1's 8,500 windows about seven times. Validation runs every ``eval_every`` steps; the weights
+ETTh1's 8,500 windows a few times. Validation runs every ``eval_every`` steps; the weights
 of the best validation are kept, and training stops after ``patience`` validations without a
 better one.
 
@@ -40,25 +40,27 @@ class TrainingError(RollcastError):
 class TrainConfig:
     """How a forecaster is trained. These defaults are the ones Rollcast stands behind.
 
-    The step budget is about seven passes over ETTh1's training windows (where four scored as
-    well as eight, BENCHMARKS.md) and thirty over a 4,000-step series; early stopping ends most
-    runs sooner.
+    The rate starts at 3e-3 and halves after each validation that is no better ("plateau"), and
+    training stops after ``patience`` of them, so the data decides how long a run is: on the
+    validation splits measured (BENCHMARKS.md) ETTh1 stopped after about 200 steps, a 4,032-step
+    half-hourly series after about 450. A cosine schedule over a fixed 250 steps left that
+    series at 4.6 times the validation MSE (0.110 against 0.024).
     """
 
-    max_steps: int = 250  # optimizer steps at most; the cosine schedule spans them
+    max_steps: int = 1000  # optimizer steps at most
     max_epochs: float | None = None  # also stop after this many passes over the windows
     eval_every: int | None = 25  # steps between validations; None: once per pass
     patience: int = 4  # validations without a better loss before stopping
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     grad_clip: float = 1.0  # max global L2 norm of the gradients
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
     loss: str = "mse"  # or "l1", which is less swayed by spikes
-    # "cosine" over the budget; "plateau": the rate halves after each validation that is no
-    # better; "halving": it halves every pass (DLinear's recipe)
-    schedule: str = "cosine"
+    # "plateau": the rate halves after each validation that is no better; "cosine": over the
+    # budget; "halving": it halves every pass (DLinear's recipe)
+    schedule: str = "plateau"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ HIDDEN_SIZES = (64, 128, 256, 512)
 SEGMENT_LENS = (12, 24, 48)  # each divides every lookback above
 LAYERS = (1, 2)
 LOSSES = ("mse", "l1")
-LEARNING_RATES = (3e-4, 3e-3)  # log-uniform bounds
+LEARNING_RATES = (3e-4, 1e-2)  # log-uniform bounds
 # Trials that always run to the end before the median rule may stop one.
 PRUNER_STARTUP_TRIALS = 2
 

@@ -1,0 +1,62 @@
+"""One source of truth: the train flow's settings, the backtest and the tuner's first trial all
+use the defaults written on ForecasterConfig and TrainConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.train import FLOW_ONLY, train_config_from
+from pipeline.backtest import BacktestSpec, run_backtest
+from pipeline.config import ModelSettings, TrainSettings
+from pipeline.model import ForecasterConfig
+from pipeline.train import TrainConfig
+
+SHAPE = ForecasterConfig(channels=())
+
+
+@pytest.fixture(autouse=True)
+def no_rollcast_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("ROLLCAST_")]:
+        monkeypatch.delenv(name)
+
+
+def test_model_settings_default_to_the_forecaster_config() -> None:
+    settings = ModelSettings().model_dump(exclude={"season"})
+
+    assert settings == {name: getattr(SHAPE, name) for name in settings}
+
+
+def test_train_settings_give_the_train_configs_defaults() -> None:
+    assert train_config_from(TrainSettings()) == TrainConfig()
+    engine_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"max_epochs"}
+    assert set(TrainSettings.model_fields) - FLOW_ONLY == engine_fields
+
+
+def test_the_backtest_trains_the_same_defaults() -> None:
+    rows = 600
+    t = np.arange(rows)
+    frame = pd.DataFrame(
+        {
+            "date": pd.date_range("2024-01-01", periods=rows, freq="h"),
+            "OT": np.sin(2 * np.pi * t / 24) + 0.01 * t,
+        }
+    )
+    spec = BacktestSpec(horizon=24, train_overrides={"max_steps": 2})
+
+    metrics = run_backtest(frame, "synthetic", spec).metrics
+
+    model, train = metrics["model_config"], metrics["train_config"]
+    for name in ("hidden_size", "num_layers", "dropout", "segment_len", "norm", "decoder", "cell"):
+        assert model[name] == getattr(SHAPE, name)
+    # 600 rows: 420 train, a window takes at most half: 210 - 24 = 186, cut to segments of 48.
+    assert metrics["lookback"] == 144
+    assert (
+        dataclasses.replace(TrainConfig(**train), max_steps=TrainConfig().max_steps)
+        == TrainConfig()
+    )

@@ -46,7 +46,15 @@ from pipeline.transport import Sink, Source
 logger = logging.getLogger("benchmarks.serve")
 
 STEP_MS = 3_600_000
-LOOKBACK, HORIZON = 96, 24
+# The issue-4 workload: its model's shape over Rollcast's defaults (ForecasterConfig) for the
+# rest. `--shape default` measures the defaults themselves (lookback 720: a longer warm-up).
+ISSUE4_SHAPE = {
+    "lookback": 96,
+    "horizon": 24,
+    "hidden_size": 128,
+    "num_layers": 2,
+    "segment_len": 24,
+}
 MAX_POLL_RECORDS = 2000
 
 
@@ -115,26 +123,17 @@ def until(records: int) -> Callable[[ServeStats, bool], bool]:
     return lambda stats, idle: stats.records_in >= records
 
 
-def forecaster(architecture: str) -> LoadedForecaster:
-    """The issue's model (2-layer LSTM, hidden 128) in the default serving shape; or DLinear,
+def forecaster(architecture: str, shape: str) -> LoadedForecaster:
+    """The issue's model (2-layer LSTM, hidden 128) or Rollcast's default shape; or DLinear,
     whose cost is close to nothing, to show what the loop costs without the model."""
-    torch.manual_seed(0)
-    config = ForecasterConfig(
-        channels=("value",),
-        lookback=LOOKBACK,
-        horizon=HORIZON,
-        architecture=architecture,
-        hidden_size=128,
-        num_layers=2,
-        segment_len=24,
-    )
-    return LoadedForecaster("bench", "1", build_forecaster(config).eval())
+    overrides = ISSUE4_SHAPE if shape == "issue4" else {}
+    config = ForecasterConfig(channels=("value",), architecture=architecture, **overrides)
+    return LoadedForecaster("bench", "1", build_forecaster(config, seed=0).eval())
 
 
 class ServeBench:
-    def __init__(self, kafka: KafkaSettings, architecture: str) -> None:
+    def __init__(self, kafka: KafkaSettings, model: LoadedForecaster) -> None:
         self.kafka = kafka
-        model = forecaster(architecture)
         self.rolling = RollingForecaster(model, max_series=100_000)
         self.stats = new_stats(self.rolling)
         transport = KafkaTransport(kafka)
@@ -259,7 +258,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         total_steps = args.records // args.series
         logger.info("producing %d records", args.series * total_steps)
         produce_steps(kafka, args.series, range(total_steps))
-        warm, timed = LOOKBACK * args.series, args.timed
+        lookback = forecaster(args.model, args.shape).model.config.lookback
+        warm, timed = lookback * args.series, args.timed
         passthrough_rps = passthrough_rate(kafka, warm, timed)
         logger.info("pass-through: %.0f records/s", passthrough_rps)
         return serve_phases(kafka, args, warm, timed, passthrough_rps, total_steps)
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve_phases(kafka: KafkaSettings, args: argparse.Namespace, warm: int, timed: int,
                  passthrough_rps: float, total_steps: int) -> dict[str, Any]:  # fmt: skip
-    bench = ServeBench(kafka, args.model)
+    bench = ServeBench(kafka, forecaster(args.model, args.shape))
     try:
         bench.run_until(warm)
         records_before, forecasts_before = bench.stats.records_in, bench.stats.forecasts_out
@@ -327,6 +327,7 @@ def main() -> None:
     parser.add_argument("--timed", type=int, default=100_000, help="records in the rate phase")
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--model", choices=["lstm", "dlinear"], default="lstm")
+    parser.add_argument("--shape", choices=["issue4", "default"], default="issue4")
     parser.add_argument("--latency-s", type=float, default=20.0)
     parser.add_argument("--core", type=int, default=0, help="the core this process runs on")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile here")

@@ -167,15 +167,13 @@ def train_flow(
     ``max_steps``, ``lookback``, ``horizon`` and ``hidden_size`` override them all.
     """
     store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
-    model_settings, train_settings = (
-        model_settings or ModelSettings(),
-        train_settings or TrainSettings(),
+    model_settings, train_settings = chosen_settings(
+        store,
+        mlflow_settings,
+        (model_settings or ModelSettings(), train_settings or TrainSettings()),
+        records,
+        tuned_config,
     )
-    tuned_config = tuned_config or train_settings.tuned_config
-    if train_settings.tune_trials and tuned_config is None:
-        tuned_config = search_first(store, mlflow_settings, model_settings, train_settings, records)
-    if tuned_config is not None:
-        model_settings, train_settings = with_tuned(model_settings, train_settings, tuned_config)
     overrides = {"lookback": lookback, "horizon": horizon, "hidden_size": hidden_size}
     model_settings = model_settings.model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
@@ -240,6 +238,23 @@ def sized_to_data(
     if settings.architecture == "lstm":
         update["segment_len"] = segment
     return settings.model_copy(update=update)
+
+
+def chosen_settings(
+    store: StoreSettings,
+    mlflow_settings: MlflowSettings,
+    settings: tuple[ModelSettings, TrainSettings],
+    records: RecordSettings | None,
+    tuned_config: Path | None,
+) -> tuple[ModelSettings, TrainSettings]:
+    """The settings with a tuned config applied: the one given, or a search's when asked for."""
+    model_settings, train_settings = settings
+    tuned_config = tuned_config or train_settings.tuned_config
+    if train_settings.tune_trials and tuned_config is None:
+        tuned_config = search_first(store, mlflow_settings, model_settings, train_settings, records)
+    if tuned_config is None:
+        return model_settings, train_settings
+    return with_tuned(model_settings, train_settings, tuned_config)
 
 
 def search_first(

@@ -154,7 +154,7 @@ class TrainSettings(BaseSettings):
     seed: int = TRAINING.seed
     device: str = TRAINING.device
     loss: Literal["mse", "l1"] = TRAINING.loss  # type: ignore[assignment]
-    schedule: Literal["plateau", "cosine", "halving"] = TRAINING.schedule  # type: ignore[assignment]
+    schedule: Literal["constant", "cosine", "halving"] = TRAINING.schedule  # type: ignore[assignment]
     # A challenger must beat seasonal-naive on the validation windows to become champion.
     promotion_gate: bool = True
     # A JSON file of tuned settings (written by `rollcast tune`) that override the ones above.

@@ -137,7 +137,12 @@ def log_training_run(
         mlflow.log_params(_params(result.model, train_config, data_params))
         for stats in result.history:
             mlflow.log_metrics(
-                {"train_loss": stats.train_loss, "val_loss": stats.val_loss}, step=stats.step
+                {
+                    "train_loss": stats.train_loss,
+                    "val_loss": stats.val_loss,
+                    "learning_rate": stats.learning_rate,
+                },
+                step=stats.step,
             )
         mlflow.log_metrics(
             {

@@ -40,11 +40,11 @@ class TrainingError(RollcastError):
 class TrainConfig:
     """How a forecaster is trained. These defaults are the ones Rollcast stands behind.
 
-    The rate starts at 3e-3 and halves after each validation that is no better ("plateau"), and
-    training stops after ``patience`` of them, so the data decides how long a run is: on the
-    validation splits measured (BENCHMARKS.md) ETTh1 stopped after about 200 steps, a 4,032-step
-    half-hourly series after about 450. A cosine schedule over a fixed 250 steps left that
-    series at 4.6 times the validation MSE (0.110 against 0.024).
+    The rate stays at 3e-3 and training stops after ``patience`` validations without a better
+    loss, so the data decides how long a run is: on the validation splits measured
+    (BENCHMARKS.md) ETTh1 stopped after about 200 steps, a 4,032-step half-hourly series after
+    about 450. A cosine schedule over a fixed 250 steps left that series at 4.6 times the
+    validation MSE (0.110 against 0.024).
     """
 
     max_steps: int = 1000  # optimizer steps at most
@@ -58,9 +58,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
     loss: str = "mse"  # or "l1", which is less swayed by spikes
-    # "plateau": the rate halves after each validation that is no better; "cosine": over the
-    # budget; "halving": it halves every pass (DLinear's recipe)
-    schedule: str = "plateau"
+    # "constant"; "cosine": annealed to 0 over the budget; "halving": halved every pass (DLinear's)
+    schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,7 @@ class EvalStats:
     val_loss: float  # in the training loss (``config.loss``), which early stopping watches
     val_mse: float  # the same windows' MSE, comparable between runs of either loss
     seconds: float  # since the last validation
+    learning_rate: float  # the rate at this validation
 
 
 @dataclass
@@ -140,7 +140,19 @@ def fit(
     device = resolve_device(config.device)
     train_on, val_on = OnDevice(train, device), OnDevice(val, device)
     model.to(device).fit_scale(train_on.batch(train_on.sample(SCALE_SAMPLE))[0])
-    plan = StepPlan.of(len(train), config)
+    return _train(model, train_on, val_on, config, on_eval)
+
+
+def _train(
+    model: Forecaster,
+    train_on: OnDevice,
+    val_on: OnDevice,
+    config: TrainConfig,
+    on_eval: Callable[[EvalStats], None] | None,
+) -> TrainResult:
+    """The step loop: validate every ``eval_every`` steps, keep the best, stop when stale."""
+    device = train_on.starts.device
+    plan = StepPlan.of(len(train_on), config)
     result, best = TrainResult(model=model, device=str(device)), BestWeights(model)
     started, tic, losses = time.perf_counter(), time.perf_counter(), []
     optimizer = torch.optim.AdamW(
@@ -150,7 +162,8 @@ def fit(
         losses.append(loss)
         if step % plan.eval_every and step != plan.total:
             continue
-        stats = _validate(model, val_on, config, (step, step / plan.per_epoch), losses, tic)
+        rate = optimizer.param_groups[0]["lr"]
+        stats = _validate(model, val_on, config, (step, step / plan.per_epoch, rate), losses, tic)
         result.history.append(stats)
         result.steps, losses, tic = step, [], time.perf_counter()
         _report(stats, plan.total, on_eval)
@@ -158,12 +171,9 @@ def fit(
         if stale >= config.patience:
             logger.info("early stop at step %d: best validation at step %d", step, best.step)
             break
-        if stale and config.schedule == "plateau":
-            for group in optimizer.param_groups:
-                group["lr"] /= 2
     best.restore()
     result.best_step, result.best_val_loss = best.step, best.val_loss
-    seen = result.steps * min(config.batch_size, len(train))
+    seen = result.steps * min(config.batch_size, len(train_on))
     result.samples_per_s = seen / (time.perf_counter() - started)
     return result
 
@@ -172,17 +182,16 @@ def _validate(
     model: Forecaster,
     val: OnDevice,
     config: TrainConfig,
-    at: tuple[int, float],
+    at: tuple[int, float, float],
     train_losses: list[float],
     since: float,
 ) -> EvalStats:
-    """The validation after ``at`` = (steps, passes) of training."""
+    """The validation after ``at`` = (steps, passes, learning rate) of training."""
     val_loss = evaluate_loss(model, val, config.batch_size, config.loss)
     val_mse = val_loss if config.loss == "mse" else evaluate_loss(model, val, config.batch_size)
-    step, epoch = at
-    return EvalStats(
-        step, epoch, float(np.mean(train_losses)), val_loss, val_mse, time.perf_counter() - since
-    )
+    step, epoch, rate = at
+    seconds = time.perf_counter() - since
+    return EvalStats(step, epoch, float(np.mean(train_losses)), val_loss, val_mse, seconds, rate)
 
 
 def _optimizer_steps(
@@ -213,7 +222,7 @@ def _schedule(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "halving":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=plan.per_epoch, gamma=0.5)
-    if config.schedule == "plateau":  # halved by fit after a validation that is no better
+    if config.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total)
 

@@ -173,6 +173,23 @@ def test_the_budget_is_steps_so_a_short_series_passes_over_its_windows_many_time
     assert result.history[-1].epoch == pytest.approx(30)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_each_validation_reports_the_rate_its_schedule_gave(
+    windows: tuple[WindowSet, WindowSet], schedule: str
+) -> None:
+    train, val = windows
+    config = train_config(max_steps=40, eval_every=10, schedule=schedule)
+
+    result = fit(tiny_model(), train, val, config)
+
+    rates = [stats.learning_rate for stats in result.history]
+    if schedule == "constant":
+        assert rates == [config.learning_rate] * 4
+    else:  # annealed over the budget: a quarter of the way, half, three quarters, zero
+        expected = [config.learning_rate * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)]
+        np.testing.assert_allclose(rates, expected, atol=1e-12)
+
+
 def test_max_epochs_caps_the_budget(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
 

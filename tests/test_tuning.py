@@ -14,7 +14,7 @@ from pipeline.tuning import Budget, Candidate, search
 
 
 def curve(values: list[float]) -> list[EvalStats]:
-    return [EvalStats(10 * (i + 1), float(i), v, v, v, 0.0) for i, v in enumerate(values)]
+    return [EvalStats(10 * (i + 1), float(i), v, v, v, 0.0, 1e-3) for i, v in enumerate(values)]
 
 
 def scored_by(score: Callable[[Candidate], float]) -> Any:

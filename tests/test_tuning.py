@@ -10,19 +10,20 @@ import pytest
 
 from pipeline.model import ForecasterConfig
 from pipeline.train import EvalStats, TrainConfig, TrainingError
-from pipeline.tuning import Budget, Candidate, search
+from pipeline.tuning import PRUNER_WARMUP_STEPS, Budget, Candidate, search
 
 
-def curve(values: list[float]) -> list[EvalStats]:
-    return [EvalStats(10 * (i + 1), float(i), v, v, v, 0.0, 1e-3) for i, v in enumerate(values)]
+def curve(values: list[float], every: int) -> list[EvalStats]:
+    return [EvalStats(every * (i + 1), i, v, v, v, 0.0, 1e-3) for i, v in enumerate(values)]
 
 
-def scored_by(score: Callable[[Candidate], float]) -> Any:
-    """An evaluate function whose training curve falls to ``score(candidate)``."""
+def scored_by(score: Callable[[Candidate], float], every: int = PRUNER_WARMUP_STEPS) -> Any:
+    """An evaluate function whose training curve falls to ``score(candidate)``, reported every
+    ``every`` steps (by default from the first step the pruner may act on)."""
 
     def evaluate(candidate: Candidate, on_eval: Callable[[EvalStats], None]) -> tuple[float, str]:
         final = score(candidate)
-        for stats in curve([final * 3, final * 2, final]):
+        for stats in curve([final * 3, final * 2, final], every):
             on_eval(stats)
         return final, f"model of {candidate.as_params()}"
 
@@ -78,6 +79,19 @@ def test_a_trial_behind_the_median_is_pruned_and_logged() -> None:
     assert result.pruned == 2
     assert len(result.trials[2].history) == 1  # stopped at its first report
     assert result.best.val_mse == 1.0
+
+
+def test_no_trial_is_pruned_before_the_warmup() -> None:
+    scores = iter([1.0, 1.0, 100.0])
+    before_warmup = PRUNER_WARMUP_STEPS // 4  # reports at 1/4, 2/4 and 3/4 of the warmup
+
+    result = search(
+        scored_by(lambda c: next(scores), every=before_warmup),
+        max_lookback=720,
+        budget=Budget(trials=3),
+    )
+
+    assert [t.state for t in result.trials] == ["complete"] * 3
 
 
 def test_the_time_budget_stops_the_search() -> None:

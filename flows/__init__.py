@@ -1,6 +1,13 @@
 """Thin Prefect flows over ``pipeline``: each one calls the stages in order."""
 
+import logging
 import os
 
 # Route the library's log lines (training progress, ingest progress) to the Prefect UI too.
+# Set before a runner or worker starts a flow run's process, which inherits it.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+
+# Prefect leaves the root logger at WARNING, which would drop the library's progress lines
+# (INFO) before they reach a run's log. ROLLCAST_LOG_LEVEL changes it (e.g. DEBUG, WARNING).
+LIBRARY_LOGGER = logging.getLogger("pipeline")
+LIBRARY_LOGGER.setLevel(os.environ.get("ROLLCAST_LOG_LEVEL", "INFO").upper())

@@ -256,6 +256,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
+    if args.verbose:
+        logging.getLogger("pipeline").setLevel(logging.DEBUG)  # flows/__init__ set INFO
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -2,50 +2,72 @@
 
 ``python -m flows.deployments`` serves all three from this process (a local runner).
 ``python -m flows.deployments --register`` registers them with the ``rollcast`` process work
-pool instead, for the workers of docker-compose.
+pool instead, for the workers of docker-compose. Schedules come from ``ScheduleSettings``
+(``ROLLCAST_INGEST_INTERVAL_S``, ``ROLLCAST_TRAIN_CRON``). The runs read every other setting
+from the ``ROLLCAST_*`` variables of the process that runs them, so a missing broker address
+is refused here, before anything is served.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from prefect import Flow, serve
 
 from flows.ingest import ingest_flow
 from flows.serve import serve_flow
 from flows.train import train_flow
+from pipeline import ConfigurationError
+from pipeline.config import KafkaSettings, ScheduleSettings
+from pipeline.kafka_io import bootstrap_servers
 
-INGEST_INTERVAL_S = 300  # new observations land in the store within five minutes
-TRAIN_CRON = "0 3 * * *"  # retrain nightly, after a day of fresh data
 WORK_POOL = "rollcast"
 SOURCE_DIR = "/app"  # where deploy/Dockerfile puts the code
 
 
-def serve_locally() -> None:
+def serve_locally(schedules: ScheduleSettings) -> None:
     serve(
-        ingest_flow.to_deployment(name="ingest", interval=INGEST_INTERVAL_S),
-        train_flow.to_deployment(name="train", cron=TRAIN_CRON),
+        # One run at a time: a run that outlasts its interval delays the next, not overlaps it.
+        ingest_flow.to_deployment(
+            name="ingest", interval=schedules.ingest_interval_s, concurrency_limit=1
+        ),
+        train_flow.to_deployment(name="train", cron=schedules.train_cron, concurrency_limit=1),
         serve_flow.to_deployment(name="serve"),
     )
 
 
-def register() -> None:
+def register(schedules: ScheduleSettings) -> None:
     for entrypoint, name, schedule in (
-        ("flows/ingest.py:ingest_flow", "ingest", {"interval": INGEST_INTERVAL_S}),
-        ("flows/train.py:train_flow", "train", {"cron": TRAIN_CRON}),
+        ("flows/ingest.py:ingest_flow", "ingest", {"interval": schedules.ingest_interval_s}),
+        ("flows/train.py:train_flow", "train", {"cron": schedules.train_cron}),
         ("flows/serve.py:serve_flow", "serve", {}),
     ):
         flow = Flow.from_source(source=SOURCE_DIR, entrypoint=entrypoint)
-        flow.deploy(name=name, work_pool_name=WORK_POOL, build=False, push=False, **schedule)
+        flow.deploy(
+            name=name,
+            work_pool_name=WORK_POOL,
+            build=False,
+            push=False,
+            concurrency_limit=1,
+            **schedule,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--register", action="store_true", help="register with the work pool")
-    if parser.parse_args().register:
-        register()
+    registering = parser.parse_args().register
+    try:
+        schedules = ScheduleSettings()
+        if not registering:  # workers bring their own environment
+            bootstrap_servers(KafkaSettings())
+    except ConfigurationError as error:
+        sys.exit(f"flows.deployments: {error}")
+    if registering:
+        register(schedules)
     else:
-        serve_locally()
+        serve_locally(schedules)
 
 
 if __name__ == "__main__":

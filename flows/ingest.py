@@ -5,12 +5,13 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.retries import transient_only
 from pipeline.config import IngestSettings, KafkaSettings, RecordSettings, StoreSettings
 from pipeline.kafka_io import KafkaTransport
 from pipeline.wiring import ingest_from_settings
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def ingest_observations(
     kafka: KafkaSettings,
     store: StoreSettings,

@@ -10,6 +10,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.retries import transient_only
 from pipeline import registry
 from pipeline.config import (
     MlflowSettings,
@@ -73,7 +74,7 @@ def score_challenger(result: TrainResult, val: WindowSet, season: int) -> Scorec
     return score_forecaster(result.model, val, season)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def log_challenger(
     mlflow_settings: MlflowSettings,
     result: TrainResult,

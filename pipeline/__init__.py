@@ -7,3 +7,7 @@ Kafka, MLflow and Prefect live at the edges (``kafka_io``, ``registry``, ``flows
 
 class RollcastError(Exception):
     """Base class of every error Rollcast raises on purpose."""
+
+
+class ConfigurationError(RollcastError):
+    """A setting is missing or wrong: retrying cannot help, the operator has to change it."""

@@ -164,6 +164,17 @@ class TrainSettings(BaseSettings):
     tune_timeout_s: Annotated[float, Field(gt=0)] | None = None
 
 
+class ScheduleSettings(BaseSettings):
+    """When the deployed flows run by themselves (``python -m flows.deployments``)."""
+
+    model_config = _settings_config()
+
+    # New observations land in the store within this long.
+    ingest_interval_s: Annotated[float, Field(gt=0)] = 300.0
+    # Retrain nightly, after a day of fresh data (cron, the Prefect server's time zone: UTC).
+    train_cron: str = "0 3 * * *"
+
+
 class IngestSettings(BaseSettings):
     """The ingest stage's consumer."""
 

@@ -28,7 +28,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
-from pipeline import RollcastError
+from pipeline import ConfigurationError, RollcastError
 from pipeline.config import KafkaSettings
 from pipeline.records import (
     DeadLetter,
@@ -62,10 +62,14 @@ class BrokerUnavailableError(RollcastError):
     """No Kafka bootstrap servers are configured, or none answer."""
 
 
+class BrokerNotConfiguredError(BrokerUnavailableError, ConfigurationError):
+    """No bootstrap servers are set at all: a configuration error, not an outage."""
+
+
 def bootstrap_servers(settings: KafkaSettings) -> str:
     """The configured servers, or an error saying how to start a broker."""
     if not settings.bootstrap_servers:
-        raise BrokerUnavailableError(
+        raise BrokerNotConfiguredError(
             "no Kafka broker configured: set ROLLCAST_BOOTSTRAP_SERVERS=host:port, "
             "or start the embedded one with `rollcast broker` and use the address it prints"
         )

@@ -37,7 +37,7 @@ def imported(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     modules = {name for name in found if name.split(".")[0] in PACKAGES and "." in name}
-    modules -= {"pipeline.RollcastError"}
+    modules -= {"pipeline.RollcastError", "pipeline.ConfigurationError"}  # the base classes
     return {name.removeprefix(f"{package}.") for name in modules}
 
 

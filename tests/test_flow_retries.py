@@ -1,0 +1,48 @@
+"""Flows retry outages, not configuration errors: a missing setting fails once, at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.states import Failed
+
+from flows.retries import transient_only
+from pipeline.config import IngestSettings
+from pipeline.kafka_io import BrokerNotConfiguredError, BrokerUnavailableError
+
+
+def test_a_configuration_error_is_not_retried() -> None:
+    assert not transient_only(None, None, Failed(data=BrokerNotConfiguredError("no broker")))
+
+
+def test_an_invalid_setting_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLCAST_INGEST_IDLE_S", "soon")
+    with pytest.raises(Exception) as invalid:
+        IngestSettings()
+    assert not transient_only(None, None, Failed(data=invalid.value))
+
+
+def test_an_unreachable_broker_is_retried() -> None:
+    assert transient_only(None, None, Failed(data=BrokerUnavailableError("no answer")))
+
+
+@pytest.mark.integration
+def test_ingest_without_a_broker_fails_on_its_first_try(
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.ingest import ingest_flow
+
+    monkeypatch.delenv("ROLLCAST_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("ROLLCAST_DATA_DIR", str(tmp_path))
+    state = ingest_flow(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(BrokerNotConfiguredError, match="ROLLCAST_BOOTSTRAP_SERVERS"):
+        state.result()
+    only_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=only_this_run)
+    assert [run.run_count for run in task_runs] == [1]

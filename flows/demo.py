@@ -15,9 +15,10 @@ from flows.serve import serve_flow
 from flows.train import train_flow
 from pipeline import RollcastError, registry
 from pipeline.broker import EmbeddedBroker
-from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
+from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, load_csv, synthetic_fleet
 from pipeline.kafka_io import KafkaTransport
+from pipeline.metrics import require_free_port
 from pipeline.transport import Transport, replay
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,13 @@ def observation_frame(options: DemoOptions) -> pd.DataFrame:
 
 
 def run_demo(options: DemoOptions) -> DemoSummary:
-    """Run every stage against a fresh embedded broker; settings come from ``ROLLCAST_*``."""
+    """Run every stage against a fresh embedded broker; settings come from ``ROLLCAST_*``.
+
+    The options, the data and the metrics port are checked before anything is touched.
+    """
     started = time.monotonic()
     store, mlflow_settings = StoreSettings(), MlflowSettings()
+    frame = checked_input(options, ServeSettings())
     store.data_dir.mkdir(parents=True, exist_ok=True)
     # The embedded broker starts empty, so the demo's store does too.
     shutil.rmtree(store.store_dir, ignore_errors=True)
@@ -85,7 +90,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         kafka = KafkaSettings().model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
         transport = KafkaTransport(kafka)
         transport.create_topics(transport.topics.all(), kafka.topic_partitions)
-        produced = produce(transport, observation_frame(options))
+        produced = produce(transport, frame)
         ingested = ingest_flow(max_records=produced, kafka=kafka, store=store)
         trained = train_flow(
             max_steps=options.max_steps, store=store, mlflow_settings=mlflow_settings
@@ -96,6 +101,19 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         )
     wall_s = time.monotonic() - started
     return summarize(produced, ingested, trained, served, mlflow_settings, wall_s)
+
+
+def checked_input(options: DemoOptions, serve: ServeSettings) -> pd.DataFrame:
+    """The observations to replay, once the options and the serve stage's port are sound."""
+    for name in ("series", "records", "max_steps"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise DemoError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    if options.data is not None and not options.data.is_file():
+        raise DemoError(f"--data {options.data}: no such file")
+    if serve.metrics_port:
+        require_free_port(serve.metrics_host, serve.metrics_port)
+    return observation_frame(options)
 
 
 def require_champion(trained: dict, mlflow_settings: MlflowSettings) -> None:

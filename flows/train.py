@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,10 @@ def log_challenger(
     val: WindowSet,
     example: pd.DataFrame,
     data_params: dict[str, object],
+    label: registry.RunLabel,
 ) -> registry.LoggedVersion:
     return registry.log_training_run(
-        mlflow_settings, result, train_config, card, val, example, data_params
+        mlflow_settings, result, train_config, card, val, example, data_params, label
     )
 
 
@@ -167,6 +169,7 @@ def train_flow(
     ``ROLLCAST_TUNE_TRIALS`` > 0 a search runs first and its best config is used;
     ``max_steps``, ``lookback``, ``horizon`` and ``hidden_size`` override them all.
     """
+    started_ms = int(time.time() * 1000)
     store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
     model_settings, train_settings = chosen_settings(
         store,
@@ -201,8 +204,10 @@ def train_flow(
         "train_windows": len(train),
         "val_windows": len(val),
     }
+    label = registry.RunLabel(started_ms, describe_data(series, config))
+    example = input_example(series, config)
     logged = log_challenger(
-        mlflow_settings, result, train_config, card, val, input_example(series, config), data_params
+        mlflow_settings, result, train_config, card, val, example, data_params, label
     )
     champion_mse = score_champion(mlflow_settings, val, config, season)
     verdict = judge(card, champion_mse, train_settings.promotion_gate)
@@ -217,6 +222,12 @@ def train_flow(
         "device": result.device,
         **card.as_metrics(),
     }
+
+
+def describe_data(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> str:
+    """A run name's data part, e.g. "8 series of 1h to 2016-07-11 13:00"."""
+    last = max(frame.index.max() for frame in series.values())  # indexed by TS
+    return f"{len(series)} series of {config.freq} to {last:%Y-%m-%d %H:%M}"
 
 
 def sized_to_data(

@@ -7,6 +7,7 @@ needs no change here.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -98,9 +99,22 @@ def serve_metrics(
         try:
             start_http_server(port, addr=host, registry=registry)
         except OSError as err:
-            raise MetricsPortError(
-                f"cannot serve metrics on {host}:{port}: {err.strerror}. Set "
-                "ROLLCAST_METRICS_PORT to a free port (0 turns the endpoint off), or "
-                "ROLLCAST_METRICS_HOST to an address of this machine"
-            ) from err
+            raise _port_error(host, port, err) from err
     return registry
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Fail now, with the settings to change, if the endpoint could not listen later."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise _port_error(host, port, err) from err
+
+
+def _port_error(host: str, port: int, err: OSError) -> MetricsPortError:
+    return MetricsPortError(
+        f"cannot serve metrics on {host}:{port}: {err.strerror}. Set "
+        "ROLLCAST_METRICS_PORT to a free port (0 turns the endpoint off), or "
+        "ROLLCAST_METRICS_HOST to an address of this machine"
+    )

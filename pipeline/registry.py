@@ -46,6 +46,8 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 CHECKPOINT_FILE = "forecaster.pt"
 MODEL_ARTIFACT_PATH = "model"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+# MLflow 3's UI opens an experiment without this tag on its GenAI pages, not on the runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # Validation windows drawn in the forecast-vs-actual plot.
 PLOTTED_WINDOWS = 4
 
@@ -98,6 +100,8 @@ def _experiment_id(mlflow_settings: MlflowSettings, store: StoreSettings, uri: s
         experiment_id = mlflow.create_experiment(mlflow_settings.mlflow_experiment, location)
     else:
         experiment_id = experiment.experiment_id
+    if experiment is None or EXPERIMENT_KIND[0] not in experiment.tags:
+        MlflowClient().set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return str(experiment_id)
 
@@ -123,6 +127,14 @@ class LoggedVersion:
     version: str
 
 
+@dataclass(frozen=True)
+class RunLabel:
+    """What the MLflow UI shows of a training run before it is opened."""
+
+    started_ms: int  # when training began, so the run's duration is the training's
+    data: str  # e.g. "8 series 1h to 2016-07-11"
+
+
 def log_training_run(
     settings: MlflowSettings,
     result: TrainResult,
@@ -131,9 +143,14 @@ def log_training_run(
     val: WindowSet,
     example: pd.DataFrame,
     data_params: dict[str, Any],
+    label: RunLabel,
 ) -> LoggedVersion:
-    """Log params, the losses at each validation, metrics, plots and the model; register it."""
-    with mlflow.start_run(run_name=f"train-{settings.model_name}") as run:
+    """Log params, the losses at each validation, metrics, plots and the model; register it.
+
+    The run is named after the flow, the data and the version it registered.
+    """
+    name = f"train {settings.model_name}: {label.data}"
+    with _run_since(settings, label.started_ms, name) as run:
         mlflow.log_params(_params(result.model, train_config, data_params))
         for stats in result.history:
             mlflow.log_metrics(
@@ -149,16 +166,26 @@ def log_training_run(
                 **card.as_metrics(),
                 "best_step": result.best_step,
                 "steps": result.steps,
+                "train_seconds": sum(stats.seconds for stats in result.history),
                 "samples_per_s": result.samples_per_s,
             }
         )
         mlflow.log_figure(loss_figure(result), "plots/loss.png")
         mlflow.log_figure(forecast_figure(result.model, val), "plots/validation_forecast.png")
         version = _log_model(settings, result.model, example)
+        MlflowClient().update_run(run.info.run_id, name=f"{name}, v{version}")
     logger.info(
         "logged run %s, registered %s version %s", run.info.run_id, settings.model_name, version
     )
     return LoggedVersion(run.info.run_id, version)
+
+
+def _run_since(settings: MlflowSettings, started_ms: int, name: str) -> Any:
+    """An active run that began at ``started_ms``; ``mlflow.start_run`` can only begin now."""
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    experiment_id = experiment.experiment_id if experiment else "0"
+    created = MlflowClient().create_run(experiment_id, start_time=started_ms, run_name=name)
+    return mlflow.start_run(run_id=created.info.run_id)
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import defaultdict
 
 import mlflow
@@ -59,11 +60,13 @@ def test_demo_path_publishes_champion_forecasts_for_every_series(
     fleet = synthetic_fleet(FleetSpec(n_series=SERIES, n_steps=STEPS, gaps_per_series=0, seed=3))
 
     produced, ingested = stream_and_ingest(rollcast_env, fleet)
+    flow_called_ms = int(time.time() * 1000)
     trained = train_flow(max_steps=40)
     served = serve_flow(max_records=produced)
 
     assert ingested["rows_written"] == produced == SERIES * STEPS
     _assert_mlflow_holds_the_run_and_champion(trained)
+    _assert_the_run_is_named_and_timed(trained, flow_called_ms)
     assert trained["val_mse"] < trained["val_repeat_last_mse"], "beats repeat-last-value"
 
     expected = SERIES * (STEPS - LOOKBACK + 1)  # one per step once the window is whole
@@ -91,6 +94,19 @@ def _assert_mlflow_holds_the_run_and_champion(trained: dict) -> None:
     assert plots == {"plots/loss.png", "plots/validation_forecast.png"}
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
     assert str(champion.version) == trained["version"] and champion.run_id == run.info.run_id
+
+
+def _assert_the_run_is_named_and_timed(trained: dict, flow_called_ms: int) -> None:
+    client = MlflowClient(MlflowSettings().mlflow_tracking_uri)
+    run = client.get_run(trained["run_id"])
+    kind = client.get_experiment(run.info.experiment_id).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development", "the UI would open on its GenAI pages"
+    assert run.info.run_name.startswith(f"train {MlflowSettings().model_name}: {SERIES} series of")
+    assert run.info.run_name.endswith(f", v{trained['version']}")
+    # The run spans the flow, training included, not just the logging at its end.
+    assert flow_called_ms <= run.info.start_time
+    duration_s = (run.info.end_time - run.info.start_time) / 1000
+    assert duration_s >= run.data.metrics["train_seconds"] > 0
 
 
 def _assert_forecasts_are_complete(messages: list, fleet: pd.DataFrame, version: str) -> None:

@@ -27,6 +27,7 @@ from pipeline.progress import Progress
 from pipeline.records import (
     DEFAULT_POLICY,
     LATE,
+    OTHER_CONTRACT,
     DeadLetter,
     Observation,
     RawRecord,
@@ -124,22 +125,50 @@ def set_steps(
         series.step_ms = infer_step_ms(readings) or 1
 
 
+class StoreContract:
+    """The channels of the stored series: a new series must share one, or it is refused.
+
+    One store holds one kind of data; a series of another dataset (no channel in common) would
+    leave training nothing to stack. Read from the files once, when the first new series comes.
+    """
+
+    def __init__(self, store: SeriesStore | None = None) -> None:
+        self._store = store
+        self._channels: set[str] | None = None if store is not None else set()
+
+    def refusal(self, channels: frozenset[str]) -> str | None:
+        """Why a new series with ``channels`` cannot join the store; None once it has joined."""
+        if self._channels is None:
+            self._channels = self._store.channels() if self._store is not None else set()
+        if self._channels and not self._channels & channels:
+            return (
+                f"channels {sorted(c[:64] for c in channels)[:8]} share none with the stored "
+                f"series' {sorted(self._channels)[:8]}: one store holds one data contract; "
+                "ingest this data with another ROLLCAST_DATA_DIR"
+            )
+        self._channels |= channels
+        return None
+
+
 def admit(
     accepted: list[tuple[RawRecord, Observation]],
     stored: dict[str, StoredSeries],
     policy: RecordPolicy,
+    contract: StoreContract | None = None,
 ) -> tuple[list[Observation], list[DeadLetter], int]:
     """Apply the per-series policy as serve does: (new observations, dead letters, duplicates).
 
     Timestamps are floored to the step; the first observation of a step wins; a step older than
-    the grace period allows is late; channels must be the series' own.
+    the grace period allows is late; channels must be the series' own, and a new series'
+    must share one with the store's (``contract``).
     """
+    contract = contract or StoreContract()
     kept: list[Observation] = []
     dead: list[DeadLetter] = []
     duplicates = 0
     for record, obs in accepted:
         try:
-            outcome = _admit_one(record, obs, stored[obs.series], policy)
+            outcome = _admit_one(record, obs, stored[obs.series], policy, contract)
         except Exception as err:  # no record may stop the loop: it becomes a dead letter
             outcome = invalid_letter(record, err)
         if isinstance(outcome, DeadLetter):
@@ -152,10 +181,16 @@ def admit(
 
 
 def _admit_one(
-    record: RawRecord, obs: Observation, series: StoredSeries, policy: RecordPolicy
+    record: RawRecord,
+    obs: Observation,
+    series: StoredSeries,
+    policy: RecordPolicy,
+    contract: StoreContract,
 ) -> Observation | DeadLetter | None:
     """The step-aligned observation to store, its dead letter, or None for a duplicate."""
     if series.channels is None:
+        if (refusal := contract.refusal(frozenset(obs.values))) is not None:
+            return DeadLetter(record, OTHER_CONTRACT, refusal)
         series.channels = frozenset(obs.values)
     problem = channel_problem(series.channels, obs.values)
     step_ms = series.step_ms
@@ -192,6 +227,7 @@ def ingest_batch(
     step_ms: int | None,
     policy: RecordPolicy,
     report: IngestReport,
+    contract: StoreContract,
 ) -> None:
     """Handle one poll's records; on return they are durable and may be committed."""
     accepted, dead = triage(records, policy)
@@ -201,7 +237,7 @@ def ingest_batch(
             dead.append(invalid_letter(record, unreadable[obs.series]))
     accepted = [(record, obs) for record, obs in accepted if obs.series not in unreadable]
     set_steps(stored, accepted, step_ms)
-    kept, refused, duplicates = admit(accepted, stored, policy)
+    kept, refused, duplicates = admit(accepted, stored, policy, contract)
     for letter in dead + refused:
         dead_letters.send_dead_letter(letter)
         report.dead_letters[letter.reason] += 1
@@ -228,10 +264,11 @@ def run_ingest(
     """
     report, progress = IngestReport(), Progress("ingest", max_records, logger)
     idle, step_ms = IdleClock(idle_s), freq_to_ms(freq) if freq else None
+    contract = StoreContract(store)
     while max_records is None or report.records_in < max_records:
         records = source.poll(POLL_TIMEOUT_S)
         if records:
-            ingest_batch(records, store, dead_letters, step_ms, policy, report)
+            ingest_batch(records, store, dead_letters, step_ms, policy, report, contract)
             source.commit(records)
             progress.advance(len(records), f"{report.rows_written} rows stored")
         if idle.expired(bool(records), source.assigned()):

@@ -48,6 +48,7 @@ FUTURE = "future"  # further ahead of the stream's time than the policy allows
 LATE = "late"
 MISSING_CHANNEL = "missing_channel"
 UNKNOWN_CHANNEL = "unknown_channel"  # a channel its series does not have
+OTHER_CONTRACT = "other_contract"  # a new series sharing no channel with the stored ones
 BAD_SERIES = "bad_series"  # not valid UTF-8 text, or too long
 BAD_CHANNEL = "bad_channel"  # a reserved, too long or non-UTF-8 channel name
 INVALID = "invalid"  # anything else that failed on the record's path; the detail names it

@@ -59,6 +59,21 @@ class SeriesStore:
             return pd.DataFrame(columns=[SERIES, TS])
         return pd.read_parquet(path)
 
+    def channels(self) -> set[str]:
+        """Every channel some stored series has, from the files' schemas (no rows are read).
+
+        A damaged file adds nothing here; reading its series says what is wrong with it.
+        """
+        if not self.root.exists():
+            return set()
+        names: set[str] = set()
+        for path in self.root.glob(f"*{SUFFIX}"):
+            try:
+                names.update(pq.read_schema(path).names)
+            except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+                continue
+        return names - {SERIES, TS}
+
     def read_all(self) -> dict[str, pd.DataFrame]:
         return {series_id: self.read(series_id) for series_id in self.series_ids()}
 

@@ -15,9 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.forecast import LoadedForecaster
-from pipeline.ingest import IngestReport, ingest_batch
+from pipeline.ingest import IngestReport, StoreContract, ingest_batch
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.records import LATE, MISSING_CHANNEL, UNKNOWN_CHANNEL, RawRecord, RecordPolicy
+from pipeline.records import (
+    LATE,
+    MISSING_CHANNEL,
+    OTHER_CONTRACT,
+    UNKNOWN_CHANNEL,
+    RawRecord,
+    RecordPolicy,
+)
 from pipeline.serve import RollingForecaster, new_stats, serve_batch
 from pipeline.store import SeriesStore, file_name
 
@@ -47,7 +54,8 @@ def record(offset: int, series: str, ts_ms: int, values: dict[str, float]) -> Ra
 
 def ingest(records: list[RawRecord], store: SeriesStore, policy: RecordPolicy) -> ListSink:
     sink = ListSink()
-    ingest_batch(records, store, sink, HOUR_MS, policy, IngestReport())  # type: ignore[arg-type]
+    contract = StoreContract(store)
+    ingest_batch(records, store, sink, HOUR_MS, policy, IngestReport(), contract)  # type: ignore[arg-type]
     return sink
 
 
@@ -76,6 +84,22 @@ def test_a_stored_series_refuses_foreign_channels_and_old_steps(tmp_path: Path) 
     stored = store.read("a")
     assert len(stored) == 11 and stored["OT"].iloc[3] == 1.0 and stored["OT"].iloc[-1] == 2.0
     assert list(stored.columns) == ["series", "ts", "OT"]
+
+
+def test_a_series_of_another_dataset_is_refused_by_the_store(tmp_path: Path) -> None:
+    store, policy = SeriesStore(tmp_path), RecordPolicy()
+    ingest(
+        [record(i, "fleet-1", i * HOUR_MS, {"load": 1.0, "temp": 2.0}) for i in range(5)],
+        store,
+        policy,
+    )
+
+    etth1 = [record(10 + i, "ETTh1", i * HOUR_MS, {"OT": 1.0, "HUFL": 2.0}) for i in range(5)]
+    sink = ingest([*etth1, record(20, "fleet-2", 0, {"load": 3.0, "temp": 4.0})], store, policy)
+
+    assert refusals(sink) == dict.fromkeys(range(10, 15), OTHER_CONTRACT)
+    assert "ROLLCAST_DATA_DIR" in sink.dead[0].detail
+    assert store.series_ids() == ["fleet-1", "fleet-2"]
 
 
 def test_a_series_id_too_long_for_a_file_name_is_stored_under_its_hash(tmp_path: Path) -> None:

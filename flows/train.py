@@ -192,6 +192,7 @@ def train_flow(
     series = data.series
     model_settings = sized_to_data(model_settings, data, train_settings.val_fraction)
     config = forecaster_config(model_settings, data, store)
+    registry.require_contract(mlflow_settings, registry.DataContract(config.channels, config.freq))
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
     result = train_challenger(train, val, config, train_config)

@@ -7,6 +7,7 @@ to :mod:`pipeline.forecast`. Promotion moves the ``champion`` alias; files are n
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
-from pipeline import RollcastError
+from pipeline import ConfigurationError, RollcastError
 from pipeline.config import MlflowSettings, StoreSettings
 from pipeline.evaluate import Scorecard
 from pipeline.forecast import LoadedForecaster, example_history, forecast_frame, predict
@@ -48,6 +49,8 @@ MODEL_ARTIFACT_PATH = "model"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 # MLflow 3's UI opens an experiment without this tag on its GenAI pages, not on the runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# A registered model's data contract: {"channels": [...], "freq": "1h"}.
+CONTRACT_TAG = "rollcast.data_contract"
 # Validation windows drawn in the forecast-vs-actual plot.
 PLOTTED_WINDOWS = 4
 
@@ -345,6 +348,53 @@ def champion_version(settings: MlflowSettings) -> str | None:
     except Exception as err:  # a store's own driver error (sqlite locked), a network error
         raise RegistryUnavailableError(f"cannot read the champion alias: {err!r}") from err
     return str(found.version)
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """What a registered model forecasts: its channels, in order, and its step."""
+
+    channels: tuple[str, ...]
+    freq: str
+
+    def describe(self) -> str:
+        return f"channels {list(self.channels)[:8]} every {self.freq}"
+
+
+class ContractError(RegistryError, ConfigurationError):
+    """A model cannot replace a registered model of another data contract."""
+
+
+def require_contract(settings: MlflowSettings, contract: DataContract) -> None:
+    """Refuse a challenger that could not replace the registered model; record a new model's.
+
+    One registered model per data contract: the first training creates the model with its
+    contract (a tag), and a version of other channels or another step never takes its alias.
+    """
+    client = MlflowClient()
+    try:
+        tags = client.get_registered_model(settings.model_name).tags
+    except MlflowException as err:
+        if err.error_code not in NOT_FOUND_CODES:
+            raise RegistryUnavailableError(f"cannot read {settings.model_name}: {err}") from err
+        client.create_registered_model(
+            settings.model_name, tags={CONTRACT_TAG: _contract_tag(contract)}
+        )
+        return
+    if CONTRACT_TAG not in tags:
+        client.set_registered_model_tag(settings.model_name, CONTRACT_TAG, _contract_tag(contract))
+        return
+    registered = DataContract(**json.loads(tags[CONTRACT_TAG]))
+    if tuple(registered.channels) != contract.channels or registered.freq != contract.freq:
+        raise ContractError(
+            f"the registered model {settings.model_name!r} forecasts {registered.describe()}; "
+            f"this data has {contract.describe()}, so its model could never replace it. "
+            "Set ROLLCAST_MODEL_NAME to a new name: one registered model per data contract"
+        )
+
+
+def _contract_tag(contract: DataContract) -> str:
+    return json.dumps({"channels": list(contract.channels), "freq": contract.freq})
 
 
 def load_version(settings: MlflowSettings, version: str) -> LoadedForecaster:

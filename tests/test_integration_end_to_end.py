@@ -6,6 +6,7 @@ import itertools
 import json
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -20,7 +21,8 @@ from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import CheckpointError
 from pipeline.records import parse_timestamp
-from pipeline.registry import load_champion
+from pipeline.registry import ContractError, load_champion
+from pipeline.store import SeriesStore
 from pipeline.transport import replay
 
 pytestmark = pytest.mark.integration
@@ -184,8 +186,6 @@ def test_the_gate_refuses_a_challenger_that_loses_to_seasonal_naive(
     stamps = pd.date_range("2024-01-01", periods=STEPS, freq="1h", tz="UTC")
     pattern = [float(h % 24) ** 1.5 for h in range(STEPS)]
     frame = pd.DataFrame({"series": "daily", "ts": stamps, "load": pattern})
-    from pipeline.store import SeriesStore
-
     SeriesStore(store.store_dir).append(frame)
 
     trained = train_flow(max_steps=4)
@@ -244,3 +244,28 @@ def test_training_on_an_empty_store_says_to_ingest_first(
 
     with pytest.raises(TrainingError, match="is empty: run `rollcast ingest` first"):
         train_flow(max_steps=4)
+
+
+def test_a_model_of_another_data_contract_never_takes_the_alias(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    tiny_model: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=5))
+    SeriesStore(StoreSettings().store_dir).append(fleet)
+    first = train_flow(max_steps=4)
+    # Another dataset, in a store of its own, under the same registered model name.
+    monkeypatch.setenv("ROLLCAST_DATA_DIR", str(tmp_path / "other"))
+    other = fleet.rename(columns={"load": "OT", "temp": "HUFL"})
+    SeriesStore(StoreSettings().store_dir).append(other)
+
+    with pytest.raises(ContractError, match="ROLLCAST_MODEL_NAME"):
+        train_flow(max_steps=4)
+
+    settings = MlflowSettings()
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
+    assert str(champion.version) == first["version"] == "1"
+    assert len(client.search_model_versions(f"name='{settings.model_name}'")) == 1

@@ -192,6 +192,9 @@ class ServeSettings(BaseSettings):
 
     serve_group: str = "rollcast-serve"
     serve_idle_s: float | None = None  # None: run until stopped
+    # A member with no partitions this long after it starts says so in its log, and its idle
+    # time (serve_idle_s) counts from then on.
+    join_grace_s: Annotated[float, Field(gt=0)] = 30.0
     # Records per poll: one batch. Also the bound on records forecast twice after a crash.
     max_poll_records: int = 2000
     # Live series held; the least recently seen is dropped beyond this.

@@ -358,7 +358,7 @@ def run_serve(
             progress.advance(len(records), f"{stats.forecasts_out} forecasts")
         stats.consumer_lag, stats.live_series = source.lag(), rolling.live_series()
         stats.partitions = source.partitions()
-        # Idle time counts from the first assignment: a group join can take a session timeout.
+        # Idle time counts from the first assignment (or JOIN_GRACE_S without one).
         if should_stop(stats, not records and stats.partitions > 0):
             break
     progress.finish(
@@ -393,14 +393,38 @@ def stop_on_sigterm() -> threading.Event:
     return stopping
 
 
+# A member that has no partitions this long after it started says so, and from then on its
+# idle time counts: longer than a group join (about 3 s) and a dead member's session (10 s).
+JOIN_GRACE_S = 30.0
+
+
 def stop_rule(
-    max_records: int | None, idle_s: float | None, stopping: threading.Event
+    max_records: int | None,
+    idle_s: float | None,
+    stopping: threading.Event,
+    join_grace_s: float = JOIN_GRACE_S,
 ) -> Callable[[ServeStats, bool], bool]:
-    idle_since = time.monotonic()
+    """When the serve loop ends: SIGTERM, ``max_records`` read, or ``idle_s`` without records.
+
+    Idle time counts once the member has partitions, or once ``join_grace_s`` passed without.
+    """
+    started = idle_since = time.monotonic()
+    ever_assigned, warned = False, False
 
     def should_stop(stats: ServeStats, idle: bool) -> bool:
-        nonlocal idle_since
+        nonlocal idle_since, ever_assigned, warned
         now = time.monotonic()
+        ever_assigned |= stats.partitions > 0
+        if not ever_assigned and now - started >= join_grace_s:
+            idle = True
+            if not warned:
+                warned = True
+                logger.warning(
+                    "no partitions assigned in %.0f s: the group has as many members as "
+                    "partitions, or a member that died has not left it yet (its session must "
+                    "expire); serving nothing until the group rebalances",
+                    now - started,
+                )
         if not idle:
             idle_since = now
         if stopping.is_set():

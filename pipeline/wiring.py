@@ -98,7 +98,7 @@ def serve_from_settings(
     freeze_heap()
     watcher.start()
     try:
-        stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm())
+        stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm(), serve.join_grace_s)
         run_serve(source, sink, rolling, stop, slot, stats, keep_copy(local_copy))
     finally:
         watcher.stop()

@@ -6,6 +6,10 @@ No broker here: the loop talks to a list-backed sink; the integration tests use 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,14 @@ from pipeline.records import (
     RawRecord,
     RecordPolicy,
 )
-from pipeline.serve import RollingForecaster, new_stats, serve_batch, swap_if_offered
-from pipeline.stats import LatencyRecorder
+from pipeline.serve import (
+    RollingForecaster,
+    new_stats,
+    serve_batch,
+    stop_rule,
+    swap_if_offered,
+)
+from pipeline.stats import LatencyRecorder, ServeStats
 from pipeline.swap import (
     INCOMPATIBLE,
     UNLOADABLE,
@@ -386,3 +396,31 @@ def test_the_local_copy_round_trips_and_refuses_a_mismatched_checkpoint(tmp_path
     assert np.array_equal(predict(kept.model, window), predict(repeat_last().model, window))
     (tmp_path / "rollcast_forecaster.pt").write_bytes(b"torn write")
     assert copy.load() is None
+
+
+def _stopped_within(stop: Callable[[ServeStats, bool], bool], stats: ServeStats, s: float) -> bool:
+    """Call the rule as the loop does after each empty poll, for up to ``s`` seconds."""
+    deadline = time.monotonic() + s
+    while time.monotonic() < deadline:
+        if stop(stats, stats.partitions > 0):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_member_without_partitions_says_so_and_still_stops_when_idle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stats = new_stats(
+        RollingForecaster(repeat_last(), max_series=10)
+    )  # stats.partitions == 0: none assigned
+    stop = stop_rule(None, idle_s=0.05, stopping=threading.Event(), join_grace_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="pipeline.serve"):
+        assert _stopped_within(stop, stats, 10)
+    assert "no partitions assigned" in caplog.text
+
+
+def test_a_member_still_joining_is_not_idle() -> None:
+    stats = new_stats(RollingForecaster(repeat_last(), max_series=10))
+    stop = stop_rule(None, idle_s=0.05, stopping=threading.Event(), join_grace_s=60)
+    assert not _stopped_within(stop, stats, 0.5)

@@ -4,10 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean stack
 
 demo: $(STAMP)
 	$(BIN)/rollcast demo
+
+# MLflow and Prefect servers on PostgreSQL (ROLLCAST_POSTGRES_URL), as docker-compose.yml runs them.
+stack: $(STAMP)
+	$(BIN)/rollcast stack
 
 test: $(STAMP) lint
 	$(BIN)/pytest

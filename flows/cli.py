@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092)
     broker.set_defaults(handler=cmd_broker)
 
+    stack = commands.add_parser(
+        "stack", help="run MLflow and Prefect servers on PostgreSQL (ROLLCAST_POSTGRES_URL)"
+    )
+    stack.set_defaults(handler=cmd_stack)
     replay = commands.add_parser("replay", help="produce a CSV's rows as observations")
     replay.add_argument("csv", type=Path)
     replay.add_argument("--series-id", help="series id (default: the file name)")
@@ -122,6 +126,18 @@ def cmd_broker(args: argparse.Namespace) -> None:
         transport.create_topics(transport.topics.all(), kafka.topic_partitions)
         print(f"export ROLLCAST_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
         print("embedded broker running (memory storage); Ctrl-C stops it", flush=True)
+        _block_until_signal()
+
+
+def cmd_stack(args: argparse.Namespace) -> None:
+    from flows.stack import Stack
+    from pipeline.config import StackSettings, StoreSettings
+
+    root = StoreSettings().data_dir / "stack"
+    with Stack(StackSettings(), root) as stack:
+        for name, value in stack.env().items():
+            print(f"export {name}={value}", flush=True)
+        print(f"MLflow and Prefect on PostgreSQL (logs in {root}); Ctrl-C stops them", flush=True)
         _block_until_signal()
 
 

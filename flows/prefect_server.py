@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -55,11 +56,16 @@ class _DyingWithParent:
         return getattr(subprocess, name)
 
     def Popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802
-        kwargs.setdefault("preexec_fn", self._die_with_parent)
+        kwargs.setdefault("preexec_fn", dies_with(self._parent))
         return subprocess.Popen(*args, **kwargs)
 
-    def _die_with_parent(self) -> None:
-        """Runs in the child between fork and exec."""
+
+def dies_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies, however it dies (Linux)."""
+
+    def arrange() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != self._parent:  # the parent died before the prctl took effect
+        if os.getppid() != parent:  # the parent died before the prctl took effect
             os._exit(1)
+
+    return arrange

@@ -175,6 +175,20 @@ class ScheduleSettings(BaseSettings):
     train_cron: str = "0 3 * * *"
 
 
+class StackSettings(BaseSettings):
+    """`rollcast stack`: MLflow and Prefect on PostgreSQL, as docker-compose.yml runs them."""
+
+    model_config = _settings_config()
+
+    # A connection allowed to create databases; the servers get one database each on it.
+    postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    stack_mlflow_db: str = "mlflow"
+    stack_prefect_db: str = "prefect"
+    stack_host: str = "127.0.0.1"  # loopback: neither server authenticates (deploy/README.md)
+    stack_mlflow_port: int = 5000
+    stack_prefect_port: int = 4200
+
+
 class IngestSettings(BaseSettings):
     """The ingest stage's consumer."""
 

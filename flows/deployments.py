@@ -16,6 +16,7 @@ import sys
 from prefect import Flow, serve
 
 from flows.ingest import ingest_flow
+from flows.retrain import drift_flow
 from flows.serve import serve_flow
 from flows.train import train_flow
 from pipeline import ConfigurationError
@@ -33,6 +34,9 @@ def serve_locally(schedules: ScheduleSettings) -> None:
             name="ingest", interval=schedules.ingest_interval_s, concurrency_limit=1
         ),
         train_flow.to_deployment(name="train", cron=schedules.train_cron, concurrency_limit=1),
+        drift_flow.to_deployment(
+            name="drift", interval=schedules.drift_check_interval_s, concurrency_limit=1
+        ),
         serve_flow.to_deployment(name="serve"),
     )
 
@@ -41,6 +45,7 @@ def register(schedules: ScheduleSettings) -> None:
     for entrypoint, name, schedule in (
         ("flows/ingest.py:ingest_flow", "ingest", {"interval": schedules.ingest_interval_s}),
         ("flows/train.py:train_flow", "train", {"cron": schedules.train_cron}),
+        ("flows/retrain.py:drift_flow", "drift", {"interval": schedules.drift_check_interval_s}),
         ("flows/serve.py:serve_flow", "serve", {}),
     ):
         flow = Flow.from_source(source=SOURCE_DIR, entrypoint=entrypoint)

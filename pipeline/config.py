@@ -173,6 +173,19 @@ class ScheduleSettings(BaseSettings):
     ingest_interval_s: Annotated[float, Field(gt=0)] = 300.0
     # Retrain nightly, after a day of fresh data (cron, the Prefect server's time zone: UTC).
     train_cron: str = "0 3 * * *"
+    # How often the drift flow compares serve's online error with the champion's validation.
+    drift_check_interval_s: Annotated[float, Field(gt=0)] = 900.0
+
+
+class DriftSettings(BaseSettings):
+    """When serve's online error of the champion starts a retraining (flows/retrain.py)."""
+
+    model_config = _settings_config()
+
+    # Retrain when the online MSE exceeds the validation MSE by this factor...
+    drift_ratio: Annotated[float, Field(gt=0)] = 2.0
+    # ...measured over at least this many forecast values (steps ahead x channels x forecasts).
+    drift_min_scored: Annotated[int, Field(ge=1)] = 1000
 
 
 class StackSettings(BaseSettings):
@@ -206,6 +219,8 @@ class ServeSettings(BaseSettings):
 
     serve_group: str = "rollcast-serve"
     serve_idle_s: float | None = None  # None: run until stopped
+    # How often serve logs its online MSE to the serving version's MLflow run (0: never).
+    online_report_s: Annotated[float, Field(ge=0)] = 60.0
     # A member with no partitions this long after it starts says so in its log, and its idle
     # time (serve_idle_s) counts from then on.
     join_grace_s: Annotated[float, Field(gt=0)] = 30.0

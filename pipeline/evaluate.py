@@ -86,6 +86,41 @@ class Verdict:
         return margins
 
 
+@dataclass(frozen=True)
+class DriftCheck:
+    """Serve's online MSE of the champion against its validation MSE (the same units).
+
+    >>> check = DriftCheck(val_mse=0.2, online_mse=0.9, scored=500, max_ratio=2.0, min_scored=100)
+    >>> check.retrain, round(check.ratio, 2)
+    (True, 4.5)
+    >>> DriftCheck(0.2, 0.9, scored=50, max_ratio=2.0, min_scored=100).retrain
+    False
+    """
+
+    val_mse: float
+    online_mse: float
+    scored: int  # forecast values behind online_mse
+    max_ratio: float
+    min_scored: int
+
+    @property
+    def ratio(self) -> float:
+        return self.online_mse / self.val_mse if self.val_mse > 0 else math.inf
+
+    @property
+    def retrain(self) -> bool:
+        return self.scored >= self.min_scored and self.ratio > self.max_ratio
+
+    def reason(self) -> str:
+        figures = (
+            f"online MSE {self.online_mse:.4g} over {self.scored} values is {self.ratio:.2f}x "
+            f"the validation MSE {self.val_mse:.4g} (retrain above {self.max_ratio:g}x)"
+        )
+        if self.scored < self.min_scored:
+            return f"too few values scored to judge ({self.min_scored} needed): {figures}"
+        return f"{'drift: retraining' if self.retrain else 'no drift'}: {figures}"
+
+
 def judge(card: Scorecard, champion_mse: float | None, gate: bool = True) -> Verdict:
     """The promotion gate, on one set of validation windows.
 

@@ -49,6 +49,9 @@ MODEL_ARTIFACT_PATH = "model"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 # MLflow 3's UI opens an experiment without this tag on its GenAI pages, not on the runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Serve's MSE of published forecasts, in the units of the training run's val_mse.
+ONLINE_MSE = "online_mse"
+ONLINE_VALUES = "online_values"  # forecast values (steps ahead x channels) behind it
 # A registered model's data contract: {"channels": [...], "freq": "1h"}.
 CONTRACT_TAG = "rollcast.data_contract"
 # Validation windows drawn in the forecast-vs-actual plot.
@@ -436,6 +439,53 @@ def record_verdict(
         client.log_metric(logged.run_id, name, value)
     client.set_tag(logged.run_id, "rollcast.promotion", reason)
     tag_version(settings, logged.version, {"promotion": reason})
+
+
+def log_online_error(
+    settings: MlflowSettings, version: str, mse: float, values: int, scored: int
+) -> None:
+    """Serve's online MSE of ``version`` (validation units) over ``values`` forecast values,
+    on the run that trained it. The step is how many values of the version had been scored.
+    """
+    client, run_id = MlflowClient(), _run_of(settings, version)
+    client.log_metric(run_id, ONLINE_MSE, mse, step=scored)
+    client.log_metric(run_id, ONLINE_VALUES, values, step=scored)
+
+
+def online_error(
+    settings: MlflowSettings, version: str, min_values: int = 1
+) -> tuple[float, float, int] | None:
+    """(validation MSE, online MSE, values behind it) of ``version``: serve's latest reports,
+    merged from the newest back until they cover ``min_values`` forecast values (or all there
+    are); None before serve's first report."""
+    client, run_id = MlflowClient(), _run_of(settings, version)
+    mses = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_MSE)}
+    counts = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_VALUES)}
+    squared, values = 0.0, 0
+    for step in sorted(mses.keys() & counts.keys(), reverse=True):
+        squared, values = squared + mses[step] * counts[step], values + int(counts[step])
+        if values >= min_values:
+            break
+    if not values:
+        return None
+    return client.get_run(run_id).data.metrics["val_mse"], squared / values, values
+
+
+def record_drift(
+    settings: MlflowSettings, version: str, figures: dict[str, float], why: str
+) -> None:
+    """A drift check's figures (metrics) and decision (a tag) on the champion's training run."""
+    client, run_id = MlflowClient(), _run_of(settings, version)
+    for name, value in figures.items():
+        client.log_metric(run_id, name, value)
+    client.set_tag(run_id, "rollcast.drift", why[:5000])
+
+
+def _run_of(settings: MlflowSettings, version: str) -> str:
+    run_id = MlflowClient().get_model_version(settings.model_name, version).run_id
+    if run_id is None:
+        raise RegistryError(f"version {version} of {settings.model_name} has no run")
+    return str(run_id)
 
 
 def promote(settings: MlflowSettings, version: str) -> None:

@@ -124,8 +124,15 @@ class RollingForecaster:
         return len(self.series) + len(self.newcomers)
 
     def swap(self, forecaster: LoadedForecaster) -> None:
-        """Serve with ``forecaster`` from now on; it must serve like the current one."""
+        """Serve with ``forecaster`` from now on; it must serve like the current one.
+
+        Forecasts of the old version still being scored are dropped: the online error of the
+        new version counts its own forecasts only.
+        """
         self.forecaster = forecaster
+        for pool in (self.series, self.newcomers):
+            for state in pool.values():
+                state.scoring = None
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the windows of series read from ``partitions`` (now another member's)."""
@@ -329,6 +336,7 @@ def swap_if_offered(
     rolling.swap(loaded)
     stats.swaps += 1
     stats.model_version = loaded.version
+    stats.online_error.switch(loaded.version, model_scale(rolling))
     return loaded
 
 
@@ -367,9 +375,19 @@ def run_serve(
     return stats
 
 
+def model_scale(rolling: RollingForecaster) -> np.ndarray:
+    """The served model's channel scale, in the order of the forecasts it makes."""
+    return np.asarray(rolling.model.scale.detach().cpu().numpy(), dtype=np.float64)
+
+
 def new_stats(rolling: RollingForecaster) -> ServeStats:
     return ServeStats(
-        OnlineError(rolling.model.config.horizon, rolling.step_ms),
+        OnlineError(
+            rolling.model.config.horizon,
+            rolling.step_ms,
+            model_scale(rolling),
+            rolling.forecaster.version,
+        ),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,
     )

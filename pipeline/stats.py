@@ -7,11 +7,16 @@ both read the declarations, so a new counter is one line here and nothing anywhe
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # Upper bounds of the latency buckets, in seconds: 1 ms to 10 s.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -103,11 +108,22 @@ class OnlineError:
     [0.5, 0.0]
     """
 
-    def __init__(self, horizon: int, step_ms: int) -> None:
+    def __init__(
+        self, horizon: int, step_ms: int, scale: np.ndarray | None = None, version: str = ""
+    ) -> None:
         self.step_ms = step_ms
         self.abs_error_sum = np.zeros(horizon)
         self.abs_error_count = np.zeros(horizon, np.int64)
+        # Per model version: (sum of squared errors divided by the model's channel scale, the
+        # values scored). The units of the version's validation MSE.
+        self.by_version: dict[str, tuple[float, int]] = {}
+        self.version, self.scale = version, scale
         self._scored: list[tuple[int, np.ndarray, np.ndarray]] = []  # (ahead, predicted, actual)
+
+    def switch(self, version: str, scale: np.ndarray) -> None:
+        """Score the forecasts of another model version from now on (after a swap)."""
+        self.settle()
+        self.version, self.scale = version, scale
 
     def score(self, scoring: Scoring, ts_ms: int, actual: np.ndarray) -> bool:
         """Score the actual of step ``ts_ms``; return whether the forecast has steps left."""
@@ -125,6 +141,12 @@ class OnlineError:
         actual = np.stack([v for _, _, v in self._scored])
         np.add.at(self.abs_error_sum, ahead, np.abs(predicted - actual).mean(axis=1))
         np.add.at(self.abs_error_count, ahead, 1)
+        scaled = (predicted - actual) / (self.scale if self.scale is not None else 1.0)
+        squared, count = self.by_version.get(self.version, (0.0, 0))
+        self.by_version[self.version] = (
+            squared + float(np.square(scaled).mean(axis=1).sum()),
+            count + len(self._scored),
+        )
         self._scored.clear()
 
     def mae(self) -> list[float | None]:
@@ -203,3 +225,45 @@ def declared(stats: ServeStats) -> list[Declared]:
         for f in fields(stats)
         if "kind" in f.metadata
     ]
+
+
+class OnlineErrorReporter(threading.Thread):
+    """Every ``interval_s``, for each model version, the MSE (in validation units) of its
+    forecast values scored since the last report: ``report(version, mse, values, scored)``,
+    ``scored`` counting every value of the version so far. Serve logs it to the version's
+    MLflow run, where the drift flow reads it. A daemon thread; a failed report is logged,
+    and the next one covers its values too."""
+
+    def __init__(
+        self,
+        stats: ServeStats,
+        report: Callable[[str, float, int, int], None],
+        interval_s: float,
+    ) -> None:
+        super().__init__(name="online-error-reporter", daemon=True)
+        self._stats, self._report, self._interval_s = stats, report, interval_s
+        self._stopped = threading.Event()
+        self._reported: dict[str, tuple[float, int]] = {}  # totals at the last good report
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            self.report_once()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=30)
+        self.report_once()
+
+    def report_once(self) -> None:
+        for version, (squared, count) in list(self._stats.online_error.by_version.items()):
+            done_squared, done_count = self._reported.get(version, (0.0, 0))
+            if count <= done_count:
+                continue
+            new = count - done_count
+            try:
+                self._report(version, (squared - done_squared) / new, new, count)
+            except Exception as err:  # the registry being down must not stop serving
+                logger.warning("cannot report the online error of version %s: %s", version, err)
+                continue
+            self._reported[version] = (squared, count)

@@ -29,7 +29,7 @@ from pipeline.serve import (
     stop_on_sigterm,
     stop_rule,
 )
-from pipeline.stats import ServeStats
+from pipeline.stats import OnlineErrorReporter, ServeStats
 from pipeline.store import SeriesStore
 from pipeline.swap import ChampionWatcher, LocalCopy, ModelSlot
 from pipeline.transport import Transport
@@ -95,6 +95,7 @@ def serve_from_settings(
         rolling.forget_partitions,
     )
     sink = transport.sink()
+    reporter = online_error_reporter(mlflow_settings, stats, serve.online_report_s)
     freeze_heap()
     watcher.start()
     try:
@@ -102,9 +103,26 @@ def serve_from_settings(
         run_serve(source, sink, rolling, stop, slot, stats, keep_copy(local_copy))
     finally:
         watcher.stop()
+        if reporter is not None:
+            reporter.stop()
         source.close()
         sink.close()
     return stats, rolling.forecaster
+
+
+def online_error_reporter(
+    settings: MlflowSettings, stats: ServeStats, interval_s: float
+) -> OnlineErrorReporter | None:
+    """A started thread logging the online MSE to MLflow every ``interval_s`` (0: none)."""
+    if not interval_s:
+        return None
+
+    def report(version: str, mse: float, values: int, scored: int) -> None:
+        registry.log_online_error(settings, version, mse, values, scored)
+
+    reporter = OnlineErrorReporter(stats, report, interval_s)
+    reporter.start()
+    return reporter
 
 
 def start_champion(settings: MlflowSettings, local_copy: LocalCopy) -> LoadedForecaster:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from pipeline.config import (
 )
 from pipeline.evaluate import Scorecard, Verdict, default_season, judge, score_forecaster
 from pipeline.forecast import example_history
-from pipeline.model import CheckpointError, ForecasterConfig, build_forecaster
+from pipeline.model import (
+    CheckpointError,
+    Forecaster,
+    ForecasterConfig,
+    build_forecaster,
+    warm_started,
+)
 from pipeline.records import RecordPolicy
 from pipeline.store import SeriesStore, TrainingData, load_training_data
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
@@ -64,10 +71,39 @@ def make_windows(
 
 @task(cache_policy=NO_CACHE)
 def train_challenger(
-    train: WindowSet, val: WindowSet, config: ForecasterConfig, train_config: TrainConfig
+    train: WindowSet,
+    val: WindowSet,
+    config: ForecasterConfig,
+    train_config: TrainConfig,
+    start: Forecaster | None = None,
 ) -> TrainResult:
+    """Train from ``start`` (the champion's weights) when given, else from a fresh model."""
     get_run_logger().info("training on %d windows, validating on %d", len(train), len(val))
-    return fit(build_forecaster(config, seed=train_config.seed), train, val, train_config)
+    model = start if start is not None else build_forecaster(config, seed=train_config.seed)
+    return fit(model, train, val, train_config)
+
+
+@task(cache_policy=NO_CACHE)
+def warm_start_from(
+    mlflow_settings: MlflowSettings, config: ForecasterConfig
+) -> tuple[Forecaster, str] | None:
+    """The champion's weights and version, if there is a champion with this exact config."""
+    logger = get_run_logger()
+    version = registry.champion_version(mlflow_settings)
+    if version is None:
+        logger.info("no champion to warm start from: training from scratch")
+        return None
+    try:
+        champion = registry.load_version(mlflow_settings, version)
+    except CheckpointError as err:
+        logger.warning("cannot warm start from version %s: %s", version, err)
+        return None
+    model = warm_started(champion.model, config)
+    if model is None:
+        logger.info("version %s has another config: training from scratch", version)
+        return None
+    logger.info("warm start from version %s", version)
+    return model, version
 
 
 @task(cache_policy=NO_CACHE)
@@ -195,7 +231,11 @@ def train_flow(
     registry.require_contract(mlflow_settings, registry.DataContract(config.channels, config.freq))
     train, val = make_windows(series, config, train_settings.val_fraction)
     train_config = train_config_from(train_settings)
-    result = train_challenger(train, val, config, train_config)
+    warm = warm_start_from(mlflow_settings, config) if train_settings.warm_start else None
+    if warm is not None:
+        budget = min(train_config.max_steps, train_settings.warm_start_steps)
+        train_config = replace(train_config, max_steps=budget)
+    result = train_challenger(train, val, config, train_config, warm[0] if warm else None)
     season = model_settings.season or default_season(freq_to_ms(config.freq))
     card = score_challenger(result, val, season)
     data_params: dict[str, object] = {
@@ -204,6 +244,7 @@ def train_flow(
         "repaired_rows": data.repaired_rows,
         "train_windows": len(train),
         "val_windows": len(val),
+        "warm_start_from": warm[1] if warm else "none",
     }
     label = registry.RunLabel(started_ms, describe_data(series, config))
     example = input_example(series, config)
@@ -212,6 +253,8 @@ def train_flow(
     )
     champion_mse = score_champion(mlflow_settings, val, config, season)
     verdict = judge(card, champion_mse, train_settings.promotion_gate)
+    if warm is not None:
+        registry.tag_version(mlflow_settings, logged.version, {"parent_version": warm[1]})
     promoted = crown(mlflow_settings, logged, verdict)
     return {
         "run_id": logged.run_id,
@@ -321,7 +364,15 @@ def forecaster_config(
 
 
 # Train-flow settings that are not the engine's.
-FLOW_ONLY = {"val_fraction", "promotion_gate", "tuned_config", "tune_trials", "tune_timeout_s"}
+FLOW_ONLY = {
+    "val_fraction",
+    "promotion_gate",
+    "tuned_config",
+    "tune_trials",
+    "tune_timeout_s",
+    "warm_start",
+    "warm_start_steps",
+}
 
 
 def train_config_from(settings: TrainSettings) -> TrainConfig:

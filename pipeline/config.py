@@ -159,6 +159,10 @@ class TrainSettings(BaseSettings):
     promotion_gate: bool = True
     # A JSON file of tuned settings (written by `rollcast tune`) that override the ones above.
     tuned_config: Path | None = None
+    # Start the challenger from the champion's weights when its config is the same, with a
+    # budget of warm_start_steps instead of max_steps (same early stopping, same gate).
+    warm_start: bool = False
+    warm_start_steps: Annotated[int, Field(ge=1)] = 250
     # Optuna trials the train flow runs before training (0: none; see `rollcast tune`).
     tune_trials: Annotated[int, Field(ge=0)] = 0
     tune_timeout_s: Annotated[float, Field(gt=0)] | None = None

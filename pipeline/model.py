@@ -370,6 +370,16 @@ def build_forecaster(config: ForecasterConfig, seed: int | None = None) -> Forec
         return ARCHITECTURES[config.architecture](config)
 
 
+def warm_started(champion: Forecaster, config: ForecasterConfig) -> Forecaster | None:
+    """A trainable copy of ``champion`` to start a challenger from; None unless its config is
+    ``config`` exactly (same channels, step, shape and options)."""
+    if champion.config != config:
+        return None
+    model = build_forecaster(config)
+    model.load_state_dict(champion.state_dict())
+    return model
+
+
 def save_checkpoint(model: Forecaster, path: Path) -> Path:
     """Write config and weights to one file."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

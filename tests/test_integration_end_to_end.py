@@ -269,3 +269,29 @@ def test_a_model_of_another_data_contract_never_takes_the_alias(
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
     assert str(champion.version) == first["version"] == "1"
     assert len(client.search_model_versions(f"name='{settings.model_name}'")) == 1
+
+
+def test_a_warm_start_trains_from_the_champion_and_records_its_version(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    tiny_model: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=7))
+    SeriesStore(StoreSettings().store_dir).append(fleet)
+    first = train_flow(max_steps=40)
+    monkeypatch.setenv("ROLLCAST_WARM_START", "true")
+    monkeypatch.setenv("ROLLCAST_WARM_START_STEPS", "10")
+
+    second = train_flow(max_steps=40)
+
+    client = MlflowClient()
+    run = client.get_run(str(second["run_id"]))
+    assert run.data.params["data.warm_start_from"] == first["version"] == "1"
+    assert run.data.params["train.max_steps"] == "10" and second["steps"] <= 10
+    version = client.get_model_version(MlflowSettings().model_name, str(second["version"]))
+    assert version.tags["parent_version"] == "1"
+    # Started from trained weights: its first validation is already near the champion's best.
+    first_losses = client.get_metric_history(str(first["run_id"]), "val_loss")
+    warm_losses = client.get_metric_history(run.info.run_id, "val_loss")
+    assert warm_losses[0].value < first_losses[0].value

@@ -22,6 +22,7 @@ from pipeline.model import (
     load_checkpoint,
     moving_average,
     save_checkpoint,
+    warm_started,
 )
 
 CHANNELS = ("load", "temp")
@@ -294,3 +295,16 @@ def test_one_seed_builds_one_model_whatever_ran_before() -> None:
     for name, weights in first.state_dict().items():
         assert torch.equal(weights, second.state_dict()[name]), name
     assert any(not torch.equal(w, other.state_dict()[n]) for n, w in first.state_dict().items())
+
+
+def test_a_warm_start_copies_the_champion_only_when_the_config_is_the_same() -> None:
+    config = ForecasterConfig(("load",), lookback=48, horizon=12, hidden_size=16, segment_len=24)
+    champion = build_forecaster(config, seed=1)
+
+    warm = warm_started(champion, config)
+
+    assert warm is not None and warm is not champion
+    for name, value in champion.state_dict().items():
+        assert torch.equal(warm.state_dict()[name], value), name
+    assert warm_started(champion, dataclasses.replace(config, hidden_size=32)) is None
+    assert warm_started(champion, dataclasses.replace(config, freq="30min")) is None

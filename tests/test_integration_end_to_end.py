@@ -246,6 +246,13 @@ def test_training_on_an_empty_store_says_to_ingest_first(
         train_flow(max_steps=4)
 
 
+def stored_fleet(seed: int) -> pd.DataFrame:
+    """Two gap-free synthetic series, written straight into the store."""
+    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=seed))
+    SeriesStore(StoreSettings().store_dir).append(fleet)
+    return fleet
+
+
 def test_a_model_of_another_data_contract_never_takes_the_alias(
     rollcast_env: KafkaSettings,
     prefect_api: None,
@@ -253,8 +260,7 @@ def test_a_model_of_another_data_contract_never_takes_the_alias(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=5))
-    SeriesStore(StoreSettings().store_dir).append(fleet)
+    fleet = stored_fleet(seed=5)
     first = train_flow(max_steps=4)
     # Another dataset, in a store of its own, under the same registered model name.
     monkeypatch.setenv("ROLLCAST_DATA_DIR", str(tmp_path / "other"))
@@ -277,8 +283,7 @@ def test_a_warm_start_trains_from_the_champion_and_records_its_version(
     tiny_model: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=7))
-    SeriesStore(StoreSettings().store_dir).append(fleet)
+    stored_fleet(seed=7)
     first = train_flow(max_steps=40)
     monkeypatch.setenv("ROLLCAST_WARM_START", "true")
     monkeypatch.setenv("ROLLCAST_WARM_START_STEPS", "10")

@@ -1,13 +1,15 @@
-"""Warm start against cold start, side by side: the retraining a month of new data asks for.
+"""Warm start against cold start, side by side: the retraining that new data asks for.
 
-ETTh1's ``OT`` (one series, hourly). The champion is trained the train flow's way (defaults,
-early stopping, the last 20% of the series as validation) on the first 8,640 rows. A month
-(720 rows) later the data has grown, and the challenger is trained on it twice, from the same
-windows: cold (fresh weights, ``max_steps`` 1000) and warm (the champion's weights,
-``ROLLCAST_WARM_START_STEPS`` 250). Both are scored on the gate's validation windows and on the
-month after (test), which neither saw. Resumable; one JSON line per seed.
+One real series each: ETTh1's ``OT`` (hourly) and Taylor's half-hourly electricity demand
+(``pip install -e '.[bench]'``). The champion is trained the train flow's way (defaults, the
+lookback cut to the data, early stopping, the last 20% of the series as validation) on the
+first 60% of the rows. Then 10% more rows arrive, and the challenger is trained on the grown
+series twice, from the same windows: cold (fresh weights, ``max_steps`` 1000) and warm (the
+champion's weights, ``ROLLCAST_WARM_START_STEPS`` 250). Both are scored on the gate's
+validation windows and on the next 10% of the rows (test), which neither saw. Resumable; one
+JSON line per dataset and seed.
 
-    python benchmarks/warm_start.py --seeds 0,1,2
+    python benchmarks/warm_start.py --datasets ETTh1,taylor --seeds 0,1,2
     python benchmarks/warm_start.py --report
 """
 
@@ -17,6 +19,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,33 +29,50 @@ import numpy as np
 import pandas as pd
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from pipeline.config import TrainSettings
 from pipeline.datasets import load_csv
 from pipeline.evaluate import mse
 from pipeline.forecast import predict
 from pipeline.model import Forecaster, ForecasterConfig, build_forecaster, warm_started
 from pipeline.train import TrainConfig, fit
-from pipeline.windows import WindowSet, build_window_sets, window_starts
+from pipeline.windows import WindowSet, bounded_lookback, build_window_sets, window_starts
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ETTh1.csv"
 RESULTS = ROOT / "benchmarks" / "results" / "warm-start.jsonl"
-CHAMPION_ROWS, MONTH = 8640, 720
+CHAMPION_SHARE, NEW_SHARE = 0.6, 0.1  # of the rows: the champion's, then what arrives after
 VAL_FRACTION = TrainSettings().val_fraction
 
 
-def series(rows: int) -> dict[str, pd.DataFrame]:
-    """The first ``rows`` hours of ETTh1's OT, as the store holds a series."""
-    return {"ETTh1": load_csv(DATA).set_index("ts")[["OT"]].iloc[:rows]}
+def etth1() -> pd.DataFrame:
+    return load_csv(ROOT.parent / "shared" / "data" / "ETTh1.csv").set_index("ts")[["OT"]]
 
 
-def test_windows(values: np.ndarray, config: ForecasterConfig) -> WindowSet:
-    """Windows whose targets lie in the month after the grown data."""
+def taylor() -> pd.DataFrame:
+    from generalization import taylor as load_taylor
+
+    return load_taylor().set_index("date")
+
+
+DATASETS = {"ETTh1": etth1, "taylor": taylor}
+
+
+def test_windows(values: np.ndarray, start: int, end: int, config: ForecasterConfig) -> WindowSet:
+    """Windows whose targets lie in rows ``start``..``end``."""
     span = config.lookback + config.horizon
-    first = CHAMPION_ROWS + MONTH - config.lookback
-    starts = window_starts(values, first, CHAMPION_ROWS + 2 * MONTH, span)
-    labels = np.full(len(starts), "ETTh1", dtype=object)
+    starts = window_starts(values, start - config.lookback, end, span)
+    labels = np.full(len(starts), "test", dtype=object)
     return WindowSet(values, starts.astype(np.int64), config.lookback, config.horizon, labels)
+
+
+def sized_config(frame: pd.DataFrame, rows: int) -> ForecasterConfig:
+    """The default shape with the lookback the train flow would give a series of ``rows``."""
+    default = ForecasterConfig(tuple(frame.columns))
+    lookback = bounded_lookback(
+        default.lookback, default.horizon, rows, VAL_FRACTION, default.segment_len
+    )
+    return replace(default, lookback=lookback)
 
 
 def scored(model: Forecaster, windows: WindowSet) -> float:
@@ -62,7 +82,7 @@ def scored(model: Forecaster, windows: WindowSet) -> float:
 
 def trained(model: Forecaster, data: dict[str, pd.DataFrame], config: TrainConfig) -> dict:
     train, val = build_window_sets(
-        data, ("OT",), model.config.lookback, model.config.horizon, VAL_FRACTION
+        data, model.config.channels, model.config.lookback, model.config.horizon, VAL_FRACTION
     )
     started = time.perf_counter()
     result = fit(model, train, val, config)
@@ -74,20 +94,28 @@ def trained(model: Forecaster, data: dict[str, pd.DataFrame], config: TrainConfi
     }
 
 
-def run_seed(seed: int) -> dict[str, Any]:
+def run_seed(dataset: str, seed: int) -> dict[str, Any]:
     torch.set_num_threads(1)
-    config = ForecasterConfig(("OT",))
+    frame = DATASETS[dataset]().astype(np.float32)
+    first, grown_rows = (
+        int(len(frame) * CHAMPION_SHARE),
+        int(len(frame) * (CHAMPION_SHARE + NEW_SHARE)),
+    )
+    config = sized_config(frame, first)
     cold_config = TrainConfig(seed=seed)
     warm_config = replace(cold_config, max_steps=TrainSettings().warm_start_steps)
-    champion = trained(build_forecaster(config, seed=seed), series(CHAMPION_ROWS), cold_config)
-    grown = series(CHAMPION_ROWS + MONTH)
+    champion = trained(
+        build_forecaster(config, seed=seed), {dataset: frame.iloc[:first]}, cold_config
+    )
+    grown = {dataset: frame.iloc[:grown_rows]}
     cold = trained(build_forecaster(config, seed=seed + 100), grown, cold_config)
     warm_model = warm_started(copy.deepcopy(champion["model"]), config)
     assert warm_model is not None
     warm = trained(warm_model, grown, warm_config)
-    values = series(CHAMPION_ROWS + 2 * MONTH)["ETTh1"].to_numpy(dtype=np.float32)
-    test = test_windows(values, config)
-    row: dict[str, Any] = {"seed": seed, "lookback": config.lookback, "horizon": config.horizon}
+    test_end = int(len(frame) * (CHAMPION_SHARE + 2 * NEW_SHARE))
+    test = test_windows(frame.to_numpy(), grown_rows, test_end, config)
+    row: dict[str, Any] = {"dataset": dataset, "seed": seed, "lookback": config.lookback}
+    row["horizon"] = config.horizon
     for name, run in (("champion", champion), ("cold", cold), ("warm", warm)):
         row[name] = {k: v for k, v in run.items() if k != "model"}
         row[name]["test_mse"] = scored(run["model"], test)
@@ -95,32 +123,39 @@ def run_seed(seed: int) -> dict[str, Any]:
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    def cell(name: str, key: str) -> str:
-        values = [row[name][key] for row in rows]
-        spread = f"±{statistics.stdev(values):.3g}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.4g}{spread}"
-
-    lines = ["| run | seconds | steps | val MSE | test MSE (next month) |", "|---|---|---|---|---|"]
-    for name in ("champion", "cold", "warm"):
-        keys = ("seconds", "steps", "val_mse", "test_mse")
-        lines.append(f"| {name} | " + " | ".join(cell(name, k) for k in keys) + " |")
-    ratios = [row["cold"]["seconds"] / row["warm"]["seconds"] for row in rows]
-    lines.append(f"\nCold/warm wall time, per seed: {', '.join(f'{r:.1f}x' for r in ratios)}")
+    """Mean ± std over seeds per dataset and run, and the cold/warm wall-time ratio per seed."""
+    header = "| dataset | run | seconds | steps | val MSE | test MSE |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for dataset in sorted({row["dataset"] for row in rows}):
+        mine = [row for row in rows if row["dataset"] == dataset]
+        for name in ("champion", "cold", "warm"):
+            cells = [_mean(mine, name, k) for k in ("seconds", "steps", "val_mse", "test_mse")]
+            lines.append(f"| {dataset} | {name} | " + " | ".join(cells) + " |")
+        ratios = ", ".join(f"{r['cold']['seconds'] / r['warm']['seconds']:.1f}x" for r in mine)
+        lines.append(f"| {dataset} | cold/warm time | {ratios} | | | |")
     return "\n".join(lines)
+
+
+def _mean(rows: list[dict[str, Any]], name: str, key: str) -> str:
+    values = [row[name][key] for row in rows]
+    spread = f"±{statistics.stdev(values):.3g}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4g}{spread}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     done = (
         [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
     )
-    for seed in (int(s) for s in args.seeds.split(",")):
-        if args.report or any(row["seed"] == seed for row in done):
+    jobs = [(d, int(s)) for d in args.datasets.split(",") for s in args.seeds.split(",")]
+    for dataset, seed in jobs:
+        if args.report or any((r["dataset"], r["seed"]) == (dataset, seed) for r in done):
             continue
-        row = run_seed(seed)
+        row = run_seed(dataset, seed)
         with RESULTS.open("a") as out:
             out.write(json.dumps(row) + "\n")
         done.append(row)

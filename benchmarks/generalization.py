@@ -143,7 +143,8 @@ def search_job(frame: pd.DataFrame, dataset: str, job: dict[str, Any]) -> dict[s
         )
         return run_backtest(frame, dataset, spec, on_eval).metrics["mse"], None
 
-    result = search(evaluate, max_lookback, Budget(trials=job["trials"]))
+    budget = Budget(trials=job["trials"], trial_timeout_s=job.get("trial_timeout_s"))
+    result = search(evaluate, max_lookback, budget)
     best = result.best.candidate
     return {
         "dataset": dataset,
@@ -194,6 +195,7 @@ def plan(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str,
                                 "horizon": horizon,
                                 "seed": 0,
                                 "trials": args.trials,
+                                "trial_timeout_s": args.trial_timeout_s,
                             }
                         )
                         continue
@@ -260,6 +262,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--trials", type=int, default=TUNE_TRIALS, help="search trials per cell")
+    parser.add_argument(
+        "--trial-timeout-s", type=float, help="stop a search trial (not the defaults) after this"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--report", action="store_true", help="print the table and exit")

@@ -370,6 +370,7 @@ FLOW_ONLY = {
     "tuned_config",
     "tune_trials",
     "tune_timeout_s",
+    "tune_trial_timeout_s",
     "warm_start",
     "warm_start_steps",
 }

@@ -58,6 +58,7 @@ def tune_flow(
         trials=trials or train_settings.tune_trials or Budget().trials,
         timeout_s=timeout_s or train_settings.tune_timeout_s,
         seed=train_settings.seed,
+        trial_timeout_s=train_settings.tune_trial_timeout_s,
     )
     registry.configure(mlflow_settings, store)
     policy = (records or RecordSettings()).policy()
@@ -85,6 +86,7 @@ def tune_flow(
         "run_id": run_id,
         "trials": len(result.trials),
         "pruned": result.pruned,
+        "capped": result.capped,
         "best_val_mse": result.best.val_mse,
         "best": result.best.candidate.as_params(),
         "tuned_config": str(path),

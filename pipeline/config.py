@@ -166,6 +166,9 @@ class TrainSettings(BaseSettings):
     # Optuna trials the train flow runs before training (0: none; see `rollcast tune`).
     tune_trials: Annotated[int, Field(ge=0)] = 0
     tune_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # One trial's limit: a candidate still training after it is stopped as "capped" (the
+    # first trial, the defaults, runs to the end). None: no limit.
+    tune_trial_timeout_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class ScheduleSettings(BaseSettings):

@@ -60,7 +60,7 @@ class TrialRecord:
 
     number: int
     candidate: Candidate
-    state: str  # "complete", "pruned" or "failed"
+    state: str  # "complete", "pruned", "capped" (past Budget.trial_timeout_s) or "failed"
     val_mse: float
     history: list[EvalStats]
     seconds: float
@@ -69,11 +69,17 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class Budget:
-    """When the search stops: after ``trials``, or ``timeout_s``, whichever comes first."""
+    """When the search stops: after ``trials``, or ``timeout_s``, whichever comes first.
+
+    ``trial_timeout_s`` caps one trial: a candidate still training after it is stopped at its
+    next validation and recorded as ``capped`` (a candidate too costly for this machine), so
+    one huge candidate cannot eat the search. The first trial, the defaults, is never capped.
+    """
 
     trials: int = 20
     timeout_s: float | None = None
     seed: int = 0
+    trial_timeout_s: float | None = None
 
 
 @dataclass
@@ -84,6 +90,10 @@ class SearchResult:
     @property
     def pruned(self) -> int:
         return sum(trial.state == "pruned" for trial in self.trials)
+
+    @property
+    def capped(self) -> int:
+        return sum(trial.state == "capped" for trial in self.trials)
 
 
 # evaluate(candidate, on_eval) -> (validation MSE, anything to keep for the best trial)
@@ -165,7 +175,8 @@ def search(
     records: list[TrialRecord] = []
 
     def objective(trial: optuna.Trial) -> float:
-        record = _run_trial(trial, evaluate, max_lookback)
+        cap = budget.trial_timeout_s if trial.number > 0 else None
+        record = _run_trial(trial, evaluate, max_lookback, cap)
         records.append(record)
         if on_trial is not None:
             on_trial(record)
@@ -178,7 +189,7 @@ def search(
             record.candidate.as_params(),
             record.seconds,
         )
-        if record.state == "pruned":
+        if record.state in ("pruned", "capped"):
             raise optuna.TrialPruned()
         if record.state == "failed":
             raise TrainingError(f"trial {trial.number} failed")
@@ -193,22 +204,30 @@ def search(
     return SearchResult(best=min(complete, key=lambda r: r.val_mse), trials=records)
 
 
-def _run_trial(trial: optuna.Trial, evaluate: Evaluate, max_lookback: int) -> TrialRecord:
+class _OverCapError(Exception):
+    """A trial ran past ``Budget.trial_timeout_s``."""
+
+
+def _run_trial(
+    trial: optuna.Trial, evaluate: Evaluate, max_lookback: int, cap_s: float | None
+) -> TrialRecord:
     candidate = suggest(trial, max_lookback)
     history: list[EvalStats] = []
+    started = time.perf_counter()
 
     def on_eval(stats: EvalStats) -> None:
         history.append(stats)
         trial.report(stats.val_mse, stats.step)
         if trial.should_prune():
             raise optuna.TrialPruned()
+        if cap_s is not None and time.perf_counter() - started > cap_s:
+            raise _OverCapError()
 
-    started = time.perf_counter()
     record = TrialRecord(trial.number, candidate, "complete", math.inf, history, 0.0)
     try:
         record.val_mse, record.result = evaluate(candidate, on_eval)
-    except optuna.TrialPruned:
-        record.state = "pruned"
+    except (optuna.TrialPruned, _OverCapError) as stopped:
+        record.state = "pruned" if isinstance(stopped, optuna.TrialPruned) else "capped"
         record.val_mse = history[-1].val_mse if history else math.inf
     except TrainingError as err:
         logger.warning("trial %d failed: %s", trial.number, err)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -120,3 +121,17 @@ def test_a_search_where_nothing_completes_says_so() -> None:
 
     with pytest.raises(TrainingError, match="none of 2 trials completed"):
         search(evaluate, max_lookback=720, budget=Budget(trials=2))
+
+
+def test_a_trial_past_its_time_cap_is_stopped_but_the_defaults_run_to_the_end() -> None:
+    def slow(candidate: Candidate, on_eval: Callable[[EvalStats], None]) -> tuple[float, None]:
+        for stats in curve([3.0, 2.0, 1.0], PRUNER_WARMUP_STEPS):
+            time.sleep(0.05)
+            on_eval(stats)
+        return 1.0, None
+
+    result = search(slow, max_lookback=720, budget=Budget(trials=3, trial_timeout_s=0.01))
+
+    assert [trial.state for trial in result.trials] == ["complete", "capped", "capped"]
+    assert result.best is result.trials[0] and result.capped == 2
+    assert len(result.trials[1].history) == 1  # stopped at its first validation past the cap

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from flows.prefect_server import dies_with
 from pipeline import ConfigurationError
@@ -126,7 +126,7 @@ def create_database(settings: StackSettings, name: str) -> None:
     import psycopg
     from psycopg import sql
 
-    admin = make_url(settings.postgres_url.get_secret_value()).set(drivername="postgresql")
+    admin = _admin_url(settings)
     try:
         with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as db:
             if db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
@@ -142,12 +142,17 @@ def create_database(settings: StackSettings, name: str) -> None:
 def postgres_reachable(settings: StackSettings) -> bool:
     import psycopg
 
-    admin = make_url(settings.postgres_url.get_secret_value()).set(drivername="postgresql")
+    admin = _admin_url(settings).render_as_string(hide_password=False)
     try:
-        psycopg.connect(admin.render_as_string(hide_password=False), connect_timeout=3).close()
+        psycopg.connect(admin, connect_timeout=3).close()
     except psycopg.OperationalError:
         return False
     return True
+
+
+def _admin_url(settings: StackSettings) -> URL:
+    """The connection that creates databases, as psycopg takes it."""
+    return make_url(settings.postgres_url.get_secret_value()).set(drivername="postgresql")
 
 
 def _wait_until_up(url: str, log: Path) -> None:

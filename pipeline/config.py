@@ -144,6 +144,7 @@ class TrainSettings(BaseSettings):
     model_config = _settings_config()
 
     max_steps: Annotated[int, Field(ge=1)] = TRAINING.max_steps
+    time_limit_s: Annotated[float, Field(gt=0)] | None = TRAINING.time_limit_s
     eval_every: Annotated[int, Field(ge=1)] | None = TRAINING.eval_every
     patience: Annotated[int, Field(ge=1)] = TRAINING.patience
     batch_size: Annotated[int, Field(ge=1)] = TRAINING.batch_size

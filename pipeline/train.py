@@ -48,6 +48,8 @@ class TrainConfig:
     """
 
     max_steps: int = 1000  # optimizer steps at most
+    # Also stop after this many seconds of training, validating at once (None: no limit).
+    time_limit_s: float | None = None
     max_epochs: float | None = None  # also stop after this many passes over the windows
     eval_every: int | None = 25  # steps between validations; None: once per pass
     patience: int = 4  # validations without a better loss before stopping
@@ -160,7 +162,8 @@ def _train(
     )
     for step, loss in _optimizer_steps(model, optimizer, train_on, config, plan):
         losses.append(loss)
-        if step % plan.eval_every and step != plan.total:
+        out_of_time = _past(started, config.time_limit_s)
+        if step % plan.eval_every and step != plan.total and not out_of_time:
             continue
         rate = optimizer.param_groups[0]["lr"]
         stats = _validate(model, val_on, config, (step, step / plan.per_epoch, rate), losses, tic)
@@ -171,11 +174,18 @@ def _train(
         if stale >= config.patience:
             logger.info("early stop at step %d: best validation at step %d", step, best.step)
             break
+        if out_of_time:
+            logger.info("time limit (%.0fs) reached at step %d", config.time_limit_s, step)
+            break
     best.restore()
     result.best_step, result.best_val_loss = best.step, best.val_loss
     seen = result.steps * min(config.batch_size, len(train_on))
     result.samples_per_s = seen / (time.perf_counter() - started)
     return result
+
+
+def _past(started: float, limit_s: float | None) -> bool:
+    return limit_s is not None and time.perf_counter() - started > limit_s
 
 
 def _validate(

@@ -71,8 +71,8 @@ class TrialRecord:
 class Budget:
     """When the search stops: after ``trials``, or ``timeout_s``, whichever comes first.
 
-    ``trial_timeout_s`` caps one trial: a candidate still training after it is stopped at its
-    next validation and recorded as ``capped`` (a candidate too costly for this machine), so
+    ``trial_timeout_s`` caps one trial: a candidate still training after it is validated and
+    stopped there, and recorded as ``capped`` (a candidate too costly for this machine), so
     one huge candidate cannot eat the search. The first trial, the defaults, is never capped.
     """
 
@@ -215,6 +215,12 @@ def _run_trial(
     history: list[EvalStats] = []
     started = time.perf_counter()
 
+    # The trainer validates and stops at the cap, so a trial ends within one optimizer step
+    # of it; the recorded candidate does not carry the limit.
+    run_as = candidate
+    if cap_s is not None:
+        run_as = Candidate(candidate.model, {**candidate.train, "time_limit_s": cap_s})
+
     def on_eval(stats: EvalStats) -> None:
         history.append(stats)
         trial.report(stats.val_mse, stats.step)
@@ -225,7 +231,7 @@ def _run_trial(
 
     record = TrialRecord(trial.number, candidate, "complete", math.inf, history, 0.0)
     try:
-        record.val_mse, record.result = evaluate(candidate, on_eval)
+        record.val_mse, record.result = evaluate(run_as, on_eval)
     except (optuna.TrialPruned, _OverCapError) as stopped:
         record.state = "pruned" if isinstance(stopped, optuna.TrialPruned) else "capped"
         record.val_mse = history[-1].val_mse if history else math.inf

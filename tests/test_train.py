@@ -232,6 +232,19 @@ def test_early_stopping_when_validation_cannot_improve(
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_time_limit_ends_training_with_a_validation_between_the_scheduled_ones(
+    windows: tuple[WindowSet, WindowSet],
+) -> None:
+    train, val = windows
+    config = train_config(max_steps=10 * STEPS_PER_PASS, time_limit_s=1e-9)
+
+    result = fit(tiny_model(), train, val, config)
+
+    assert result.steps == 1  # not the first scheduled validation at STEPS_PER_PASS
+    assert [stats.step for stats in result.history] == [1]
+    assert result.best_step == 1
+
+
 def test_seeded_runs_are_reproducible(windows: tuple[WindowSet, WindowSet]) -> None:
     train, val = windows
     config = train_config(max_steps=2 * STEPS_PER_PASS)

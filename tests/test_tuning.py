@@ -135,3 +135,16 @@ def test_a_trial_past_its_time_cap_is_stopped_but_the_defaults_run_to_the_end() 
     assert [trial.state for trial in result.trials] == ["complete", "capped", "capped"]
     assert result.best is result.trials[0] and result.capped == 2
     assert len(result.trials[1].history) == 1  # stopped at its first validation past the cap
+
+
+def test_a_capped_trial_trains_under_the_cap_but_the_chosen_config_does_not_keep_it() -> None:
+    limits: list[float | None] = []
+
+    def evaluate(candidate: Candidate, on_eval: Any) -> tuple[float, None]:
+        limits.append(candidate.train.get("time_limit_s"))
+        return 1.0 + len(limits), None
+
+    result = search(evaluate, max_lookback=720, budget=Budget(trials=3, trial_timeout_s=60))
+
+    assert limits == [None, 60, 60]  # the trainer stops at the cap, not only at validations
+    assert all("time_limit_s" not in trial.candidate.train for trial in result.trials)

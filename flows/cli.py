@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--trials", type=int, help="trials at most (default 20)")
     tune.add_argument("--timeout-s", type=float, help="stop starting trials after this long")
+    tune.add_argument(
+        "--trial-timeout-s", type=float, help="stop a candidate (not the defaults) after this long"
+    )
     tune.set_defaults(handler=cmd_tune)
 
     backtest = commands.add_parser("backtest", help="run the LTSF benchmark protocol on a CSV")
@@ -205,7 +208,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     tie_temporary_server()
 
-    print(json.dumps(tune_flow(trials=args.trials, timeout_s=args.timeout_s)))
+    budget = {"timeout_s": args.timeout_s, "trial_timeout_s": args.trial_timeout_s}
+    print(json.dumps(tune_flow(trials=args.trials, **budget)))
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:

@@ -38,6 +38,7 @@ TUNED_FILE = "tuned.json"
 def tune_flow(
     trials: int | None = None,
     timeout_s: float | None = None,
+    trial_timeout_s: float | None = None,
     store: StoreSettings | None = None,
     mlflow_settings: MlflowSettings | None = None,
     model_settings: ModelSettings | None = None,
@@ -48,6 +49,7 @@ def tune_flow(
 
     ``trials`` and ``timeout_s`` default to ``ROLLCAST_TUNE_TRIALS`` (or 20) and
     ``ROLLCAST_TUNE_TIMEOUT_S``; the search stops at whichever comes first.
+    ``trial_timeout_s`` (``ROLLCAST_TUNE_TRIAL_TIMEOUT_S``) stops one candidate as ``capped``.
     """
     store, mlflow_settings = store or StoreSettings(), mlflow_settings or MlflowSettings()
     model_settings, train_settings = (
@@ -58,7 +60,7 @@ def tune_flow(
         trials=trials or train_settings.tune_trials or Budget().trials,
         timeout_s=timeout_s or train_settings.tune_timeout_s,
         seed=train_settings.seed,
-        trial_timeout_s=train_settings.tune_trial_timeout_s,
+        trial_timeout_s=trial_timeout_s or train_settings.tune_trial_timeout_s,
     )
     registry.configure(mlflow_settings, store)
     policy = (records or RecordSettings()).policy()

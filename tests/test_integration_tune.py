@@ -100,3 +100,22 @@ def test_the_train_flow_searches_first_when_asked(
     assert run.data.params["model.hidden_size"] == best["hidden_size"]
     assert run.data.params["train.learning_rate"] == best["learning_rate"]
     assert (StoreSettings().data_dir / "tuned.json").exists()
+
+
+def test_a_capped_candidate_stops_at_once_and_the_defaults_stay_best(
+    small_search: None, prefect_api: None
+) -> None:
+    # A cap no candidate can meet: the second trial validates after one step and stops there.
+    tuned = tune_flow(trials=2, trial_timeout_s=1e-9)
+
+    client = MlflowClient(MlflowSettings().mlflow_tracking_uri)
+    children = client.search_runs(
+        [client.get_run(tuned["run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{tuned['run_id']}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    states = [child.data.tags["rollcast.trial_state"] for child in children]
+    assert states == ["complete", "capped"]
+    capped = client.get_metric_history(children[1].info.run_id, "val_mse")
+    assert [m.step for m in capped] == [1]
+    assert tuned["best"]["lookback"] == 48  # the defaults (ROLLCAST_LOOKBACK) won

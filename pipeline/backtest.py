@@ -130,6 +130,8 @@ class BacktestSpec:
 @dataclass(frozen=True)
 class BacktestResult:
     predictions: np.ndarray  # (N, H, C) on the scored split, normalized
+    targets: np.ndarray  # (N, H, C), the same windows' actual values
+    first_targets: np.ndarray  # (N,) the row of each window's first target
     metrics: dict[str, Any]
 
 
@@ -214,7 +216,7 @@ def run_backtest(
         **details,
         "wall_s": round(time.perf_counter() - started, 2),
     }
-    return BacktestResult(predictions, metrics)
+    return BacktestResult(predictions, targets, scored.starts + lookback, metrics)
 
 
 def data_season(frame: pd.DataFrame) -> int:

@@ -204,9 +204,9 @@ def reusable(row: dict[str, Any], candidate: dict[str, Any]) -> bool:
 
 def reused_rows(rows: list[dict[str, Any]], search: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Per seed, a tuned row taken from a default row that trained the search's best candidate."""
-    cell = (search["dataset"], search["horizon"])
+    cell, tuned = (search["dataset"], search["horizon"]), {"candidate": search["candidate"]}
     return {
-        row["seed"]: {**row, "model": "lstm_tuned", "candidate": search["candidate"], "reused": True}
+        row["seed"]: {**row, "model": "lstm_tuned", **tuned, "reused": True}
         for row in rows
         if row["model"] == "lstm"
         and (row["dataset"], row["horizon"]) == cell

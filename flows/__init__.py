@@ -3,6 +3,8 @@
 import logging
 import os
 
+from pipeline import ConfigurationError
+
 # Route the library's log lines (training progress, ingest progress) to the Prefect UI too.
 # Set before a runner or worker starts a flow run's process, which inherits it.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
@@ -10,4 +12,9 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 # Prefect leaves the root logger at WARNING, which would drop the library's progress lines
 # (INFO) before they reach a run's log. ROLLCAST_LOG_LEVEL changes it (e.g. DEBUG, WARNING).
 LIBRARY_LOGGER = logging.getLogger("pipeline")
-LIBRARY_LOGGER.setLevel(os.environ.get("ROLLCAST_LOG_LEVEL", "INFO").upper())
+LOG_LEVEL = os.environ.get("ROLLCAST_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in logging.getLevelNamesMapping():
+    raise ConfigurationError(
+        f"ROLLCAST_LOG_LEVEL={LOG_LEVEL!r} is not a log level: use DEBUG, INFO, WARNING or ERROR"
+    )
+LIBRARY_LOGGER.setLevel(LOG_LEVEL)

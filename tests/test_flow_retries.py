@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,12 @@ def test_ingest_without_a_broker_fails_on_its_first_try(
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=only_this_run)
     assert [run.run_count for run in task_runs] == [1]
+
+
+def test_a_wrong_log_level_names_its_variable() -> None:
+    env = {**os.environ, "ROLLCAST_LOG_LEVEL": "LOUD"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import flows"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "ConfigurationError: ROLLCAST_LOG_LEVEL='LOUD' is not a log level" in done.stderr

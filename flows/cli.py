@@ -208,8 +208,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     tie_temporary_server()
 
-    budget = {"timeout_s": args.timeout_s, "trial_timeout_s": args.trial_timeout_s}
-    print(json.dumps(tune_flow(trials=args.trials, **budget)))
+    tuned = tune_flow(
+        trials=args.trials, timeout_s=args.timeout_s, trial_timeout_s=args.trial_timeout_s
+    )
+    print(json.dumps(tuned))
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:

@@ -30,13 +30,12 @@ def drift_flow(
     logger = get_run_logger()
     registry.connect_reader(settings)
     version = registry.champion_version(settings)
-    figures = (
-        registry.online_error(settings, version, drift.drift_min_scored)
-        if version is not None
-        else None
-    )
-    if version is None or figures is None:
-        reason = "no champion" if version is None else f"no online error of v{version} yet"
+    if version is None:
+        logger.info("nothing to compare: no champion")
+        return {"version": None, "retrain": False, "reason": "no champion"}
+    figures = registry.online_error(settings, version, drift.drift_min_scored)
+    if figures is None:
+        reason = f"no online error of v{version} yet"
         logger.info("nothing to compare: %s", reason)
         return {"version": version, "retrain": False, "reason": reason}
     check = DriftCheck(*figures, drift.drift_ratio, drift.drift_min_scored)

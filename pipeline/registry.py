@@ -447,7 +447,8 @@ def log_online_error(
     """Serve's online MSE of ``version`` (validation units) over ``values`` forecast values,
     on the run that trained it. The step is how many values of the version had been scored.
     """
-    client, run_id = MlflowClient(), _run_of(settings, version)
+    client = MlflowClient()
+    run_id = _run_of(client, settings, version)
     client.log_metric(run_id, ONLINE_MSE, mse, step=scored)
     client.log_metric(run_id, ONLINE_VALUES, values, step=scored)
 
@@ -458,7 +459,8 @@ def online_error(
     """(validation MSE, online MSE, values behind it) of ``version``: serve's latest reports,
     merged from the newest back until they cover ``min_values`` forecast values (or all there
     are); None before serve's first report."""
-    client, run_id = MlflowClient(), _run_of(settings, version)
+    client = MlflowClient()
+    run_id = _run_of(client, settings, version)
     mses = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_MSE)}
     counts = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_VALUES)}
     squared, values = 0.0, 0
@@ -475,14 +477,15 @@ def record_drift(
     settings: MlflowSettings, version: str, figures: dict[str, float], why: str
 ) -> None:
     """A drift check's figures (metrics) and decision (a tag) on the champion's training run."""
-    client, run_id = MlflowClient(), _run_of(settings, version)
+    client = MlflowClient()
+    run_id = _run_of(client, settings, version)
     for name, value in figures.items():
         client.log_metric(run_id, name, value)
     client.set_tag(run_id, "rollcast.drift", why[:5000])
 
 
-def _run_of(settings: MlflowSettings, version: str) -> str:
-    run_id = MlflowClient().get_model_version(settings.model_name, version).run_id
+def _run_of(client: MlflowClient, settings: MlflowSettings, version: str) -> str:
+    run_id = client.get_model_version(settings.model_name, version).run_id
     if run_id is None:
         raise RegistryError(f"version {version} of {settings.model_name} has no run")
     return str(run_id)

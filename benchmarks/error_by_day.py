@@ -5,6 +5,7 @@
 Trains each model once (seed 0, the generalization benchmark's defaults and protocol) for the
 validation split and once for the test split, and prints one line per day and split, the models
 side by side. Made to look at why validation and test disagree on short splits (BENCHMARKS.md).
+``--results FILE`` also appends the per-day means as a row (``benchmarks/results.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generalization import DATASETS
+from results import add_results_option, append_if_asked
 
 from pipeline.backtest import BacktestSpec, run_backtest
 
@@ -35,9 +37,11 @@ def main() -> None:
     parser.add_argument("dataset", choices=list(DATASETS))
     parser.add_argument("--horizon", type=int, default=96)
     parser.add_argument("--models", default="dlinear,lstm")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     frame = DATASETS[args.dataset]()
+    figures = {"dataset": args.dataset, "horizon": args.horizon, "seed": 0}
     for split in ("val", "test"):
         table = pd.DataFrame(
             {
@@ -52,6 +56,8 @@ def main() -> None:
         print(f"{split}: mean window MSE by the day of the first target")
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
         print(f"mean over days: {table.mean().round(4).to_dict()}\n")
+        figures[split] = table.to_dict()  # {model: {day: mean window MSE}}
+    append_if_asked(args, "error_by_day", figures)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
     python benchmarks/faults.py            # about 10 minutes on a 2-core VM
     python benchmarks/faults.py --json     # the figures as one JSON object on the last line
+    python benchmarks/faults.py --results benchmarks/results/faults.jsonl   # and appended as a row
 
 Each part runs `rollcast serve` (and `rollcast ingest`) as processes, as an operator would, on
 the embedded broker with a tiny registered model:
 
-* **poison**: ``--bad`` hostile records of every kind in ``tests/poison.py`` (drawn by
+* **poison**: ``--bad`` hostile records of every kind in ``benchmarks/poison.py`` (drawn by
   hypothesis with a fixed seed) inside a healthy fleet, through serve and then ingest; counts
   crashes (non-zero exits), the share dead-lettered, and good records lost;
 * **restarts**: a paced stream while serve is SIGKILLed ``--kills`` times; records lost is the
@@ -31,8 +32,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from poison import Poison, poisons
 from serve_harness import (
     LOOKBACK,
@@ -42,6 +41,7 @@ from serve_harness import (
     observation,
     produce,
     read_forecasts,
+    read_records,
     register,
     step_of,
     tiny_model,
@@ -109,9 +109,7 @@ def poison_part(broker: EmbeddedBroker, work: Path, n_bad: int, seed: int) -> di
     with ServeProcess(work / "poison-serve.log", idle_s=5) as serve:
         serve_rc = serve.wait(timeout_s=600)
     ingest_rc = _run_cli(["ingest"], work / "poison-ingest.log")
-    letters = KafkaTransport(kafka).read_topic(
-        kafka.topic_deadletter, 2 * len(bad), timeout_s=120, settle_s=3
-    )
+    letters = read_records(kafka, kafka.topic_deadletter, 2 * len(bad), timeout_s=120)
     reasons = Counter(letter.header("reason") for letter in letters)
     expected_forecasts = FLEET * (200 - LOOKBACK + 1)
     forecasts = read_forecasts(kafka, expected_forecasts)
@@ -227,6 +225,8 @@ def _rss_mb(pid: int) -> float:
 
 
 def main() -> None:
+    from results import add_results_option, append_if_asked
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bad", type=int, default=2000, help="hostile records in the poison part")
     parser.add_argument("--kills", type=int, default=5)
@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", default="poison,restarts,stall,flood")
     parser.add_argument("--json", action="store_true")
+    add_results_option(parser)
     args = parser.parse_args()
     os.environ["ROLLCAST_METRICS_PORT"] = "0"
     results: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores"}
@@ -252,6 +253,7 @@ def main() -> None:
             print(name, json.dumps(results[name]), flush=True)
     if args.json:
         print(json.dumps(results))
+    append_if_asked(args, "faults", results)
 
 
 if __name__ == "__main__":

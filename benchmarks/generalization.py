@@ -11,7 +11,8 @@ defaults and no per-dataset settings. Per dataset and horizon it runs:
   best candidate trained with 3 seeds and scored on the test split.
 
 The series ship inside packages on PyPI (``pip install -e '.[bench]'``); ETTh1/ETTh2 are read
-from ``../shared/data``. Each finished run is one JSON line in ``--results``; a rerun skips it.
+from ``../shared/data``. Each finished run is one row of ``--results`` (``benchmarks/results.py``:
+the run's metrics with the commit, machine and command); a rerun skips it.
 
     python benchmarks/generalization.py --jobs 2        # what is missing
     python benchmarks/generalization.py --report        # the markdown table
@@ -20,7 +21,6 @@ from ``../shared/data``. Each finished run is one JSON line in ``--results``; a 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 from collections import defaultdict
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from results import append_row, read_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -172,12 +173,6 @@ def key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["dataset"], row["model"], row["horizon"], row["seed"])
 
 
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def reusable(row: dict[str, Any], candidate: dict[str, Any]) -> bool:
     """Whether ``row`` (a default LSTM run) trained exactly what ``candidate`` would, seed included.
 
@@ -250,14 +245,13 @@ def plan(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str,
 
 def run(args: argparse.Namespace) -> None:
     """Run the plan until nothing is left (searches first unlock the tuned runs)."""
-    while jobs := plan(args, load_rows(args.results)):
+    while jobs := plan(args, read_figures(args.results)):
         logger.info("%d jobs to run", len(jobs))
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(run_job, dict(job)): job for job in jobs}
             for future in as_completed(futures):
                 row = future.result()
-                with args.results.open("a") as out:
-                    out.write(json.dumps(row, default=float) + "\n")
+                append_row(args.results, "generalization", row)
                 logger.info("%s: %s mse %.4f", key(row), row.get("split"), row["mse"])
 
 
@@ -314,9 +308,8 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.report:
-        print(report(load_rows(args.results), args.datasets, args.horizons))
+        print(report(read_figures(args.results), args.datasets, args.horizons))
         return
-    args.results.parent.mkdir(parents=True, exist_ok=True)
     run(args)
 
 

@@ -1,8 +1,9 @@
 """The LTSF table: every dataset, horizon, feature setting, model and seed; resumable.
 
-Each finished backtest is appended as one JSON line to ``--results``; a rerun skips what is
-already there, so the table can be built across sessions. ``--report`` prints the markdown
-table for BENCHMARKS.md (mean ± std over seeds) beside the published figures.
+Each finished backtest is appended to ``--results`` as one row (``benchmarks/results.py``: the
+metrics with the commit, machine and command); a rerun skips what is already there, so the
+table can be built across sessions. ``--report`` prints the markdown table for BENCHMARKS.md
+(mean ± std over seeds) beside the published figures.
 
     python benchmarks/ltsf.py --jobs 2                 # the whole table (hours on a CPU)
     python benchmarks/ltsf.py --report                 # the table from what has run
@@ -19,6 +20,8 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
+
+from results import append_row, read_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -100,23 +103,15 @@ def job_priority(job: dict[str, Any]) -> tuple[Any, ...]:
     return (1, job["features"] == "M", job["model"] != "lstm", job["dataset"], -job["horizon"])
 
 
-def load_results(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run(args: argparse.Namespace) -> None:
-    done = {key(row) for row in load_results(args.results)}
+    done = {key(row) for row in read_figures(args.results)}
     jobs = planned_jobs(args, done)
     logging.info("%d backtests to run, %d already done", len(jobs), len(done))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run_one, dict(job)): job for job in jobs}
         for future in as_completed(futures):
             metrics = future.result()
-            with args.results.open("a") as out:
-                out.write(json.dumps(metrics) + "\n")
+            append_row(args.results, "ltsf", metrics)
             logging.info(
                 "%s %s %s H=%s seed=%s %s: mse %.4f mae %.4f (%ss)",
                 *key(metrics),
@@ -131,7 +126,7 @@ def report(path: Path) -> str:
     cells: dict[tuple[str, str, str], dict[int, list[tuple[float, float]]]] = defaultdict(
         lambda: defaultdict(list)
     )
-    for row in load_results(path):
+    for row in read_figures(path):
         if row["split"] != "test":
             continue
         cell = cells[(row["dataset"], row["features"], row["model"])]
@@ -150,7 +145,7 @@ def report(path: Path) -> str:
 def timing(path: Path) -> str:
     """Wall time per backtest and training throughput of the trained models, by cell."""
     runs: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for row in load_results(path):
+    for row in read_figures(path):
         if row["split"] == "test" and "train_samples_per_s" in row:
             runs[(row["model"], row["dataset"], row["features"], row["horizon"])].append(row)
     lines = [

@@ -3,6 +3,7 @@
     python benchmarks/serve.py                 # about 5 minutes on a 2-core VM
     python benchmarks/serve.py --json          # the figures as one JSON object on the last line
     python benchmarks/serve.py --profile FILE  # and a pyinstrument profile of the timed phase
+    python benchmarks/serve.py --results benchmarks/results/serve.jsonl   # and append them as a row
 
 What it measures, all in this process, pinned to one core (``--core``) with one torch thread;
 the broker and the load generator run beside it:
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from results import add_results_option, append_if_asked
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings
@@ -332,6 +334,7 @@ def main() -> None:
     parser.add_argument("--core", type=int, default=0, help="the core this process runs on")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile here")
     parser.add_argument("--json", action="store_true")
+    add_results_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("kafka", "pipeline.serve"):
@@ -341,6 +344,7 @@ def main() -> None:
         print(f"{name:>22}  {value}")
     if args.json:
         print(json.dumps(figures))
+    append_if_asked(args, "serve", figures)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/serve_path.py            # about 1 minute
     python benchmarks/serve_path.py --json
+    python benchmarks/serve_path.py --results benchmarks/results/serve-path.jsonl   # a row too
 
 Runs :func:`pipeline.serve.serve_batch` over batches of 2,000 one-channel records from 1,000
 series (every record makes a forecast, windows warmed first) into a sink that keeps nothing, on
@@ -22,6 +23,7 @@ import os
 import time
 
 import torch
+from results import add_results_option, append_if_asked
 
 from pipeline.forecast import LoadedForecaster
 from pipeline.model import ForecasterConfig, build_forecaster
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps of every series")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    add_results_option(parser)
     args = parser.parse_args()
     os.sched_setaffinity(0, {0})
     torch.set_num_threads(1)
@@ -81,6 +84,7 @@ def main() -> None:
         assert stats.forecasts_out == len(warm) + len(timed) - (LOOKBACK - 1) * SERIES
     result = {"us_per_record": round(best * 1e6, 2), "records_per_s": round(1 / best)}
     print(json.dumps(result) if args.json else f"{result['us_per_record']} µs per record")
+    append_if_asked(args, "serve_path", result)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ defaults were chosen (issue 10) without looking at the test split.
     python benchmarks/validate.py taylor --train '{"schedule": "cosine", "max_steps": 250}'
     python benchmarks/validate.py ETTh1 --horizon 192 --model dlinear
 
-Prints one JSON line; the lines behind BENCHMARKS.md are in results/defaults-selection.jsonl.
+Prints one JSON line; ``--results FILE`` also appends it there as a row (``benchmarks/results.py``).
+The rows behind BENCHMARKS.md are in results/defaults-selection.jsonl.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generalization import DATASETS
+from results import add_results_option, append_if_asked
 
 from pipeline.backtest import BacktestSpec, run_backtest
 
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--lookback", type=int, help="default: the model's, cut to the data")
     parser.add_argument("--shape", default="{}", help="ForecasterConfig overrides, JSON")
     parser.add_argument("--train", default="{}", help="TrainConfig overrides, JSON")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = BacktestSpec(
@@ -52,15 +55,13 @@ def main() -> None:
         "best_step",
         "wall_s",
     )
-    print(
-        json.dumps(
-            {
-                **{k: metrics.get(k) for k in keep},
-                "shape": spec.model_overrides,
-                "train": spec.train_overrides,
-            }
-        )
-    )
+    figures = {
+        **{k: metrics.get(k) for k in keep},
+        "shape": spec.model_overrides,
+        "train": spec.train_overrides,
+    }
+    print(json.dumps(figures))
+    append_if_asked(args, "validate", figures)
 
 
 if __name__ == "__main__":

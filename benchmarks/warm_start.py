@@ -7,7 +7,7 @@ first 60% of the rows. Then 10% more rows arrive, and the challenger is trained 
 series twice, from the same windows: cold (fresh weights, ``max_steps`` 1000) and warm (the
 champion's weights, ``ROLLCAST_WARM_START_STEPS`` 250). Both are scored on the gate's
 validation windows and on the next 10% of the rows (test), which neither saw. Resumable; one
-JSON line per dataset and seed.
+row per dataset and seed in ``results/warm-start.jsonl`` (``benchmarks/results.py``).
 
     python benchmarks/warm_start.py --datasets ETTh1,taylor --seeds 0,1,2
     python benchmarks/warm_start.py --report
@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import append_row, read_figures
 
 from pipeline.config import TrainSettings
 from pipeline.datasets import load_csv
@@ -37,7 +38,7 @@ from pipeline.evaluate import mse
 from pipeline.forecast import predict
 from pipeline.model import Forecaster, ForecasterConfig, build_forecaster, warm_started
 from pipeline.train import TrainConfig, fit
-from pipeline.windows import WindowSet, bounded_lookback, build_window_sets, window_starts
+from pipeline.windows import WindowSet, build_window_sets, split_point, window_starts
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "warm-start.jsonl"
@@ -68,11 +69,7 @@ def test_windows(values: np.ndarray, start: int, end: int, config: ForecasterCon
 
 def sized_config(frame: pd.DataFrame, rows: int) -> ForecasterConfig:
     """The default shape with the lookback the train flow would give a series of ``rows``."""
-    default = ForecasterConfig(tuple(frame.columns))
-    lookback = bounded_lookback(
-        default.lookback, default.horizon, rows, VAL_FRACTION, default.segment_len
-    )
-    return replace(default, lookback=lookback)
+    return ForecasterConfig(tuple(frame.columns)).fitted(split_point(rows, VAL_FRACTION))
 
 
 def scored(model: Forecaster, windows: WindowSet) -> float:
@@ -148,16 +145,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
-    done = (
-        [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
-    )
+    done = read_figures(RESULTS)
     jobs = [(d, int(s)) for d in args.datasets.split(",") for s in args.seeds.split(",")]
     for dataset, seed in jobs:
         if args.report or any((r["dataset"], r["seed"]) == (dataset, seed) for r in done):
             continue
         row = run_seed(dataset, seed)
-        with RESULTS.open("a") as out:
-            out.write(json.dumps(row) + "\n")
+        append_row(RESULTS, "warm_start", row)
         done.append(row)
         print(json.dumps(row), flush=True)
     print(report(done))

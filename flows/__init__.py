@@ -8,6 +8,9 @@ from pipeline import ConfigurationError
 # Route the library's log lines (training progress, ingest progress) to the Prefect UI too.
 # Set before a runner or worker starts a flow run's process, which inherits it.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
+# Prefect's temporary API server must answer within this many seconds (20 by default). A first
+# start migrates a new database: 29 s measured on a quiet 2-core VM, more on a loaded one.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 # Prefect leaves the root logger at WARNING, which would drop the library's progress lines
 # (INFO) before they reach a run's log. ROLLCAST_LOG_LEVEL changes it (e.g. DEBUG, WARNING).

@@ -14,10 +14,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from pipeline import RollcastError
-from pipeline.config import KafkaSettings
+from pipeline.config import KafkaSettings, Settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollcast", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_demo, add_services, add_producers, add_stages, add_model_commands):
+        add(commands)
+    return parser
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def add_demo(commands: Commands) -> None:
     demo = commands.add_parser("demo", help="run the whole path on the embedded default")
     demo.add_argument("--series", type=int, default=8, help="synthetic series (default 8)")
     demo.add_argument("--records", type=int, default=16_000, help="records in all (default 16000)")
@@ -44,34 +52,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     demo.set_defaults(handler=cmd_demo)
 
+
+def add_services(commands: Commands) -> None:
     broker = commands.add_parser("broker", help="start the embedded broker and block")
     broker.add_argument("--port", type=int, default=9092)
     broker.set_defaults(handler=cmd_broker)
-
     stack = commands.add_parser(
         "stack", help="run MLflow and Prefect servers on PostgreSQL (ROLLCAST_POSTGRES_URL)"
     )
     stack.set_defaults(handler=cmd_stack)
+
+
+def add_producers(commands: Commands) -> None:
     replay = commands.add_parser("replay", help="produce a CSV's rows as observations")
     replay.add_argument("csv", type=Path)
     replay.add_argument("--series-id", help="series id (default: the file name)")
     replay.add_argument("--limit", type=int, help="rows to send")
     replay.set_defaults(handler=cmd_replay)
-
     synth = commands.add_parser("synth", help="produce the synthetic sensor fleet")
     synth.add_argument("--series", type=int, default=8)
     synth.add_argument("--records", type=int, default=16_000, help="records in all")
     synth.set_defaults(handler=cmd_synth)
 
+
+def add_stages(commands: Commands) -> None:
     ingest = commands.add_parser("ingest", help="run the ingest flow once")
     ingest.add_argument("--max-records", type=int)
     ingest.set_defaults(handler=cmd_ingest)
-
     train = commands.add_parser("train", help="run the train flow once")
     train.add_argument("--max-steps", type=int, help="optimizer steps at most")
     train.add_argument("--tuned", type=Path, help="a tuned config written by `rollcast tune`")
     train.set_defaults(handler=cmd_train)
-
     tune = commands.add_parser(
         "tune", help="search shapes and training settings on the store's validation windows"
     )
@@ -81,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--trial-timeout-s", type=float, help="stop a candidate (not the defaults) after this long"
     )
     tune.set_defaults(handler=cmd_tune)
+    serve = commands.add_parser("serve", help="serve forecasts until stopped")
+    serve.add_argument("--max-records", type=int, help="stop after this many records")
+    serve.add_argument("--idle-s", type=float, help="stop after this long without records")
+    serve.set_defaults(handler=cmd_serve)
 
+
+def add_model_commands(commands: Commands) -> None:
     backtest = commands.add_parser("backtest", help="run the LTSF benchmark protocol on a CSV")
     backtest.add_argument("--data", type=Path, required=True, help="CSV: a date column, numbers")
     backtest.add_argument("--features", choices=["M", "S"], default="M")
@@ -95,19 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--max-steps", type=int, help="override the training step budget")
     backtest.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     backtest.set_defaults(handler=cmd_backtest)
-
     register = commands.add_parser(
         "register", help="register a checkpoint trained elsewhere as a new model version"
     )
     register.add_argument("checkpoint", type=Path, help="a .pt file written by Rollcast")
     register.add_argument("--promote", action="store_true", help="make it the champion")
     register.set_defaults(handler=cmd_register)
-
-    serve = commands.add_parser("serve", help="serve forecasts until stopped")
-    serve.add_argument("--max-records", type=int, help="stop after this many records")
-    serve.add_argument("--idle-s", type=float, help="stop after this long without records")
-    serve.set_defaults(handler=cmd_serve)
-    return parser
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -190,7 +200,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     tie_temporary_server()
 
-    print(json.dumps(ingest_flow(max_records=args.max_records, kafka=kafka)))
+    print(json.dumps(ingest_flow(max_records=args.max_records, settings=Settings(kafka=kafka))))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -240,25 +250,26 @@ def cmd_backtest(args: argparse.Namespace) -> None:
 
 
 def _log_backtest(settings: MlflowSettings, metrics: dict[str, object], out: Path) -> None:
-    from pipeline import registry
+    from pipeline import runs
     from pipeline.config import StoreSettings
+    from pipeline.tracking import connect
 
-    registry.configure(settings, StoreSettings())
-    run_id = registry.log_backtest(metrics, out)
+    run_id = runs.log_backtest(connect(settings, StoreSettings()), metrics, out)
     print(f"logged to MLflow run {run_id} at {settings.mlflow_tracking_uri}")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
-    from pipeline import registry
+    from pipeline import registry, runs
     from pipeline.config import MlflowSettings, StoreSettings
     from pipeline.model import load_checkpoint
+    from pipeline.tracking import connect
 
     settings = MlflowSettings()
     model = load_checkpoint(args.checkpoint)
-    registry.configure(settings, StoreSettings())
-    version = registry.register_checkpoint(settings, model, str(args.checkpoint))
+    tracking = connect(settings, StoreSettings())
+    version = runs.register_checkpoint(tracking, model, str(args.checkpoint))
     if args.promote:
-        registry.promote(settings, version)
+        registry.promote(tracking, version)
     print(f"registered {settings.model_name} version {version}")
 
 

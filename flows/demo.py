@@ -15,10 +15,11 @@ from flows.serve import serve_flow
 from flows.train import train_flow
 from pipeline import RollcastError, registry
 from pipeline.broker import EmbeddedBroker
-from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
+from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, Settings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, load_csv, synthetic_fleet
 from pipeline.kafka_io import KafkaTransport
 from pipeline.metrics import require_free_port
+from pipeline.tracking import connect_reader
 from pipeline.transport import Transport, replay
 
 logger = logging.getLogger(__name__)
@@ -91,14 +92,11 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         transport = KafkaTransport(kafka)
         transport.create_topics(transport.topics.all(), kafka.topic_partitions)
         produced = produce(transport, frame)
-        ingested = ingest_flow(max_records=produced, kafka=kafka, store=store)
-        trained = train_flow(
-            max_steps=options.max_steps, store=store, mlflow_settings=mlflow_settings
-        )
+        settings = Settings(kafka=kafka, store=store, mlflow=mlflow_settings)
+        ingested = ingest_flow(max_records=produced, settings=settings)
+        trained = train_flow(max_steps=options.max_steps, settings=settings)
         require_champion(trained, mlflow_settings)
-        served = serve_flow(
-            max_records=produced, kafka=kafka, store=store, mlflow_settings=mlflow_settings
-        )
+        served = serve_flow(max_records=produced, settings=settings)
     wall_s = time.monotonic() - started
     return summarize(produced, ingested, trained, served, mlflow_settings, wall_s)
 
@@ -118,7 +116,7 @@ def checked_input(options: DemoOptions, serve: ServeSettings) -> pd.DataFrame:
 
 def require_champion(trained: dict, mlflow_settings: MlflowSettings) -> None:
     """Stop with the gate's reason when training left nothing to serve."""
-    if trained["promoted"] or registry.champion_version(mlflow_settings) is not None:
+    if trained["promoted"] or registry.champion_version(connect_reader(mlflow_settings)):
         return
     raise DemoError(
         f"version {trained['version']} was not promoted: its validation MSE "

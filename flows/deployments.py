@@ -1,6 +1,7 @@
 """Deployments of the Rollcast flows, kept apart from the flow code.
 
-``python -m flows.deployments`` serves all three from this process (a local runner).
+``python -m flows.deployments`` serves all four (ingest, train, serve and the drift check) from
+this process (a local runner).
 ``python -m flows.deployments --register`` registers them with the ``rollcast`` process work
 pool instead, for the workers of docker-compose. Schedules come from ``ScheduleSettings``
 (``ROLLCAST_INGEST_INTERVAL_S``, ``ROLLCAST_TRAIN_CRON``). The runs read every other setting

@@ -14,26 +14,28 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.train import train_flow
-from pipeline import registry
-from pipeline.config import DriftSettings, MlflowSettings
+from pipeline import monitoring, registry
+from pipeline.config import Settings
 from pipeline.evaluate import DriftCheck
+from pipeline.tracking import connect_reader
 
 
 @flow(name="rollcast-retrain-on-drift")
 def drift_flow(
-    train_max_steps: int | None = None,
-    mlflow_settings: MlflowSettings | None = None,
-    drift: DriftSettings | None = None,
+    train_max_steps: int | None = None, settings: Settings | None = None
 ) -> dict[str, object]:
-    """Compare the champion's online and validation MSE; run the train flow past the ratio."""
-    settings, drift = mlflow_settings or MlflowSettings(), drift or DriftSettings()
-    logger = get_run_logger()
-    registry.connect_reader(settings)
-    version = registry.champion_version(settings)
+    """Compare the champion's online and validation MSE; run the train flow past the ratio.
+
+    Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
+    """
+    settings = settings or Settings()
+    drift, logger = settings.drift, get_run_logger()
+    tracking = connect_reader(settings.mlflow)
+    version = registry.champion_version(tracking)
     if version is None:
         logger.info("nothing to compare: no champion")
         return {"version": None, "retrain": False, "reason": "no champion"}
-    figures = registry.online_error(settings, version, drift.drift_min_scored)
+    figures = monitoring.online_error(tracking, version, drift.drift_min_scored)
     if figures is None:
         reason = f"no online error of v{version} yet"
         logger.info("nothing to compare: %s", reason)
@@ -41,7 +43,7 @@ def drift_flow(
     check = DriftCheck(*figures, drift.drift_ratio, drift.drift_min_scored)
     logger.info("version %s: %s", version, check.reason())
     metrics = {"drift_ratio": check.ratio, "drift_online_mse": check.online_mse}
-    registry.record_drift(settings, version, metrics, check.reason())
+    monitoring.record_drift(tracking, version, metrics, check.reason())
     outcome: dict[str, object] = {
         "version": version,
         "retrain": check.retrain,
@@ -49,5 +51,5 @@ def drift_flow(
         "ratio": check.ratio,
     }
     if check.retrain:
-        outcome["trained"] = train_flow(max_steps=train_max_steps, mlflow_settings=settings)
+        outcome["trained"] = train_flow(max_steps=train_max_steps, settings=settings)
     return outcome

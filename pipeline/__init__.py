@@ -1,7 +1,10 @@
 """Rollcast: rolling multi-step forecasts from Kafka streams.
 
-The core (``windows``, ``model``, ``train``, ``evaluate``) imports only numpy, pandas and torch.
-Kafka, MLflow and Prefect live at the edges (``kafka_io``, ``registry``, ``flows/``).
+The core (``contract``, ``windows``, ``model``, ``train``, ``forecast``, ``evaluate``,
+``backtest``, ``training_data``, ``stats``) imports only numpy, pandas and torch. Kafka, MLflow,
+Parquet and Prefect live at the edges (``kafka_io``; ``tracking``, ``runs``, ``packaging``,
+``registry``, ``monitoring``; ``parquet_store``; ``flows/``), composed by ``wiring`` (ingest,
+serve) and ``training`` (train, tune). docs/ARCHITECTURE.md is the map.
 """
 
 

@@ -155,22 +155,26 @@ def default_lookback(model: str) -> int:
     return DLINEAR_LOOKBACK if model == "dlinear" else ForecasterConfig(channels=()).lookback
 
 
+def spec_config(
+    spec: BacktestSpec, borders: Borders, channels: tuple[str, ...]
+) -> ForecasterConfig:
+    """The model config a spec trains: its shape, the spec's lookback (or the model's default),
+    sized to the training rows by the rule training uses (:meth:`ForecasterConfig.fitted`)."""
+    shape = {**spec.model_overrides, "horizon": spec.horizon}
+    lookback = spec.lookback or default_lookback(spec.model)
+    config = ForecasterConfig(channels, architecture=spec.model, **{**shape, "lookback": lookback})
+    return config.fitted(borders.train_end)
+
+
 def fitted_lookback(spec: BacktestSpec, borders: Borders) -> int:
-    """The spec's lookback (or the model's default) cut so a window fits half the training rows.
+    """The lookback :func:`spec_config` gives.
 
     >>> fitted_lookback(BacktestSpec(horizon=96), Borders(8640, 11520, 14400))
     720
     >>> fitted_lookback(BacktestSpec(horizon=192), Borders(1598, 1827, 2284))
     576
     """
-    lookback = spec.lookback or default_lookback(spec.model)
-    multiple = _shape(spec).segment_len if spec.model == "lstm" else 1
-    room = borders.train_end // 2 - spec.horizon
-    return max(min(lookback, room) // multiple * multiple, multiple)
-
-
-def _shape(spec: BacktestSpec) -> ForecasterConfig:
-    return ForecasterConfig(channels=(), architecture=spec.model, **spec.model_overrides)
+    return spec_config(spec, borders, ()).lookback
 
 
 def run_backtest(
@@ -189,7 +193,8 @@ def run_backtest(
     table = select_features(frame, spec.features, spec.target)
     raw = table.to_numpy(dtype=np.float64)
     borders = ltsf_borders(len(raw), dataset)
-    lookback = fitted_lookback(spec, borders)
+    config = spec_config(spec, borders, tuple(table.columns))
+    lookback = config.lookback
     spec = replace(spec, lookback=lookback)
     values = fit_scaler(raw, borders.train_end).transform(raw)
     splits = ltsf_splits(values, borders, lookback, spec.horizon)
@@ -198,8 +203,6 @@ def run_backtest(
         season = spec.season or data_season(frame)
         predictions, details = _naive(spec, scored, season), _naive_details(spec, season)
     else:
-        config = replace(_shape(spec), channels=tuple(table.columns), lookback=lookback)
-        config = replace(config, horizon=spec.horizon)
         predictions, details = _trained(spec, config, splits, scored, on_eval)
     targets = scored.targets
     metrics = {

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.contract import DEFAULT_MAX_GAP
 from pipeline.model import ForecasterConfig
 from pipeline.records import DEFAULT_MAX_RECORD_BYTES, FLOAT32_MAX, RecordPolicy
 from pipeline.train import TrainConfig
@@ -79,7 +80,7 @@ class StoreSettings(BaseSettings):
     freq: str | None = None
 
     # Gaps of up to this many steps are interpolated; longer ones split the series.
-    max_gap: int = 3
+    max_gap: int = DEFAULT_MAX_GAP
 
     @field_validator("freq")
     @classmethod
@@ -133,6 +134,8 @@ class ModelSettings(BaseSettings):
     # Steps per input and output segment; lookback is cut to a multiple of it.
     segment_len: Annotated[int, Field(ge=1)] = SHAPE.segment_len
     decoder: Literal["pmf", "linear"] = SHAPE.decoder  # type: ignore[assignment]
+    # The output head and its training loss (pipeline.model.HEADS).
+    loss: Literal["mse", "l1"] = SHAPE.loss  # type: ignore[assignment]
     # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
     # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
     season: int | None = None
@@ -154,7 +157,6 @@ class TrainSettings(BaseSettings):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = TRAINING.seed
     device: str = TRAINING.device
-    loss: Literal["mse", "l1"] = TRAINING.loss  # type: ignore[assignment]
     schedule: Literal["constant", "cosine", "halving"] = TRAINING.schedule  # type: ignore[assignment]
     # A challenger must beat seasonal-naive on the validation windows to become champion.
     promotion_gate: bool = True
@@ -272,3 +274,24 @@ class RecordSettings(BaseSettings):
             max_ahead_ms=round(self.max_ahead_s * 1000),
             grace_steps=self.grace_steps,
         )
+
+
+class Settings(BaseModel):
+    """Every component's settings, as the flows take them: a part not given is read from
+    ``ROLLCAST_*`` variables when the bundle is made.
+
+    >>> Settings(kafka=KafkaSettings(bootstrap_servers="h:9092")).kafka.bootstrap_servers
+    'h:9092'
+    """
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    records: RecordSettings = Field(default_factory=RecordSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)

@@ -1,4 +1,6 @@
-"""Metrics and baselines, on arrays ``(N, H, C)``. Imports only numpy and torch (via the model).
+"""Metrics and baselines, on point forecasts ``(N, H, C)`` (what :func:`forecast.predict` gives).
+
+Imports numpy, and the core modules that load torch and pandas (forecast, model, windows).
 
 Errors are measured in units of each channel's training scale (``scale``), so channels of
 different magnitudes weigh the same and figures are comparable across datasets.

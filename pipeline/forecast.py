@@ -40,11 +40,16 @@ class LoadedForecaster:
 
 @torch.inference_mode()
 def predict(model: Forecaster, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device."""
+    """Point forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device.
+
+    The one place an output becomes points: the model's head says how.
+    """
     model.eval()
     device = next(model.parameters(), model.scale).device
     outputs = [
-        model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size])).to(device))
+        model.point(
+            model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size])).to(device))
+        )
         for i in range(0, len(inputs), batch_size)
     ]
     if not outputs:

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,6 @@ from pipeline.records import (
     OTHER_CONTRACT,
     DeadLetter,
     Observation,
-    RawRecord,
-    RecordPolicy,
     channel_problem,
     invalid_letter,
     triage,
@@ -46,6 +45,9 @@ from pipeline.windows import (
     infer_step_ms,
     timestamps_ms,
 )
+
+if TYPE_CHECKING:  # in annotations only
+    from pipeline.records import RawRecord, RecordPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -220,24 +222,41 @@ def read_stored(
     return stored, unreadable
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What a record must pass to be stored; the same for every batch of an ingest run."""
+
+    policy: RecordPolicy
+    contract: StoreContract  # a new series must share a channel with the stored ones
+    step_ms: int | None = None  # every series' step; None: each one's own, from its readings
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """How one ingest run goes: the record policy, each series' step, and when it stops."""
+
+    idle_s: float  # stop once this long passed without a record
+    freq: str | None = None  # every series' step; None: each one's own, from its readings
+    policy: RecordPolicy = DEFAULT_POLICY
+    max_records: int | None = None  # stop once this many were read, idle or not
+
+
 def ingest_batch(
     records: list[RawRecord],
     store: SeriesStore,
     dead_letters: Sink,
-    step_ms: int | None,
-    policy: RecordPolicy,
+    admission: Admission,
     report: IngestReport,
-    contract: StoreContract,
 ) -> None:
     """Handle one poll's records; on return they are durable and may be committed."""
-    accepted, dead = triage(records, policy)
+    accepted, dead = triage(records, admission.policy)
     stored, unreadable = read_stored(store, {obs.series for _, obs in accepted})
     for record, obs in accepted:
         if obs.series in unreadable:
             dead.append(invalid_letter(record, unreadable[obs.series]))
     accepted = [(record, obs) for record, obs in accepted if obs.series not in unreadable]
-    set_steps(stored, accepted, step_ms)
-    kept, refused, duplicates = admit(accepted, stored, policy, contract)
+    set_steps(stored, accepted, admission.step_ms)
+    kept, refused, duplicates = admit(accepted, stored, admission.policy, admission.contract)
     for letter in dead + refused:
         dead_letters.send_dead_letter(letter)
         report.dead_letters[letter.reason] += 1
@@ -250,25 +269,20 @@ def ingest_batch(
 
 
 def run_ingest(
-    source: Source,
-    store: SeriesStore,
-    dead_letters: Sink,
-    freq: str | None,
-    idle_s: float,
-    policy: RecordPolicy = DEFAULT_POLICY,
-    max_records: int | None = None,
+    source: Source, store: SeriesStore, dead_letters: Sink, plan: IngestPlan
 ) -> IngestReport:
-    """Ingest until ``idle_s`` pass without a record (or ``max_records`` are read).
+    """Ingest until ``plan.idle_s`` pass without a record (or ``plan.max_records`` are read).
 
-    Each series is stored on its own step, inferred from its readings; ``freq`` overrides it.
+    Each series is stored on its own step, inferred from its readings; ``plan.freq`` overrides it.
     """
+    max_records = plan.max_records
     report, progress = IngestReport(), Progress("ingest", max_records, logger)
-    idle, step_ms = IdleClock(idle_s), freq_to_ms(freq) if freq else None
-    contract = StoreContract(store)
+    step_ms = freq_to_ms(plan.freq) if plan.freq else None
+    admission, idle = Admission(plan.policy, StoreContract(store), step_ms), IdleClock(plan.idle_s)
     while max_records is None or report.records_in < max_records:
         records = source.poll(POLL_TIMEOUT_S)
         if records:
-            ingest_batch(records, store, dead_letters, step_ms, policy, report, contract)
+            ingest_batch(records, store, dead_letters, admission, report)
             source.commit(records)
             progress.advance(len(records), f"{report.rows_written} rows stored")
         if idle.expired(bool(records), source.assigned()):

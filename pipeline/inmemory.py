@@ -8,8 +8,8 @@ One member per group: there are no rebalances.
 >>> transport = MemoryTransport()
 >>> sink = transport.sink()
 >>> sink.send_raw("observations", b"a", b"{}")
->>> before = len(transport.read_topic("observations"))
->>> before, sink.flush(), len(transport.read_topic("observations"))
+>>> before = len(transport.messages("observations"))
+>>> before, sink.flush(), len(transport.messages("observations"))
 (0, 1, 1)
 """
 
@@ -18,18 +18,11 @@ from __future__ import annotations
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from pipeline.records import (
-    DeadLetter,
-    Forecast,
-    Observation,
-    RawRecord,
-    forecast_to_bytes,
-    observation_to_bytes,
-)
-from pipeline.transport import Topics
+from pipeline.records import RawRecord
+from pipeline.transport import STATELESS, Headers, Rebalance, Topics, TopicSink
 
 
 class MemoryTransport:
@@ -64,21 +57,16 @@ class MemoryTransport:
         records.append(record)
 
     def source(
-        self,
-        topic: str,
-        group: str,
-        max_poll_records: int = 2000,
-        rewind: int = 0,
-        on_lost: Callable[[set[int]], None] | None = None,
+        self, topic: str, group: str, max_poll_records: int = 2000, rebalance: Rebalance = STATELESS
     ) -> MemorySource:
-        return MemorySource(self, topic, group, max_poll_records, rewind)
+        """A member of ``group``. There are no rebalances: ``rebalance.on_lost`` is never told."""
+        return MemorySource(self, topic, group, max_poll_records, rebalance.rewind)
 
     def sink(self) -> MemorySink:
         return MemorySink(self)
 
-    def read_topic(
-        self, topic: str, expected: int = 0, timeout_s: float = 0.0, settle_s: float = 0.0
-    ) -> list[RawRecord]:
+    def messages(self, topic: str) -> list[RawRecord]:
+        """Every record acknowledged to ``topic`` so far, partition by partition, oldest first."""
         return [record for partition in self.log(topic) for record in partition]
 
 
@@ -131,30 +119,16 @@ def _rewound(record: RawRecord) -> RawRecord:
     return replace(record, rewound=True)
 
 
-class MemorySink:
+class MemorySink(TopicSink):
     """Holds sends until :meth:`flush`, which is when they reach their topics."""
 
     def __init__(self, transport: MemoryTransport) -> None:
+        self.topics = transport.topics
         self._transport = transport
         self._pending: list[tuple[str, bytes | None, bytes | None, Sequence]] = []
 
-    def send_forecast(self, forecast: Forecast) -> None:
-        topics = self._transport.topics
-        self.send_raw(topics.forecasts, forecast.series.encode(), forecast_to_bytes(forecast))
-
-    def send_dead_letter(self, dead: DeadLetter) -> None:
-        self.send_raw(self._transport.topics.deadletter, dead.key(), dead.value(), dead.headers())
-
-    def send_observation(self, obs: Observation) -> None:
-        topic = self._transport.topics.observations
-        self.send_raw(topic, obs.series.encode(), observation_to_bytes(obs))
-
     def send_raw(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
     ) -> None:
         self._pending.append((topic, key, value, headers or ()))
 

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kafka import (
@@ -30,15 +30,8 @@ from kafka.structs import OffsetAndMetadata
 
 from pipeline import ConfigurationError, RollcastError
 from pipeline.config import KafkaSettings
-from pipeline.records import (
-    DeadLetter,
-    Forecast,
-    Observation,
-    RawRecord,
-    forecast_to_bytes,
-    observation_to_bytes,
-)
-from pipeline.transport import Topics
+from pipeline.records import RawRecord
+from pipeline.transport import STATELESS, Headers, Rebalance, Topics, TopicSink
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +85,8 @@ def _check_reachable(servers: str) -> None:
     )
 
 
-def _client_options(settings: KafkaSettings) -> dict[str, Any]:
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """What every client of the cluster ``settings`` names is made with, once a broker answers."""
     servers = bootstrap_servers(settings)
     _check_reachable(servers)
     return {
@@ -112,19 +106,13 @@ class KafkaTransport:
     def __init__(self, settings: KafkaSettings) -> None:
         bootstrap_servers(settings)
         self.settings = settings
-        self.topics = Topics(
-            settings.topic_observations, settings.topic_forecasts, settings.topic_deadletter
-        )
+        self.topics = topics_of(settings)
 
     def source(
-        self,
-        topic: str,
-        group: str,
-        max_poll_records: int = 2000,
-        rewind: int = 0,
-        on_lost: Callable[[set[int]], None] | None = None,
+        self, topic: str, group: str, max_poll_records: int = 2000, rebalance: Rebalance = STATELESS
     ) -> StreamSource:
-        return StreamSource(self.settings, topic, group, max_poll_records, rewind, on_lost)
+        consumer = make_consumer(self.settings, group, max_poll_records)
+        return StreamSource(consumer, topic, rebalance)
 
     def sink(self) -> Publisher:
         return Publisher(self.settings)
@@ -132,15 +120,15 @@ class KafkaTransport:
     def create_topics(self, names: Iterable[str], partitions: int) -> list[str]:
         return _create_topics(self.settings, names, partitions)
 
-    def read_topic(
-        self, topic: str, expected: int, timeout_s: float = 30.0, settle_s: float = 0.0
-    ) -> list[RawRecord]:
-        return _read_topic(self.settings, topic, expected, timeout_s, settle_s)
+
+def topics_of(settings: KafkaSettings) -> Topics:
+    """The topics of the data path, as ``settings`` names them."""
+    return Topics(settings.topic_observations, settings.topic_forecasts, settings.topic_deadletter)
 
 
 def _create_topics(settings: KafkaSettings, names: Iterable[str], partitions: int) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
-    admin = KafkaAdminClient(**_client_options(settings))
+    admin = KafkaAdminClient(**client_options(settings))
     created = []
     try:
         for name in names:
@@ -195,56 +183,52 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
         linger_ms=PRODUCER_LINGER_MS,
         batch_size=PRODUCER_BATCH_BYTES,
         partitioner=KeyCachingPartitioner(),
-        **_client_options(settings),
+        **client_options(settings),
     )
 
 
-def _to_raw(message: Any, rewound: bool = False) -> RawRecord:
+def make_consumer(settings: KafkaSettings, group_id: str, max_poll_records: int) -> KafkaConsumer:
+    """A group member that never commits on its own and starts a new group at the earliest."""
+    return KafkaConsumer(
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **client_options(settings),
+    )
+
+
+def to_raw_record(message: Any, rewound: bool = False) -> RawRecord:
+    """A consumed kafka-python message as the loops take it."""
+    topic, partition, offset = message.topic, message.partition, message.offset
+    headers = tuple(message.headers or ())
     return RawRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        timestamp_ms=message.timestamp,
-        headers=tuple(message.headers or ()),
-        rewound=rewound,
+        topic, partition, offset, message.key, message.value, message.timestamp, headers, rewound
     )
 
 
 class StreamSource:
-    """A consumer-group member reading one topic from the earliest uncommitted offset.
+    """A consumer-group member (``consumer``) reading one topic from the earliest uncommitted
+    offset.
 
-    With ``rewind > 0``, each partition this member gains is first re-read from up to ``rewind``
-    records before its committed offset. Those records come back marked ``rewound``: the caller
-    rebuilds state from them and publishes nothing. ``on_lost`` is told which partitions went to
-    another member after a rebalance.
+    With ``rebalance.rewind > 0``, each partition this member gains is first re-read from up to
+    ``rewind`` records before its committed offset. Those records come back marked ``rewound``:
+    the caller rebuilds state from them and publishes nothing. ``rebalance.on_lost`` is told which
+    partitions went to another member after a rebalance.
     """
 
     def __init__(
-        self,
-        settings: KafkaSettings,
-        topic: str,
-        group_id: str,
-        max_poll_records: int = 2000,
-        rewind: int = 0,
-        on_lost: Callable[[set[int]], None] | None = None,
+        self, consumer: KafkaConsumer, topic: str, rebalance: Rebalance = STATELESS
     ) -> None:
-        self._consumer = KafkaConsumer(
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=max_poll_records,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            **_client_options(settings),
-        )
-        self._rewind, self._on_lost = rewind, on_lost
+        self._consumer = consumer
+        self._rewind, self._on_lost = rebalance.rewind, rebalance.on_lost
         self._owned: set[TopicPartition] = set()
         self._resume: dict[int, int] = {}  # partition -> first offset not rewound
         self._next: dict[TopicPartition, int] = {}  # partition -> next offset to read
         self._new_assignment: set[TopicPartition] | None = None  # set by the rebalance listener
-        self._consumer.subscribe([topic], listener=_Rebalance(self))
+        self._consumer.subscribe([topic], listener=_AssignmentListener(self))
 
     def poll(self, timeout_s: float = 1.0) -> list[RawRecord]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
@@ -259,9 +243,9 @@ class StreamSource:
         for tp, messages in batches.items():
             resume = self._resume.get(tp.partition, -1)
             if messages[0].offset >= resume:
-                records += [_to_raw(m) for m in messages]
+                records += [to_raw_record(m) for m in messages]
             else:
-                records += [_to_raw(m, m.offset < resume) for m in messages]
+                records += [to_raw_record(m, m.offset < resume) for m in messages]
             self._next[tp] = messages[-1].offset + 1
         return records
 
@@ -331,7 +315,7 @@ class StreamSource:
         return True
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _AssignmentListener(ConsumerRebalanceListener):
     """Hands each new assignment to the polling thread.
 
     kafka-python calls this from its network thread, where blocking calls (such as reading the
@@ -352,40 +336,22 @@ class _Rebalance(ConsumerRebalanceListener):
         self._source._new_assignment = self._source._owned - set(lost)
 
 
-class Publisher:
+class Publisher(TopicSink):
     """Sends forecasts, dead letters and observations; :meth:`flush` waits for every ack."""
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self._settings = settings
+        self.topics = topics_of(settings)
         self._producer = make_producer(settings)
         # Each send's future and what was sent, to send again if the broker fails it.
         self._pending: list[tuple[Any, tuple[str, bytes | None, bytes | None, Any]]] = []
         self.max_outage_s = MAX_OUTAGE_S
         # Names this process on every forecast, so a consumer can tell which member made it.
-        self._served_by = [(SERVED_BY_HEADER, f"{socket.gethostname()}:{os.getpid()}".encode())]
-
-    def send_forecast(self, forecast: Forecast) -> None:
-        self.send_raw(
-            self._settings.topic_forecasts,
-            forecast.series.encode(),
-            forecast_to_bytes(forecast),
-            self._served_by,
-        )
-
-    def send_dead_letter(self, dead: DeadLetter) -> None:
-        self.send_raw(self._settings.topic_deadletter, dead.key(), dead.value(), dead.headers())
-
-    def send_observation(self, obs: Observation) -> None:
-        self.send_raw(
-            self._settings.topic_observations, obs.series.encode(), observation_to_bytes(obs)
-        )
+        self.forecast_headers = [
+            (SERVED_BY_HEADER, f"{socket.gethostname()}:{os.getpid()}".encode())
+        ]
 
     def send_raw(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
     ) -> None:
         """Send exact bytes (a replayed dead letter, say); acknowledged by the next flush."""
         future = self._producer.send(topic, key=key, value=value, headers=headers)
@@ -433,38 +399,3 @@ class Publisher:
 
     def close(self) -> None:
         self._producer.close()
-
-
-def _read_topic(
-    settings: KafkaSettings,
-    topic: str,
-    expected: int,
-    timeout_s: float = 30.0,
-    settle_s: float = 0.0,
-) -> list[RawRecord]:
-    """Read a topic from its start, without a group, until ``expected`` records or the timeout.
-
-    With ``settle_s``, reading goes on after ``expected`` until no record arrives for that long,
-    so records beyond the expected count (duplicates, say) are read too. Counting records,
-    rather than comparing with end offsets, is deliberate: some brokers (the embedded one)
-    report the last batch's base offset as the end.
-    """
-    consumer = KafkaConsumer(enable_auto_commit=False, **_client_options(settings))
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[RawRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
-            records += _poll_raw(consumer, 0.5)
-        while settle_s and (more := _poll_raw(consumer, settle_s)):
-            records += more
-        return records
-    finally:
-        consumer.close(autocommit=False)
-
-
-def _poll_raw(consumer: KafkaConsumer, timeout_s: float) -> list[RawRecord]:
-    batches = consumer.poll(timeout_ms=int(timeout_s * 1000))
-    return [_to_raw(m) for messages in batches.values() for m in messages]

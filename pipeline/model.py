@@ -15,8 +15,12 @@ competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every 
 :class:`DLinear` is the linear baseline (Zeng et al. 2023, arXiv:2205.13504), and
 :class:`RepeatLast` and :class:`SeasonalNaive` are the naive baselines, without parameters.
 
-Every forecaster maps ``(B, L, C)`` recent values to ``(B, H, C)`` forecasts in the data's own
-units, and has a per-channel ``scale`` buffer and a ``fit_scale`` method.
+Every forecaster maps ``(B, L, C)`` recent values to its output head's output, in the data's own
+units, and has a per-channel ``scale`` buffer and a ``fit_scale`` method. The head
+(:class:`PointHead`, named by ``ForecasterConfig.loss``) owns the training loss and turns an
+output into point forecasts ``(B, H, C)``; the trainer asks the model for its loss, and
+:func:`pipeline.forecast.predict` for its points, so a head with another output shape (quantiles)
+changes this module and ``forecast.py`` only.
 A checkpoint holds the config beside the weights, so a model can be rebuilt from the file alone,
 and it is loaded with ``weights_only=True``: no arbitrary code is unpickled.
 """
@@ -25,15 +29,15 @@ from __future__ import annotations
 
 import math
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from pipeline import RollcastError
+from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
 
 # Keeps division safe for a channel that never moved in training.
 MIN_SCALE = 1e-6
@@ -65,13 +69,15 @@ class ForecasterConfig:
     train flow's settings, the backtest, the tuner's starting point and the benchmarks read
     them. They follow SegRNN's published scripts (lss-1138/SegRNN: lookback 720, 48-step
     segments, dropout 0.5, one recurrent layer), with hidden 256 chosen on ETTh1's validation
-    split (BENCHMARKS.md). The train flow shortens the lookback for short series.
+    split (BENCHMARKS.md). :meth:`fitted` shortens the lookback for short series.
+
+    ``channels``, ``freq`` and ``max_gap`` are the model's :class:`DataContract`.
     """
 
     channels: tuple[str, ...]
     lookback: int = 720
     horizon: int = 24
-    freq: str = "1h"
+    freq: str = DEFAULT_FREQ
     # "lstm": StackedLSTMForecaster; "dlinear": DLinear; "repeat_last"; "seasonal_naive"
     architecture: str = "lstm"
     cell: str = "lstm"  # or "gru"
@@ -85,11 +91,43 @@ class ForecasterConfig:
     decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
     season: int = 24  # the seasonal-naive period in steps
     # The gap policy the training windows were built with; inference fills gaps the same way.
-    max_gap: int = 3
+    max_gap: int = DEFAULT_MAX_GAP
+    # The output head and its training loss: "mse" or "l1" (point forecasts; l1 is less
+    # swayed by spikes). See HEADS.
+    loss: str = "mse"
 
     @property
     def n_channels(self) -> int:
         return len(self.channels)
+
+    @property
+    def contract(self) -> DataContract:
+        return DataContract(self.channels, self.freq, self.max_gap)
+
+    @property
+    def segmented(self) -> bool:
+        """Whether the lookback is read in segments (and must be a multiple of one)."""
+        return self.architecture == "lstm"
+
+    def fitted(self, train_steps: int) -> ForecasterConfig:
+        """This config with the lookback (and segment) cut so that a window (lookback plus
+        horizon) takes at most half of ``train_steps`` training steps: a short series still
+        gives training windows. The one sizing rule of training, tuning and backtests.
+
+        >>> ForecasterConfig(channels=(), horizon=96).fitted(8640).lookback
+        720
+        >>> short = ForecasterConfig(channels=(), horizon=192).fitted(1598)
+        >>> short.lookback, short.segment_len
+        (576, 48)
+        >>> tiny = ForecasterConfig(channels=(), horizon=24).fitted(100)
+        >>> tiny.lookback, tiny.segment_len
+        (26, 26)
+        """
+        room = max(min(self.lookback, train_steps // 2 - self.horizon), 1)
+        if not self.segmented:
+            return replace(self, lookback=room)
+        lookback, segment = cut_lookback(room, self.segment_len)
+        return replace(self, lookback=lookback, segment_len=segment)
 
     def serves_like(self, other: ForecasterConfig) -> bool:
         """Whether a model of ``other`` can replace this one: same inputs, outputs, step, gaps."""
@@ -97,14 +135,12 @@ class ForecasterConfig:
 
     def serving_differences(self, other: ForecasterConfig) -> list[str]:
         """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
-        differences = [
+        shape = [
             f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in ("channels", "lookback", "horizon", "max_gap")
+            for name in ("lookback", "horizon")
             if getattr(self, name) != getattr(other, name)
         ]
-        if _step(self.freq) != _step(other.freq):  # "1h" and "h" are one step
-            differences.append(f"freq {self.freq!r} -> {other.freq!r}")
-        return differences
+        return shape + self.contract.differences(other.contract)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "channels": list(self.channels)}
@@ -114,8 +150,66 @@ class ForecasterConfig:
         return cls(**{**data, "channels": tuple(data["channels"])})
 
 
-def _step(freq: str) -> pd.Timedelta:
-    return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+def cut_lookback(lookback: int, segment_len: int) -> tuple[int, int]:
+    """A lookback cut to a multiple of a segment no longer than itself: (lookback, segment).
+
+    >>> cut_lookback(720, 48), cut_lookback(30, 48), cut_lookback(100, 24)
+    ((720, 48), (30, 30), (96, 24))
+    """
+    segment = max(1, min(segment_len, lookback))
+    return max(lookback // segment * segment, segment), segment
+
+
+class PointHead:
+    """Point forecasts ``(B, H, C)``, trained on errors divided by each channel's scale, so every
+    channel weighs the same: their mean square (``"mse"``) or mean absolute value (``"l1"``)."""
+
+    def __init__(self, loss: str) -> None:
+        self.name = loss
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        error = (output.float() - target) / scale
+        return torch.mean(error.abs() if self.name == "l1" else error**2)
+
+    def point(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+
+# Every head a config's ``loss`` may name.
+HEADS = {"mse": PointHead, "l1": PointHead}
+
+
+def output_head(loss: str) -> PointHead:
+    """The head ``loss`` names; ``ValueError`` for a name not in :data:`HEADS`."""
+    if loss not in HEADS:
+        raise ValueError(f"loss must be one of {', '.join(HEADS)}, not {loss!r}")
+    return HEADS[loss](loss)
+
+
+class ForecasterModule(nn.Module):
+    """What every forecaster has: its config, the output head it names, and the channel scale
+    (an :class:`InstanceNorm` in ``norm`` mode)."""
+
+    def __init__(self, config: ForecasterConfig, norm: str) -> None:
+        super().__init__()
+        self.config = config
+        self.output_head = output_head(config.loss)
+        self.norm = InstanceNorm(config.n_channels, norm)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.norm.scale
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The head's training loss of an output against targets ``(B, H, C)``."""
+        return self.output_head.loss(output, target, self.scale)
+
+    def point(self, output: torch.Tensor) -> torch.Tensor:
+        """The point forecasts ``(B, H, C)`` of an output."""
+        return self.output_head.point(output)
+
+    def fit_scale(self, inputs: torch.Tensor) -> None:
+        """Set the per-channel scale from training values ``(..., C)`` (a no-op by default)."""
 
 
 class InstanceNorm(nn.Module):
@@ -146,14 +240,12 @@ class InstanceNorm(nn.Module):
         return z.float() * self.scale + level
 
 
-class StackedLSTMForecaster(nn.Module):
+class StackedLSTMForecaster(ForecasterModule):
     """Segment-wise, channel-independent stacked LSTM with parallel multi-step decoding."""
 
     def __init__(self, config: ForecasterConfig) -> None:
-        super().__init__()
         _check_shape(config)
-        self.config = config
-        self.norm = InstanceNorm(config.n_channels, config.norm)
+        super().__init__(config, config.norm)
         width = config.segment_len * (1 if config.channel_independent else config.n_channels)
         hidden = config.hidden_size
         self.n_in = config.lookback // config.segment_len
@@ -174,10 +266,6 @@ class StackedLSTMForecaster(nn.Module):
         per_step = width // config.segment_len  # 1, or C when channels are mixed
         out_width = width if config.decoder == "pmf" else config.horizon * per_step
         self.head = nn.Linear(hidden, out_width)
-
-    @property
-    def scale(self) -> torch.Tensor:
-        return self.norm.scale
 
     def fit_scale(self, inputs: torch.Tensor) -> None:
         """Set the per-channel scale from training values ``(..., C)``."""
@@ -252,23 +340,15 @@ def _repeat_state(state: Any, times: int) -> Any:
     return state.repeat_interleave(times, dim=1)
 
 
-class DLinear(nn.Module):
+class DLinear(ForecasterModule):
     """Moving-average trend plus seasonal remainder, each mapped ``L → H`` by one linear layer
-    shared by every channel."""
+    shared by every channel. It works on the data as given (the LTSF protocol standardizes it
+    first), so its scale stays 1."""
 
     def __init__(self, config: ForecasterConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.norm = InstanceNorm(config.n_channels, "none")
+        super().__init__(config, "none")
         self.trend = nn.Linear(config.lookback, config.horizon)
         self.seasonal = nn.Linear(config.lookback, config.horizon)
-
-    @property
-    def scale(self) -> torch.Tensor:
-        return self.norm.scale
-
-    def fit_scale(self, inputs: torch.Tensor) -> None:
-        """DLinear works on the data as given (the LTSF protocol standardizes it first)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         trend = moving_average(x, DLINEAR_KERNEL)  # (B, L, C)
@@ -285,21 +365,12 @@ def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
     return nn.functional.avg_pool1d(padded, kernel, stride=1).transpose(1, 2)
 
 
-class NaiveForecaster(nn.Module):
-    """A forecaster without parameters: it repeats what it has seen, in the data's own units."""
+class NaiveForecaster(ForecasterModule):
+    """A forecaster without parameters: it repeats what it has seen, in the data's own units
+    (its scale stays 1: a naive forecast does not depend on the training data)."""
 
     def __init__(self, config: ForecasterConfig) -> None:
-        super().__init__()
-        self.config = config
-        # Only for the ``scale`` buffer every forecaster carries; the values are not normalized.
-        self.norm = InstanceNorm(config.n_channels, "none")
-
-    @property
-    def scale(self) -> torch.Tensor:
-        return self.norm.scale
-
-    def fit_scale(self, inputs: torch.Tensor) -> None:
-        """Nothing to fit: a naive forecast does not depend on the training data."""
+        super().__init__(config, "none")
 
 
 class RepeatLast(NaiveForecaster):

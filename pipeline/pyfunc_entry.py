@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from pipeline.registry import ForecasterPyfunc
+from pipeline.packaging import ForecasterPyfunc
 
 set_model(ForecasterPyfunc())

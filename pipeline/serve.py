@@ -2,8 +2,12 @@
 
 Each poll is one micro-batch::
 
-    triage → dead letters → place in rolling windows → one batched model call
-           → publish forecasts → wait for the broker's acks → commit input offsets
+    triage → dead letters → place in rolling windows → score the new actuals
+           → one batched model call → publish forecasts → wait for the broker's acks
+           → commit input offsets
+
+:class:`RollingForecaster` holds the windows and runs the model; :func:`serve_batch` tells the
+online scorer (:class:`pipeline.stats.OnlineScorer`) what each batch placed and forecast.
 
 Policies (the window policies themselves are in :mod:`pipeline.windows`):
 
@@ -34,7 +38,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,10 +60,10 @@ from pipeline.records import (
     invalid_letter,
     triage,
 )
-from pipeline.stats import OnlineError, Scoring, ServeStats
+from pipeline.stats import OnlineError, OnlineScorer, Scoring, ServeStats
 from pipeline.swap import INCOMPATIBLE, ModelSlot, incompatibility
 from pipeline.transport import Sink, Source
-from pipeline.windows import Append, Gap, RollingWindow, freq_to_ms
+from pipeline.windows import Append, Gap, RollingWindow, Step, freq_to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +81,26 @@ class ForecastRequest:
 
 @dataclass(slots=True)
 class SeriesState:
-    """What the loop holds for one live series."""
+    """What the loop holds for one live series.
+
+    The last two fields are the :class:`~pipeline.stats.OnlineScorer`'s, kept here so they go
+    with the series when it is evicted; :class:`RollingForecaster` never reads them.
+    """
 
     window: RollingWindow
     partition: int
     channels: frozenset[str]  # its first accepted record's: later ones must match
     established: bool = False  # its window has filled once: safe from new keys
-    forecast_before: bool = False
+    forecast_before: bool = False  # it has had a forecast (counted once)
     scoring: Scoring | None = None  # the forecast being scored against actuals as they arrive
 
 
+# The steps one record placed in a window, with the state of their series.
+Placed = tuple[SeriesState, list[Step]]
+
+
 class RollingForecaster:
-    """Per-series rolling windows and the batched forecast step; no I/O.
+    """Per-series rolling windows and the batched forecast step; no I/O, no scoring.
 
     Windows are made by :func:`pipeline.forecast.new_window` from the model's config, so they
     fill gaps as the model's training windows and its MLflow pyfunc do.
@@ -114,6 +126,7 @@ class RollingForecaster:
         self.series: OrderedDict[str, SeriesState] = OrderedDict()  # established
         self.newcomers: OrderedDict[str, SeriesState] = OrderedDict()
         self.step_ms = freq_to_ms(self.model.config.freq)
+        self._placed: list[Placed] = []  # since the last take_placed
 
     @property
     def model(self) -> Forecaster:
@@ -123,16 +136,15 @@ class RollingForecaster:
         """Series held, established or new."""
         return len(self.series) + len(self.newcomers)
 
-    def swap(self, forecaster: LoadedForecaster) -> None:
-        """Serve with ``forecaster`` from now on; it must serve like the current one.
+    def states(self) -> Iterator[SeriesState]:
+        """The state of every series held, established ones first."""
+        yield from self.series.values()
+        yield from self.newcomers.values()
 
-        Forecasts of the old version still being scored are dropped: the online error of the
-        new version counts its own forecasts only.
-        """
+    def swap(self, forecaster: LoadedForecaster) -> None:
+        """Serve with ``forecaster`` from now on, keeping the windows; it must serve like the
+        current one (:func:`pipeline.swap.incompatibility` says whether it does)."""
         self.forecaster = forecaster
-        for pool in (self.series, self.newcomers):
-            for state in pool.values():
-                state.scoring = None
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the windows of series read from ``partitions`` (now another member's)."""
@@ -147,7 +159,10 @@ class RollingForecaster:
     def observe(
         self, record: RawRecord, obs: Observation, stats: ServeStats
     ) -> DeadLetter | Sequence[ForecastRequest]:
-        """Add one observation to its series' window; return the forecasts it makes due."""
+        """Add one observation to its series' window; return the forecasts it makes due.
+
+        The steps it placed are kept for :meth:`take_placed`.
+        """
         state = self._state(obs, record.partition, stats)
         if state is None:
             missing = [c for c in self.model.config.channels if c not in obs.values]
@@ -172,13 +187,11 @@ class RollingForecaster:
         self, series_id: str, state: SeriesState, record: RawRecord, stats: ServeStats
     ) -> list[ForecastRequest]:
         due = []
-        for step in state.window.placed():
+        placed = state.window.placed()
+        self._placed.append((state, placed))
+        for step in placed:
             stats.gaps_filled += step.gap is Gap.FILLED
             stats.restarts += step.gap is Gap.RESTARTED
-            if state.scoring is not None:
-                online = stats.online_error
-                if not online.score(state.scoring, step.ts_ms, step.values):
-                    state.scoring = None  # fully scored: score the next one
             if step.window is not None:
                 due.append(ForecastRequest(series_id, step.ts_ms, step.window, record.timestamp_ms))
         if not state.established and state.window.is_whole:
@@ -220,17 +233,23 @@ class RollingForecaster:
         """The state held for a series, established or new."""
         return self.series.get(series_id) or self.newcomers.get(series_id)
 
-    def forecast(self, requests: list[ForecastRequest], stats: ServeStats) -> list[Forecast]:
-        """One batched model call for every request."""
+    def take_placed(self) -> list[Placed]:
+        """The steps placed since the last call (by :meth:`observe`, in order), each with the
+        state of its series; the serve loop takes them once a batch, for the online scorer."""
+        placed, self._placed = self._placed, []
+        return placed
+
+    def predict(self, requests: list[ForecastRequest]) -> np.ndarray:
+        """One batched model call for every request: the forecasts, ``(B, H, C)``."""
         if not requests:
-            return []
-        preds = predict(self.model, np.stack([r.window for r in requests]))  # (B, H, C)
+            config = self.model.config
+            return np.empty((0, config.horizon, len(config.channels)), dtype=np.float32)
+        return predict(self.model, np.stack([r.window for r in requests]))
+
+    def forecasts(self, requests: list[ForecastRequest], preds: np.ndarray) -> list[Forecast]:
+        """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``."""
         config, name, version = self.model.config, self.forecaster.name, self.forecaster.version
         forecasts = []
-        # Newest first: a batch may hold several steps of a series, and only the newest
-        # forecast's actuals are all still to come.
-        for request, pred in zip(reversed(requests), preds[::-1], strict=True):
-            self._start_scoring(request, pred, stats)
         for request, values in zip(requests, preds.tolist(), strict=True):
             forecasts.append(
                 Forecast(
@@ -246,25 +265,21 @@ class RollingForecaster:
             )
         return forecasts
 
-    def _start_scoring(self, request: ForecastRequest, pred: np.ndarray, stats: ServeStats) -> None:
-        state = self.series_state(request.series)
-        if state is None:
-            return  # evicted within this batch
-        if not state.forecast_before:
-            state.forecast_before = True
-            stats.series_forecast += 1
-        if state.scoring is None:
-            state.scoring = (request.issued_at_ms, pred.copy())  # not a view: frees the batch
-
 
 def serve_batch(
     records: list[RawRecord],
     rolling: RollingForecaster,
     sink: Sink,
     stats: ServeStats,
+    scorer: OnlineScorer | None = None,
 ) -> None:
-    """Handle one poll; on return every output it caused is acknowledged by the broker."""
+    """Handle one poll; on return every output it caused is acknowledged by the broker.
+
+    ``scorer`` is told what was observed and forecast; by default one over ``stats`` and
+    ``rolling`` (a scorer keeps nothing of its own, so any one of them scores the same).
+    """
     started = time.perf_counter()
+    scorer = scorer or OnlineScorer(stats, rolling)
     accepted, dead = triage(records, rolling.policy)
     requests: list[ForecastRequest] = []
     for record, obs in accepted:
@@ -273,12 +288,14 @@ def serve_batch(
             dead.append(outcome)
         elif outcome:
             requests += outcome
-    stats.online_error.settle()
+    scorer.observed(rolling.take_placed())
     for letter in dead:
         if not letter.record.rewound:
             sink.send_dead_letter(letter)
             stats.dead_letters[letter.reason] += 1
-    for forecast in rolling.forecast(requests, stats):
+    preds = rolling.predict(requests)  # (B, H, C)
+    scorer.forecasts_issued(requests, preds)
+    for forecast in rolling.forecasts(requests, preds):
         sink.send_forecast(forecast)
     sink.flush()
     _count(records, requests, stats, started)
@@ -311,11 +328,15 @@ def _count(
 
 
 def swap_if_offered(
-    slot: ModelSlot, rolling: RollingForecaster, stats: ServeStats
+    slot: ModelSlot,
+    rolling: RollingForecaster,
+    stats: ServeStats,
+    scorer: OnlineScorer | None = None,
 ) -> LoadedForecaster | None:
     """Between batches: take a version the watcher loaded, swap it in or refuse it.
 
-    Returns the version swapped in, if any.
+    Returns the version swapped in, if any; ``scorer`` (by default one over ``stats`` and
+    ``rolling``) is told of it.
     """
     loaded, refusals = slot.take()
     for refusal in refusals:
@@ -336,8 +357,17 @@ def swap_if_offered(
     rolling.swap(loaded)
     stats.swaps += 1
     stats.model_version = loaded.version
-    stats.online_error.switch(loaded.version, model_scale(rolling))
+    (scorer or OnlineScorer(stats, rolling)).model_swapped(loaded.version, model_scale(rolling))
     return loaded
+
+
+@dataclass(frozen=True)
+class LiveSwap:
+    """Where the serve loop takes new versions from between batches (the watcher's slot), and
+    who is told of each one it swaps in (serve keeps a local copy of it)."""
+
+    slot: ModelSlot
+    on_swap: Callable[[LoadedForecaster], None] | None = None
 
 
 def run_serve(
@@ -345,34 +375,40 @@ def run_serve(
     sink: Sink,
     rolling: RollingForecaster,
     should_stop: Callable[[ServeStats, bool], bool],
-    slot: ModelSlot | None = None,
+    live_swap: LiveSwap | None = None,
     stats: ServeStats | None = None,
-    on_swap: Callable[[LoadedForecaster], None] | None = None,
 ) -> ServeStats:
-    """Serve until ``should_stop(stats, last_poll_was_empty)`` says so.
-
-    ``on_swap`` is told of each version swapped in (to keep a local copy of it).
-    """
+    """Serve until ``should_stop(stats, last_poll_was_empty)`` says so; without ``live_swap``,
+    with the one model ``rolling`` has."""
     stats = stats or new_stats(rolling)
+    scorer = OnlineScorer(stats, rolling)
     progress = Progress("serve", logger=logger)
     while True:
-        swapped = swap_if_offered(slot, rolling, stats) if slot is not None else None
-        if swapped is not None and on_swap is not None:
-            on_swap(swapped)
+        if live_swap is not None:
+            take_swap(live_swap, rolling, stats, scorer)
         records = source.poll(POLL_TIMEOUT_S)
         if records:
-            serve_batch(records, rolling, sink, stats)
+            serve_batch(records, rolling, sink, stats, scorer)
             source.commit(records)
             progress.advance(len(records), f"{stats.forecasts_out} forecasts")
         stats.consumer_lag, stats.live_series = source.lag(), rolling.live_series()
-        stats.partitions = source.partitions()
+        stats.assigned_partitions = source.partitions()
         # Idle time counts from the first assignment (or JOIN_GRACE_S without one).
-        if should_stop(stats, not records and stats.partitions > 0):
+        if should_stop(stats, not records and stats.assigned_partitions > 0):
             break
     progress.finish(
         f"{stats.forecasts_out} forecasts, {sum(stats.dead_letters.values())} dead letters"
     )
     return stats
+
+
+def take_swap(
+    live_swap: LiveSwap, rolling: RollingForecaster, stats: ServeStats, scorer: OnlineScorer
+) -> None:
+    """Swap in a version the watcher offers, if it serves like the current one, and say so."""
+    swapped = swap_if_offered(live_swap.slot, rolling, stats, scorer)
+    if swapped is not None and live_swap.on_swap is not None:
+        live_swap.on_swap(swapped)
 
 
 def model_scale(rolling: RollingForecaster) -> np.ndarray:
@@ -432,7 +468,7 @@ def stop_rule(
     def should_stop(stats: ServeStats, idle: bool) -> bool:
         nonlocal idle_since, ever_assigned, warned
         now = time.monotonic()
-        ever_assigned |= stats.partitions > 0
+        ever_assigned |= stats.assigned_partitions > 0
         if not ever_assigned and now - started >= join_grace_s:
             idle = True
             if not warned:

@@ -3,6 +3,10 @@
 :class:`ServeStats` is the one declaration of every counter and gauge. The loop adds to its plain
 fields; the Prometheus collector (:mod:`pipeline.metrics`) and the JSON summary (:meth:`as_dict`)
 both read the declarations, so a new counter is one line here and nothing anywhere else.
+
+Online scoring is here too: :class:`OnlineScorer` is what the loop tells of the forecasts it
+made, the steps it observed and the models it swapped in, and :class:`OnlineError` the running
+error it keeps.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.windows import Step
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +164,90 @@ class OnlineError:
         ]
 
 
+class ScoredSeries(Protocol):
+    """What the scorer keeps with a live series (the serve loop's per-series state), so that it
+    goes when the series is evicted."""
+
+    forecast_before: bool
+    scoring: Scoring | None
+
+
+class IssuedForecast(Protocol):
+    """A forecast made in this batch: whose, and at which step."""
+
+    @property
+    def series(self) -> str: ...
+    @property
+    def issued_at_ms(self) -> int: ...
+
+
+class LiveSeries(Protocol):
+    """The series a forecaster holds, as the scorer looks them up."""
+
+    def series_state(self, series_id: str) -> ScoredSeries | None: ...
+    def states(self) -> Iterable[ScoredSeries]: ...
+
+
+class OnlineScorer:
+    """Prequential scoring of a serve loop's forecasts, in ``stats.online_error``.
+
+    Forecast first, score as the actuals come: the loop tells the scorer what each batch
+    observed (:meth:`observed`), what it forecast (:meth:`forecasts_issued`), and which version
+    it swapped in (:meth:`model_swapped`). Each series has at most one forecast being scored: a
+    batch's newest forecast of it, taken when the one before is fully scored. That forecast is
+    kept with the series' state in ``series``, so it goes when the series does; the scorer holds
+    nothing of its own, and any scorer over the same ``stats`` and ``series`` scores the same.
+    """
+
+    def __init__(self, stats: ServeStats, series: LiveSeries) -> None:
+        self._stats, self._series = stats, series
+
+    def observed(self, placed: Iterable[tuple[ScoredSeries, Sequence[Step]]]) -> None:
+        """Score the steps a batch placed, each against its series' forecast, then add them up.
+
+        Cost: a few Python operations per placed step of a series being scored, then one
+        vectorised sum for the batch.
+        """
+        online = self._stats.online_error
+        for state, steps in placed:
+            scoring = state.scoring
+            if scoring is None:
+                continue
+            for step in steps:
+                if not online.score(scoring, step.ts_ms, step.values):
+                    state.scoring = None  # fully scored: the series' next forecast is scored
+                    break
+        online.settle()
+
+    def forecasts_issued(self, requests: Sequence[IssuedForecast], preds: np.ndarray) -> None:
+        """Score from now on the forecasts ``preds`` ``(B, H, C)`` made for ``requests``, where
+        their series has none being scored; count the series given their first forecast.
+
+        Newest first: a batch may hold several steps of a series, and only the newest
+        forecast's actuals are all still to come. A series evicted in the batch is skipped.
+        """
+        stats, series = self._stats, self._series
+        for request, pred in zip(reversed(requests), preds[::-1], strict=True):
+            state = series.series_state(request.series)
+            if state is None:
+                continue
+            if not state.forecast_before:
+                state.forecast_before = True
+                stats.series_forecast += 1
+            if state.scoring is None:
+                state.scoring = (request.issued_at_ms, pred.copy())  # not a view: frees the batch
+
+    def model_swapped(self, version: str, scale: np.ndarray) -> None:
+        """Score the forecasts of ``version`` (channel scale ``scale``) from now on.
+
+        Forecasts of the old version still being scored are dropped: the online error of the
+        new version counts its own forecasts only.
+        """
+        self._stats.online_error.switch(version, scale)
+        for state in self._series.states():
+            state.scoring = None
+
+
 @dataclass
 class ServeStats:
     """Running totals of one serve loop; the Prometheus endpoint reads them when scraped."""
@@ -174,13 +265,13 @@ class ServeStats:
     evicted_new_series: int = counter(
         "New series dropped by max_new_series before their window filled", "new_series_evicted"
     )
-    series_forecast: int = counter("Series given their first forecast", "series_forecast")
+    series_forecast: int = counter("Series given their first forecast")
     swaps: int = counter("Champion versions swapped in", "model_swaps")
     dead_letters: Counter[str] = labelled("Records dead-lettered", "reason")
     refused: Counter[str] = labelled("Versions refused", "reason", "model_refused")
     live_series: int = gauge("Series with a window held, established or new")
     consumer_lag: int = gauge("Records behind the high watermark")
-    partitions: int = gauge("Input partitions this member reads", "assigned_partitions")
+    assigned_partitions: int = gauge("Input partitions this member reads")
     batch_latency: LatencyRecorder = histogram("Wall time of one poll's batch", "batch_seconds")
     record_latency: LatencyRecorder = histogram(
         "Input produce time to the broker's ack of its forecast", "record_latency_seconds"

@@ -59,7 +59,6 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global L2 norm of the gradients
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    loss: str = "mse"  # or "l1", which is less swayed by spikes
     # "constant"; "cosine": annealed to 0 over the budget; "halving": halved every pass (DLinear's)
     schedule: str = "constant"
 
@@ -71,7 +70,7 @@ class EvalStats:
     step: int
     epoch: float
     train_loss: float  # the mean over the steps since the last validation
-    val_loss: float  # in the training loss (``config.loss``), which early stopping watches
+    val_loss: float  # in the model's training loss (its head's), which early stopping watches
     val_mse: float  # the same windows' MSE, comparable between runs of either loss
     seconds: float  # since the last validation
     learning_rate: float  # the rate at this validation
@@ -197,8 +196,7 @@ def _validate(
     since: float,
 ) -> EvalStats:
     """The validation after ``at`` = (steps, passes, learning rate) of training."""
-    val_loss = evaluate_loss(model, val, config.batch_size, config.loss)
-    val_mse = val_loss if config.loss == "mse" else evaluate_loss(model, val, config.batch_size)
+    val_loss, val_mse = evaluate_loss(model, val, config.batch_size)
     step, epoch, rate = at
     seconds = time.perf_counter() - since
     return EvalStats(step, epoch, float(np.mean(train_losses)), val_loss, val_mse, seconds, rate)
@@ -288,7 +286,7 @@ def _step(
     model.train()
     x, y = batch
     with _autocast(x.device):
-        loss = scaled_loss(model, model(x), y, config.loss)
+        loss = model.loss(model(x), y)
     if not torch.isfinite(loss):
         raise TrainingError(f"loss became {loss.item()}: lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -299,29 +297,27 @@ def _step(
 
 
 @torch.no_grad()
-def evaluate_loss(
-    model: Forecaster, windows: OnDevice, batch_size: int, loss: str = "mse"
-) -> float:
-    """Mean loss in units of each channel's training scale."""
+def evaluate_loss(model: Forecaster, windows: OnDevice, batch_size: int) -> tuple[float, float]:
+    """The model's mean training loss and the MSE of its point forecasts, both in units of
+    each channel's training scale: (loss, mse)."""
     model.eval()
-    total = 0.0
+    loss_total, mse_total = 0.0, 0.0
     for start in range(0, len(windows), batch_size):
         index = torch.arange(
             start, min(start + batch_size, len(windows)), device=windows.starts.device
         )
         x, y = windows.batch(index)
         with _autocast(x.device):
-            pred = model(x)
-        total += scaled_loss(model, pred, y, loss).item() * len(x)
-    return total / len(windows)
+            output = model(x)
+        loss_total += model.loss(output, y).item() * len(x)
+        mse_total += scaled_mse(model, model.point(output), y).item() * len(x)
+    return loss_total / len(windows), mse_total / len(windows)
 
 
-def scaled_loss(
-    model: Forecaster, pred: torch.Tensor, target: torch.Tensor, loss: str
-) -> torch.Tensor:
-    """MSE (or L1) after dividing by the channel scale, so every channel weighs the same."""
-    error = (pred.float() - target) / model.scale
-    return torch.mean(error.abs() if loss == "l1" else error**2)
+def scaled_mse(model: Forecaster, points: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of point forecasts after dividing by the channel scale: every channel weighs the same."""
+    error = (points.float() - target) / model.scale
+    return torch.mean(error**2)
 
 
 def _autocast(device: torch.device) -> torch.autocast:

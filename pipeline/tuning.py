@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.model import ForecasterConfig
+from pipeline.model import ForecasterConfig, cut_lookback
 from pipeline.train import EvalStats, TrainConfig, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def default_params(max_lookback: int) -> dict[str, Any]:
         "lookback": min(shape.lookback, max_lookback),
         "hidden_size": shape.hidden_size,
         "num_layers": shape.num_layers,
-        "loss": training.loss,
+        "loss": shape.loss,
         "learning_rate": training.learning_rate,
     }
 
@@ -124,31 +124,18 @@ def lookback_choices(max_lookback: int) -> list[int]:
 
 def suggest(trial: optuna.Trial, max_lookback: int) -> Candidate:
     """Draw a candidate; lookbacks longer than ``max_lookback`` are not offered."""
-    segment, lookback = fit_segment(
-        trial.suggest_categorical("segment_len", SEGMENT_LENS),
-        trial.suggest_categorical("lookback", lookback_choices(max_lookback)),
-    )
+    segment = trial.suggest_categorical("segment_len", SEGMENT_LENS)
+    lookback = trial.suggest_categorical("lookback", lookback_choices(max_lookback))
+    lookback, segment = cut_lookback(lookback, segment)  # the data's room is max_lookback
     model = {
         "lookback": lookback,
         "hidden_size": trial.suggest_categorical("hidden_size", HIDDEN_SIZES),
         "num_layers": trial.suggest_categorical("num_layers", LAYERS),
         "segment_len": segment,
-    }
-    train = {
         "loss": trial.suggest_categorical("loss", LOSSES),
-        "learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATES, log=True),
     }
+    train = {"learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATES, log=True)}
     return Candidate(model, train)
-
-
-def fit_segment(segment_len: int, lookback: int) -> tuple[int, int]:
-    """A segment no longer than the lookback, and the lookback cut to a multiple of it.
-
-    >>> fit_segment(48, 720), fit_segment(48, 30), fit_segment(24, 100)
-    ((48, 720), (30, 30), (24, 96))
-    """
-    segment = max(1, min(segment_len, lookback))
-    return segment, max(lookback // segment * segment, segment)
 
 
 def search(

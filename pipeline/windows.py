@@ -205,23 +205,6 @@ def channel_scale(series: Mapping[str, pd.DataFrame], channels: Sequence[str]) -
     return np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
 
 
-def bounded_lookback(
-    lookback: int, horizon: int, n_steps: int, val_fraction: float, multiple: int = 1
-) -> int:
-    """The longest lookback, up to ``lookback``, that a series of ``n_steps`` can train with.
-
-    A window (lookback + horizon) may take at most half of the training part, so a short series
-    still gives training windows; the result is a multiple of ``multiple`` (the segment length).
-
-    >>> bounded_lookback(96, 24, n_steps=17_420, val_fraction=0.2)
-    96
-    >>> bounded_lookback(96, 24, n_steps=150, val_fraction=0.2, multiple=24)
-    24
-    """
-    room = split_point(n_steps, val_fraction) // 2 - horizon
-    return max(min(lookback, room) // multiple * multiple, multiple)
-
-
 def build_window_sets(
     series_values: Mapping[str, pd.DataFrame],
     channels: Sequence[str],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pipeline import registry
+from pipeline import monitoring, registry
 from pipeline.config import (
     IngestSettings,
     MlflowSettings,
@@ -19,9 +19,11 @@ from pipeline.config import (
     StoreSettings,
 )
 from pipeline.forecast import LoadedForecaster
-from pipeline.ingest import IngestReport, run_ingest
+from pipeline.ingest import IngestPlan, IngestReport, run_ingest
 from pipeline.metrics import serve_metrics
+from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.serve import (
+    LiveSwap,
     RollingForecaster,
     freeze_heap,
     new_stats,
@@ -32,9 +34,15 @@ from pipeline.serve import (
 from pipeline.stats import OnlineErrorReporter, ServeStats
 from pipeline.store import SeriesStore
 from pipeline.swap import ChampionWatcher, LocalCopy, ModelSlot
-from pipeline.transport import Transport
+from pipeline.tracking import connect_reader
+from pipeline.transport import Rebalance, Transport
 
 logger = logging.getLogger(__name__)
+
+
+def open_store(settings: StoreSettings) -> SeriesStore:
+    """The series store the settings name: today the Parquet folder under the data dir."""
+    return ParquetSeriesStore(settings.store_dir)
 
 
 def ingest_from_settings(
@@ -47,16 +55,9 @@ def ingest_from_settings(
     """The ingest stage on ``transport``, into the Parquet store."""
     source = transport.source(transport.topics.observations, ingest.ingest_group)
     sink = transport.sink()
+    plan = IngestPlan(ingest.ingest_idle_s, store.freq, records.policy(), max_records)
     try:
-        return run_ingest(
-            source,
-            SeriesStore(store.store_dir),
-            sink,
-            store.freq,
-            ingest.ingest_idle_s,
-            records.policy(),
-            max_records,
-        )
+        return run_ingest(source, open_store(store), sink, plan)
     finally:
         source.close()
         sink.close()
@@ -87,12 +88,9 @@ def serve_from_settings(
         )
     slot = ModelSlot()
     watcher = champion_watcher(mlflow_settings, champion.version, slot, serve.champion_poll_s)
+    rebalance = Rebalance(serve.rewind_records, rolling.forget_partitions)
     source = transport.source(
-        transport.topics.observations,
-        serve.serve_group,
-        serve.max_poll_records,
-        serve.rewind_records,
-        rolling.forget_partitions,
+        transport.topics.observations, serve.serve_group, serve.max_poll_records, rebalance
     )
     sink = transport.sink()
     reporter = online_error_reporter(mlflow_settings, stats, serve.online_report_s)
@@ -100,7 +98,7 @@ def serve_from_settings(
     watcher.start()
     try:
         stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm(), serve.join_grace_s)
-        run_serve(source, sink, rolling, stop, slot, stats, keep_copy(local_copy))
+        run_serve(source, sink, rolling, stop, LiveSwap(slot, keep_copy(local_copy)), stats)
     finally:
         watcher.stop()
         if reporter is not None:
@@ -118,7 +116,7 @@ def online_error_reporter(
         return None
 
     def report(version: str, mse: float, values: int, scored: int) -> None:
-        registry.log_online_error(settings, version, mse, values, scored)
+        monitoring.log_online_error(connect_reader(settings), version, mse, values, scored)
 
     reporter = OnlineErrorReporter(stats, report, interval_s)
     reporter.start()
@@ -132,8 +130,7 @@ def start_champion(settings: MlflowSettings, local_copy: LocalCopy) -> LoadedFor
     only when there is none.
     """
     try:
-        registry.connect_reader(settings)
-        champion = registry.load_champion(settings)
+        champion = registry.load_champion(connect_reader(settings))
     except registry.RegistryUnavailableError as err:
         kept = local_copy.load()
         if kept is None:
@@ -161,11 +158,15 @@ def keep_copy(local_copy: LocalCopy) -> Callable[[LoadedForecaster], None]:
 def champion_watcher(
     settings: MlflowSettings, current_version: str, slot: ModelSlot, interval_s: float
 ) -> ChampionWatcher:
-    """A watcher thread that reads the champion alias from the MLflow registry."""
+    """A watcher thread that reads the champion alias from the MLflow registry.
+
+    Each check connects anew (cheap: MLflow keeps one store per URI), so a store that was
+    missing when serve started from its local copy is read once it is back.
+    """
     return ChampionWatcher(
         current_version,
-        lambda: registry.champion_version(settings),
-        lambda version: registry.load_version(settings, version),
+        lambda: registry.champion_version(connect_reader(settings)),
+        lambda version: registry.load_version(connect_reader(settings), version),
         slot,
         interval_s,
     )

@@ -3,6 +3,7 @@ and a real Prefect API (the test harness); nothing of these is mocked."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,9 @@ from pipeline.config import KafkaSettings
 from pipeline.kafka_io import KafkaTransport
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The operator's-eye harness (serve_harness, poison) is shared with benchmarks/faults.py, which
+# must run without tests/, so it lives with the benchmarks; appended, it shadows nothing.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(scope="session")

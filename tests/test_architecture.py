@@ -78,3 +78,26 @@ def test_the_library_never_imports_the_app() -> None:
         if path.parent.name == "pipeline":
             text = path.read_text()
             assert not re.search(r"^\s*(from|import) flows\b", text, re.MULTILINE), path
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No import circle, lazy imports included: each module can be read after what it needs."""
+    graph = {path: set() for path in code_modules()}
+    for path in graph:
+        for name in imported(path):
+            target = name.replace(".", "/") if "." in name else f"{path.parent.name}/{name}"
+            graph[path].add(ROOT / f"{target}.py")
+    state: dict[Path, str] = {}
+
+    def visit(path: Path, trail: tuple[str, ...]) -> None:
+        if state.get(path) == "done":
+            return
+        here = f"{path.parent.name}/{path.name}"
+        assert state.get(path) != "open", " -> ".join((*trail, here))
+        state[path] = "open"
+        for target in sorted(graph.get(path, ())):
+            visit(target, (*trail, here))
+        state[path] = "done"
+
+    for path in sorted(graph):
+        visit(path, ())

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.train import FLOW_ONLY, train_config_from
 from pipeline.backtest import BacktestSpec, run_backtest
-from pipeline.config import ModelSettings, TrainSettings
+from pipeline.config import ModelSettings, Settings, TrainSettings
 from pipeline.model import ForecasterConfig
 from pipeline.train import TrainConfig
+from pipeline.training import FLOW_ONLY, TrainingSettings
 
 SHAPE = ForecasterConfig(channels=())
 
@@ -33,7 +33,7 @@ def test_model_settings_default_to_the_forecaster_config() -> None:
 
 
 def test_train_settings_give_the_train_configs_defaults() -> None:
-    assert train_config_from(TrainSettings()) == TrainConfig()
+    assert TrainingSettings.of(Settings()).train_config() == TrainConfig()
     engine_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"max_epochs"}
     assert set(TrainSettings.model_fields) - FLOW_ONLY == engine_fields
 

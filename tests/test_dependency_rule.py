@@ -11,7 +11,17 @@ import json
 import subprocess
 import sys
 
-CORE = ("windows", "model", "train", "forecast", "evaluate", "backtest", "stats")
+CORE = (
+    "contract",
+    "windows",
+    "model",
+    "train",
+    "forecast",
+    "evaluate",
+    "backtest",
+    "stats",
+    "training_data",
+)
 ALLOWED_LIBRARIES = ("numpy", "pandas", "torch")
 
 

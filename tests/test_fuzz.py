@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from poison import T0_MS, Poison, poisons, record_level
 from serve_harness import LOOKBACK, produce, read_forecasts, register, step_of, tiny_model
+from topics import read_topic
 
 from pipeline.config import (
     IngestSettings,
@@ -29,8 +30,8 @@ from pipeline.config import (
     StoreSettings,
 )
 from pipeline.kafka_io import KafkaTransport
+from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.records import DEAD_LETTER_MAX_VALUE_BYTES, RawRecord, triage
-from pipeline.store import SeriesStore
 from pipeline.wiring import ingest_from_settings, serve_from_settings
 
 FLEET, STEPS, STEP_MS = ("s0", "s1", "s2"), 30, 3_600_000
@@ -101,9 +102,7 @@ def _cut(value: bytes | None) -> bytes | None:
 
 
 def dead_letters(kafka: KafkaSettings, expected: int) -> Counter[tuple[str, bytes | None]]:
-    letters = KafkaTransport(kafka).read_topic(
-        kafka.topic_deadletter, expected, timeout_s=60, settle_s=2
-    )
+    letters = read_topic(kafka, kafka.topic_deadletter, expected, timeout_s=60, settle_s=2)
     return Counter((d.header("reason") or "", d.value) for d in letters)
 
 
@@ -145,7 +144,7 @@ def test_serve_and_ingest_survive_a_fuzzed_stream(
     assert all(np.isfinite(step["load"]) for f in forecasts for step in f["forecast"])
     assert dead_letters(kafka, 2 * len(mix)) == expected_letters(mix + mix)
     assert report.rows_written == len(FLEET) * STEPS and report.duplicates == 0
-    stored = SeriesStore(store.store_dir)
+    stored = ParquetSeriesStore(store.store_dir)
     assert stored.series_ids() == list(FLEET)
     for i, series in enumerate(FLEET):
         assert stored.read(series)["load"].tolist() == [float(s % 24 + i) for s in range(STEPS)]
@@ -158,10 +157,10 @@ def test_a_poisoned_store_still_trains_and_promotes(
     import mlflow
 
     from flows.train import train_flow
-    from pipeline.config import ModelSettings, TrainSettings
+    from pipeline.config import ModelSettings, Settings, TrainSettings
 
     store = StoreSettings()
-    series_store = SeriesStore(store.store_dir)
+    series_store = ParquetSeriesStore(store.store_dir)
     start = pd.Timestamp(T0_MS, unit="ms", tz="UTC")
     stamps = pd.date_range(start, periods=200, freq="1h")
     for i in range(4):
@@ -184,12 +183,15 @@ def test_a_poisoned_store_still_trains_and_promotes(
 
     result = train_flow(
         max_steps=4,
-        store=store,
-        model_settings=ModelSettings(lookback=24, horizon=6, hidden_size=8, num_layers=1),
-        train_settings=TrainSettings(batch_size=64, promotion_gate=False),
+        settings=Settings(
+            store=store,
+            model=ModelSettings(lookback=24, horizon=6, hidden_size=8, num_layers=1),
+            train=TrainSettings(batch_size=64, promotion_gate=False),
+        ),
     )
 
     assert result["promoted"] is True and np.isfinite(result["val_mse"])
-    params = mlflow.get_run(str(result["run_id"])).data.params
+    client = mlflow.MlflowClient(MlflowSettings().mlflow_tracking_uri)
+    params = client.get_run(str(result["run_id"])).data.params
     assert (params["data.series"], params["data.skipped_series"]) == ("4", "2")
     assert params["data.repaired_rows"] == "3"

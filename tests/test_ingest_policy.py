@@ -1,7 +1,8 @@
 """Ingest applies the serve loop's record policy: it refuses the same records for the same reasons.
 
 Pure tests: the ingest batch runs against a Parquet store in a temporary folder, the serve side
-is the :class:`~pipeline.serve.RollingForecaster` with no transport.
+is the :class:`~pipeline.serve.RollingForecaster`; both send their dead letters to the in-memory
+transport, where the tests read them back.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.forecast import LoadedForecaster
-from pipeline.ingest import IngestReport, StoreContract, ingest_batch
+from pipeline.ingest import Admission, IngestReport, StoreContract, ingest_batch
+from pipeline.inmemory import MemoryTransport
 from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.parquet_store import ParquetSeriesStore, file_name
 from pipeline.records import (
     LATE,
     MISSING_CHANNEL,
@@ -26,25 +29,9 @@ from pipeline.records import (
     RecordPolicy,
 )
 from pipeline.serve import RollingForecaster, new_stats, serve_batch
-from pipeline.store import SeriesStore, file_name
 
 HOUR_MS = 3_600_000
 LOOKBACK = 8
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.dead: list = []
-        self.forecasts: list = []
-
-    def send_dead_letter(self, letter) -> None:  # type: ignore[no-untyped-def]
-        self.dead.append(letter)
-
-    def send_forecast(self, forecast) -> None:  # type: ignore[no-untyped-def]
-        self.forecasts.append(forecast)
-
-    def flush(self, timeout_s: float = 0.0) -> int:
-        return 0
 
 
 def record(offset: int, series: str, ts_ms: int, values: dict[str, float]) -> RawRecord:
@@ -52,22 +39,26 @@ def record(offset: int, series: str, ts_ms: int, values: dict[str, float]) -> Ra
     return RawRecord("observations", 0, offset, series.encode(), payload)
 
 
-def ingest(records: list[RawRecord], store: SeriesStore, policy: RecordPolicy) -> ListSink:
-    sink = ListSink()
-    contract = StoreContract(store)
-    ingest_batch(records, store, sink, HOUR_MS, policy, IngestReport(), contract)  # type: ignore[arg-type]
-    return sink
+def ingest(
+    records: list[RawRecord], store: ParquetSeriesStore, policy: RecordPolicy
+) -> list[RawRecord]:
+    """One ingest batch of hourly series; the dead letters it sent."""
+    transport = MemoryTransport()
+    admission = Admission(policy, StoreContract(store), HOUR_MS)
+    ingest_batch(records, store, transport.sink(), admission, IngestReport())
+    return transport.messages(transport.topics.deadletter)
 
 
-def refusals(sink: ListSink) -> dict[int, str]:
-    return {letter.record.offset: letter.reason for letter in sink.dead}
+def refusals(letters: list[RawRecord]) -> dict[int, str | None]:
+    """The reason each refused record was dead-lettered for, by its offset."""
+    return {int(str(d.header("source_offset"))): d.header("reason") for d in letters}
 
 
 def test_a_stored_series_refuses_foreign_channels_and_old_steps(tmp_path: Path) -> None:
-    store, policy = SeriesStore(tmp_path), RecordPolicy()
+    store, policy = ParquetSeriesStore(tmp_path), RecordPolicy()
     ingest([record(i, "a", i * HOUR_MS, {"OT": 1.0}) for i in range(10)], store, policy)
 
-    sink = ingest(
+    letters = ingest(
         [
             record(20, "a", 10 * HOUR_MS, {"OT": 1.0, "foo": 2.0}),
             record(21, "a", 11 * HOUR_MS, {"HUFL": 1.0}),
@@ -80,14 +71,14 @@ def test_a_stored_series_refuses_foreign_channels_and_old_steps(tmp_path: Path) 
         policy,
     )
 
-    assert refusals(sink) == {20: UNKNOWN_CHANNEL, 21: MISSING_CHANNEL, 22: LATE}
+    assert refusals(letters) == {20: UNKNOWN_CHANNEL, 21: MISSING_CHANNEL, 22: LATE}
     stored = store.read("a")
     assert len(stored) == 11 and stored["OT"].iloc[3] == 1.0 and stored["OT"].iloc[-1] == 2.0
     assert list(stored.columns) == ["series", "ts", "OT"]
 
 
 def test_a_series_of_another_dataset_is_refused_by_the_store(tmp_path: Path) -> None:
-    store, policy = SeriesStore(tmp_path), RecordPolicy()
+    store, policy = ParquetSeriesStore(tmp_path), RecordPolicy()
     ingest(
         [record(i, "fleet-1", i * HOUR_MS, {"load": 1.0, "temp": 2.0}) for i in range(5)],
         store,
@@ -95,15 +86,15 @@ def test_a_series_of_another_dataset_is_refused_by_the_store(tmp_path: Path) -> 
     )
 
     etth1 = [record(10 + i, "ETTh1", i * HOUR_MS, {"OT": 1.0, "HUFL": 2.0}) for i in range(5)]
-    sink = ingest([*etth1, record(20, "fleet-2", 0, {"load": 3.0, "temp": 4.0})], store, policy)
+    letters = ingest([*etth1, record(20, "fleet-2", 0, {"load": 3.0, "temp": 4.0})], store, policy)
 
-    assert refusals(sink) == dict.fromkeys(range(10, 15), OTHER_CONTRACT)
-    assert "ROLLCAST_DATA_DIR" in sink.dead[0].detail
+    assert refusals(letters) == dict.fromkeys(range(10, 15), OTHER_CONTRACT)
+    assert "ROLLCAST_DATA_DIR" in (letters[0].header("detail") or "")
     assert store.series_ids() == ["fleet-1", "fleet-2"]
 
 
 def test_a_series_id_too_long_for_a_file_name_is_stored_under_its_hash(tmp_path: Path) -> None:
-    store, long_id = SeriesStore(tmp_path), "é" * 250  # 2,250 bytes once quoted
+    store, long_id = ParquetSeriesStore(tmp_path), "é" * 250  # 2,250 bytes once quoted
 
     ingest([record(0, long_id, 0, {"OT": 1.0})], store, RecordPolicy())
 
@@ -140,12 +131,12 @@ def test_ingest_and_serve_refuse_the_same_records(
     config = ForecasterConfig(("load",), LOOKBACK, 2, architecture="repeat_last", max_gap=LOOKBACK)
     torch.manual_seed(0)
     rolling = RollingForecaster(LoadedForecaster("m", "1", build_forecaster(config)), 10, policy)
-    served = ListSink()
+    served = MemoryTransport()
 
-    serve_batch(records, rolling, served, new_stats(rolling))  # type: ignore[arg-type]
-    ingested = ingest(records, SeriesStore(tmp_path_factory.mktemp("store")), policy)
+    serve_batch(records, rolling, served.sink(), new_stats(rolling))
+    ingested = ingest(records, ParquetSeriesStore(tmp_path_factory.mktemp("store")), policy)
 
-    assert refusals(ingested) == refusals(served)
+    assert refusals(ingested) == refusals(served.messages(served.topics.deadletter))
 
 
 def _first_of_series(stream: list) -> list[bool]:
@@ -158,14 +149,15 @@ def _first_of_series(stream: list) -> list[bool]:
 
 
 def test_a_damaged_series_file_dead_letters_its_records_and_ingest_goes_on(tmp_path: Path) -> None:
-    store, policy = SeriesStore(tmp_path), RecordPolicy()
+    store, policy = ParquetSeriesStore(tmp_path), RecordPolicy()
     ingest([record(0, "a", 0, {"OT": 1.0})], store, policy)
     (tmp_path / file_name("a")).write_bytes(b"not parquet")
 
-    sink = ingest(
+    letters = ingest(
         [record(1, "a", HOUR_MS, {"OT": 2.0}), record(2, "b", 0, {"OT": 3.0})], store, policy
     )
 
-    assert refusals(sink) == {1: "invalid"}
-    assert "ArrowInvalid" in sink.dead[0].detail or "Parquet" in sink.dead[0].detail
+    assert refusals(letters) == {1: "invalid"}
+    detail = letters[0].header("detail") or ""
+    assert "ArrowInvalid" in detail or "Parquet" in detail
     assert store.read("b")["OT"].tolist() == [3.0]

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from pipeline.forecast import LoadedForecaster
-from pipeline.ingest import run_ingest
+from pipeline.ingest import IngestPlan, run_ingest
 from pipeline.inmemory import MemoryTransport
 from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.serve import RollingForecaster, run_serve
-from pipeline.store import SeriesStore
+from pipeline.transport import Rebalance
 
 LOOKBACK, HORIZON, HOUR_MS = 4, 2, 3_600_000
 
@@ -32,13 +33,13 @@ def produce(transport: MemoryTransport, series: str, steps: range) -> None:
 
 def serve_until_idle(transport: MemoryTransport, rewind: int = 0) -> list[int]:
     """A fresh serve process: the steps it forecast, in order."""
-    before = len(transport.read_topic(transport.topics.forecasts))
+    before = len(transport.messages(transport.topics.forecasts))
     torch.manual_seed(0)
     config = ForecasterConfig(("load",), LOOKBACK, HORIZON, architecture="dlinear")
     rolling = RollingForecaster(LoadedForecaster("m", "1", build_forecaster(config)), 100)
-    source = transport.source(transport.topics.observations, "serve", rewind=rewind)
+    source = transport.source(transport.topics.observations, "serve", rebalance=Rebalance(rewind))
     run_serve(source, transport.sink(), rolling, lambda stats, idle: idle)
-    published = transport.read_topic(transport.topics.forecasts)[before:]
+    published = transport.messages(transport.topics.forecasts)[before:]
     return [json.loads(r.value or b"{}")["issued_at"] for r in published]
 
 
@@ -52,14 +53,15 @@ def test_ingest_stores_good_records_dead_letters_bad_ones_and_commits(tmp_path: 
     sink = transport.sink()
     sink.send_raw(transport.topics.observations, b"a", b"not json")
     sink.flush()
-    store = SeriesStore(tmp_path)
+    store = ParquetSeriesStore(tmp_path)
 
-    report = run_ingest(transport.source("observations", "ingest"), store, sink, "1h", 0.0)
+    hourly = IngestPlan(idle_s=0.0, freq="1h")
+    report = run_ingest(transport.source("observations", "ingest"), store, sink, hourly)
 
     assert report.rows_written == 6 and len(store.read("a")) == 6
-    letters = transport.read_topic(transport.topics.deadletter)
+    letters = transport.messages(transport.topics.deadletter)
     assert [r.header("reason") for r in letters] == ["malformed_json"]
-    again = run_ingest(transport.source("observations", "ingest"), store, sink, "1h", 0.0)
+    again = run_ingest(transport.source("observations", "ingest"), store, sink, hourly)
     assert again.records_in == 0  # everything was committed
 
 

@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from topics import read_topic
 
 from flows.ingest import ingest_flow
 from flows.serve import serve_flow
@@ -20,9 +21,10 @@ from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import CheckpointError
+from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.records import parse_timestamp
 from pipeline.registry import ContractError, load_champion
-from pipeline.store import SeriesStore
+from pipeline.tracking import connect_reader
 from pipeline.transport import replay
 
 pytestmark = pytest.mark.integration
@@ -73,9 +75,7 @@ def test_demo_path_publishes_champion_forecasts_for_every_series(
 
     expected = SERIES * (STEPS - LOOKBACK + 1)  # one per step once the window is whole
     assert served["forecasts_out"] == expected
-    messages = KafkaTransport(rollcast_env).read_topic(
-        rollcast_env.topic_forecasts, expected=expected
-    )
+    messages = read_topic(rollcast_env, rollcast_env.topic_forecasts, expected=expected)
     assert len(messages) == expected
     _assert_forecasts_are_complete(messages, fleet, trained["version"])
 
@@ -128,13 +128,17 @@ def _assert_forecasts_are_complete(messages: list, fleet: pd.DataFrame, version:
 
 
 def test_registered_champion_forecasts_a_dataframe_through_pyfunc(
-    rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    tiny_model: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=300, seed=5))
     stream_and_ingest(rollcast_env, fleet)
     train_flow(max_steps=8)
 
     settings = MlflowSettings()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)  # as a user would
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
     recent = fleet.groupby("series").tail(LOOKBACK)
     recent = recent.assign(ts=recent["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -163,12 +167,13 @@ def test_an_unloadable_champion_is_replaced_by_the_next_training(
     for checkpoint in checkpoints:
         checkpoint.write_bytes(b"truncated by a full disk")
     with pytest.raises(CheckpointError, match="cannot load"):
-        load_champion(MlflowSettings())  # the champion really is broken now
+        load_champion(connect_reader(MlflowSettings()))  # the champion really is broken now
 
     second = train_flow(max_steps=4)
 
     settings = MlflowSettings()
-    champion = MlflowClient().get_model_version_by_alias(settings.model_name, "champion")
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
     assert first["version"] == "1" and second["version"] == "2"
     assert second["promoted"] is True
     assert str(champion.version) == "2"
@@ -186,16 +191,16 @@ def test_the_gate_refuses_a_challenger_that_loses_to_seasonal_naive(
     stamps = pd.date_range("2024-01-01", periods=STEPS, freq="1h", tz="UTC")
     pattern = [float(h % 24) ** 1.5 for h in range(STEPS)]
     frame = pd.DataFrame({"series": "daily", "ts": stamps, "load": pattern})
-    SeriesStore(store.store_dir).append(frame)
+    ParquetSeriesStore(store.store_dir).append(frame)
 
     trained = train_flow(max_steps=4)
 
     assert trained["promoted"] is False and trained["val_seasonal_naive_mse"] == 0.0
-    run = mlflow.get_run(str(trained["run_id"]))
+    run = MlflowClient(MlflowSettings().mlflow_tracking_uri).get_run(str(trained["run_id"]))
     assert run.data.tags["rollcast.promotion"] == "does not beat seasonal-naive"
     assert "margin_vs_seasonal_naive" in run.data.metrics
     with pytest.raises(Exception, match="no 'champion' alias"):
-        load_champion(MlflowSettings())
+        load_champion(connect_reader(MlflowSettings()))
 
 
 def test_a_half_hourly_fleet_is_stored_and_served_on_its_own_step(
@@ -209,10 +214,10 @@ def test_a_half_hourly_fleet_is_stored_and_served_on_its_own_step(
     served = serve_flow(max_records=produced)
 
     assert ingested["rows_written"] == produced == 2 * STEPS  # no reading merged into an hour
-    champion = load_champion(MlflowSettings())
+    champion = load_champion(connect_reader(MlflowSettings()))
     assert champion.model.config.freq == "30min"
     assert served["forecasts_out"] == 2 * (STEPS - LOOKBACK + 1)
-    messages = KafkaTransport(rollcast_env).read_topic(rollcast_env.topic_forecasts, expected=10)
+    messages = read_topic(rollcast_env, rollcast_env.topic_forecasts, expected=10)
     steps = [parse_timestamp(s["ts"]) for s in json.loads(messages[0].value or b"{}")["forecast"]]
     assert {b - a for a, b in itertools.pairwise(steps)} == {HOUR_MS // 2}
 
@@ -225,14 +230,14 @@ def test_short_series_train_with_a_lookback_sized_to_them(
     stamps = pd.date_range("2024-01-01", periods=150, freq="1h", tz="UTC")
     loads = [[float(h % 24 + i) for h in range(150)] for i in range(2)]
     frames = [pd.DataFrame({"series": f"s{i}", "ts": stamps, "load": loads[i]}) for i in range(2)]
-    from pipeline.store import SeriesStore
+    from pipeline.parquet_store import ParquetSeriesStore
 
-    SeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
+    ParquetSeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
 
     trained = train_flow(max_steps=4)  # the defaults: lookback 720, horizon 24, segments of 48
 
     assert trained["promoted"] is True
-    config = load_champion(MlflowSettings()).model.config
+    config = load_champion(connect_reader(MlflowSettings())).model.config
     # 150 steps: 120 train, and a window may take half of them: 36 of lookback, 24 of horizon.
     assert (config.lookback, config.segment_len) == (36, 36)
 
@@ -249,7 +254,7 @@ def test_training_on_an_empty_store_says_to_ingest_first(
 def stored_fleet(seed: int) -> pd.DataFrame:
     """Two gap-free synthetic series, written straight into the store."""
     fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=seed))
-    SeriesStore(StoreSettings().store_dir).append(fleet)
+    ParquetSeriesStore(StoreSettings().store_dir).append(fleet)
     return fleet
 
 
@@ -265,13 +270,13 @@ def test_a_model_of_another_data_contract_never_takes_the_alias(
     # Another dataset, in a store of its own, under the same registered model name.
     monkeypatch.setenv("ROLLCAST_DATA_DIR", str(tmp_path / "other"))
     other = fleet.rename(columns={"load": "OT", "temp": "HUFL"})
-    SeriesStore(StoreSettings().store_dir).append(other)
+    ParquetSeriesStore(StoreSettings().store_dir).append(other)
 
     with pytest.raises(ContractError, match="ROLLCAST_MODEL_NAME"):
         train_flow(max_steps=4)
 
     settings = MlflowSettings()
-    client = MlflowClient()
+    client = MlflowClient(settings.mlflow_tracking_uri)
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
     assert str(champion.version) == first["version"] == "1"
     assert len(client.search_model_versions(f"name='{settings.model_name}'")) == 1
@@ -290,7 +295,7 @@ def test_a_warm_start_trains_from_the_champion_and_records_its_version(
 
     second = train_flow(max_steps=40)
 
-    client = MlflowClient()
+    client = MlflowClient(MlflowSettings().mlflow_tracking_uri)
     run = client.get_run(str(second["run_id"]))
     assert run.data.params["data.warm_start_from"] == first["version"] == "1"
     assert run.data.params["train.max_steps"] == "10" and second["steps"] <= 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from topics import read_topic
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings
@@ -33,6 +34,6 @@ def test_a_flush_waits_out_a_stalled_broker_and_loses_nothing(
         broker.resume()
         sink.close()
 
-    values = {r.value for r in transport.read_topic(topic, expected=51, settle_s=1)}
+    values = {r.value for r in read_topic(rollcast_env, topic, expected=51, settle_s=1)}
     assert acknowledged == 50
     assert values == {b"before"} | {str(i).encode() for i in range(50)}

@@ -14,14 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from topics import read_topic
 
-from pipeline import registry
+from pipeline import registry, runs
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
 from pipeline.datasets import frame_to_observations
 from pipeline.forecast import ForecastError
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.serve import RollingForecaster, run_serve, stop_rule
+from pipeline.tracking import Tracking, connect
 from pipeline.transport import replay
 from pipeline.windows import format_timestamp
 
@@ -54,27 +56,29 @@ def fleet_with_gaps() -> pd.DataFrame:
 
 
 @pytest.fixture
-def registered(rollcast_env: KafkaSettings) -> MlflowSettings:
-    settings = MlflowSettings()  # the test's own store, from rollcast_env
-    registry.configure(settings, StoreSettings())
+def registered(rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> Tracking:
+    """A champion in the test's own store (from rollcast_env); MLflow's own loaders find it
+    through ``MLFLOW_TRACKING_URI``, as a user loading the model points them."""
+    tracking = connect(MlflowSettings(), StoreSettings())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.uri)
     torch.manual_seed(0)
     config = ForecasterConfig(
         channels=("load", "temp"), lookback=LOOKBACK, horizon=HORIZON, hidden_size=16, segment_len=6
     )
     model = build_forecaster(config).eval()
-    registry.promote(settings, registry.register_checkpoint(settings, model, "test"))
-    return settings
+    registry.promote(tracking, runs.register_checkpoint(tracking, model, "test"))
+    return tracking
 
 
 def served_last_forecasts(
-    settings: MlflowSettings, kafka: KafkaSettings, fleet: pd.DataFrame
+    tracking: Tracking, kafka: KafkaSettings, fleet: pd.DataFrame
 ) -> dict[str, dict]:
     """Stream the fleet through the serve loop; each series' newest forecast, as published."""
     transport = KafkaTransport(kafka)
     sink = transport.sink()
     try:
         replay(sink, frame_to_observations(fleet))
-        rolling = RollingForecaster(registry.load_champion(settings), max_series=100)
+        rolling = RollingForecaster(registry.load_champion(tracking), max_series=100)
         source = transport.source(transport.topics.observations, ServeSettings().serve_group)
         try:
             stop = stop_rule(None, IDLE_S, threading.Event())
@@ -83,7 +87,7 @@ def served_last_forecasts(
             source.close()
     finally:
         sink.close()
-    published = transport.read_topic(transport.topics.forecasts, stats.forecasts_out, settle_s=2)
+    published = read_topic(kafka, transport.topics.forecasts, stats.forecasts_out, settle_s=2)
     assert len(published) == stats.forecasts_out
     newest: dict[str, dict] = {}
     for record in published:  # one partition per series, in order
@@ -93,12 +97,12 @@ def served_last_forecasts(
 
 
 def test_the_pyfunc_forecasts_what_the_serve_loop_published(
-    registered: MlflowSettings, rollcast_env: KafkaSettings
+    registered: Tracking, rollcast_env: KafkaSettings
 ) -> None:
     fleet = fleet_with_gaps()
     history = fleet.assign(ts=fleet["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.model_name}@champion")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.settings.model_name}@champion")
     from_pyfunc = pyfunc.predict(history)
     served = served_last_forecasts(registered, rollcast_env, fleet)
 
@@ -117,7 +121,7 @@ def test_the_pyfunc_forecasts_what_the_serve_loop_published(
 
 
 def test_a_long_gap_in_the_last_window_stops_both_from_forecasting(
-    registered: MlflowSettings, rollcast_env: KafkaSettings
+    registered: Tracking, rollcast_env: KafkaSettings
 ) -> None:
     fleet = fleet_with_gaps()
     cut = fleet[
@@ -126,7 +130,7 @@ def test_a_long_gap_in_the_last_window_stops_both_from_forecasting(
     ]
     history = cut.assign(ts=cut["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.model_name}@champion")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.settings.model_name}@champion")
     with pytest.raises(ForecastError, match="without a gap of more than 3 steps"):
         pyfunc.predict(history)
     served = served_last_forecasts(registered, rollcast_env, cut)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from topics import read_topic
 
 from flows.ingest import ingest_flow
 from pipeline.config import KafkaSettings, StoreSettings
 from pipeline.kafka_io import KafkaTransport
+from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.records import Observation
-from pipeline.store import SeriesStore
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def test_ingest_stores_every_record_once(rollcast_env: KafkaSettings, prefect_ap
 
     report = ingest_flow(max_records=len(messages))
 
-    store = SeriesStore(StoreSettings().store_dir)
+    store = ParquetSeriesStore(StoreSettings().store_dir)
     assert store.series_ids() == ["a", "b", "c"]
     for series_id in ("a", "b", "c"):
         frame = store.read(series_id)
@@ -66,7 +67,7 @@ def test_ingest_commits_offsets_so_a_rerun_reads_nothing_new(
 
     assert first["records_in"] == 20
     assert second["records_in"] == 0
-    assert len(SeriesStore(StoreSettings().store_dir).read("a")) == 20
+    assert len(ParquetSeriesStore(StoreSettings().store_dir).read("a")) == 20
 
 
 def test_bad_records_go_to_deadletter_with_reasons_and_good_ones_are_kept(
@@ -89,9 +90,7 @@ def test_bad_records_go_to_deadletter_with_reasons_and_good_ones_are_kept(
 
     report = ingest_flow(max_records=len(messages))
 
-    letters = KafkaTransport(rollcast_env).read_topic(
-        rollcast_env.topic_deadletter, expected=len(bad)
-    )
+    letters = read_topic(rollcast_env, rollcast_env.topic_deadletter, expected=len(bad))
     assert sorted(r.header("reason") or "" for r in letters) == sorted(bad)
     by_reason = {r.header("reason"): r for r in letters}
     for reason, value in bad.items():
@@ -101,7 +100,7 @@ def test_bad_records_go_to_deadletter_with_reasons_and_good_ones_are_kept(
         assert letter.header("source_offset") is not None
         assert letter.header("source_partition") is not None
     assert report["dead_letters"] == dict.fromkeys(bad, 1)
-    stored = SeriesStore(StoreSettings().store_dir).read("s1")
+    stored = ParquetSeriesStore(StoreSettings().store_dir).read("s1")
     assert stored["load"].tolist() == [o.values["load"] for o in good]
 
 

@@ -18,8 +18,9 @@ from serve_harness import STEP_MS, T0_MS, ServeProcess, produce, wait_for
 from flows.ingest import ingest_flow
 from flows.retrain import drift_flow
 from flows.train import train_flow
-from pipeline import registry
+from pipeline import monitoring
 from pipeline.config import KafkaSettings, MlflowSettings
+from pipeline.tracking import connect_reader
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def regime(steps: range, amplitude: float, period: int, level: float) -> list[tu
 
 
 def online(version: str) -> tuple[float, float, int] | None:
-    return registry.online_error(MlflowSettings(), version)
+    return monitoring.online_error(connect_reader(MlflowSettings()), version)
 
 
 def test_a_regime_change_triggers_a_retrain_that_serve_swaps_in(

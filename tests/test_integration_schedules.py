@@ -26,7 +26,8 @@ from deployment_harness import (
 from serve_harness import fleet_steps, free_port, produce
 
 from pipeline.config import KafkaSettings, StoreSettings
-from pipeline.store import SeriesStore
+from pipeline.parquet_store import ParquetSeriesStore
+from pipeline.store import each_series
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def test_served_ingest_deployment_runs_on_its_schedule(
     finally:
         stop_runner(runner)
 
-    stored = SeriesStore(StoreSettings().store_dir).read_all()
+    stored = dict(each_series(ParquetSeriesStore(StoreSettings().store_dir)))
     assert sorted(stored) == [f"s{i}" for i in range(N_SERIES)]
     assert all(len(frame) == N_STEPS for frame in stored.values())
     logs = run_logs(prefect_server, scheduled[0]["id"])

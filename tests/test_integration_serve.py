@@ -25,6 +25,7 @@ from serve_harness import (
     tiny_model,
     wait_for,
 )
+from topics import read_topic
 
 from pipeline.config import (
     KafkaSettings,
@@ -153,8 +154,7 @@ def test_bad_records_are_dead_lettered_or_counted_and_serving_goes_on(
         max_records=len(records),
     )
 
-    transport = KafkaTransport(rollcast_env)
-    dead = transport.read_topic(rollcast_env.topic_deadletter, expected=5, settle_s=2)
+    dead = read_topic(rollcast_env, rollcast_env.topic_deadletter, expected=5, settle_s=2)
     reasons = Counter(d.header("reason") for d in dead)
     assert reasons == Counter(r for r in bad if r != "duplicate")
     assert {d.header("reason"): d.value for d in dead} == {

@@ -1,6 +1,7 @@
 """The serve loop's pure parts: windows per series, batching, online error, swap and metrics.
 
-No broker here: the loop talks to a list-backed sink; the integration tests use the real one.
+No broker here: the loop publishes to the in-memory transport, and the tests read its topics
+back as a consumer would; the integration tests use the real broker.
 """
 
 from __future__ import annotations
@@ -18,16 +19,10 @@ import torch
 from prometheus_client import generate_latest
 
 from pipeline.forecast import LoadedForecaster, predict
+from pipeline.inmemory import MemoryTransport
 from pipeline.metrics import serve_metrics
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.records import (
-    LATE,
-    MISSING_CHANNEL,
-    DeadLetter,
-    Forecast,
-    RawRecord,
-    RecordPolicy,
-)
+from pipeline.records import LATE, MISSING_CHANNEL, RawRecord, RecordPolicy, parse_timestamp
 from pipeline.serve import (
     RollingForecaster,
     new_stats,
@@ -69,37 +64,42 @@ def record(series: str, step: int, value: float | None = None, offset: int = 0, 
                      json.dumps(payload).encode(), 1_000, **kw)  # fmt: skip
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.forecasts: list[Forecast] = []
-        self.dead: list[DeadLetter] = []
-        self.flushes = 0
-
-    def send_forecast(self, forecast: Forecast) -> None:
-        self.forecasts.append(forecast)
-
-    def send_dead_letter(self, dead: DeadLetter) -> None:
-        self.dead.append(dead)
-
-    def flush(self, timeout_s: float = 0.0) -> int:
-        self.flushes += 1
-        return 0
-
-
 def serve(records: list[RawRecord], rolling: RollingForecaster | None = None, **options):
+    """One batch into a fresh in-memory transport: (the transport, the stats, the forecaster)."""
     rolling = rolling or RollingForecaster(repeat_last(), max_series=100, **options)
-    sink, stats = ListSink(), new_stats(rolling)
-    serve_batch(records, rolling, sink, stats)
-    return sink, stats, rolling
+    transport, stats = MemoryTransport(), new_stats(rolling)
+    serve_batch(records, rolling, transport.sink(), stats)
+    return transport, stats, rolling
+
+
+def forecasts(transport: MemoryTransport) -> list[dict]:
+    """The forecasts acknowledged so far, as a consumer of the topic reads them."""
+    return [json.loads(r.value or b"{}") for r in transport.messages(transport.topics.forecasts)]
+
+
+def issued_steps(transport: MemoryTransport) -> list[int]:
+    """The step of each acknowledged forecast's last observation, in publishing order."""
+    return [parse_timestamp(f["issued_at"]) // STEP_MS for f in forecasts(transport)]
+
+
+def letters(transport: MemoryTransport) -> list[RawRecord]:
+    """The dead letters acknowledged so far."""
+    return transport.messages(transport.topics.deadletter)
+
+
+def reasons(transport: MemoryTransport) -> list[str | None]:
+    return [letter.header("reason") for letter in letters(transport)]
 
 
 def test_one_forecast_per_step_once_the_window_is_whole() -> None:
-    sink, stats, _ = serve([record("a", s) for s in range(6)])
+    transport, stats, _ = serve([record("a", s) for s in range(6)])
 
-    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5]
-    assert sink.forecasts[0].values == [[3.0]] * HORIZON  # repeat-last of step 3
-    assert (stats.records_in, stats.forecasts_out, sink.flushes) == (6, 3, 1)
-    assert sink.forecasts[0].model_version == "1"
+    # On the topic once serve_batch returns: sends reach it only when the sink is flushed.
+    assert issued_steps(transport) == [3, 4, 5]
+    first = forecasts(transport)[0]
+    assert [step["load"] for step in first["forecast"]] == [3.0] * HORIZON  # repeat-last of 3
+    assert (stats.records_in, stats.forecasts_out) == (6, 3)
+    assert first["model"]["version"] == "1"
 
 
 def test_the_batch_is_one_model_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,30 +125,30 @@ def test_bad_records_are_dead_lettered_with_their_reason_and_the_rest_served() -
         record("a", 5),
     ]
 
-    sink, stats, _ = serve(records)
+    transport, stats, _ = serve(records)
 
-    assert [d.reason for d in sink.dead] == ["malformed_json", MISSING_CHANNEL]
+    assert reasons(transport) == ["malformed_json", MISSING_CHANNEL]
     assert stats.duplicates == 1
-    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5]
+    assert issued_steps(transport) == [3, 4, 5]
 
 
 def test_late_records_beyond_the_grace_period_are_dead_lettered() -> None:
     records = [record("a", s) for s in (0, 1, 3, 2, 4, 5, 7, 8)] + [record("a", 6, offset=9)]
 
-    sink, stats, _ = serve(records, policy=RecordPolicy(grace_steps=1))
+    transport, stats, _ = serve(records, policy=RecordPolicy(grace_steps=1))
 
     # Step 6 was interpolated when 7 was placed: it issues no forecast, and its record is late.
-    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4, 5, 7]
-    assert [d.reason for d in sink.dead] == [LATE]
+    assert issued_steps(transport) == [3, 4, 5, 7]
+    assert reasons(transport) == [LATE]
     assert stats.gaps_filled == 1
 
 
 def test_rewound_records_rebuild_windows_but_publish_nothing() -> None:
     rewound = [record("a", s, rewound=True) for s in range(4)]
 
-    sink, stats, _ = serve([*rewound, record("a", 4)])
+    transport, stats, _ = serve([*rewound, record("a", 4)])
 
-    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [4]
+    assert issued_steps(transport) == [4]
     assert (stats.records_in, stats.records_rewound) == (1, 4)
 
 
@@ -172,9 +172,9 @@ def test_a_flood_of_new_keys_never_evicts_an_established_series() -> None:
     serve(filled("a") + filled("b"), rolling)
 
     flood = [record(f"junk-{i}", 0) for i in range(1000)]
-    sink, stats, _ = serve([*flood, record("a", LOOKBACK), record("b", LOOKBACK)], rolling)
+    transport, stats, _ = serve([*flood, record("a", LOOKBACK), record("b", LOOKBACK)], rolling)
 
-    assert [f.series for f in sink.forecasts] == ["a", "b"]  # windows kept: forecast at once
+    assert [f["series"] for f in forecasts(transport)] == ["a", "b"]  # windows kept: at once
     assert list(rolling.newcomers) == ["junk-997", "junk-998", "junk-999"]
     assert (stats.evicted_series, stats.evicted_new_series) == (0, 997)
     assert rolling.live_series() == 5
@@ -201,9 +201,9 @@ def test_forgetting_partitions_drops_only_their_series() -> None:
 def test_online_error_is_scored_by_steps_ahead() -> None:
     # Values rise by one a step and the model repeats the last one: k steps ahead it is off by k.
     rolling = RollingForecaster(repeat_last(), max_series=10)
-    stats = new_stats(rolling)
+    stats, sink = new_stats(rolling), MemoryTransport().sink()
     for step in range(LOOKBACK + HORIZON):
-        serve_batch([record("a", step)], rolling, ListSink(), stats)
+        serve_batch([record("a", step)], rolling, sink, stats)
 
     assert stats.online_mae() == [1.0, 2.0, 3.0]
     assert stats.online_error.abs_error_count.tolist() == [1, 1, 1]
@@ -211,10 +211,10 @@ def test_online_error_is_scored_by_steps_ahead() -> None:
 
 def test_online_error_scores_the_newest_forecast_of_a_batch() -> None:
     rolling = RollingForecaster(repeat_last(), max_series=10)
-    stats = new_stats(rolling)
-    serve_batch([record("a", s) for s in range(LOOKBACK + 2)], rolling, ListSink(), stats)
+    stats, sink = new_stats(rolling), MemoryTransport().sink()
+    serve_batch([record("a", s) for s in range(LOOKBACK + 2)], rolling, sink, stats)
 
-    serve_batch([record("a", LOOKBACK + 2)], rolling, ListSink(), stats)
+    serve_batch([record("a", LOOKBACK + 2)], rolling, sink, stats)
 
     assert stats.online_mae() == [1.0, None, None]  # scored against the forecast of step 5
 
@@ -229,15 +229,32 @@ def test_latencies_are_recorded_per_forecast_and_per_batch() -> None:
 def test_a_compatible_version_is_swapped_in_between_batches() -> None:
     rolling = RollingForecaster(repeat_last("1"), max_series=10)
     stats, slot = new_stats(rolling), ModelSlot()
-    serve_batch([record("a", s) for s in range(4)], rolling, ListSink(), stats)
+    serve_batch([record("a", s) for s in range(3)], rolling, MemoryTransport().sink(), stats)
 
     slot.offer(repeat_last("2"))
     swap_if_offered(slot, rolling, stats)
-    sink = ListSink()
-    serve_batch([record("a", 4)], rolling, sink, stats)
+    transport = MemoryTransport()
+    serve_batch([record("a", 3)], rolling, transport.sink(), stats)
 
-    assert [f.model_version for f in sink.forecasts] == ["2"]  # the window was kept
+    assert [f["model"]["version"] for f in forecasts(transport)] == ["2"]  # the window was kept
     assert (stats.swaps, stats.model_version) == (1, "2")
+
+
+def test_after_a_swap_each_version_is_scored_on_its_own_forecasts() -> None:
+    rolling = RollingForecaster(repeat_last("1"), max_series=10)
+    stats, slot, sink = new_stats(rolling), ModelSlot(), MemoryTransport().sink()
+    serve_batch([record("a", s) for s in range(LOOKBACK)], rolling, sink, stats)
+    serve_batch([record("a", LOOKBACK)], rolling, sink, stats)  # scores 1 of 3 steps ahead
+
+    slot.offer(repeat_last("2"))
+    swap_if_offered(slot, rolling, stats)
+    for step in range(LOOKBACK + 1, LOOKBACK + 2 + HORIZON):
+        serve_batch([record("a", step)], rolling, sink, stats)
+
+    # Version 1's forecast was dropped at the swap; version 2's first one was scored in full.
+    scored = {version: count for version, (_, count) in stats.online_error.by_version.items()}
+    assert scored == {"1": 1, "2": HORIZON}
+    assert stats.online_mae() == [1.0, 2.0, 3.0]
 
 
 def test_an_incompatible_version_is_refused_and_the_old_one_serves() -> None:
@@ -301,7 +318,7 @@ def test_metrics_expose_the_loop_counters() -> None:
     _, stats, rolling = serve(
         [record("a", s) for s in range(6)] + [RawRecord("obs", 0, 9, b"a", b"x")]
     )
-    serve_batch([record("a", 6)], rolling, ListSink(), stats)
+    serve_batch([record("a", 6)], rolling, MemoryTransport().sink(), stats)
 
     text = generate_latest(serve_metrics(stats, port=None)).decode()
 
@@ -360,11 +377,11 @@ def test_hostile_records_are_dead_lettered_and_serving_goes_on() -> None:
         RawRecord("obs", 0, 92, b"a", b'{"series": "a", "ts": 0, "values": {"load": %s}}' % BIG),
     ]  # fmt: skip
 
-    sink, _, _ = serve(hostile + [record("a", s) for s in range(5)])
+    transport, _, _ = serve(hostile + [record("a", s) for s in range(5)])
 
-    assert [d.reason for d in sink.dead] == ["bad_series", "non_finite", "non_finite"]
-    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3, 4]
-    assert all(f.values[0][0] == f.issued_at_ms // STEP_MS for f in sink.forecasts)
+    assert reasons(transport) == ["bad_series", "non_finite", "non_finite"]
+    assert issued_steps(transport) == [3, 4]
+    assert [f["forecast"][0]["load"] for f in forecasts(transport)] == [3.0, 4.0]  # repeat-last
 
 
 def test_a_failure_inside_the_window_becomes_an_invalid_dead_letter() -> None:
@@ -378,10 +395,11 @@ def test_a_failure_inside_the_window_becomes_an_invalid_dead_letter() -> None:
 
     rolling.observe = fails_for_b  # type: ignore[method-assign]
 
-    sink, _, _ = serve([record("b", 0)] + [record("a", s) for s in range(4)], rolling)
+    transport, _, _ = serve([record("b", 0)] + [record("a", s) for s in range(4)], rolling)
 
-    assert [(d.reason, d.detail) for d in sink.dead] == [("invalid", "ValueError: window broke")]
-    assert [f.issued_at_ms // STEP_MS for f in sink.forecasts] == [3]
+    refused = [(d.header("reason"), d.header("detail")) for d in letters(transport)]
+    assert refused == [("invalid", "ValueError: window broke")]
+    assert issued_steps(transport) == [3]
 
 
 def test_the_local_copy_round_trips_and_refuses_a_mismatched_checkpoint(tmp_path: Path) -> None:
@@ -402,7 +420,7 @@ def _stopped_within(stop: Callable[[ServeStats, bool], bool], stats: ServeStats,
     """Call the rule as the loop does after each empty poll, for up to ``s`` seconds."""
     deadline = time.monotonic() + s
     while time.monotonic() < deadline:
-        if stop(stats, stats.partitions > 0):
+        if stop(stats, stats.assigned_partitions > 0):
             return True
         time.sleep(0.01)
     return False
@@ -413,7 +431,7 @@ def test_a_member_without_partitions_says_so_and_still_stops_when_idle(
 ) -> None:
     stats = new_stats(
         RollingForecaster(repeat_last(), max_series=10)
-    )  # stats.partitions == 0: none assigned
+    )  # stats.assigned_partitions == 0: none assigned
     stop = stop_rule(None, idle_s=0.05, stopping=threading.Event(), join_grace_s=0.2)
     with caplog.at_level(logging.WARNING, logger="pipeline.serve"):
         assert _stopped_within(stop, stats, 10)

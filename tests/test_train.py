@@ -58,7 +58,7 @@ def windows() -> tuple[WindowSet, WindowSet]:
     return build_window_sets(series, ["x"], LOOKBACK, HORIZON, val_fraction=0.25)
 
 
-def tiny_model(seed: int = 0) -> StackedLSTMForecaster:
+def tiny_model(seed: int = 0, loss: str = "mse") -> StackedLSTMForecaster:
     torch.manual_seed(seed)
     config = ForecasterConfig(
         channels=("x",),
@@ -68,6 +68,7 @@ def tiny_model(seed: int = 0) -> StackedLSTMForecaster:
         num_layers=1,
         segment_len=1,
         dropout=0.1,
+        loss=loss,
     )
     return StackedLSTMForecaster(config)
 
@@ -98,7 +99,9 @@ def test_training_loss_falls(trained: TrainResult) -> None:
     losses = [stats.train_loss for stats in trained.history]
 
     assert len(losses) == 6
-    assert losses[-1] < losses[0]
+    # At this rate the loss wanders once it is low (the last pass can be worse than the best,
+    # by CPU kernels), so the test is that training reached well below where it began.
+    assert min(losses[1:]) < 0.75 * losses[0]
 
 
 def test_trained_model_beats_repeat_last(
@@ -137,7 +140,7 @@ def test_fit_returns_the_best_validation_weights(windows: tuple[WindowSet, Windo
     assert result.best_step < last.step  # else the last weights are the best ones
     best = min(result.history, key=lambda stats: stats.val_loss)
     assert (result.best_step, result.best_val_loss) == (best.step, best.val_loss)
-    loss = evaluate_loss(result.model, OnDevice(val, torch.device("cpu")), config.batch_size)
+    loss, _ = evaluate_loss(result.model, OnDevice(val, torch.device("cpu")), config.batch_size)
     assert loss == pytest.approx(result.best_val_loss, rel=1e-6)
     assert loss != pytest.approx(last.val_loss, rel=1e-3)
     # The validation loss is the MSE in units of the training scale, the scorecard's unit too.
@@ -204,12 +207,11 @@ def test_each_validation_reports_mse_whatever_the_training_loss(
 ) -> None:
     train, val = windows
 
-    result = fit(tiny_model(), train, val, train_config(max_steps=15, loss="l1"))
+    result = fit(tiny_model(loss="l1"), train, val, train_config(max_steps=15))
 
     stats = result.history[-1]
-    assert stats.val_mse == pytest.approx(
-        evaluate_loss(result.model, OnDevice(val, torch.device("cpu")), 64)
-    )
+    _, val_mse = evaluate_loss(result.model, OnDevice(val, torch.device("cpu")), 64)
+    assert stats.val_mse == pytest.approx(val_mse)
     assert stats.val_mse != pytest.approx(stats.val_loss)
 
 

@@ -2,7 +2,8 @@
 
 Every record is what a producer could really send to the observations topic: any key, any
 bytes. The targets are the series of a healthy fleet (``s0``...), which the tests send first, so
-series-level refusals (``late``, channels) have a series to be measured against.
+series-level refusals (``late``, channels) have a series to be measured against. Shared by the
+fuzz tests and ``benchmarks/faults.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
-"""Helpers for the serve integration tests: tiny registered models, producing observations,
-serve processes started the way an operator would (`rollcast serve`), and their metrics."""
+"""Serve driven as an operator would: tiny registered models, producing observations, serve
+processes started as `rollcast serve`, their metrics, and the topics read back.
+
+Shared by ``benchmarks/faults.py`` and the integration tests (``tests/conftest.py`` puts this
+folder on their path); it runs against whatever broker and MLflow store the ``ROLLCAST_*``
+variables name.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +18,26 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
 import torch
 
-from pipeline import registry
+from pipeline import registry, runs
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.kafka_io import SERVED_BY_HEADER, KafkaTransport
 from pipeline.model import Forecaster, ForecasterConfig, build_forecaster
+from pipeline.records import RawRecord
+from pipeline.tracking import connect
 
 CHANNELS = ("load",)
 LOOKBACK, HORIZON = 8, 4
 STEP_MS = 3_600_000
 T0_MS = 1_700_000_000_000 - 1_700_000_000_000 % STEP_MS
+# How long one poll waits while a topic is read back.
+POLL_S = 0.5
 
 
 def tiny_model(lookback: int = LOOKBACK, seed: int = 0) -> Forecaster:
@@ -40,11 +50,10 @@ def tiny_model(lookback: int = LOOKBACK, seed: int = 0) -> Forecaster:
 
 def register(model: Forecaster, promote: bool = True) -> str:
     """Register ``model`` in the test's MLflow store (from ROLLCAST_* variables) as a version."""
-    settings = MlflowSettings()
-    registry.configure(settings, StoreSettings())
-    version = registry.register_checkpoint(settings, model, "test")
+    tracking = connect(MlflowSettings(), StoreSettings())
+    version = runs.register_checkpoint(tracking, model, "test")
     if promote:
-        registry.promote(settings, version)
+        registry.promote(tracking, version)
     return version
 
 
@@ -164,10 +173,31 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90.0) 
         time.sleep(0.2)
 
 
+def read_records(
+    kafka: KafkaSettings, topic: str, expected: int, timeout_s: float = 60.0, quiet_s: float = 3.0
+) -> list[RawRecord]:
+    """Every record on ``topic``, read from its start by a consumer group of its own.
+
+    Reads until ``expected`` records are in (or ``timeout_s`` passed), and then on until
+    ``quiet_s`` pass without one, so that duplicates beyond the expected count are read too.
+    """
+    source = KafkaTransport(kafka).source(topic, f"read-back-{uuid.uuid4().hex}")
+    records: list[RawRecord] = []
+    give_up_at, quiet_at = time.monotonic() + timeout_s, 0.0
+    try:
+        while time.monotonic() < (give_up_at if len(records) < expected else quiet_at):
+            polled = source.poll(POLL_S)
+            if polled:
+                quiet_at = time.monotonic() + quiet_s
+            records += polled
+    finally:
+        source.close()
+    return records
+
+
 def read_forecasts(kafka: KafkaSettings, expected: int) -> list[dict]:
     """Every forecast on the topic (duplicates too), each with the member that served it."""
-    transport = KafkaTransport(kafka)
-    records = transport.read_topic(kafka.topic_forecasts, expected, timeout_s=60, settle_s=3)
+    records = read_records(kafka, kafka.topic_forecasts, expected)
     return [
         {**json.loads(r.value or b"{}"), "served_by": r.header(SERVED_BY_HEADER)} for r in records
     ]

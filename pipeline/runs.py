@@ -1,0 +1,226 @@
+"""MLflow runs: a training run, a search and its trials, a backtest, a registered checkpoint.
+
+Every run is opened by :func:`open_run` through a :class:`~pipeline.tracking.Tracking` client,
+never made MLflow's active run: RUNNING inside its block, FINISHED after it, FAILED when an
+exception escapes, as ``mlflow.start_run`` leaves one. A run begun now carries the source tags
+``mlflow.start_run`` gives one (user, entry point, git commit; :func:`source_tags`); a training
+run is dated back to when training began (:class:`RunLabel`), and carries only its own tags.
+Params and metrics go in batches: one request per kind of record, not one per value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as context_registry
+
+from pipeline.evaluate import Scorecard
+from pipeline.figures import forecast_figure, loss_figure, search_figure
+from pipeline.forecast import example_history
+from pipeline.model import Forecaster
+from pipeline.packaging import log_model
+from pipeline.registry import LoggedVersion
+from pipeline.tracking import Tracking
+from pipeline.train import TrainConfig, TrainResult
+from pipeline.windows import WindowSet
+
+if TYPE_CHECKING:  # Optuna is loaded by the search alone, not by serve
+    from pipeline.tuning import SearchResult, TrialRecord
+
+logger = logging.getLogger(__name__)
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    """What the MLflow UI shows of a training run before it is opened."""
+
+    started_ms: int  # when training began, so the run's duration is the training's
+    data: str  # e.g. "8 series 1h to 2016-07-11"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a training run logs: the trained model and its curve, settings, scores and data."""
+
+    label: RunLabel
+    result: TrainResult
+    train_config: TrainConfig
+    card: Scorecard
+    val: WindowSet  # the validation windows, some of them plotted
+    example: pd.DataFrame  # the pyfunc's input example
+    data_params: dict[str, Any]
+
+
+@contextmanager
+def open_run(
+    tracking: Tracking,
+    name: str,
+    tags: dict[str, str] | None = None,
+    started_ms: int | None = None,
+) -> Iterator[str]:
+    """A new run in the experiment, begun at ``started_ms`` (None: now); yields its id."""
+    client = tracking.client
+    created = client.create_run(
+        tracking.experiment(), start_time=started_ms, tags=tags, run_name=name
+    )
+    run_id = created.info.run_id
+    try:
+        yield run_id
+    except BaseException:  # KeyboardInterrupt too, as mlflow.start_run ends a run
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def source_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` plus MLflow's source tags (user, entry point, git commit), as runs begun now get."""
+    return dict(context_registry.resolve_tags(tags))
+
+
+def log_values(
+    client: MlflowClient,
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Params (as text) and metrics (at step 0) on the run, in one batch."""
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, value, now, 0) for key, value in (metrics or {}).items()],
+        params=[Param(key, str(value)) for key, value in (params or {}).items()],
+    )
+
+
+def log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, path: str) -> None:
+    """The figure as a PNG at ``path`` among the run's artifacts; the figure is closed."""
+    try:
+        client.log_figure(run_id, figure, path)
+    finally:
+        plt.close(figure)
+
+
+def log_training_run(tracking: Tracking, run: TrainingRun) -> LoggedVersion:
+    """Log params, the losses at each validation, metrics, plots and the model; register it.
+
+    The run is named after the flow, the data and the version it registered.
+    """
+    client, result = tracking.client, run.result
+    name = f"train {tracking.settings.model_name}: {run.label.data}"
+    with open_run(tracking, name, started_ms=run.label.started_ms) as run_id:
+        log_values(client, run_id, params=_params(result.model, run.train_config, run.data_params))
+        client.log_batch(run_id, metrics=_history(result))
+        summary = {
+            **run.card.as_metrics(),
+            "best_step": result.best_step,
+            "steps": result.steps,
+            "train_seconds": sum(stats.seconds for stats in result.history),
+            "samples_per_s": result.samples_per_s,
+        }
+        log_values(client, run_id, metrics=summary)  # before the model, which links to them
+        log_figure(client, run_id, loss_figure(result), "plots/loss.png")
+        figure = forecast_figure(result.model, run.val)
+        log_figure(client, run_id, figure, "plots/validation_forecast.png")
+        version = log_model(tracking, run_id, result.model, run.example)
+        client.update_run(run_id, name=f"{name}, v{version}")
+    logger.info(
+        "logged run %s, registered %s version %s", run_id, tracking.settings.model_name, version
+    )
+    return LoggedVersion(run_id, version)
+
+
+def _history(result: TrainResult) -> list[Metric]:
+    """The losses and learning rate at each validation, stepped by optimizer step."""
+    now = int(time.time() * 1000)
+    return [
+        Metric(key, value, now, stats.step)
+        for stats in result.history
+        for key, value in (
+            ("train_loss", stats.train_loss),
+            ("val_loss", stats.val_loss),
+            ("learning_rate", stats.learning_rate),
+        )
+    ]
+
+
+def _params(model: Forecaster, train_config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    model_params = {f"model.{k}": v for k, v in model.config.to_dict().items()}
+    train_params = {f"train.{k}": v for k, v in asdict(train_config).items()}
+    return {**model_params, **train_params, **{f"data.{k}": v for k, v in data.items()}}
+
+
+def register_checkpoint(tracking: Tracking, model: Forecaster, source: str) -> str:
+    """Register a forecaster trained elsewhere (a GPU machine, a notebook) as a new version.
+
+    The run holds the model config as params and ``source`` as a tag; no alias moves.
+    """
+    name = f"register-{tracking.settings.model_name}"
+    with open_run(tracking, name, source_tags({"rollcast.source": source})) as run_id:
+        params = {f"model.{k}": v for k, v in model.config.to_dict().items()}
+        log_values(tracking.client, run_id, params=params)
+        version = log_model(tracking, run_id, model, example_history(model.config))
+    logger.info(
+        "registered %s from %s as version %s", tracking.settings.model_name, source, version
+    )
+    return version
+
+
+@contextmanager
+def search_run(tracking: Tracking, name: str, params: dict[str, Any]) -> Iterator[str]:
+    """The parent run of a search; yields its id. Trials are logged as its children."""
+    with open_run(tracking, name, source_tags({"rollcast.kind": "search"})) as run_id:
+        log_values(tracking.client, run_id, params=params)
+        yield run_id
+
+
+def log_trial(tracking: Tracking, search_id: str, record: TrialRecord) -> None:
+    """One trial as a child run of the search run: its candidate, curve and outcome."""
+    tags = source_tags({PARENT_RUN_TAG: search_id, "rollcast.trial_state": record.state})
+    with open_run(tracking, f"trial-{record.number}", tags) as run_id:
+        now = int(time.time() * 1000)
+        curve = [Metric("val_mse", stats.val_mse, now, stats.step) for stats in record.history]
+        tracking.client.log_batch(run_id, metrics=curve)
+        outcome = {"final_val_mse": record.val_mse, "seconds": record.seconds}
+        log_values(tracking.client, run_id, record.candidate.as_params(), outcome)
+
+
+def log_search_result(
+    tracking: Tracking, search_id: str, result: SearchResult, tuned: dict[str, Any]
+) -> None:
+    """The best trial on the search run, and the reusable config as an artifact."""
+    client = tracking.client
+    best = {f"best.{k}": v for k, v in result.best.candidate.as_params().items()}
+    metrics = {
+        "best_val_mse": result.best.val_mse,
+        "trials": len(result.trials),
+        "pruned_trials": result.pruned,
+    }
+    log_values(client, search_id, best, metrics)
+    client.log_dict(search_id, tuned, "tuned_config.json")
+    log_figure(client, search_id, search_figure(result), "plots/search.png")
+
+
+def log_backtest(tracking: Tracking, metrics: dict[str, Any], out_dir: Path) -> str:
+    """One MLflow run per backtest: its settings as params, its errors as metrics, its files."""
+    parts = (metrics["dataset"], metrics["model"], metrics["features"], f"H{metrics['horizon']}")
+    name = "backtest-" + "-".join(map(str, parts))
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    params = {k: v for k, v in metrics.items() if k not in numeric and not isinstance(v, dict)}
+    for section in ("model_config", "train_config"):
+        params.update({f"{section}.{k}": v for k, v in dict(metrics.get(section, {})).items()})
+    with open_run(tracking, name, source_tags({})) as run_id:
+        log_values(tracking.client, run_id, params, numeric)
+        tracking.client.log_artifacts(run_id, str(out_dir), artifact_path="backtest")
+    return run_id

@@ -1,0 +1,340 @@
+"""The training composition root: settings plus the series store → what to train → a challenger.
+
+:func:`plan_training` turns the settings (with a tuned config applied, see
+:meth:`TrainingSettings.tuned`) and the store into a :class:`TrainingPlan`: the data under its
+contract, the model config sized to the data, the training config and the champion to warm
+start from. The stages after it (windows, fit, score, log, judge) are plain functions here; the
+train flow (``flows/train.py``) runs each as a Prefect task, and the tune flow runs
+:func:`search_store` on the same plan. Neither flow imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from pipeline import registry, runs
+from pipeline.config import (
+    MlflowSettings,
+    ModelSettings,
+    RecordSettings,
+    Settings,
+    StoreSettings,
+    TrainSettings,
+)
+from pipeline.evaluate import Scorecard, Verdict, default_season, judge, score_forecaster
+from pipeline.forecast import example_history
+from pipeline.model import (
+    CheckpointError,
+    Forecaster,
+    ForecasterConfig,
+    build_forecaster,
+    warm_started,
+)
+from pipeline.store import each_series
+from pipeline.tracking import Tracking
+from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
+from pipeline.training_data import TrainingData, prepare_training_data
+from pipeline.windows import SERIES, TS, WindowSet, build_window_sets, freq_to_ms, split_point
+from pipeline.wiring import open_store
+
+logger = logging.getLogger(__name__)
+
+# Train-flow settings that are not the engine's.
+FLOW_ONLY = {
+    "val_fraction",
+    "promotion_gate",
+    "tuned_config",
+    "tune_trials",
+    "tune_timeout_s",
+    "tune_trial_timeout_s",
+    "warm_start",
+    "warm_start_steps",
+}
+# Settings a tuned config written before the loss moved to the model config keeps under training.
+MOVED_TO_MODEL = ("loss",)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Every setting training reads, read once at the entry point."""
+
+    store: StoreSettings
+    mlflow: MlflowSettings
+    model: ModelSettings
+    train: TrainSettings
+    records: RecordSettings
+
+    @classmethod
+    def of(cls, settings: Settings) -> TrainingSettings:
+        """The parts of the app's settings that training reads."""
+        return cls(
+            settings.store, settings.mlflow, settings.model, settings.train, settings.records
+        )
+
+    def with_max_steps(self, max_steps: int | None) -> TrainingSettings:
+        if max_steps is None:
+            return self
+        return replace(self, train=self.train.model_copy(update={"max_steps": max_steps}))
+
+    def tuned(self, path: Path) -> TrainingSettings:
+        """The settings with a tuned config's overrides (see ``rollcast tune``) applied."""
+        overrides = read_tuned(path)
+        logger.info("using the tuned config %s: %s", path, overrides)
+        model, train = (
+            dict(overrides.get("model_settings", {})),
+            overrides.get("train_settings", {}),
+        )
+        train = dict(train)
+        model.update({name: train.pop(name) for name in MOVED_TO_MODEL if name in train})
+        try:
+            return replace(
+                self,
+                model=ModelSettings.model_validate({**self.model.model_dump(), **model}),
+                train=TrainSettings.model_validate({**self.train.model_dump(), **train}),
+            )
+        except (ValidationError, TypeError) as err:
+            raise TrainingError(
+                f"the tuned config {path} has settings Rollcast refuses: {err}"
+            ) from err
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.train.model_dump(exclude=FLOW_ONLY))
+
+
+def read_tuned(path: Path) -> dict[str, Any]:
+    """The JSON object of a tuned config; :class:`TrainingError` if it is not one."""
+    try:
+        tuned = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"cannot read the tuned config {path}: {err}") from err
+    if not isinstance(tuned, dict):
+        raise TrainingError(f"the tuned config {path} is not a JSON object")
+    return tuned
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The champion's weights a challenger starts from, and its version."""
+
+    model: Forecaster
+    version: str
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What to train: on which data, with which shape and training, from which weights."""
+
+    data: TrainingData
+    config: ForecasterConfig
+    train_config: TrainConfig
+    val_fraction: float
+    season: int  # the seasonal-naive period the challenger is judged against
+    warm: WarmStart | None = None
+
+
+def load_data(settings: TrainingSettings) -> TrainingData:
+    """The stored series fit to train on; poisoned rows dropped, unfit series skipped.
+
+    Raises :class:`TrainingError` when the store is empty or no series can be trained on.
+    """
+    store, span = open_store(settings.store), settings.model.segment_len + settings.model.horizon
+    data = prepare_training_data(
+        each_series(store),
+        settings.records.policy(),
+        settings.store.freq,
+        settings.store.max_gap,
+        span,
+    )
+    if not data.series and not data.skipped:
+        raise TrainingError(
+            f"the series store {store.info().location} is empty: run `rollcast ingest` first"
+        )
+    if data.repaired_rows:
+        logger.warning("dropped %d stored rows the record policy refuses", data.repaired_rows)
+    if data.skipped:
+        logger.warning("left out %d series (reasons in the log above)", len(data.skipped))
+    if not data.series:
+        reasons = sorted(set(data.skipped.values()))[:3]
+        raise TrainingError(f"no stored series can be trained on: {reasons}")
+    return data
+
+
+def challenger_config(settings: TrainingSettings, data: TrainingData) -> ForecasterConfig:
+    """The model settings on the data's contract, sized to the longest series' training part."""
+    if not data.channels:
+        raise TrainingError("the stored series share no channel: one model cannot serve them all")
+    shape = settings.model.model_dump(exclude={"season"})  # the baseline's, not the model's
+    config = ForecasterConfig(
+        channels=data.channels, freq=data.freq, max_gap=data.contract.max_gap, **shape
+    )
+    longest = data.longest()
+    fitted = config.fitted(split_point(longest, settings.train.val_fraction))
+    if (fitted.lookback, fitted.segment_len) != (config.lookback, config.segment_len):
+        logger.info(
+            "lookback %d -> %d (segments of %d steps): the longest series has %d steps",
+            config.lookback,
+            fitted.lookback,
+            fitted.segment_len,
+            longest,
+        )
+    return fitted
+
+
+def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPlan:
+    """Load the data, size the model to it, check the registered contract, find a warm start."""
+    data = load_data(settings)
+    config = challenger_config(settings, data)
+    registry.require_contract(tracking, config.contract)
+    train_config = settings.train_config()
+    warm = warm_start(tracking, config) if settings.train.warm_start else None
+    if warm is not None:
+        budget = min(train_config.max_steps, settings.train.warm_start_steps)
+        train_config = replace(train_config, max_steps=budget)
+    season = settings.model.season or default_season(freq_to_ms(config.freq))
+    return TrainingPlan(data, config, train_config, settings.train.val_fraction, season, warm)
+
+
+def warm_start(tracking: Tracking, config: ForecasterConfig) -> WarmStart | None:
+    """The champion's weights and version, if there is a champion with this exact config."""
+    version = registry.champion_version(tracking)
+    if version is None:
+        logger.info("no champion to warm start from: training from scratch")
+        return None
+    try:
+        champion = registry.load_version(tracking, version)
+    except CheckpointError as err:
+        logger.warning("cannot warm start from version %s: %s", version, err)
+        return None
+    model = warm_started(champion.model, config)
+    if model is None:
+        logger.info("version %s has another config: training from scratch", version)
+        return None
+    logger.info("warm start from version %s", version)
+    return WarmStart(model, version)
+
+
+def make_windows(plan: TrainingPlan) -> tuple[WindowSet, WindowSet]:
+    config = plan.config
+    return build_window_sets(
+        plan.data.series, config.channels, config.lookback, config.horizon, plan.val_fraction
+    )
+
+
+def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> TrainResult:
+    """Train from the warm start's weights when there is one, else from a fresh model."""
+    logger.info("training on %d windows, validating on %d", len(train), len(val))
+    if plan.warm is not None:
+        model = plan.warm.model
+    else:
+        model = build_forecaster(plan.config, seed=plan.train_config.seed)
+    return fit(model, train, val, plan.train_config)
+
+
+def score_challenger(result: TrainResult, val: WindowSet, plan: TrainingPlan) -> Scorecard:
+    return score_forecaster(result.model, val, plan.season)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """A trained challenger and what its run logs beside it."""
+
+    result: TrainResult
+    card: Scorecard
+    val: WindowSet
+    train_windows: int
+
+
+def log_challenger(
+    tracking: Tracking, plan: TrainingPlan, challenger: Challenger, started_ms: int
+) -> registry.LoggedVersion:
+    """The challenger's MLflow run and registered version, named after the data it saw."""
+    data = plan.data
+    data_params: dict[str, object] = {
+        "series": len(data.series),
+        "skipped_series": len(data.skipped),
+        "repaired_rows": data.repaired_rows,
+        "train_windows": challenger.train_windows,
+        "val_windows": len(challenger.val),
+        "warm_start_from": plan.warm.version if plan.warm else "none",
+    }
+    label = runs.RunLabel(started_ms, describe_data(data.series, plan.config))
+    run = runs.TrainingRun(
+        label,
+        challenger.result,
+        plan.train_config,
+        challenger.card,
+        challenger.val,
+        input_example(data.series, plan.config),
+        data_params,
+    )
+    logged = runs.log_training_run(tracking, run)
+    if plan.warm is not None:
+        registry.tag_version(tracking, logged.version, {"parent_version": plan.warm.version})
+    return logged
+
+
+def score_champion(tracking: Tracking, val: WindowSet, plan: TrainingPlan) -> float | None:
+    """The current champion's validation MSE on the challenger's windows, if comparable.
+
+    Raises :class:`registry.RegistryUnavailableError` when the registry cannot say.
+    """
+    version = registry.champion_version(tracking)
+    if version is None:
+        return None
+    try:
+        champion = registry.load_version(tracking, version)
+    except registry.RegistryUnavailableError:
+        raise  # an outage says nothing about the champion: no promotion without a comparison
+    except (registry.RegistryError, CheckpointError) as err:
+        logger.warning("champion v%s cannot be loaded, so it is replaced: %s", version, err)
+        return None
+    if not champion.model.config.serves_like(plan.config):
+        logger.warning("champion v%s has other inputs or outputs: not comparable", version)
+        return None
+    return score_forecaster(champion.model, val, plan.season).mse
+
+
+def crown(
+    settings: TrainingSettings,
+    tracking: Tracking,
+    logged: registry.LoggedVersion,
+    card: Scorecard,
+    champion_mse: float | None,
+) -> Verdict:
+    """Judge the challenger; move the champion alias to it if the gate passes; say why."""
+    verdict = judge(card, champion_mse, settings.train.promotion_gate)
+    registry.record_verdict(tracking, logged, verdict.as_metrics(), verdict.reason)
+    if verdict.promoted:
+        registry.promote(tracking, logged.version)
+        logger.info("version %s is champion: %s", logged.version, verdict.reason)
+    else:
+        logger.warning("version %s is not promoted: %s", logged.version, verdict.reason)
+    return verdict
+
+
+def input_example(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> pd.DataFrame:
+    """The last ``lookback`` steps of a series that has them all, as the pyfunc expects them.
+
+    A series whose newest steps lie across a long gap cannot be an example; when none can,
+    the example is a flat history.
+    """
+    for series_id, frame in series.items():
+        recent = frame[list(config.channels)].tail(config.lookback)
+        if len(recent) == config.lookback and not recent.isna().to_numpy().any():
+            recent = recent.reset_index()
+            stamps = recent[TS].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return recent.assign(**{SERIES: series_id, TS: stamps})[[SERIES, TS, *config.channels]]
+    return example_history(config)
+
+
+def describe_data(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> str:
+    """A run name's data part, e.g. "8 series of 1h to 2016-07-11 13:00"."""
+    last = max(frame.index.max() for frame in series.values())  # indexed by TS
+    return f"{len(series)} series of {config.freq} to {last:%Y-%m-%d %H:%M}"

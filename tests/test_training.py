@@ -1,0 +1,125 @@
+"""The training composition root: what it plans to train from a real store, and the one sizing
+rule that training, the tuner and backtests share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.backtest import BacktestSpec, Borders, spec_config
+from pipeline.config import ModelSettings, Settings, StoreSettings, TrainSettings
+from pipeline.contract import step_of
+from pipeline.parquet_store import ParquetSeriesStore
+from pipeline.train import TrainingError
+from pipeline.training import TrainingSettings, challenger_config, load_data
+from pipeline.tuning import Budget, Candidate, search
+from pipeline.windows import split_point
+
+START = pd.Timestamp("2024-01-01", tz="UTC")
+
+
+def stored(tmp_path: Path, n_steps: int, channels: tuple[str, ...] = ("load",)) -> StoreSettings:
+    """A store under ``tmp_path`` holding two hourly series of ``n_steps`` steps."""
+    store = StoreSettings(data_dir=tmp_path)
+    t = np.arange(n_steps)
+    frames = [
+        pd.DataFrame(
+            {
+                "series": series_id,
+                "ts": pd.date_range(START, periods=n_steps, freq="1h"),
+                **{c: np.sin(2 * np.pi * t / 24) + k for k, c in enumerate(channels)},
+            }
+        )
+        for series_id in ("a", "b")
+    ]
+    ParquetSeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
+    return store
+
+
+def settings_of(store: StoreSettings, **model: object) -> TrainingSettings:
+    return TrainingSettings.of(
+        Settings(store=store, model=ModelSettings(**model), train=TrainSettings())
+    )
+
+
+def first_trial_shape(max_lookback: int) -> tuple[int, int]:
+    """(lookback, segment) of the tuner's first trial, the defaults, on data of this room."""
+
+    def evaluate(candidate: Candidate, on_eval: object) -> tuple[float, None]:
+        return 1.0, None
+
+    result = search(evaluate, max_lookback, Budget(trials=1))
+    model = result.trials[0].candidate.model
+    return model["lookback"], model["segment_len"]
+
+
+@pytest.mark.parametrize(
+    ("n_steps", "horizon"), [(60, 6), (120, 24), (400, 24), (400, 96), (1000, 96), (5000, 24)]
+)
+def test_train_tune_and_backtest_build_one_shape_for_one_series(
+    tmp_path: Path, n_steps: int, horizon: int
+) -> None:
+    settings = settings_of(stored(tmp_path, n_steps), horizon=horizon)
+    train_steps = split_point(n_steps, settings.train.val_fraction)
+
+    trained = challenger_config(settings, load_data(settings))
+    backtested = spec_config(
+        BacktestSpec(horizon=horizon), Borders(train_steps, n_steps, n_steps), ("load",)
+    )
+
+    shape = (trained.lookback, trained.segment_len)
+    assert shape == (backtested.lookback, backtested.segment_len)
+    assert first_trial_shape(trained.lookback) == shape
+    assert trained.lookback % trained.segment_len == 0
+    assert trained.lookback + horizon <= train_steps // 2 or trained.lookback == 1
+
+
+def test_the_plan_carries_the_datas_contract_into_the_model_config(tmp_path: Path) -> None:
+    store = stored(tmp_path, 400, channels=("load", "temp"))
+    settings = settings_of(store.model_copy(update={"max_gap": 5}), horizon=6)
+
+    data = load_data(settings)
+    config = challenger_config(settings, data)
+
+    assert data.contract.channels == ("load", "temp") and data.contract.max_gap == 5
+    assert config.contract == data.contract
+    assert step_of(config.freq) == pd.Timedelta(hours=1)
+
+
+def test_an_empty_store_asks_for_ingest(tmp_path: Path) -> None:
+    settings = settings_of(StoreSettings(data_dir=tmp_path))
+
+    with pytest.raises(TrainingError, match="rollcast ingest"):
+        load_data(settings)
+
+
+def test_a_tuned_config_overrides_the_settings_and_its_old_loss_key_moves_to_the_model(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(
+        json.dumps(
+            {
+                "model_settings": {"hidden_size": 32},
+                "train_settings": {"loss": "l1", "learning_rate": 0.01},
+            }
+        )
+    )
+
+    tuned = settings_of(StoreSettings(data_dir=tmp_path)).tuned(path)
+
+    assert (tuned.model.hidden_size, tuned.model.loss) == (32, "l1")
+    assert tuned.train_config().learning_rate == 0.01
+
+
+@pytest.mark.parametrize("text", ["[]", '{"model_settings": {"hidden_size": -1}}', "not json"])
+def test_a_tuned_config_rollcast_cannot_use_is_a_training_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(text)
+
+    with pytest.raises(TrainingError, match="tuned config"):
+        settings_of(StoreSettings(data_dir=tmp_path)).tuned(path)

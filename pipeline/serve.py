@@ -7,7 +7,8 @@ Each poll is one micro-batch::
            → commit input offsets
 
 :class:`RollingForecaster` holds the windows and runs the model; :func:`serve_batch` tells the
-online scorer (:class:`pipeline.stats.OnlineScorer`) what each batch placed and forecast.
+online scorer (:class:`pipeline.stats.OnlineScorer`) what each batch forecast, and the
+forecaster tells it (``on_placed``, set by the loop) what each record placed.
 
 Policies (the window policies themselves are in :mod:`pipeline.windows`):
 
@@ -95,10 +96,6 @@ class SeriesState:
     scoring: Scoring | None = None  # the forecast being scored against actuals as they arrive
 
 
-# The steps one record placed in a window, with the state of their series.
-Placed = tuple[SeriesState, list[Step]]
-
-
 class RollingForecaster:
     """Per-series rolling windows and the batched forecast step; no I/O, no scoring.
 
@@ -126,7 +123,8 @@ class RollingForecaster:
         self.series: OrderedDict[str, SeriesState] = OrderedDict()  # established
         self.newcomers: OrderedDict[str, SeriesState] = OrderedDict()
         self.step_ms = freq_to_ms(self.model.config.freq)
-        self._placed: list[Placed] = []  # since the last take_placed
+        # Told of the steps each record placed, with its series' state (the online scorer).
+        self.on_placed: Callable[[SeriesState, list[Step]], None] | None = None
 
     @property
     def model(self) -> Forecaster:
@@ -161,7 +159,7 @@ class RollingForecaster:
     ) -> DeadLetter | Sequence[ForecastRequest]:
         """Add one observation to its series' window; return the forecasts it makes due.
 
-        The steps it placed are kept for :meth:`take_placed`.
+        The steps it placed go to :attr:`on_placed`, if set.
         """
         state = self._state(obs, record.partition, stats)
         if state is None:
@@ -188,7 +186,8 @@ class RollingForecaster:
     ) -> list[ForecastRequest]:
         due = []
         placed = state.window.placed()
-        self._placed.append((state, placed))
+        if self.on_placed is not None:
+            self.on_placed(state, placed)
         for step in placed:
             stats.gaps_filled += step.gap is Gap.FILLED
             stats.restarts += step.gap is Gap.RESTARTED
@@ -233,12 +232,6 @@ class RollingForecaster:
         """The state held for a series, established or new."""
         return self.series.get(series_id) or self.newcomers.get(series_id)
 
-    def take_placed(self) -> list[Placed]:
-        """The steps placed since the last call (by :meth:`observe`, in order), each with the
-        state of its series; the serve loop takes them once a batch, for the online scorer."""
-        placed, self._placed = self._placed, []
-        return placed
-
     def predict(self, requests: list[ForecastRequest]) -> np.ndarray:
         """One batched model call for every request: the forecasts, ``(B, H, C)``."""
         if not requests:
@@ -280,6 +273,7 @@ def serve_batch(
     """
     started = time.perf_counter()
     scorer = scorer or OnlineScorer(stats, rolling)
+    rolling.on_placed = scorer.placed
     accepted, dead = triage(records, rolling.policy)
     requests: list[ForecastRequest] = []
     for record, obs in accepted:
@@ -288,7 +282,7 @@ def serve_batch(
             dead.append(outcome)
         elif outcome:
             requests += outcome
-    scorer.observed(rolling.take_placed())
+    scorer.settle()
     for letter in dead:
         if not letter.record.rewound:
             sink.send_dead_letter(letter)

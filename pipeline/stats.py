@@ -191,9 +191,10 @@ class LiveSeries(Protocol):
 class OnlineScorer:
     """Prequential scoring of a serve loop's forecasts, in ``stats.online_error``.
 
-    Forecast first, score as the actuals come: the loop tells the scorer what each batch
-    observed (:meth:`observed`), what it forecast (:meth:`forecasts_issued`), and which version
-    it swapped in (:meth:`model_swapped`). Each series has at most one forecast being scored: a
+    Forecast first, score as the actuals come: the loop tells the scorer the steps each record
+    placed (:meth:`placed`, as ``RollingForecaster.on_placed``; :meth:`settle` once a batch),
+    what it forecast (:meth:`forecasts_issued`), and which version it swapped in
+    (:meth:`model_swapped`). Each series has at most one forecast being scored: a
     batch's newest forecast of it, taken when the one before is fully scored. That forecast is
     kept with the series' state in ``series``, so it goes when the series does; the scorer holds
     nothing of its own, and any scorer over the same ``stats`` and ``series`` scores the same.
@@ -202,22 +203,24 @@ class OnlineScorer:
     def __init__(self, stats: ServeStats, series: LiveSeries) -> None:
         self._stats, self._series = stats, series
 
-    def observed(self, placed: Iterable[tuple[ScoredSeries, Sequence[Step]]]) -> None:
-        """Score the steps a batch placed, each against its series' forecast, then add them up.
+    def placed(self, state: ScoredSeries, steps: Sequence[Step]) -> None:
+        """Score the steps one record placed against its series' forecast, as they arrive.
 
-        Cost: a few Python operations per placed step of a series being scored, then one
-        vectorised sum for the batch.
+        Cost: a few Python operations per placed step of a series being scored; nothing is kept
+        (holding a batch's steps until its end doubled the garbage collector's work).
         """
+        scoring = state.scoring
+        if scoring is None:
+            return
         online = self._stats.online_error
-        for state, steps in placed:
-            scoring = state.scoring
-            if scoring is None:
-                continue
-            for step in steps:
-                if not online.score(scoring, step.ts_ms, step.values):
-                    state.scoring = None  # fully scored: the series' next forecast is scored
-                    break
-        online.settle()
+        for step in steps:
+            if not online.score(scoring, step.ts_ms, step.values):
+                state.scoring = None  # fully scored: the series' next forecast is scored
+                return
+
+    def settle(self) -> None:
+        """Add up what a batch scored: one vectorised sum (after its records are placed)."""
+        self._stats.online_error.settle()
 
     def forecasts_issued(self, requests: Sequence[IssuedForecast], preds: np.ndarray) -> None:
         """Score from now on the forecasts ``preds`` ``(B, H, C)`` made for ``requests``, where

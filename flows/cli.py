@@ -293,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("pipeline").setLevel(logging.DEBUG)  # flows/__init__ set INFO
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # kafka-python warns when a network task takes over 0.1 s: a busy machine, not a fault.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         args.handler(args)
     except RollcastError as err:

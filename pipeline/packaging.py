@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.entities import LoggedModel
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import utils as registry_uris
@@ -82,7 +83,7 @@ def log_model(tracking: Tracking, run_id: str, model: Forecaster, example: pd.Da
     model = model.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE)
-        signature = infer_signature(example, forecast_frame(model, example))
+        signature = forecast_signature(model, example)
         logged = _new_logged_model(tracking.client, run_id)
         with _pointed_at(tracking.uri):
             # What mlflow.pyfunc.log_model calls; only this takes the run by id, not active.
@@ -137,6 +138,17 @@ def _pointed_at(uri: str) -> Iterator[None]:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+def forecast_signature(model: Forecaster, example: pd.DataFrame) -> ModelSignature:
+    """The pyfunc's signature, from an example history and its forecast.
+
+    MLflow hints that the forecast's integer ``step`` column could not hold a missing value;
+    a step is never missing, so the hint is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        return infer_signature(example, forecast_frame(model, example))
 
 
 def _pip_requirements() -> list[str]:

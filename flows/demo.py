@@ -85,8 +85,9 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     store, mlflow_settings = StoreSettings(), MlflowSettings()
     frame = checked_input(options, ServeSettings())
     store.data_dir.mkdir(parents=True, exist_ok=True)
-    # The embedded broker starts empty, so the demo's store does too.
-    shutil.rmtree(store.store_dir, ignore_errors=True)
+    # The embedded broker starts empty (its offsets from 0), so the demo's table does too.
+    if "://" not in store.table_uri:
+        shutil.rmtree(store.table_uri, ignore_errors=True)
     with EmbeddedBroker(log_path=store.data_dir / "broker.log") as broker:
         kafka = KafkaSettings().model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
         transport = KafkaTransport(kafka)

@@ -54,7 +54,7 @@ def train_flow(
     chosen = tuned_settings(training_settings, tuned_config).with_max_steps(max_steps)
     tracking = connect(chosen.mlflow, chosen.store)
     plan = plan_training(chosen, tracking)
-    train, val = make_windows(plan)
+    train, val = make_windows(plan, chosen.train.max_windows)
     result = train_challenger(plan, train, val)
     challenger = Challenger(result, score_challenger(result, val, plan), val, len(train))
     logged = log_challenger(tracking, plan, challenger, started_ms)

@@ -70,11 +70,18 @@ class KafkaSettings(BaseSettings):
 
 
 class StoreSettings(BaseSettings):
-    """The local series store and state folder."""
+    """The series table and the local state folder."""
 
     model_config = _settings_config()
 
     data_dir: Path = Path(".rollcast")
+    # The series table: a path or an object-store URI ("s3://bucket/series"); None: a local
+    # table under data_dir. delta-rs reads the AWS_* variables itself.
+    store_uri: str | None = None
+    # delta-rs storage options (a JSON object), e.g. {"AWS_ENDPOINT_URL": "http://minio:9000"}.
+    store_options: dict[str, str] = Field(default_factory=dict)
+    # Compaction keeps files other versions need for this long (time travel, slow readers).
+    store_retention_hours: Annotated[float, Field(ge=0, le=24 * 3650)] = 168.0
     # Each series' step is inferred from its readings (the median spacing); a pandas frequency
     # here ("1h", "30min") overrides it for every series.
     freq: str | None = None
@@ -94,7 +101,13 @@ class StoreSettings(BaseSettings):
         return freq
 
     @property
-    def store_dir(self) -> Path:
+    def table_uri(self) -> str:
+        """Where the series table is."""
+        return self.store_uri or str(self.data_dir / "series")
+
+    @property
+    def legacy_store_dir(self) -> Path:
+        """Where the one-Parquet-file-per-series store of earlier versions was."""
         return self.data_dir / "store"
 
 
@@ -172,6 +185,13 @@ class TrainSettings(BaseSettings):
     # One trial's limit: a candidate still training after it is stopped as "capped" (the
     # first trial, the defaults, runs to the end). None: no limit.
     tune_trial_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # Memory for the rows training reads: a larger table is sampled (its newest rows), and
+    # the run says so. About 48 bytes per stored row, regularized.
+    train_memory_mb: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 4096
+    # Windows one epoch draws from: more are sampled evenly (bounds the index, 8 B a window).
+    max_windows: Annotated[int, Field(ge=1, le=1_000_000_000)] = 2_000_000
+    # Train on this version of the series table (Delta time travel); None: the newest.
+    data_version: Annotated[int, Field(ge=0)] | None = None
 
 
 class ScheduleSettings(BaseSettings):
@@ -220,6 +240,12 @@ class IngestSettings(BaseSettings):
     ingest_group: str = "rollcast-ingest"
     # The ingest flow ends after this long without a new record.
     ingest_idle_s: float = 5.0
+    # A flush (one table commit) holds at most this many records, and waits at most this long
+    # after its first: fewer, larger files and commits, at the cost of that much latency.
+    ingest_flush_records: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000
+    ingest_flush_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Series whose state (channels, newest steps) ingest holds in memory: about 0.5 KB each.
+    ingest_max_series: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
 
 
 class ServeSettings(BaseSettings):

@@ -1,13 +1,19 @@
-"""The ingest stage: observations topic → validated, step-aligned, de-duplicated Parquet store.
+"""The ingest stage: observations topic → validated, step-aligned rows in the series table.
 
 A record is accepted or refused by the same policy as in the serve loop
 (:class:`pipeline.records.RecordPolicy`): the same checks, the same reasons, and the first
 observation of a step wins.
 
-Each poll is handled as a unit: parse, dead-letter the bad records, write the good ones, wait
-for the dead letters' acknowledgement, and only then commit the offsets. A crash anywhere
-before the commit replays the poll, and the store's first-wins de-duplication makes the
-replay harmless.
+Polls are gathered into flushes (``IngestPlan.flush``). A flush is handled as a unit: parse,
+dead-letter the bad records, append the good ones in one store transaction that also records
+each partition's newest offset, wait for the dead letters' acknowledgement, and only then commit
+the Kafka offsets. A crash before the store commit replays the flush; after it, the replayed
+records are at or below the offsets the table holds and are skipped: each record reaches the
+table once, whichever writer, or restart, reads it.
+
+What the policy needs of each stored series (its channels, step and newest steps) is held in
+memory (:class:`IngestLedger`), rebuilt at start by one streamed read of the table and bounded
+by ``IngestPlan.max_series``; stored rows are never read back per flush.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,16 +41,9 @@ from pipeline.records import (
     invalid_letter,
     triage,
 )
-from pipeline.store import SeriesStore
+from pipeline.store import OffsetRange, OffsetsTakenError, RecentSteps, SeriesStore
 from pipeline.transport import Sink, Source
-from pipeline.windows import (
-    SERIES,
-    TS,
-    channel_columns,
-    freq_to_ms,
-    infer_step_ms,
-    timestamps_ms,
-)
+from pipeline.windows import SERIES, TS, freq_to_ms, infer_step_ms
 
 if TYPE_CHECKING:  # in annotations only
     from pipeline.records import RawRecord, RecordPolicy
@@ -54,6 +53,8 @@ logger = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 1.0
 # A consumer group's first join can take several seconds; give up if none happens in this time.
 ASSIGNMENT_TIMEOUT_S = 60.0
+# Newest steps kept per series beyond the grace period: enough to infer a step from readings.
+KEPT_STEPS = 8
 
 
 @dataclass
@@ -61,6 +62,8 @@ class IngestReport:
     records_in: int = 0
     rows_written: int = 0
     duplicates: int = 0
+    already_stored: int = 0  # records at or below the offsets the table holds (replays)
+    flushes: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     series: set[str] = field(default_factory=set)
 
@@ -69,45 +72,58 @@ class IngestReport:
             "records_in": self.records_in,
             "rows_written": self.rows_written,
             "duplicates": self.duplicates,
+            "already_stored": self.already_stored,
             "dead_letters": dict(self.dead_letters),
             "series": len(self.series),
         }
 
 
-def observations_to_frame(observations: Iterable[Observation]) -> pd.DataFrame:
-    """A long frame: a row per observation; columns ``series``, ``ts`` (UTC), one per channel."""
-    rows = [{SERIES: o.series, TS: o.ts_ms, **o.values} for o in observations]
-    frame = pd.DataFrame(rows, columns=None if rows else [SERIES, TS])
-    frame[TS] = pd.to_datetime(frame[TS], unit="ms", utc=True)
-    return frame
+def observations_to_frame(observations: Sequence[Observation]) -> pd.DataFrame:
+    """A long frame: a row per observation; columns ``series``, ``ts`` (UTC), one per channel.
+
+    Built a column at a time: cost grows with observations times channels.
+    """
+    channels = sorted({c for o in observations for c in o.values})
+    columns: dict[str, object] = {
+        SERIES: [o.series for o in observations],
+        TS: pd.to_datetime(
+            np.array([o.ts_ms for o in observations], dtype=np.int64), unit="ms", utc=True
+        ),
+    }
+    for name in channels:
+        columns[name] = np.array(
+            [o.values.get(name, np.nan) for o in observations], dtype=np.float64
+        )
+    return pd.DataFrame(columns)
 
 
 @dataclass
 class StoredSeries:
-    """What the store holds of one series, as the record policy needs it."""
+    """What ingest knows of one stored series: as much as the record policy needs."""
 
-    frame: pd.DataFrame
     channels: frozenset[str] | None  # None: a new series, whose first record sets them
-    steps: list[int]  # epoch ms of every stored step, sorted
+    steps: list[int]  # epoch ms of its newest stored steps, sorted (a bounded number)
     step_ms: int = 1  # the series' step; 1 until it has two readings (nothing is floored)
-
-    @classmethod
-    def of(cls, frame: pd.DataFrame) -> StoredSeries:
-        if frame.empty:
-            return cls(frame, None, [])
-        steps = sorted(timestamps_ms(frame).tolist())
-        return cls(frame, frozenset(channel_columns(frame)), steps)
 
     def holds(self, step: int) -> bool:
         i = bisect.bisect_left(self.steps, step)
         return i < len(self.steps) and self.steps[i] == step
 
     def is_late(self, step: int, grace_ms: int) -> bool:
-        """As in serve: older than the newest step whose grace period has passed."""
+        """As in serve: older than the newest step whose grace period has passed.
+
+        The steps kept cover the grace period and one more, so a forgotten step is late too.
+        """
         if not self.steps:
             return False
         placed = bisect.bisect_right(self.steps, self.steps[-1] - grace_ms)
         return placed > 0 and step <= self.steps[placed - 1]
+
+    def place(self, step: int, keep: int) -> None:
+        """Remember a stored step, forgetting the oldest beyond ``keep``."""
+        bisect.insort(self.steps, step)
+        if len(self.steps) > keep:
+            del self.steps[0]
 
 
 def set_steps(
@@ -131,7 +147,8 @@ class StoreContract:
     """The channels of the stored series: a new series must share one, or it is refused.
 
     One store holds one kind of data; a series of another dataset (no channel in common) would
-    leave training nothing to stack. Read from the files once, when the first new series comes.
+    leave training nothing to stack. Read from the table's schema once, when the first new
+    series comes.
     """
 
     def __init__(self, store: SeriesStore | None = None) -> None:
@@ -146,80 +163,10 @@ class StoreContract:
             return (
                 f"channels {sorted(c[:64] for c in channels)[:8]} share none with the stored "
                 f"series' {sorted(self._channels)[:8]}: one store holds one data contract; "
-                "ingest this data with another ROLLCAST_DATA_DIR"
+                "ingest this data with another ROLLCAST_STORE_URI"
             )
         self._channels |= channels
         return None
-
-
-def admit(
-    accepted: list[tuple[RawRecord, Observation]],
-    stored: dict[str, StoredSeries],
-    policy: RecordPolicy,
-    contract: StoreContract | None = None,
-) -> tuple[list[Observation], list[DeadLetter], int]:
-    """Apply the per-series policy as serve does: (new observations, dead letters, duplicates).
-
-    Timestamps are floored to the step; the first observation of a step wins; a step older than
-    the grace period allows is late; channels must be the series' own, and a new series'
-    must share one with the store's (``contract``).
-    """
-    contract = contract or StoreContract()
-    kept: list[Observation] = []
-    dead: list[DeadLetter] = []
-    duplicates = 0
-    for record, obs in accepted:
-        try:
-            outcome = _admit_one(record, obs, stored[obs.series], policy, contract)
-        except Exception as err:  # no record may stop the loop: it becomes a dead letter
-            outcome = invalid_letter(record, err)
-        if isinstance(outcome, DeadLetter):
-            dead.append(outcome)
-        elif outcome is None:
-            duplicates += 1
-        else:
-            kept.append(outcome)
-    return kept, dead, duplicates
-
-
-def _admit_one(
-    record: RawRecord,
-    obs: Observation,
-    series: StoredSeries,
-    policy: RecordPolicy,
-    contract: StoreContract,
-) -> Observation | DeadLetter | None:
-    """The step-aligned observation to store, its dead letter, or None for a duplicate."""
-    if series.channels is None:
-        if (refusal := contract.refusal(frozenset(obs.values))) is not None:
-            return DeadLetter(record, OTHER_CONTRACT, refusal)
-        series.channels = frozenset(obs.values)
-    problem = channel_problem(series.channels, obs.values)
-    step_ms = series.step_ms
-    step = obs.ts_ms - obs.ts_ms % step_ms
-    if problem is not None:
-        return DeadLetter(record, *problem)
-    if series.holds(step):
-        return None
-    if series.is_late(step, policy.grace_steps * step_ms):
-        newest = series.steps[-1]
-        return DeadLetter(record, LATE, f"older than the grace period allows ({newest})")
-    bisect.insort(series.steps, step)
-    return Observation(obs.series, step, obs.values)
-
-
-def read_stored(
-    store: SeriesStore, series_ids: set[str]
-) -> tuple[dict[str, StoredSeries], dict[str, Exception]]:
-    """What the store holds of each series, and the series whose file cannot be read."""
-    stored, unreadable = {}, {}
-    for series_id in series_ids:
-        try:
-            stored[series_id] = StoredSeries.of(store.read(series_id))
-        except Exception as err:  # a damaged file: its series' records are dead-lettered
-            logger.error("cannot read the stored series %r: %r", series_id[:64], err)
-            unreadable[series_id] = err
-    return stored, unreadable
 
 
 @dataclass(frozen=True)
@@ -231,6 +178,141 @@ class Admission:
     step_ms: int | None = None  # every series' step; None: each one's own, from its readings
 
 
+def source_id(record: RawRecord) -> str:
+    """The name under which the table records a partition's newest ingested offset."""
+    return f"rollcast:{record.topic}:{record.partition}"
+
+
+class IngestLedger:
+    """What ingest knows of the table, in memory: each series' :class:`StoredSeries` and each
+    source partition's newest stored offset.
+
+    Rebuilt at start by one streamed read (:meth:`rebuilt`), then kept up to date by the flushes.
+    At most ``max_series`` series are held (least recently seen dropped): about 0.5 KB each. A
+    dropped series that comes back is new again: its rows are still stored, and a repeated step
+    is removed on read and by compaction.
+    """
+
+    def __init__(
+        self, admission: Admission, recent: dict[str, RecentSteps], max_series: int
+    ) -> None:
+        self.admission, self.max_series = admission, max_series
+        self.keep = admission.policy.grace_steps + KEPT_STEPS
+        self.series: OrderedDict[str, StoredSeries] = OrderedDict(
+            (sid, StoredSeries(r.channels, r.steps)) for sid, r in recent.items()
+        )
+        self.offsets: dict[str, int] = {}  # source id -> newest offset the table holds
+        self._known_sources: set[str] = set()
+
+    @classmethod
+    def rebuilt(cls, store: SeriesStore, admission: Admission, max_series: int) -> IngestLedger:
+        started = time.monotonic()
+        keep = admission.policy.grace_steps + KEPT_STEPS
+        ledger = cls(admission, store.recent_steps(keep), max_series)
+        logger.info(
+            "ingest state of %d stored series read in %.1f s",
+            len(ledger.series),
+            time.monotonic() - started,
+        )
+        return ledger
+
+    def touch(self, series_ids: Iterable[str]) -> dict[str, StoredSeries]:
+        """The state of each series, new ones created; the least recently seen dropped."""
+        touched = {}
+        for series_id in series_ids:
+            state = self.series.get(series_id)
+            if state is None:
+                state = self.series[series_id] = StoredSeries(None, [])
+            else:
+                self.series.move_to_end(series_id)
+            touched[series_id] = state
+        while len(self.series) > self.max_series:
+            self.series.popitem(last=False)
+        return touched
+
+    def not_stored(self, records: list[RawRecord], store: SeriesStore) -> list[RawRecord]:
+        """The records above the offset the table holds for their partition."""
+        sources = {source_id(r) for r in records} - self._known_sources
+        if sources:
+            self.offsets.update(store.ingested_offsets(sorted(sources)))
+            self._known_sources |= sources
+        return [r for r in records if r.offset > self.offsets.get(source_id(r), -1)]
+
+
+def offset_ranges(records: Iterable[RawRecord]) -> dict[str, OffsetRange]:
+    """Each source partition's first and last offset among ``records`` (rewound ones aside)."""
+    ranges: dict[str, OffsetRange] = {}
+    for record in records:
+        if record.rewound:
+            continue
+        source = source_id(record)
+        span = ranges.get(source)
+        first = record.offset if span is None else min(span.first, record.offset)
+        last = record.offset if span is None else max(span.last, record.offset)
+        ranges[source] = OffsetRange(first, last)
+    return ranges
+
+
+def admit(
+    accepted: list[tuple[RawRecord, Observation]],
+    stored: dict[str, StoredSeries],
+    admission: Admission,
+    keep: int,
+) -> tuple[list[tuple[RawRecord, Observation]], list[DeadLetter], int]:
+    """Apply the per-series policy as serve does: (records to store, dead letters, duplicates).
+
+    Timestamps are floored to the step; the first observation of a step wins; a step older than
+    the grace period allows is late; channels must be the series' own, and a new series'
+    must share one with the store's (``admission.contract``).
+    """
+    kept: list[tuple[RawRecord, Observation]] = []
+    dead: list[DeadLetter] = []
+    duplicates = 0
+    for record, obs in accepted:
+        try:
+            outcome = _admit_one(record, obs, stored[obs.series], admission, keep)
+        except Exception as err:  # no record may stop the loop: it becomes a dead letter
+            outcome = invalid_letter(record, err)
+        if isinstance(outcome, DeadLetter):
+            dead.append(outcome)
+        elif outcome is None:
+            duplicates += 1
+        else:
+            kept.append((record, outcome))
+    return kept, dead, duplicates
+
+
+def _admit_one(
+    record: RawRecord, obs: Observation, series: StoredSeries, admission: Admission, keep: int
+) -> Observation | DeadLetter | None:
+    """The step-aligned observation to store, its dead letter, or None for a duplicate."""
+    if series.channels is None:
+        if (refusal := admission.contract.refusal(frozenset(obs.values))) is not None:
+            return DeadLetter(record, OTHER_CONTRACT, refusal)
+        series.channels = frozenset(obs.values)
+    problem = channel_problem(series.channels, obs.values)
+    step_ms = series.step_ms
+    step = obs.ts_ms - obs.ts_ms % step_ms
+    if problem is not None:
+        return DeadLetter(record, *problem)
+    if series.holds(step):
+        return None
+    if series.is_late(step, admission.policy.grace_steps * step_ms):
+        newest = series.steps[-1]
+        return DeadLetter(record, LATE, f"older than the grace period allows ({newest})")
+    series.place(step, keep)
+    return Observation(obs.series, step, obs.values)
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When gathered polls are written: at ``records`` records, or ``interval_s`` after the
+    first unwritten one, or when a poll comes back empty."""
+
+    records: int = 50_000
+    interval_s: float = 5.0
+
+
 @dataclass(frozen=True)
 class IngestPlan:
     """How one ingest run goes: the record policy, each series' step, and when it stops."""
@@ -239,33 +321,81 @@ class IngestPlan:
     freq: str | None = None  # every series' step; None: each one's own, from its readings
     policy: RecordPolicy = DEFAULT_POLICY
     max_records: int | None = None  # stop once this many were read, idle or not
+    flush: FlushPolicy = FlushPolicy()
+    max_series: int = 1_000_000  # series whose state is held in memory
 
 
 def ingest_batch(
     records: list[RawRecord],
     store: SeriesStore,
     dead_letters: Sink,
-    admission: Admission,
+    ledger: IngestLedger,
     report: IngestReport,
 ) -> None:
-    """Handle one poll's records; on return they are durable and may be committed."""
-    accepted, dead = triage(records, admission.policy)
-    stored, unreadable = read_stored(store, {obs.series for _, obs in accepted})
-    for record, obs in accepted:
-        if obs.series in unreadable:
-            dead.append(invalid_letter(record, unreadable[obs.series]))
-    accepted = [(record, obs) for record, obs in accepted if obs.series not in unreadable]
+    """Handle one flush of records; on return they are durable and may be committed."""
+    report.records_in += len(records)
+    fresh = ledger.not_stored(records, store)
+    report.already_stored += len(records) - len(fresh)
+    admission = ledger.admission
+    accepted, dead = triage(fresh, admission.policy)
+    stored = ledger.touch(obs.series for _, obs in accepted)
     set_steps(stored, accepted, admission.step_ms)
-    kept, refused, duplicates = admit(accepted, stored, admission.policy, admission.contract)
+    kept, refused, duplicates = admit(accepted, stored, admission, ledger.keep)
     for letter in dead + refused:
         dead_letters.send_dead_letter(letter)
         report.dead_letters[letter.reason] += 1
-    written = store.append(observations_to_frame(kept), {s: v.frame for s, v in stored.items()})
+    report.rows_written += store_flush(store, fresh, kept, ledger)
     dead_letters.flush()
-    report.records_in += len(records)
-    report.rows_written += written
     report.duplicates += duplicates
-    report.series.update(obs.series for obs in kept)
+    report.flushes += 1
+    report.series.update(obs.series for _, obs in kept)
+
+
+def store_flush(
+    store: SeriesStore,
+    records: list[RawRecord],
+    kept: list[tuple[RawRecord, Observation]],
+    ledger: IngestLedger,
+) -> int:
+    """Append the kept observations with the flush's offsets; return the rows written.
+
+    Offsets another writer stored first are left to it: their records are dropped and the
+    rest written (each offset reaches the table once).
+    """
+    while True:
+        frame = observations_to_frame([obs for _, obs in kept])
+        try:
+            return store.append(frame, offset_ranges(records))
+        except OffsetsTakenError as taken:
+            logger.info("another writer stored offsets up to %s: skipping them", taken.versions)
+            ledger.offsets.update(taken.versions)
+            newer = {id(r) for r in ledger.not_stored(records, store)}
+            records = [r for r in records if id(r) in newer]
+            kept = [(r, obs) for r, obs in kept if id(r) in newer]
+
+
+class PendingRecords:
+    """Polled records not yet written, and when the next flush is due."""
+
+    def __init__(self, policy: FlushPolicy) -> None:
+        self.policy = policy
+        self.records: list[RawRecord] = []
+        self._since = time.monotonic()
+
+    def add(self, records: list[RawRecord]) -> None:
+        if records and not self.records:
+            self._since = time.monotonic()
+        self.records += records
+
+    def due(self, got_records: bool) -> bool:
+        if not self.records:
+            return False
+        full = len(self.records) >= self.policy.records
+        return full or not got_records or time.monotonic() - self._since >= self.policy.interval_s
+
+    def take(self) -> list[RawRecord]:
+        records, self.records = self.records, []
+        return records
 
 
 def run_ingest(
@@ -275,18 +405,27 @@ def run_ingest(
 
     Each series is stored on its own step, inferred from its readings; ``plan.freq`` overrides it.
     """
-    max_records = plan.max_records
-    report, progress = IngestReport(), Progress("ingest", max_records, logger)
+    report, progress = IngestReport(), Progress("ingest", plan.max_records, logger)
     step_ms = freq_to_ms(plan.freq) if plan.freq else None
-    admission, idle = Admission(plan.policy, StoreContract(store), step_ms), IdleClock(plan.idle_s)
-    while max_records is None or report.records_in < max_records:
+    admission = Admission(plan.policy, StoreContract(store), step_ms)
+    ledger = IngestLedger.rebuilt(store, admission, plan.max_series)
+    pending, idle = PendingRecords(plan.flush), IdleClock(plan.idle_s)
+
+    def flush() -> None:
+        records = pending.take()
+        ingest_batch(records, store, dead_letters, ledger, report)
+        source.commit(records)
+        progress.advance(len(records), f"{report.rows_written} rows stored")
+
+    while plan.max_records is None or report.records_in + len(pending.records) < plan.max_records:
         records = source.poll(POLL_TIMEOUT_S)
-        if records:
-            ingest_batch(records, store, dead_letters, admission, report)
-            source.commit(records)
-            progress.advance(len(records), f"{report.rows_written} rows stored")
+        pending.add(records)
+        if pending.due(bool(records)):
+            flush()
         if idle.expired(bool(records), source.assigned()):
             break
+    if pending.records:
+        flush()
     progress.finish(f"{report.rows_written} rows stored, {report.duplicates} duplicates")
     return report
 

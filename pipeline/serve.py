@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import signal
 import threading
 import time
@@ -96,18 +97,63 @@ class SeriesState:
     scoring: Scoring | None = None  # the forecast being scored against actuals as they arrive
 
 
+class Sightings:
+    """Keys seen once and given no window: a direct-mapped table of 64-bit key hashes.
+
+    8 bytes a slot, whatever the keys; a key leaves its slot when it gets a window, so the table
+    holds only keys waiting for their second record. A key sighted in a slot another key holds
+    takes it on the toss of a coin: were it always to, two keys of one slot reporting in turn
+    would overwrite each other for ever. A key that lost its slot is sighted anew, one record
+    later. Hashes are Python's (salted per process), all one process needs.
+    """
+
+    def __init__(self, keys: int) -> None:
+        slots = 1 << max(1, 2 * keys - 1).bit_length()  # a power of two >= 2 * keys
+        self.tags = np.zeros(slots, dtype=np.int64)  # 0: an empty slot
+        self._mask = slots - 1
+        self._coin = random.Random(0)
+
+    def _slot(self, key: str) -> tuple[int, int]:
+        key_hash = hash(key)
+        # Keys of one slot share their low bits, so bit 0 is free to mark a slot in use.
+        return key_hash & self._mask, key_hash | 1
+
+    def take(self, key: str) -> bool:
+        """Whether ``key`` was sighted (and not displaced since); it leaves the table if so."""
+        slot, tag = self._slot(key)
+        if self.tags.item(slot) != tag:
+            return False
+        self.tags[slot] = 0
+        return True
+
+    def sight(self, key: str) -> None:
+        """Remember ``key`` until its next record (or until another key displaces it)."""
+        slot, tag = self._slot(key)
+        if self.tags.item(slot) == 0 or self._coin.getrandbits(1):
+            self.tags[slot] = tag
+
+
 class RollingForecaster:
     """Per-series rolling windows and the batched forecast step; no I/O, no scoring.
 
     Windows are made by :func:`pipeline.forecast.new_window` from the model's config, so they
     fill gaps as the model's training windows and its MLflow pyfunc do.
 
-    **Admission.** A new series waits among at most ``max_new_series`` newcomers until its
-    window fills; only then does it join the ``max_series`` established ones. Each pool drops
-    its least recently seen series when full, so a flood of new keys churns the newcomers and
-    never evicts an established series. Memory is bounded by
-    ``(max_series + max_new_series) * lookback * channels * 8`` bytes of windows plus about
-    1 KB of bookkeeping per series (see BENCHMARKS.md for a measured flood).
+    **Admission.** A series fills its first window among the ``newcomers``, then joins the
+    ``max_series`` established ones (least recently seen evicted). A new key gets a window at
+    once while fewer than ``max_new_series`` newcomers are held; past that it is only *sighted*
+    (:class:`Sightings`; its record is dropped) and gets a window at its next record. A key
+    that has repeated is held among up to ``max_new_series`` plus the established pool's free
+    room, so a fleet reporting round-robin is served whatever its size up to ``max_series``.
+    Room is made by evicting the least recently seen newcomer that never repeated, else the
+    least recently seen one. A flood of one-off keys thus fills no window and never evicts an
+    established series. Each key given no room, sighted or evicted, counts in
+    ``evicted_new_series``.
+
+    **Memory.** At most ``max_series + max_new_series`` windows, each
+    ``lookback * (channels + 1) * 8`` bytes plus about 1 KB of bookkeeping, and a sighting table
+    of 8 bytes a slot, the next power of two >= twice that many slots (2 MiB at the defaults).
+    BENCHMARKS.md has a measured flood.
     """
 
     def __init__(
@@ -122,6 +168,9 @@ class RollingForecaster:
         self.max_new_series = max_series if max_new_series is None else max_new_series
         self.series: OrderedDict[str, SeriesState] = OrderedDict()  # established
         self.newcomers: OrderedDict[str, SeriesState] = OrderedDict()
+        # The newcomers that have had one record so far, oldest first: the first to evict.
+        self.unrepeated: OrderedDict[str, None] = OrderedDict()
+        self.sightings = Sightings(max_series + self.max_new_series)
         self.step_ms = freq_to_ms(self.model.config.freq)
         # Told of the steps each record placed, with its series' state (the online scorer).
         self.on_placed: Callable[[SeriesState, list[Step]], None] | None = None
@@ -151,6 +200,7 @@ class RollingForecaster:
             gone = [sid for sid, state in pool.items() if state.partition in partitions]
             for series_id in gone:
                 del pool[series_id]
+                self.unrepeated.pop(series_id, None)
             dropped += len(gone)
         logger.info("dropped %d series of partitions %s", dropped, sorted(partitions))
 
@@ -163,8 +213,7 @@ class RollingForecaster:
         """
         state = self._state(obs, record.partition, stats)
         if state is None:
-            missing = [c for c in self.model.config.channels if c not in obs.values]
-            return DeadLetter(record, MISSING_CHANNEL, f"the model needs channels {missing[:8]}")
+            return self._not_held(record, obs)
         if obs.values.keys() != state.channels:
             reason, detail = channel_problem(state.channels, obs.values) or (INVALID, "")
             return DeadLetter(record, reason, detail)
@@ -197,6 +246,14 @@ class RollingForecaster:
             self._establish(series_id, state, stats)
         return due
 
+    def _not_held(
+        self, record: RawRecord, obs: Observation
+    ) -> DeadLetter | Sequence[ForecastRequest]:
+        missing = [c for c in self.model.config.channels if c not in obs.values]
+        if missing:
+            return DeadLetter(record, MISSING_CHANNEL, f"the model needs channels {missing[:8]}")
+        return NO_REQUESTS  # only sighted: a window comes with its next record
+
     def _state(self, obs: Observation, partition: int, stats: ServeStats) -> SeriesState | None:
         series_id = obs.series
         state = self.series.get(series_id)
@@ -206,22 +263,47 @@ class RollingForecaster:
         state = self.newcomers.get(series_id)
         if state is not None:
             self.newcomers.move_to_end(series_id)
+            self.unrepeated.pop(series_id, None)  # it repeats: no longer the first to go
             return state
         return self._admit(obs, partition, stats)
 
     def _admit(self, obs: Observation, partition: int, stats: ServeStats) -> SeriesState | None:
+        """A window for a key held nowhere, if it may have one; None if it is only sighted or
+        lacks a channel."""
         if any(c not in obs.values for c in self.model.config.channels):
             return None  # not a series this model can serve: hold nothing for it
-        if len(self.newcomers) >= self.max_new_series:
-            self.newcomers.popitem(last=False)
-            stats.evicted_new_series += 1
+        if self.sightings.take(obs.series):
+            self._make_room(stats)
+        elif len(self.newcomers) >= self.max_new_series:
+            self.sightings.sight(obs.series)
+            stats.evicted_new_series += 1  # no room for a key that may never come again
+            return None
+        else:
+            self.unrepeated[obs.series] = None
         window = new_window(self.model.config, self.policy.grace_steps)
         state = SeriesState(window, partition, frozenset(obs.values))
         self.newcomers[obs.series] = state
         return state
 
+    def _make_room(self, stats: ServeStats) -> None:
+        """Room for one more repeating newcomer: one-off keys go first.
+
+        A repeating key may use the established pool's free room too, where it is headed: so a
+        round-robin fleet that outnumbers ``max_new_series`` does not evict itself.
+        """
+        free = max(0, self.max_series - len(self.series))
+        if len(self.newcomers) < self.max_new_series + free:
+            return
+        if self.unrepeated:
+            series_id, _ = self.unrepeated.popitem(last=False)
+            del self.newcomers[series_id]
+        else:
+            self.newcomers.popitem(last=False)
+        stats.evicted_new_series += 1
+
     def _establish(self, series_id: str, state: SeriesState, stats: ServeStats) -> None:
         del self.newcomers[series_id]
+        self.unrepeated.pop(series_id, None)  # a window of one step fills at its first record
         if len(self.series) >= self.max_series:
             self.series.popitem(last=False)  # least recently seen
             stats.evicted_series += 1

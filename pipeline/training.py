@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -37,11 +39,19 @@ from pipeline.model import (
     build_forecaster,
     warm_started,
 )
-from pipeline.store import each_series
+from pipeline.store import SeriesStore, StoredRows
 from pipeline.tracking import Tracking
 from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
 from pipeline.training_data import TrainingData, prepare_training_data
-from pipeline.windows import SERIES, TS, WindowSet, build_window_sets, freq_to_ms, split_point
+from pipeline.windows import (
+    SERIES,
+    TS,
+    WindowSet,
+    build_window_sets,
+    format_timestamp,
+    freq_to_ms,
+    split_point,
+)
 from pipeline.wiring import open_store
 
 logger = logging.getLogger(__name__)
@@ -56,7 +66,13 @@ FLOW_ONLY = {
     "tune_trial_timeout_s",
     "warm_start",
     "warm_start_steps",
+    "train_memory_mb",
+    "max_windows",
+    "data_version",
 }
+# Bytes training holds per stored row read: 28 read (code, ts, stored_at, a float32 value),
+# 8 for the sort, 4 regularized, and room for the windows' index.
+BYTES_PER_ROW = 48
 # Settings a tuned config written before the loss moved to the model config keeps under training.
 MOVED_TO_MODEL = ("loss",)
 
@@ -145,12 +161,9 @@ def load_data(settings: TrainingSettings) -> TrainingData:
     Raises :class:`TrainingError` when the store is empty or no series can be trained on.
     """
     store, span = open_store(settings.store), settings.model.segment_len + settings.model.horizon
+    rows = read_rows(store, settings.train)
     data = prepare_training_data(
-        each_series(store),
-        settings.records.policy(),
-        settings.store.freq,
-        settings.store.max_gap,
-        span,
+        rows, settings.records.policy(), settings.store.freq, settings.store.max_gap, span
     )
     if not data.series and not data.skipped:
         raise TrainingError(
@@ -164,6 +177,29 @@ def load_data(settings: TrainingSettings) -> TrainingData:
         reasons = sorted(set(data.skipped.values()))[:3]
         raise TrainingError(f"no stored series can be trained on: {reasons}")
     return data
+
+
+def read_rows(store: SeriesStore, train: TrainSettings) -> StoredRows:
+    """The stored rows training reads: all of them, or the newest that fit its memory setting."""
+    max_rows = train.train_memory_mb * 2**20 // BYTES_PER_ROW
+    since = store.cutoff_for(max_rows, train.data_version)
+    if since is not None:
+        logger.warning(
+            "the table holds more rows than ROLLCAST_TRAIN_MEMORY_MB=%d allows: training reads "
+            "the newest, after %s",
+            train.train_memory_mb,
+            format_timestamp(since),
+        )
+    started = time.monotonic()
+    rows = store.rows(since, train.data_version)
+    logger.info(
+        "read %d rows of %d series at table version %s in %.1f s",
+        len(rows),
+        len(rows.series),
+        rows.version,
+        time.monotonic() - started,
+    )
+    return rows
 
 
 def challenger_config(settings: TrainingSettings, data: TrainingData) -> ForecasterConfig:
@@ -220,11 +256,20 @@ def warm_start(tracking: Tracking, config: ForecasterConfig) -> WarmStart | None
     return WarmStart(model, version)
 
 
-def make_windows(plan: TrainingPlan) -> tuple[WindowSet, WindowSet]:
+def make_windows(plan: TrainingPlan, max_windows: int | None = None) -> tuple[WindowSet, WindowSet]:
+    """The training and validation windows; at most ``max_windows`` training ones, drawn
+    evenly (seeded) when there are more."""
     config = plan.config
-    return build_window_sets(
+    train, val = build_window_sets(
         plan.data.series, config.channels, config.lookback, config.horizon, plan.val_fraction
     )
+    if max_windows is not None and len(train) > max_windows:
+        logger.warning(
+            "sampling %d of %d training windows (ROLLCAST_MAX_WINDOWS)", max_windows, len(train)
+        )
+        rng = np.random.default_rng(plan.train_config.seed)
+        train = train.subset(np.sort(rng.choice(len(train), max_windows, replace=False)))
+    return train, val
 
 
 def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> TrainResult:

@@ -1,9 +1,12 @@
-"""Training data: stored series → the series one model can train on, under one data contract.
+"""Training data: stored rows → the series one model can train on, under one data contract.
 
-numpy and pandas only; the caller reads the store (any :class:`pipeline.store.SeriesStore`)
-and hands its series in. Training repairs what it can and skips what it cannot, saying why, so
-one poisoned record (a value beyond the record policy, a far-future step, a foreign channel)
-never fails a run. Cost grows with the stored rows: each series is filtered and regularized once.
+numpy and pandas only; the caller reads the store (any :class:`pipeline.store.SeriesStore`'s
+``rows``, or :class:`pipeline.windows.LongArrays` of a frame) and hands the rows in. Training
+repairs what it can and skips what it cannot, saying why, so one poisoned record (a value beyond
+the record policy, a far-future step, a foreign channel) never fails a run.
+
+Cost grows linearly with the rows read: every step below is an array operation over all series
+at once (:func:`pipeline.windows.regularize_all`), plus a few microseconds of Python per series.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,11 +22,13 @@ import pandas as pd
 
 from pipeline.contract import DEFAULT_FREQ, DataContract
 from pipeline.windows import (
-    channel_columns,
+    LongArrays,
+    LongRows,
+    RegularSeries,
+    freq_to_ms,
     infer_step_ms,
-    regularize,
+    regularize_all,
     step_to_freq,
-    timestamps_ms,
     window_starts,
 )
 
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # The step of a series with one reading, which says nothing of its step: any will do.
 ONE_READING_STEP_MS = 3_600_000
+# Readings a series' step is inferred from: its newest ones (a step rarely changes).
+STEP_READINGS = 64
 
 
 class RowLimits(Protocol):
@@ -52,6 +58,8 @@ class TrainingData:
     contract: DataContract  # the channels, step and gap policy the series were prepared under
     skipped: dict[str, str]  # series id -> reason
     repaired_rows: int  # rows dropped because the record policy refuses them
+    rows_read: int = 0
+    version: int | None = None  # the table version the rows were read at
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -66,12 +74,19 @@ class TrainingData:
         return max((len(frame) for frame in self.series.values()), default=0)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A :class:`~pipeline.windows.LongRows` made here (a subset of the rows read)."""
+
+    series: list[str]
+    codes: np.ndarray
+    ts_ms: np.ndarray
+    values: np.ndarray
+    channels: tuple[str, ...]
+
+
 def prepare_training_data(
-    stored: Iterable[tuple[str, pd.DataFrame]],
-    limits: RowLimits,
-    freq: str | None,
-    max_gap: int,
-    span: int,
+    rows: LongRows, limits: RowLimits, freq: str | None, max_gap: int, span: int
 ) -> TrainingData:
     """Every stored series the record policy accepts, regularized, with a window of ``span``.
 
@@ -80,72 +95,131 @@ def prepare_training_data(
       each series' readings) too; a series with other channels or another step is skipped;
     * a series with no stretch of ``span`` steps without a gap over ``max_gap`` is skipped.
     """
-    frames, repaired = kept_rows(stored, limits)
-    channels = contract_channels(frames)
-    steps = {sid: freq or step_to_freq(_step_ms(frame)) for sid, frame in frames.items()}
-    shared = Counter(steps.values()).most_common(1)[0][0] if steps else (freq or DEFAULT_FREQ)
-    contract = DataContract(channels, shared, max_gap)
-    series, skipped = {}, {}
-    for series_id, frame in frames.items():
-        if steps[series_id] != shared:
-            skipped[series_id] = f"its step {steps[series_id]} is not the model's {shared}"
-            continue
-        regular = _regular_or_reason(frame, contract, span)
-        if isinstance(regular, str):
-            skipped[series_id] = regular
-        else:
-            series[series_id] = regular
-    for series_id, reason in skipped.items():
+    read = len(rows.codes)
+    rows, repaired = policy_rows(rows, limits, int(time.time() * 1000))
+    bounds = series_bounds(rows)
+    own = channel_sets(rows, bounds)
+    steps = _series_steps(rows, bounds, freq)
+    channels = contract_channels(own)
+    shared = Counter(steps).most_common(1)[0][0] if steps else freq_to_ms(freq or DEFAULT_FREQ)
+    contract = DataContract(channels, freq or step_to_freq(shared), max_gap)
+    skipped = _misfits(rows.series, own, steps, contract, shared)
+    fit = [i for i, name in enumerate(rows.series) if name not in skipped]
+    regular = regularize_all(_subset(rows, bounds, fit, channels), shared, max_gap)
+    series, short = _with_a_window(regular, span)
+    counts = dict(zip(rows.series, np.diff(bounds).tolist(), strict=True))
+    for name in short:
+        skipped[name] = (
+            f"no stretch of {span} steps without a gap over {max_gap} ({counts[name]} rows)"
+        )
+    for series_id, reason in list(skipped.items())[:20]:
         logger.warning("series %r left out of training: %s", series_id[:64], reason)
-    return TrainingData(series, contract, skipped, repaired)
+    if len(skipped) > 20:
+        logger.warning("... and %d more series left out", len(skipped) - 20)
+    return TrainingData(series, contract, skipped, repaired, read, getattr(rows, "version", None))
 
 
-def kept_rows(
-    stored: Iterable[tuple[str, pd.DataFrame]], limits: RowLimits
-) -> tuple[dict[str, pd.DataFrame], int]:
-    """Each series' rows the policy accepts, and how many rows it refused in all."""
-    now_ms = int(time.time() * 1000)
-    frames, repaired = {}, 0
-    for series_id, frame in stored:
-        kept = policy_rows(frame, limits, now_ms)
-        repaired += len(frame) - len(kept)
-        frames[series_id] = kept
-    return frames, repaired
+def _with_a_window(regular: RegularSeries, span: int) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The series with a gap-free stretch of ``span`` steps, as frames; and those without."""
+    series, short = {}, []
+    for i, name in enumerate(regular.series):
+        values = regular.values[regular.offsets[i] : regular.offsets[i + 1]]
+        if len(window_starts(values, 0, len(values), span)):
+            series[name] = regular.frame(i)
+        else:
+            short.append(name)
+    return series, short
 
 
-def _step_ms(frame: pd.DataFrame) -> int:
-    return infer_step_ms(timestamps_ms(frame)) or ONE_READING_STEP_MS
+def frames_to_rows(frames: list[pd.DataFrame]) -> LongArrays:
+    """Long frames of stored series as rows (for callers holding frames, such as tests)."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return LongArrays([], np.empty(0, np.int32), np.empty(0, np.int64), np.empty((0, 0)), ())
+    return LongArrays.from_frame(pd.concat(frames, ignore_index=True))
 
 
-def policy_rows(frame: pd.DataFrame, limits: RowLimits, now_ms: int) -> pd.DataFrame:
-    """The rows of one stored series that the record policy accepts."""
-    values = frame[channel_columns(frame)].to_numpy(dtype=np.float64)
+def series_bounds(rows: LongRows) -> np.ndarray:
+    """``(S+1,)``: series ``i`` is rows ``bounds[i]:bounds[i+1]`` (rows sorted by code)."""
+    return np.searchsorted(
+        rows.codes, np.arange(len(rows.series) + 1, dtype=rows.codes.dtype)
+    ).astype(np.int64)
+
+
+def policy_rows(rows: LongRows, limits: RowLimits, now_ms: int) -> tuple[LongRows, int]:
+    """The rows the record policy accepts, and how many it refused; O(N * C)."""
+    values = rows.values
     with np.errstate(invalid="ignore"):
-        in_bounds = np.isfinite(values) & (np.abs(values) <= limits.max_abs_value)
-    stamps = timestamps_ms(frame)
-    ok = in_bounds.all(axis=1) & (stamps <= now_ms + limits.max_ahead_ms)
-    return frame[ok]
+        bad = np.isinf(values) | (np.abs(values) > limits.max_abs_value)
+    ok = ~bad.any(axis=1) & (rows.ts_ms <= now_ms + limits.max_ahead_ms)
+    if ok.all():
+        return rows, 0
+    kept = Rows(rows.series, rows.codes[ok], rows.ts_ms[ok], values[ok], tuple(rows.channels))
+    return kept, int(len(ok) - ok.sum())
 
 
-def contract_channels(frames: dict[str, pd.DataFrame]) -> tuple[str, ...]:
+def channel_sets(rows: LongRows, bounds: np.ndarray) -> list[tuple[str, ...]]:
+    """Each series' channels: those it has a value of (empty for a series with no rows)."""
+    present = ~np.isnan(rows.values)
+    has_rows = bounds[1:] > bounds[:-1]
+    seen = np.zeros((len(rows.series), len(rows.channels)), dtype=bool)
+    if has_rows.any():
+        seen[has_rows] = np.logical_or.reduceat(present, bounds[:-1][has_rows], axis=0)
+    names = tuple(rows.channels)
+    return [tuple(c for c, s in zip(names, row, strict=True) if s) for row in seen.tolist()]
+
+
+def contract_channels(own: list[tuple[str, ...]]) -> tuple[str, ...]:
     """The channel set most series have (ties: the larger set, then by name)."""
-    sets = Counter(tuple(channel_columns(f)) for f in frames.values() if not f.empty)
+    sets = Counter(c for c in own if c)
     if not sets:
         return ()
     return max(sets, key=lambda c: (sets[c], len(c), c))
 
 
-def _regular_or_reason(
-    frame: pd.DataFrame, contract: DataContract, span: int
-) -> str | pd.DataFrame:
-    """The regularized series, or the reason it cannot be trained on."""
-    own = tuple(channel_columns(frame))
-    if own != contract.channels:
-        return f"its channels {list(own)[:8]} are not the model's {list(contract.channels)[:8]}"
-    regular = regularize(frame, contract.freq, contract.max_gap)
-    values = regular.to_numpy(dtype=np.float32)
-    if len(window_starts(values, 0, len(values), span)) == 0:
-        return (
-            f"no stretch of {span} steps without a gap over {contract.max_gap} ({len(frame)} rows)"
-        )
-    return regular
+def _series_steps(rows: LongRows, bounds: np.ndarray, freq: str | None) -> list[int]:
+    """Each series' step in ms: ``freq``'s, else inferred from its newest readings."""
+    if freq is not None:
+        return [freq_to_ms(freq)] * len(rows.series)
+    ts = rows.ts_ms
+    return [
+        infer_step_ms(ts[max(lo, hi - STEP_READINGS) : hi]) or ONE_READING_STEP_MS
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+    ]
+
+
+def _misfits(
+    names: list[str],
+    own: list[tuple[str, ...]],
+    steps: list[int],
+    contract: DataContract,
+    shared_ms: int,
+) -> dict[str, str]:
+    """The series another step or other channels keep out of the model, with the reason."""
+    skipped = {}
+    for name, channels, step in zip(names, own, steps, strict=True):
+        if not channels:
+            continue  # no rows left after the policy: nothing to train on, nothing to say
+        if step != shared_ms:
+            skipped[name] = f"its step {step_to_freq(step)} is not the model's {contract.freq}"
+        elif channels != contract.channels:
+            model = list(contract.channels)[:8]
+            skipped[name] = f"its channels {list(channels)[:8]} are not the model's {model}"
+    return skipped
+
+
+def _subset(
+    rows: LongRows, bounds: np.ndarray, fit: list[int], channels: tuple[str, ...]
+) -> LongRows:
+    """The rows of series ``fit``, with ``channels`` only; no copy when that is every row."""
+    columns = [list(rows.channels).index(c) for c in channels]
+    if len(fit) == len(rows.series) and tuple(rows.channels) == channels:
+        return rows
+    take = (
+        np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in fit])
+        if fit
+        else np.empty(0, np.int64)
+    )
+    return Rows(
+        rows.series, rows.codes[take], rows.ts_ms[take], rows.values[take][:, columns], channels
+    )

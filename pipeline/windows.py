@@ -24,6 +24,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -137,6 +139,229 @@ def _missing_run_length(values: pd.DataFrame) -> pd.DataFrame:
     run_ids = (~missing).cumsum()
     lengths = {c: missing[c].groupby(run_ids[c]).transform("sum") for c in values.columns}
     return pd.DataFrame(lengths, index=values.index).where(missing, 0)
+
+
+# --- every series at once -------------------------------------------------------------------------
+
+# Input rows placed per pass of regularize_all: bounds its temporaries (~60 bytes a row, so
+# ~16 MB) whatever the fleet's size, and keeps them near the caches and off fresh pages.
+CHUNK_ROWS = 1 << 18
+
+
+class LongRows(Protocol):
+    """Rows of many series as arrays, sorted by (code, ts), no (code, ts) twice.
+
+    ``store.StoredRows`` is one; :class:`LongArrays` builds one from a long frame.
+    """
+
+    @property
+    def series(self) -> list[str]: ...  # ids: codes index them
+
+    @property
+    def codes(self) -> np.ndarray: ...  # (N,) int series code of each row
+
+    @property
+    def ts_ms(self) -> np.ndarray: ...  # (N,) int64 epoch milliseconds
+
+    @property
+    def values(self) -> np.ndarray: ...  # (N, C) float, NaN where a channel was not observed
+
+    @property
+    def channels(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class LongArrays:
+    """The arrays of a long frame, as :func:`regularize_all` takes them (a :class:`LongRows`)."""
+
+    series: list[str]
+    codes: np.ndarray  # (N,) int32
+    ts_ms: np.ndarray  # (N,) int64
+    values: np.ndarray  # (N, C) float64
+    channels: tuple[str, ...]
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> LongArrays:
+        """A de-duplicated long frame's rows, sorted by (series, ts); O(N log N).
+
+        >>> rows = LongArrays.from_frame(pd.DataFrame(
+        ...     {"series": ["b", "a", "b"], "ts": pd.to_datetime([5, 1, 2], unit="ms"), "x": 1.0}))
+        >>> rows.series, rows.codes.tolist(), rows.ts_ms.tolist()
+        (['a', 'b'], [0, 1, 1], [1, 2, 5])
+        """
+        channels = channel_columns(frame)
+        codes, names = pd.factorize(frame[SERIES], sort=True)
+        ts_ms = timestamps_ms(frame)
+        order = np.lexsort((ts_ms, codes))
+        values = frame[channels].to_numpy(dtype=np.float64)[order]
+        return cls(
+            list(names), codes[order].astype(np.int32), ts_ms[order], values, tuple(channels)
+        )
+
+
+@dataclass(frozen=True)
+class RegularSeries:
+    """Every series of a long frame on its own complete grid of one step, back to back.
+
+    ``values`` is float32, read-only: what training windows are cut from (:class:`WindowSet`
+    takes it as is), at half the memory of float64. Each value is the float64 result of
+    :func:`regularize` rounded once to float32.
+    """
+
+    series: list[str]  # ids, in code order; only series with rows
+    offsets: np.ndarray  # (S+1,) int64: series i covers rows offsets[i]:offsets[i+1]
+    start_ms: np.ndarray  # (S,) int64 first grid timestamp of each series (epoch ms)
+    step_ms: int
+    values: np.ndarray  # (T, C) float32, NaN in a gap over max_gap and outside observed channels
+    channels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def frame(self, i: int) -> pd.DataFrame:
+        """Series ``i`` as :func:`regularize` returns it, but float32: a read-only view, O(1)."""
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        start = pd.Timestamp(int(self.start_ms[i]), unit="ms", tz="UTC")
+        grid = pd.date_range(start, periods=hi - lo, freq=step_to_freq(self.step_ms), name=TS)
+        return pd.DataFrame(self.values[lo:hi], index=grid, columns=list(self.channels), copy=False)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each series' rows are in the input and its grid in the output."""
+
+    rows: np.ndarray  # (S+1,) series i is input rows rows[i]:rows[i+1]
+    offsets: np.ndarray  # (S+1,) and output rows offsets[i]:offsets[i+1]
+    start_ms: np.ndarray  # (S,) its first timestamp: its grid's first step
+    step_ms: int
+    max_gap: int
+
+
+def regularize_all(rows: LongRows, step_ms: int, max_gap: int) -> RegularSeries:
+    """Every series of ``rows`` as :func:`regularize` makes it, all at once, in numpy.
+
+    Parameters
+    ----------
+    rows
+        ``N`` rows of ``S`` series with ``C`` channels, sorted by (code, ts), no (code, ts) twice.
+    step_ms
+        The grid's step. A row off its series' grid (not a whole number of steps after the
+        series' first row) is dropped, as ``regularize``'s reindex drops it.
+    max_gap
+        Runs of up to this many missing steps of a channel are interpolated linearly between
+        the observed steps either side; longer runs, and steps before a channel's first or
+        after its last observation in a series, stay NaN.
+
+    Returns
+    -------
+    RegularSeries
+        The ``S`` series that have rows, in code order; ``values`` ``(T, C)`` float32, ``T``
+        the steps of every grid. Time and memory grow linearly with ``N + T * C`` (one pass
+        over the rows, one over the grid); temporaries are bounded by :data:`CHUNK_ROWS`.
+
+    Raises
+    ------
+    ValueError
+        If the arrays' shapes disagree, or the rows are not sorted or repeat a (code, ts).
+    """
+    values = np.asarray(rows.values)
+    codes, ts_ms = np.asarray(rows.codes), np.asarray(rows.ts_ms, dtype=np.int64)
+    _check_rows(codes, ts_ms, values, len(rows.series), len(rows.channels))
+    layout = _layout(codes, ts_ms, step_ms, max_gap)
+    out = np.full((int(layout.offsets[-1]), values.shape[1]), np.nan, dtype=np.float32)
+    for first, last in _chunks(layout.rows, CHUNK_ROWS):
+        _place(layout, first, last, ts_ms, values, out)
+    out.flags.writeable = False
+    names = [rows.series[code] for code in codes[layout.rows[:-1]].tolist()]
+    return RegularSeries(names, layout.offsets, layout.start_ms, step_ms, out, tuple(rows.channels))
+
+
+def _check_rows(
+    codes: np.ndarray, ts_ms: np.ndarray, values: np.ndarray, n_series: int, n_channels: int
+) -> None:
+    """Raise ValueError unless the arrays agree and codes are sorted and in range; O(N)."""
+    n = len(codes)
+    if codes.ndim != 1 or ts_ms.shape != (n,) or values.shape != (n, n_channels):
+        raise ValueError(f"rows disagree: {codes.shape}, {ts_ms.shape}, {values.shape}")
+    if n and (codes[0] < 0 or codes[-1] >= n_series or bool((codes[1:] < codes[:-1]).any())):
+        raise ValueError("row codes must be sorted and index the series")
+
+
+def _layout(codes: np.ndarray, ts_ms: np.ndarray, step_ms: int, max_gap: int) -> _Layout:
+    """Each series' input rows and output grid: one grid from its first to its last row; O(N)."""
+    n = len(codes)
+    starts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    rows = np.concatenate([[0], starts, [n]] if n else [[0]]).astype(np.int64)
+    start_ms = ts_ms[rows[:-1]]
+    steps = (ts_ms[rows[1:] - 1] - start_ms) // step_ms + 1
+    offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+    return _Layout(rows, offsets, start_ms, step_ms, max_gap)
+
+
+def _chunks(rows: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Runs of whole series of about ``size`` rows (one series may hold more), as series ranges."""
+    cuts = np.searchsorted(rows, np.arange(size, rows[-1], size))
+    edges = np.unique(np.concatenate([[0], cuts, [len(rows) - 1]])).tolist()
+    return list(pairwise(edges))
+
+
+def _place(
+    layout: _Layout, first: int, last: int, ts_ms: np.ndarray, values: np.ndarray, out: np.ndarray
+) -> None:
+    """Put series ``first:last`` on their grids in ``out`` and fill their short gaps.
+
+    O(rows + filled steps) for those series' rows: each row goes to its grid position, then
+    each channel's short runs of missing steps are interpolated.
+    """
+    lo, hi = int(layout.rows[first]), int(layout.rows[last])
+    counts = np.diff(layout.rows[first : last + 1])
+    sid = np.repeat(np.arange(first, last), counts)
+    if bool((np.diff(ts_ms[lo:hi]) <= 0)[sid[1:] == sid[:-1]].any()):
+        raise ValueError("each series' rows must be sorted by ts, with no ts twice")
+    steps, off = np.divmod(
+        ts_ms[lo:hi] - np.repeat(layout.start_ms[first:last], counts), layout.step_ms
+    )
+    position = steps + np.repeat(layout.offsets[first:last], counts)
+    on_grid = off == 0
+    chunk = values[lo:hi]
+    if on_grid.all():
+        out[position] = chunk
+    else:
+        out[position[on_grid]] = chunk[on_grid]
+    for c in range(chunk.shape[1]):
+        observed = on_grid & ~np.isnan(chunk[:, c])
+        _fill_gaps(out[:, c], position, observed, sid, chunk[:, c], layout.max_gap)
+
+
+def _fill_gaps(
+    column: np.ndarray,
+    position: np.ndarray,
+    observed: np.ndarray,
+    sid: np.ndarray,
+    y: np.ndarray,
+    max_gap: int,
+) -> None:
+    """Interpolate into ``column`` each run of 1 to ``max_gap`` missing steps inside a series.
+
+    ``position`` (grid row), ``observed``, ``sid`` (series) and ``y`` (this channel's value)
+    are per input row. O(rows + filled steps). ``np.interp`` between each run's two observed
+    neighbours, on grid positions, in float64, is exactly what pandas' linear interpolation does.
+    """
+    kept = np.flatnonzero(observed)
+    x = position[kept]
+    missing = np.diff(x) - 1
+    kept_sid = sid[kept]
+    inside = kept_sid[1:] == kept_sid[:-1]
+    runs = np.flatnonzero((missing >= 1) & (missing <= max_gap) & inside)
+    if not len(runs):
+        return
+    lengths = missing[runs]
+    firsts = x[runs] + 1 - (np.cumsum(lengths) - lengths)
+    cells = np.repeat(firsts, lengths) + np.arange(lengths.sum())
+    xp = np.stack([x[runs], x[runs + 1]], axis=1).ravel()
+    fp = np.stack([y[kept[runs]], y[kept[runs + 1]]], axis=1).ravel().astype(np.float64)
+    distinct = np.concatenate([[True], xp[1:] != xp[:-1]])  # a step can end a run, start the next
+    column[cells] = np.interp(cells, xp[distinct], fp[distinct])
 
 
 @dataclass(frozen=True)

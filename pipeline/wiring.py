@@ -18,10 +18,11 @@ from pipeline.config import (
     ServeSettings,
     StoreSettings,
 )
+from pipeline.delta_store import DeltaSeriesStore
 from pipeline.forecast import LoadedForecaster
-from pipeline.ingest import IngestPlan, IngestReport, run_ingest
+from pipeline.ingest import FlushPolicy, IngestPlan, IngestReport, run_ingest
+from pipeline.maintenance import migrate_if_found
 from pipeline.metrics import serve_metrics
-from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.serve import (
     LiveSwap,
     RollingForecaster,
@@ -32,7 +33,6 @@ from pipeline.serve import (
     stop_rule,
 )
 from pipeline.stats import OnlineErrorReporter, ServeStats
-from pipeline.store import SeriesStore
 from pipeline.swap import ChampionWatcher, LocalCopy, ModelSlot
 from pipeline.tracking import connect_reader
 from pipeline.transport import Rebalance, Transport
@@ -40,9 +40,11 @@ from pipeline.transport import Rebalance, Transport
 logger = logging.getLogger(__name__)
 
 
-def open_store(settings: StoreSettings) -> SeriesStore:
-    """The series store the settings name: today the Parquet folder under the data dir."""
-    return ParquetSeriesStore(settings.store_dir)
+def open_store(settings: StoreSettings) -> DeltaSeriesStore:
+    """The series table the settings name; a store of the old layout is migrated into it."""
+    store = DeltaSeriesStore(settings.table_uri, settings.store_options)
+    migrate_if_found(settings.legacy_store_dir, store)
+    return store
 
 
 def ingest_from_settings(
@@ -52,10 +54,18 @@ def ingest_from_settings(
     records: RecordSettings,
     max_records: int | None = None,
 ) -> IngestReport:
-    """The ingest stage on ``transport``, into the Parquet store."""
+    """The ingest stage on ``transport``, into the series table."""
     source = transport.source(transport.topics.observations, ingest.ingest_group)
     sink = transport.sink()
-    plan = IngestPlan(ingest.ingest_idle_s, store.freq, records.policy(), max_records)
+    flush = FlushPolicy(ingest.ingest_flush_records, ingest.ingest_flush_s)
+    plan = IngestPlan(
+        ingest.ingest_idle_s,
+        store.freq,
+        records.policy(),
+        max_records,
+        flush,
+        ingest.ingest_max_series,
+    )
     try:
         return run_ingest(source, open_store(store), sink, plan)
     finally:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.delta_store import DeltaSeriesStore
 from pipeline.forecast import LoadedForecaster
 from pipeline.ingest import IngestPlan, run_ingest
 from pipeline.inmemory import MemoryTransport
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.serve import RollingForecaster, run_serve
 from pipeline.transport import Rebalance
 
@@ -53,7 +53,7 @@ def test_ingest_stores_good_records_dead_letters_bad_ones_and_commits(tmp_path: 
     sink = transport.sink()
     sink.send_raw(transport.topics.observations, b"a", b"not json")
     sink.flush()
-    store = ParquetSeriesStore(tmp_path)
+    store = DeltaSeriesStore(str(tmp_path / "series"))
 
     hourly = IngestPlan(idle_s=0.0, freq="1h")
     report = run_ingest(transport.source("observations", "ingest"), store, sink, hourly)

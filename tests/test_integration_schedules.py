@@ -26,8 +26,7 @@ from deployment_harness import (
 from serve_harness import fleet_steps, free_port, produce
 
 from pipeline.config import KafkaSettings, StoreSettings
-from pipeline.parquet_store import ParquetSeriesStore
-from pipeline.store import each_series
+from pipeline.wiring import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +80,8 @@ def test_served_ingest_deployment_runs_on_its_schedule(
     finally:
         stop_runner(runner)
 
-    stored = dict(each_series(ParquetSeriesStore(StoreSettings().store_dir)))
+    store = open_store(StoreSettings())
+    stored = {name: store.read(name) for name in store.series_ids()}
     assert sorted(stored) == [f"s{i}" for i in range(N_SERIES)]
     assert all(len(frame) == N_STEPS for frame in stored.values())
     logs = run_logs(prefect_server, scheduled[0]["id"])

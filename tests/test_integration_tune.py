@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from flows.train import train_flow
 from flows.tune import tune_flow
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
-from pipeline.parquet_store import ParquetSeriesStore
+from pipeline.wiring import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def small_search(rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -
         pd.DataFrame({"series": f"s{i}", "ts": stamps, "load": 10 * i + 3 * daily})
         for i in range(2)
     ]
-    ParquetSeriesStore(StoreSettings().store_dir).append(pd.concat(frames, ignore_index=True))
+    open_store(StoreSettings()).append(pd.concat(frames, ignore_index=True))
 
 
 def test_a_two_trial_search_logs_child_runs_and_its_best_config_trains(

@@ -22,7 +22,14 @@ from pipeline.forecast import LoadedForecaster, predict
 from pipeline.inmemory import MemoryTransport
 from pipeline.metrics import serve_metrics
 from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.records import LATE, MISSING_CHANNEL, RawRecord, RecordPolicy, parse_timestamp
+from pipeline.records import (
+    LATE,
+    MISSING_CHANNEL,
+    Observation,
+    RawRecord,
+    RecordPolicy,
+    parse_timestamp,
+)
 from pipeline.serve import (
     RollingForecaster,
     new_stats,
@@ -170,14 +177,80 @@ def test_the_least_recently_seen_established_series_is_evicted_at_the_cap() -> N
 def test_a_flood_of_new_keys_never_evicts_an_established_series() -> None:
     rolling = RollingForecaster(repeat_last(), max_series=2, max_new_series=3)
     serve(filled("a") + filled("b"), rolling)
+    stats, table_bytes = new_stats(rolling), rolling.sightings.tags.nbytes
 
-    flood = [record(f"junk-{i}", 0) for i in range(1000)]
-    transport, stats, _ = serve([*flood, record("a", LOOKBACK), record("b", LOOKBACK)], rolling)
+    # Straight to observe, past the JSON: 400,000 records through serve_batch take seconds.
+    flood = record("junk", 0)  # observe reads only whether a record was rewound
+    for i in range(400_000):
+        rolling.observe(flood, Observation(f"junk-{i}", 0, {"load": 1.0}), stats)
+    transport, _, _ = serve([record("a", LOOKBACK), record("b", LOOKBACK)], rolling)
 
     assert [f["series"] for f in forecasts(transport)] == ["a", "b"]  # windows kept: at once
-    assert list(rolling.newcomers) == ["junk-997", "junk-998", "junk-999"]
-    assert (stats.evicted_series, stats.evicted_new_series) == (0, 997)
-    assert rolling.live_series() == 5
+    assert list(rolling.newcomers) == ["junk-0", "junk-1", "junk-2"]  # then no room: sighted
+    assert (stats.evicted_series, stats.evicted_new_series) == (0, 399_997)
+    assert rolling.live_series() == 5 and rolling.sightings.tags.nbytes == table_bytes
+
+
+def test_a_one_off_key_gets_no_window_once_the_newcomers_are_full() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=10, max_new_series=2)
+    serve([record("x", 0), record("y", 0)], rolling)
+    table_bytes = rolling.sightings.tags.nbytes
+
+    _, stats, _ = serve([record(f"once-{i}", 0) for i in range(10_000)], rolling)
+    assert rolling.series_state("once-0") is None and list(rolling.newcomers) == ["x", "y"]
+    assert stats.evicted_new_series == 10_000
+    assert rolling.sightings.tags.nbytes == table_bytes == 8 * 32  # 2 x 12 keys, rounded up
+
+    serve([record("again", 0), record("again", 1)], rolling)  # a key that repeats gets one
+    assert list(rolling.newcomers) == ["x", "y", "again"]
+
+
+def test_a_repeating_newcomer_evicts_keys_that_never_repeated_first() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=1, max_new_series=2)
+    serve(filled("a"), rolling)  # the established pool is full: newcomers have 2 places
+
+    records = [record("x", 0), record("x", 1), record("y", 0), record("r", 0), record("r", 1)]
+    _, stats, _ = serve(records, rolling)
+
+    # x is the least recently seen, but y never repeated; r's first record found no room.
+    assert list(rolling.newcomers) == ["x", "r"]
+    assert (stats.evicted_series, stats.evicted_new_series) == (0, 2)
+
+
+def round_robin(n_series: int, steps: range, prefix: str = "s") -> list[RawRecord]:
+    """Every series at one step, then every series at the next, as a fleet of sensors reports."""
+    return [record(f"{prefix}{i}", step) for step in steps for i in range(n_series)]
+
+
+# Enough steps for every series of a fleet to fill a window, even one whose sighting other keys
+# displaced a few times (a key wins a slot another holds on a coin toss).
+FLEET_STEPS = range(3 * LOOKBACK)
+
+
+def test_a_round_robin_fleet_larger_than_max_new_series_is_served() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=2_000, max_new_series=1_000)
+
+    transport, stats, _ = serve(round_robin(1_500, FLEET_STEPS), rolling)
+
+    assert {f["series"] for f in forecasts(transport)} == {f"s{i}" for i in range(1_500)}
+    assert len(rolling.series) == 1_500 and stats.evicted_series == 0
+
+
+def test_a_round_robin_fleet_is_served_through_a_flood_of_one_off_keys() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=10_000, max_new_series=1_000)
+    records = []
+    for (
+        step
+    ) in FLEET_STEPS:  # each step: the fleet's 3,000 series, then 1,000 keys never seen again
+        records += round_robin(3_000, range(step, step + 1))
+        records += round_robin(1_000, range(step, step + 1), prefix=f"junk-{step}-")
+
+    transport, stats, _ = serve(records, rolling)
+
+    served = {f["series"] for f in forecasts(transport)}
+    assert served == {f"s{i}" for i in range(3_000)}  # every series of the fleet, no junk
+    assert len(rolling.series) == 3_000 and stats.evicted_series == 0
+    assert rolling.live_series() <= 3_000 + 1_000  # junk windows: max_new_series at most
 
 
 def test_a_new_series_joins_the_established_once_its_window_fills() -> None:

@@ -13,11 +13,11 @@ import pytest
 from pipeline.backtest import BacktestSpec, Borders, spec_config
 from pipeline.config import ModelSettings, Settings, StoreSettings, TrainSettings
 from pipeline.contract import step_of
-from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.train import TrainingError
 from pipeline.training import TrainingSettings, challenger_config, load_data
 from pipeline.tuning import Budget, Candidate, search
 from pipeline.windows import split_point
+from pipeline.wiring import open_store
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -36,7 +36,7 @@ def stored(tmp_path: Path, n_steps: int, channels: tuple[str, ...] = ("load",)) 
         )
         for series_id in ("a", "b")
     ]
-    ParquetSeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
+    open_store(store).append(pd.concat(frames, ignore_index=True))
     return store
 
 

@@ -11,6 +11,7 @@ from pipeline.windows import (
     TS,
     Append,
     Gap,
+    LongArrays,
     RollingWindow,
     WindowSet,
     build_window_sets,
@@ -18,6 +19,7 @@ from pipeline.windows import (
     freq_to_ms,
     infer_step_ms,
     regularize,
+    regularize_all,
     step_to_freq,
     window_starts,
 )
@@ -133,6 +135,136 @@ def test_regularize_sorts_time() -> None:
     out = regularize(frame, "1h", max_gap=MAX_GAP)
 
     assert out["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+# --- regularize_all -------------------------------------------------------------------------------
+
+HOUR_MS = 3_600_000
+
+
+def random_fleet(seed: int) -> pd.DataFrame:
+    """Series with gaps of 1 to MAX_GAP + 3 steps, NaN channel values, and a one-row series."""
+    rng = np.random.default_rng(seed)
+    channels = ["c0", "c1", "c2"][: rng.integers(1, 4)]
+    parts = []
+    for k in range(rng.integers(2, 7)):
+        n_rows = 1 if k == 1 else int(rng.integers(2, 40))
+        gaps = rng.choice([0, 0, 0, *range(1, MAX_GAP + 4)], n_rows)
+        steps = np.cumsum(gaps + 1) + rng.integers(-5, 5)
+        values = rng.normal(size=(len(channels), n_rows)) * 100
+        values[rng.random(values.shape) < 0.2] = np.nan
+        columns = dict(zip(channels, values.tolist(), strict=True))
+        parts.append(long_frame([f"s{k}"] * n_rows, [int(j) * STEP for j in steps], **columns))
+    fleet = pd.concat(parts, ignore_index=True)
+    return fleet.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # any row order
+
+
+def assert_matches_regularize(fleet: pd.DataFrame, step_ms: int = HOUR_MS) -> None:
+    """Each series of ``regularize_all`` is ``regularize``'s float64 result rounded to float32."""
+    regular = regularize_all(LongArrays.from_frame(fleet), step_ms, MAX_GAP)
+
+    assert regular.series == sorted(fleet[SERIES].unique())
+    for i, series_id in enumerate(regular.series):
+        expected = regularize(fleet[fleet[SERIES] == series_id], step_to_freq(step_ms), MAX_GAP)
+        pd.testing.assert_frame_equal(regular.frame(i), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_regularize_all_is_regularize_of_each_series(seed: int) -> None:
+    assert_matches_regularize(random_fleet(seed))
+
+
+def test_regularize_all_fills_a_gap_of_max_gap_but_not_longer() -> None:
+    short = [0, 1, *range(2 + MAX_GAP, 4 + MAX_GAP)]
+    long = [0, 1, *range(3 + MAX_GAP, 5 + MAX_GAP)]
+    fleet = pd.concat([hourly("a", short, [2.0 * k for k in short]), hourly("b", long, long)])
+
+    regular = regularize_all(LongArrays.from_frame(fleet), HOUR_MS, MAX_GAP)
+
+    assert regular.values.dtype == np.float32
+    a, b = regular.frame(0)["x"].to_numpy(), regular.frame(1)["x"].to_numpy()
+    np.testing.assert_array_equal(a, 2.0 * np.arange(4 + MAX_GAP))
+    assert np.isnan(b[2 : 3 + MAX_GAP]).all()
+    np.testing.assert_array_equal(b[long], long)
+
+
+def test_regularize_all_never_interpolates_across_two_series() -> None:
+    # a's channel y ends missing and b's starts missing: together a "gap" of 2 steps, not a gap.
+    a = long_frame(["a"] * 3, [0 * STEP, 1 * STEP, 2 * STEP], x=[0.0, 1.0, 2.0], y=[0, 1, np.nan])
+    b = long_frame(["b"] * 2, [0 * STEP, 1 * STEP], x=[5.0, 6.0], y=[np.nan, 9.0])
+
+    regular = regularize_all(LongArrays.from_frame(pd.concat([a, b])), HOUR_MS, MAX_GAP)
+
+    assert np.isnan(regular.values[[2, 3], 1]).all()
+    assert_matches_regularize(pd.concat([a, b]))
+
+
+def test_regularize_all_drops_rows_off_the_grid_as_regularize_does() -> None:
+    half = pd.Timedelta(minutes=30)
+    offsets = [0 * STEP, 1 * STEP + half, 2 * STEP, 5 * STEP, 6 * STEP + half]
+    fleet = long_frame(["a"] * 5, offsets, x=[0.0, 99.0, 2.0, 5.0, 99.0])
+
+    regular = regularize_all(LongArrays.from_frame(fleet), HOUR_MS, MAX_GAP)
+
+    # The grid ends at the last whole step; the row half a step after it is dropped.
+    np.testing.assert_array_equal(regular.frame(0)["x"], [0, 1, 2, 3, 4, 5, np.nan])
+    assert_matches_regularize(fleet)
+
+
+def test_regularize_all_takes_float32_rows_and_other_steps() -> None:
+    fleet = random_fleet(7)
+    stored = LongArrays.from_frame(fleet)
+    as_stored = LongArrays(
+        stored.series, stored.codes, stored.ts_ms, stored.values.astype(np.float32), stored.channels
+    )
+
+    from_float32 = regularize_all(as_stored, HOUR_MS, MAX_GAP)
+
+    for i, series_id in enumerate(from_float32.series):
+        own = fleet[fleet[SERIES] == series_id]
+        as_read = own.assign(
+            **{c: own[c].astype(np.float32).astype(np.float64) for c in stored.channels}
+        )
+        expected = regularize(as_read, "1h", MAX_GAP).astype(np.float32)
+        pd.testing.assert_frame_equal(from_float32.frame(i), expected)
+    quarter = fleet.assign(ts=START + (fleet[TS] - START) / 4)
+    assert_matches_regularize(quarter, step_ms=HOUR_MS // 4)
+
+
+def test_regularize_all_of_no_rows_is_empty() -> None:
+    empty = np.empty(0, np.int64)
+    rows = LongArrays(["a"], empty.astype(np.int32), empty, np.empty((0, 1)), ("x",))
+
+    regular = regularize_all(rows, HOUR_MS, MAX_GAP)
+
+    assert len(regular) == 0
+    assert regular.values.shape == (0, 1)
+    assert regular.offsets.tolist() == [0]
+    assert regular.start_ms.shape == (0,)
+
+
+def test_regularize_all_refuses_unsorted_or_repeated_rows() -> None:
+    rows = LongArrays.from_frame(hourly("a", [0, 1, 2], [0.0, 1.0, 2.0]))
+    repeated = LongArrays(
+        rows.series, rows.codes, rows.ts_ms[[0, 1, 1]], rows.values, rows.channels
+    )
+    unsorted = LongArrays(
+        ["a", "b"], np.array([1, 0, 0], np.int32), rows.ts_ms, rows.values, rows.channels
+    )
+
+    for bad in (repeated, unsorted):
+        with pytest.raises(ValueError, match="sorted"):
+            regularize_all(bad, HOUR_MS, MAX_GAP)
+
+
+def test_regularize_all_frames_are_read_only_views() -> None:
+    regular = regularize_all(LongArrays.from_frame(random_fleet(3)), HOUR_MS, MAX_GAP)
+
+    frame = regular.frame(0)
+
+    assert np.shares_memory(frame.to_numpy(), regular.values)
+    with pytest.raises(ValueError, match="read-only"):
+        frame.iloc[0, 0] = 1.0
 
 
 # --- window_starts and WindowSet -----------------------------------------------------------------

@@ -7,14 +7,16 @@ pipeline/config.py), applies the options below over a few, and passes the settin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pipeline import RollcastError
 from pipeline.config import KafkaSettings, Settings
@@ -22,7 +24,8 @@ from pipeline.config import KafkaSettings, Settings
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.config import MlflowSettings
+    from pipeline.config import MlflowSettings, StoreSettings
+    from pipeline.store import StoreInfo
 
 logger = logging.getLogger("flows.cli")
 
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollcast", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_demo, add_services, add_producers, add_stages, add_model_commands):
+    for add in (add_demo, add_services, add_producers, add_stages, add_store, add_model_commands):
         add(commands)
     return parser
 
@@ -82,6 +85,12 @@ def add_stages(commands: Commands) -> None:
     train = commands.add_parser("train", help="run the train flow once")
     train.add_argument("--max-steps", type=int, help="optimizer steps at most")
     train.add_argument("--tuned", type=Path, help="a tuned config written by `rollcast tune`")
+    train.add_argument(
+        "--as-of",
+        type=_count,
+        metavar="VERSION",
+        help="train on this version of the series table (see `rollcast store info`)",
+    )
     train.set_defaults(handler=cmd_train)
     tune = commands.add_parser(
         "tune", help="search shapes and training settings on the store's validation windows"
@@ -96,6 +105,53 @@ def add_stages(commands: Commands) -> None:
     serve.add_argument("--max-records", type=int, help="stop after this many records")
     serve.add_argument("--idle-s", type=float, help="stop after this long without records")
     serve.set_defaults(handler=cmd_serve)
+
+
+def add_store(commands: Commands) -> None:
+    store = commands.add_parser("store", help="the series table: info, compact, migrate")
+    actions = store.add_subparsers(dest="action", required=True)
+    info = actions.add_parser("info", help="where the table is, its version, rows, files, bytes")
+    info.add_argument("--json", action="store_true", help="print it as one JSON line")
+    info.set_defaults(handler=cmd_store_info)
+    compact = actions.add_parser(
+        "compact", help="drop repeated rows, merge small files, delete old ones (a flow run)"
+    )
+    compact.add_argument(
+        "--retention-hours",
+        type=_hours,
+        help="keep the files versions this recent need (default: ROLLCAST_STORE_RETENTION_HOURS)",
+    )
+    compact.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    compact.set_defaults(handler=cmd_store_compact)
+    migrate = actions.add_parser(
+        "migrate", help="append the rows of a one-Parquet-file-per-series store to the table"
+    )
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="PATH",
+        help="its folder (default: DATA_DIR/store)",
+    )
+    migrate.set_defaults(handler=cmd_store_migrate)
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 0 or more")
+    return int(text)
+
+
+def _hours(text: str) -> float:
+    """An argparse type: a finite number of hours, 0 or more."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = float("nan")
+    if not 0 <= hours < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours, 0 or more")
+    return hours
 
 
 def add_model_commands(commands: Commands) -> None:
@@ -207,9 +263,73 @@ def cmd_train(args: argparse.Namespace) -> None:
     from flows.prefect_server import tie_temporary_server
     from flows.train import train_flow
 
+    settings = None if args.as_of is None else settings_as_of(args.as_of)
     tie_temporary_server()
 
-    print(json.dumps(train_flow(max_steps=args.max_steps, tuned_config=args.tuned)))
+    reading = "the series table" if args.as_of is None else f"version {args.as_of} of the table"
+    with table_errors(f"cannot read {reading}", vacuumed=args.as_of is not None):
+        trained = train_flow(max_steps=args.max_steps, tuned_config=args.tuned, settings=settings)
+    print(json.dumps(trained))
+
+
+def settings_as_of(version: int) -> Settings:
+    """The settings with training pinned to ``version`` of the series table, which must exist."""
+    from pipeline.config import StoreSettings, TrainSettings
+
+    store_settings = StoreSettings()
+    require_version(store_settings, version)
+    return Settings(store=store_settings, train=TrainSettings(data_version=version))
+
+
+def require_version(settings: StoreSettings, version: int) -> None:
+    """:class:`StoreError` unless the table has ``version``, and on a local disk its files."""
+    from deltalake.exceptions import DeltaError
+
+    from pipeline.store import StoreError
+    from pipeline.wiring import open_store
+
+    store = open_store(settings)
+    try:
+        table = store.at(version)  # reads the log only: the rows are read by the flow
+    except DeltaError as err:
+        newest = store.latest()
+        if newest is not None and version > newest.version():
+            raise StoreError(
+                f"the series table {store.uri} has no version {version}: its newest is "
+                f"{newest.version()} (`rollcast store info`)"
+            ) from err
+        raise StoreError(f"cannot read version {version} of {store.uri}: {err}") from err
+    files = [] if table is None else table.file_uris()
+    gone = [name for name in files if "://" not in name and not Path(name).exists()]
+    if gone:
+        raise StoreError(
+            f"version {version} of the series table {store.uri} is gone: compaction deleted "
+            f"{len(gone)} of its {len(files)} files, as it does those of versions older than "
+            "ROLLCAST_STORE_RETENTION_HOURS"
+        )
+
+
+@contextmanager
+def table_errors(what: str, vacuumed: bool = False) -> Iterator[None]:
+    """The table's own errors (deltalake's) as :class:`StoreError`: a message, no traceback.
+
+    With ``vacuumed``, a data file that is gone too: an old version whose files were deleted.
+    """
+    from deltalake.exceptions import DeltaError
+
+    from pipeline.store import StoreError
+
+    try:
+        yield
+    except DeltaError as err:
+        raise StoreError(f"{what}: {err}") from err
+    except FileNotFoundError as err:
+        if not vacuumed:
+            raise
+        raise StoreError(
+            f"{what}: {err}; compaction deletes the files of versions older than "
+            "ROLLCAST_STORE_RETENTION_HOURS"
+        ) from err
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -222,6 +342,104 @@ def cmd_tune(args: argparse.Namespace) -> None:
         trials=args.trials, timeout_s=args.timeout_s, trial_timeout_s=args.trial_timeout_s
     )
     print(json.dumps(tuned))
+
+
+def cmd_store_info(args: argparse.Namespace) -> None:
+    from pipeline.config import StoreSettings
+    from pipeline.wiring import open_store
+
+    settings = StoreSettings()
+    with table_errors(f"cannot read the series table {settings.table_uri}"):
+        info = open_store(settings).info()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(info)))
+    else:
+        print("\n".join(describe_store(info)))
+
+
+def describe_store(info: StoreInfo) -> list[str]:
+    """``rollcast store info``'s lines."""
+    if info.version is None:
+        return [f"series table  {info.location}", "version       none: nothing stored yet"]
+    return [
+        f"series table  {info.location}",
+        f"version       {info.version}",
+        f"series        {info.series}",
+        f"channels      {', '.join(info.channels) or 'none'}",
+        f"rows          {info.rows} (repeated (series, ts) rows included)",
+        f"files         {info.files}",
+        f"bytes         {info.bytes} ({info.bytes / 2**20:.1f} MiB)",
+    ]
+
+
+def cmd_store_compact(args: argparse.Namespace) -> None:
+    from flows.maintenance import compact_flow
+    from flows.prefect_server import tie_temporary_server
+    from pipeline.config import StoreSettings
+
+    store = StoreSettings()
+    tie_temporary_server()
+
+    with table_errors(f"cannot compact the series table {store.table_uri}"):
+        report = compact_flow(retention_hours=args.retention_hours, settings=Settings(store=store))
+    if args.json:
+        print(json.dumps(report))
+        return
+    hours = store.store_retention_hours if args.retention_hours is None else args.retention_hours
+    print("\n".join(describe_compaction(store.table_uri, report, hours)))
+
+
+def describe_compaction(location: str, report: dict[str, Any], hours: float) -> list[str]:
+    """``rollcast store compact``'s lines, from the compaction report."""
+    (files, files_after), (size, size_after) = report["files"], report["bytes"]
+    rows, rows_after = report["rows"]
+    return [
+        f"compacted the series table {location}: version {report['version']}",
+        f"  files                  {files} -> {files_after}",
+        f"  bytes                  {size} -> {size_after}",
+        f"  rows                   {rows} -> {rows_after}",
+        f"  repeated rows removed  {report['duplicates_removed']}",
+        f"  files vacuumed         {report['files_vacuumed']} (unused for {hours:g} h or more)",
+    ]
+
+
+def cmd_store_migrate(args: argparse.Namespace) -> None:
+    from pipeline.config import StoreSettings
+    from pipeline.delta_store import DeltaSeriesStore
+    from pipeline.maintenance import migrate_parquet
+    from pipeline.store import StoreError
+
+    settings = StoreSettings()
+    folder = args.source or settings.legacy_store_dir
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        raise StoreError(nothing_to_migrate(folder))
+    # Not wiring.open_store: on an empty table it would migrate the default folder itself.
+    store = DeltaSeriesStore(settings.table_uri, settings.store_options)
+    with table_errors(f"cannot migrate {folder} into {store.uri}"), _unreadable(folder):
+        rows = migrate_parquet(folder, store)
+    print(f"migrated {rows} rows from {folder} into the series table {store.uri}")
+    print(f"  {folder} is left as it was: migrating it again would store its rows twice")
+
+
+def nothing_to_migrate(folder: Path) -> str:
+    migrated = folder.with_name(folder.name + ".migrated")
+    if not folder.exists() and migrated.is_dir():
+        return f"nothing to migrate: {folder} was migrated already, and kept as {migrated}"
+    return (
+        f"nothing to migrate: {folder} holds no Parquet store (no *.parquet files); "
+        "name the old store's folder with --from PATH"
+    )
+
+
+@contextmanager
+def _unreadable(folder: Path) -> Iterator[None]:
+    """A Parquet file that cannot be read (pyarrow's ArrowInvalid is a ValueError)."""
+    from pipeline.store import StoreError
+
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        raise StoreError(f"cannot read the Parquet store {folder}: {err}") from err
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:

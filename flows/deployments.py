@@ -1,10 +1,11 @@
 """Deployments of the Rollcast flows, kept apart from the flow code.
 
-``python -m flows.deployments`` serves all four (ingest, train, serve and the drift check) from
-this process (a local runner).
+``python -m flows.deployments`` serves all five (ingest, train, serve, the drift check and the
+series table's compaction) from this process (a local runner).
 ``python -m flows.deployments --register`` registers them with the ``rollcast`` process work
 pool instead, for the workers of docker-compose. Schedules come from ``ScheduleSettings``
-(``ROLLCAST_INGEST_INTERVAL_S``, ``ROLLCAST_TRAIN_CRON``). The runs read every other setting
+(``ROLLCAST_INGEST_INTERVAL_S``, ``ROLLCAST_TRAIN_CRON``), compaction's from
+:data:`COMPACT_CRON`. The runs read every other setting
 from the ``ROLLCAST_*`` variables of the process that runs them, so a missing broker address
 is refused here, before anything is served.
 """
@@ -17,6 +18,7 @@ import sys
 from prefect import Flow, serve
 
 from flows.ingest import ingest_flow
+from flows.maintenance import compact_flow
 from flows.retrain import drift_flow
 from flows.serve import serve_flow
 from flows.train import train_flow
@@ -26,6 +28,9 @@ from pipeline.kafka_io import bootstrap_servers
 
 WORK_POOL = "rollcast"
 SOURCE_DIR = "/app"  # where deploy/Dockerfile puts the code
+# Compact the series table daily, after the nightly training began (cron, UTC): a run still
+# reading keeps its version, whose files vacuum leaves for ROLLCAST_STORE_RETENTION_HOURS.
+COMPACT_CRON = "30 3 * * *"
 
 
 def serve_locally(schedules: ScheduleSettings) -> None:
@@ -39,6 +44,7 @@ def serve_locally(schedules: ScheduleSettings) -> None:
             name="drift", interval=schedules.drift_check_interval_s, concurrency_limit=1
         ),
         serve_flow.to_deployment(name="serve"),
+        compact_flow.to_deployment(name="compact", cron=COMPACT_CRON, concurrency_limit=1),
     )
 
 
@@ -48,6 +54,7 @@ def register(schedules: ScheduleSettings) -> None:
         ("flows/train.py:train_flow", "train", {"cron": schedules.train_cron}),
         ("flows/retrain.py:drift_flow", "drift", {"interval": schedules.drift_check_interval_s}),
         ("flows/serve.py:serve_flow", "serve", {}),
+        ("flows/maintenance.py:compact_flow", "compact", {"cron": COMPACT_CRON}),
     ):
         flow = Flow.from_source(source=SOURCE_DIR, entrypoint=entrypoint)
         flow.deploy(

@@ -1,6 +1,8 @@
-"""The Parquet series store: one Parquet file per series under ``<data_dir>/store``.
+"""The old series store: one Parquet file per series under ``<data_dir>/store``.
 
-An adapter of :class:`pipeline.store.SeriesStore`. Writes are atomic (a temporary file renamed
+Rollcast stores series in a Delta table now (:mod:`pipeline.delta_store`); this layout is kept
+so :func:`pipeline.maintenance.migrate_parquet` can read a store written before, and tests can
+write one. Writes are atomic (a temporary file renamed
 over the old one), so a crash mid-write leaves the previous version intact. On a repeated
 (series, ts) the row already stored wins. An append rewrites each touched series' file, so its
 cost grows with the history of the series it touches.

@@ -5,24 +5,31 @@ never made MLflow's active run: RUNNING inside its block, FINISHED after it, FAI
 exception escapes, as ``mlflow.start_run`` leaves one. A run begun now carries the source tags
 ``mlflow.start_run`` gives one (user, entry point, git commit; :func:`source_tags`); a training
 run is dated back to when training began (:class:`RunLabel`), and carries only its own tags.
-Params and metrics go in batches: one request per kind of record, not one per value.
+Params and metrics go in batches: one request per kind of record, not one per value. A training
+run records the series table version it read as its MLflow dataset input (:class:`TableInput`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
+from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.evaluate import Scorecard
 from pipeline.figures import forecast_figure, loss_figure, search_figure
@@ -32,7 +39,7 @@ from pipeline.packaging import log_model
 from pipeline.registry import LoggedVersion
 from pipeline.tracking import Tracking
 from pipeline.train import TrainConfig, TrainResult
-from pipeline.windows import WindowSet
+from pipeline.windows import SERIES, TS, WindowSet
 
 if TYPE_CHECKING:  # Optuna is loaded by the search alone, not by serve
     from pipeline.tuning import SearchResult, TrialRecord
@@ -40,6 +47,9 @@ if TYPE_CHECKING:  # Optuna is loaded by the search alone, not by serve
 logger = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# The name of a training run's dataset input, and its context ("training", as MLflow suggests).
+DATASET_NAME = "series"
+DATASET_CONTEXT = "training"
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,68 @@ class TrainingRun:
     card: Scorecard
     val: WindowSet  # the validation windows, some of them plotted
     example: pd.DataFrame  # the pyfunc's input example
-    data_params: dict[str, Any]
+    data_params: dict[str, Any]  # logged as data.<key>
+    table: TableInput | None = None  # the table version read: the run's dataset input
+    params: dict[str, Any] = field(default_factory=dict)  # logged as named
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """The series table version a training run read, logged as the run's dataset input.
+
+    The digest names the version (``v12-…``), followed by a hash of the table's URI and the
+    sampling cutoff, so another table's version 12, or a sample of it, is another dataset.
+    """
+
+    uri: str
+    version: int
+    channels: tuple[str, ...]
+    rows_read: int
+    sampled_since: int | None = None  # epoch ms: only rows after it were read
+
+    def digest(self) -> str:
+        """E.g. ``v12-3f9a0c1e``: at most 36 characters, as MLflow stores it."""
+        where = hashlib.sha256(f"{self.uri}|{self.sampled_since}".encode()).hexdigest()[:8]
+        return f"v{self.version}-{where}"
+
+    def dataset_input(self) -> DatasetInput:
+        """The MLflow dataset input: a Delta table source at the version, and its columns."""
+        columns: list[ColSpec | TensorSpec] = [
+            ColSpec(DataType.string, SERIES),
+            ColSpec(DataType.datetime, TS),
+            *(ColSpec(DataType.double, name) for name in self.channels),
+        ]
+        source = TableSource(path=self.uri, delta_table_version=self.version)
+        dataset = TableDataset(source, self.digest(), Schema(columns), {"rows": self.rows_read})
+        context = InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)
+        return DatasetInput(dataset._to_mlflow_entity(), tags=[context])
+
+
+class TableDataset(MetaDataset):
+    """MLflow's metadata-only dataset, named ``series``, with a profile (the rows read)."""
+
+    def __init__(
+        self, source: DeltaDatasetSource, digest: str, schema: Schema, profile: dict[str, Any]
+    ) -> None:
+        self._profile = profile
+        super().__init__(source, DATASET_NAME, digest, schema)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+
+class TableSource(DeltaDatasetSource):
+    """MLflow's Delta table source, with version 0 kept in its JSON (MLflow's drops it)."""
+
+    def to_dict(self) -> dict[Any, Any]:
+        info = dict(super().to_dict())
+        if self.delta_table_version is not None:
+            info["delta_table_version"] = self.delta_table_version
+        return info
 
 
 @contextmanager
@@ -113,14 +184,18 @@ def log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, path: str)
 
 
 def log_training_run(tracking: Tracking, run: TrainingRun) -> LoggedVersion:
-    """Log params, the losses at each validation, metrics, plots and the model; register it.
+    """Log params, the table version read, the losses at each validation, metrics, plots and
+    the model; register it.
 
     The run is named after the flow, the data and the version it registered.
     """
     client, result = tracking.client, run.result
     name = f"train {tracking.settings.model_name}: {run.label.data}"
     with open_run(tracking, name, started_ms=run.label.started_ms) as run_id:
-        log_values(client, run_id, params=_params(result.model, run.train_config, run.data_params))
+        params = _params(result.model, run.train_config, run.data_params)
+        log_values(client, run_id, params={**params, **run.params})
+        if run.table is not None:
+            client.log_inputs(run_id, datasets=[run.table.dataset_input()])
         client.log_batch(run_id, metrics=_history(result))
         summary = {
             **run.card.as_metrics(),

@@ -153,6 +153,16 @@ class TrainingPlan:
     val_fraction: float
     season: int  # the seasonal-naive period the challenger is judged against
     warm: WarmStart | None = None
+    table: TableRead | None = None  # where the data was read, for the run's dataset input
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """The table training read, and the cutoff when its memory setting let it read only the
+    newest rows (the version and the rows read are the :class:`TrainingData`'s)."""
+
+    uri: str
+    sampled_since: int | None = None  # epoch ms; None: every row of the version
 
 
 def load_data(settings: TrainingSettings) -> TrainingData:
@@ -160,11 +170,23 @@ def load_data(settings: TrainingSettings) -> TrainingData:
 
     Raises :class:`TrainingError` when the store is empty or no series can be trained on.
     """
+    return load_table(settings)[0]
+
+
+def load_table(settings: TrainingSettings) -> tuple[TrainingData, TableRead]:
+    """:func:`load_data`'s data, and which table and rows of it it was read from."""
     store, span = open_store(settings.store), settings.model.segment_len + settings.model.horizon
-    rows = read_rows(store, settings.train)
+    since = sample_cutoff(store, settings.train)
+    rows = read_rows(store, settings.train, since)
     data = prepare_training_data(
         rows, settings.records.policy(), settings.store.freq, settings.store.max_gap, span
     )
+    check_data(data, store)
+    return data, TableRead(table_location(settings.store.table_uri), since)
+
+
+def check_data(data: TrainingData, store: SeriesStore) -> None:
+    """Say what was left out; :class:`TrainingError` when nothing can be trained on."""
     if not data.series and not data.skipped:
         raise TrainingError(
             f"the series store {store.info().location} is empty: run `rollcast ingest` first"
@@ -176,11 +198,15 @@ def load_data(settings: TrainingSettings) -> TrainingData:
     if not data.series:
         reasons = sorted(set(data.skipped.values()))[:3]
         raise TrainingError(f"no stored series can be trained on: {reasons}")
-    return data
 
 
-def read_rows(store: SeriesStore, train: TrainSettings) -> StoredRows:
-    """The stored rows training reads: all of them, or the newest that fit its memory setting."""
+def table_location(uri: str) -> str:
+    """A table URI as a run records it: a local path made absolute, an object-store URI as is."""
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def sample_cutoff(store: SeriesStore, train: TrainSettings) -> int | None:
+    """The time (epoch ms) after which training reads rows: None, all fit its memory setting."""
     max_rows = train.train_memory_mb * 2**20 // BYTES_PER_ROW
     since = store.cutoff_for(max_rows, train.data_version)
     if since is not None:
@@ -190,6 +216,11 @@ def read_rows(store: SeriesStore, train: TrainSettings) -> StoredRows:
             train.train_memory_mb,
             format_timestamp(since),
         )
+    return since
+
+
+def read_rows(store: SeriesStore, train: TrainSettings, since: int | None = None) -> StoredRows:
+    """The stored rows training reads at its version: those after ``since``, or all."""
     started = time.monotonic()
     rows = store.rows(since, train.data_version)
     logger.info(
@@ -225,7 +256,7 @@ def challenger_config(settings: TrainingSettings, data: TrainingData) -> Forecas
 
 def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPlan:
     """Load the data, size the model to it, check the registered contract, find a warm start."""
-    data = load_data(settings)
+    data, table = load_table(settings)
     config = challenger_config(settings, data)
     registry.require_contract(tracking, config.contract)
     train_config = settings.train_config()
@@ -234,7 +265,8 @@ def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPla
         budget = min(train_config.max_steps, settings.train.warm_start_steps)
         train_config = replace(train_config, max_steps=budget)
     season = settings.model.season or default_season(freq_to_ms(config.freq))
-    return TrainingPlan(data, config, train_config, settings.train.val_fraction, season, warm)
+    val_fraction = settings.train.val_fraction
+    return TrainingPlan(data, config, train_config, val_fraction, season, warm, table)
 
 
 def warm_start(tracking: Tracking, config: ForecasterConfig) -> WarmStart | None:
@@ -263,13 +295,19 @@ def make_windows(plan: TrainingPlan, max_windows: int | None = None) -> tuple[Wi
     train, val = build_window_sets(
         plan.data.series, config.channels, config.lookback, config.horizon, plan.val_fraction
     )
-    if max_windows is not None and len(train) > max_windows:
-        logger.warning(
-            "sampling %d of %d training windows (ROLLCAST_MAX_WINDOWS)", max_windows, len(train)
-        )
-        rng = np.random.default_rng(plan.train_config.seed)
-        train = train.subset(np.sort(rng.choice(len(train), max_windows, replace=False)))
-    return train, val
+    return sample_windows(plan, train, max_windows), val
+
+
+def sample_windows(plan: TrainingPlan, train: WindowSet, max_windows: int | None) -> WindowSet:
+    """At most ``max_windows`` of the training windows, drawn evenly (seeded) when there are
+    more (the run logs how many it drew of how many: ``train.windows_sampled``)."""
+    if max_windows is None or len(train) <= max_windows:
+        return train
+    logger.warning(
+        "sampling %d of %d training windows (ROLLCAST_MAX_WINDOWS)", max_windows, len(train)
+    )
+    rng = np.random.default_rng(plan.train_config.seed)
+    return train.subset(np.sort(rng.choice(len(train), max_windows, replace=False)))
 
 
 def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> TrainResult:
@@ -294,21 +332,22 @@ class Challenger:
     card: Scorecard
     val: WindowSet
     train_windows: int
+    windows_available: int | None = None  # training windows before sampling; None: not known
+
+    def windows_sampled(self) -> str:
+        """E.g. "2000000 of 3100000" when ``ROLLCAST_MAX_WINDOWS`` sampled them, else "none"."""
+        available = self.windows_available
+        if available is None or available <= self.train_windows:
+            return "none"
+        return f"{self.train_windows} of {available}"
 
 
 def log_challenger(
     tracking: Tracking, plan: TrainingPlan, challenger: Challenger, started_ms: int
 ) -> registry.LoggedVersion:
-    """The challenger's MLflow run and registered version, named after the data it saw."""
+    """The challenger's MLflow run and registered version, named after the data it saw, with
+    the table version it read as the run's dataset input."""
     data = plan.data
-    data_params: dict[str, object] = {
-        "series": len(data.series),
-        "skipped_series": len(data.skipped),
-        "repaired_rows": data.repaired_rows,
-        "train_windows": challenger.train_windows,
-        "val_windows": len(challenger.val),
-        "warm_start_from": plan.warm.version if plan.warm else "none",
-    }
     label = runs.RunLabel(started_ms, describe_data(data.series, plan.config))
     run = runs.TrainingRun(
         label,
@@ -317,12 +356,40 @@ def log_challenger(
         challenger.card,
         challenger.val,
         input_example(data.series, plan.config),
-        data_params,
+        data_params(plan, challenger),
+        table_input(plan),
+        {"train.windows_sampled": challenger.windows_sampled()},
     )
     logged = runs.log_training_run(tracking, run)
     if plan.warm is not None:
         registry.tag_version(tracking, logged.version, {"parent_version": plan.warm.version})
     return logged
+
+
+def data_params(plan: TrainingPlan, challenger: Challenger) -> dict[str, object]:
+    """The run's ``data.*`` params: what was read (the table version, the rows) and used."""
+    data, since = plan.data, plan.table.sampled_since if plan.table else None
+    return {
+        "version": "unknown" if data.version is None else data.version,
+        "rows_read": data.rows_read,
+        "sampled_since": "none" if since is None else format_timestamp(since),
+        "series": len(data.series),
+        "skipped_series": len(data.skipped),
+        "repaired_rows": data.repaired_rows,
+        "train_windows": challenger.train_windows,
+        "val_windows": len(challenger.val),
+        "warm_start_from": plan.warm.version if plan.warm else "none",
+    }
+
+
+def table_input(plan: TrainingPlan) -> runs.TableInput | None:
+    """The table version the plan's data was read at, as the run's dataset input."""
+    data, table = plan.data, plan.table
+    if table is None or data.version is None:
+        return None
+    return runs.TableInput(
+        table.uri, data.version, data.channels, data.rows_read, table.sampled_since
+    )
 
 
 def score_champion(tracking: Tracking, val: WindowSet, plan: TrainingPlan) -> float | None:

@@ -30,9 +30,8 @@ from pipeline.config import (
     StoreSettings,
 )
 from pipeline.kafka_io import KafkaTransport
-from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.records import DEAD_LETTER_MAX_VALUE_BYTES, RawRecord, triage
-from pipeline.wiring import ingest_from_settings, serve_from_settings
+from pipeline.wiring import ingest_from_settings, open_store, serve_from_settings
 
 FLEET, STEPS, STEP_MS = ("s0", "s1", "s2"), 30, 3_600_000
 
@@ -144,7 +143,7 @@ def test_serve_and_ingest_survive_a_fuzzed_stream(
     assert all(np.isfinite(step["load"]) for f in forecasts for step in f["forecast"])
     assert dead_letters(kafka, 2 * len(mix)) == expected_letters(mix + mix)
     assert report.rows_written == len(FLEET) * STEPS and report.duplicates == 0
-    stored = ParquetSeriesStore(store.store_dir)
+    stored = open_store(store)
     assert stored.series_ids() == list(FLEET)
     for i, series in enumerate(FLEET):
         assert stored.read(series)["load"].tolist() == [float(s % 24 + i) for s in range(STEPS)]
@@ -160,7 +159,7 @@ def test_a_poisoned_store_still_trains_and_promotes(
     from pipeline.config import ModelSettings, Settings, TrainSettings
 
     store = StoreSettings()
-    series_store = ParquetSeriesStore(store.store_dir)
+    series_store = open_store(store)
     start = pd.Timestamp(T0_MS, unit="ms", tz="UTC")
     stamps = pd.date_range(start, periods=200, freq="1h")
     for i in range(4):

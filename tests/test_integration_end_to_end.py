@@ -21,11 +21,11 @@ from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import CheckpointError
-from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.records import parse_timestamp
 from pipeline.registry import ContractError, load_champion
 from pipeline.tracking import connect_reader
 from pipeline.transport import replay
+from pipeline.wiring import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ def test_the_gate_refuses_a_challenger_that_loses_to_seasonal_naive(
     stamps = pd.date_range("2024-01-01", periods=STEPS, freq="1h", tz="UTC")
     pattern = [float(h % 24) ** 1.5 for h in range(STEPS)]
     frame = pd.DataFrame({"series": "daily", "ts": stamps, "load": pattern})
-    ParquetSeriesStore(store.store_dir).append(frame)
+    open_store(store).append(frame)
 
     trained = train_flow(max_steps=4)
 
@@ -230,9 +230,7 @@ def test_short_series_train_with_a_lookback_sized_to_them(
     stamps = pd.date_range("2024-01-01", periods=150, freq="1h", tz="UTC")
     loads = [[float(h % 24 + i) for h in range(150)] for i in range(2)]
     frames = [pd.DataFrame({"series": f"s{i}", "ts": stamps, "load": loads[i]}) for i in range(2)]
-    from pipeline.parquet_store import ParquetSeriesStore
-
-    ParquetSeriesStore(store.store_dir).append(pd.concat(frames, ignore_index=True))
+    open_store(store).append(pd.concat(frames, ignore_index=True))
 
     trained = train_flow(max_steps=4)  # the defaults: lookback 720, horizon 24, segments of 48
 
@@ -254,7 +252,7 @@ def test_training_on_an_empty_store_says_to_ingest_first(
 def stored_fleet(seed: int) -> pd.DataFrame:
     """Two gap-free synthetic series, written straight into the store."""
     fleet = synthetic_fleet(FleetSpec(n_series=2, n_steps=STEPS, gaps_per_series=0, seed=seed))
-    ParquetSeriesStore(StoreSettings().store_dir).append(fleet)
+    open_store(StoreSettings()).append(fleet)
     return fleet
 
 
@@ -270,7 +268,7 @@ def test_a_model_of_another_data_contract_never_takes_the_alias(
     # Another dataset, in a store of its own, under the same registered model name.
     monkeypatch.setenv("ROLLCAST_DATA_DIR", str(tmp_path / "other"))
     other = fleet.rename(columns={"load": "OT", "temp": "HUFL"})
-    ParquetSeriesStore(StoreSettings().store_dir).append(other)
+    open_store(StoreSettings()).append(other)
 
     with pytest.raises(ContractError, match="ROLLCAST_MODEL_NAME"):
         train_flow(max_steps=4)

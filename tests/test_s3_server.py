@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import CommitProperties, Transaction
 from s3_server import S3Server, S3Store, s3_server, s3_store_env, s3_store_uri
 
@@ -25,6 +25,8 @@ __all__ = ["s3_server", "s3_store_env", "s3_store_uri"]
 WRITERS = 2
 COMMITS_PER_WRITER = 20
 ROWS_PER_COMMIT = 5
+MAX_ATTEMPTS = 30
+WRITERS_TIMEOUT_S = 300
 
 
 def batch(series: str, start: int, rows: int = ROWS_PER_COMMIT) -> pa.Table:
@@ -101,23 +103,27 @@ def test_settings_from_the_environment(s3_store_env: S3Store) -> None:
     assert DeltaTable(uri, storage_options=options).to_pyarrow_table().num_rows == ROWS_PER_COMMIT
 
 
-def append_commits(
-    uri: str, options: dict[str, str], writer: int, commits: int, results: Any
-) -> None:
-    """One writer process: ``commits`` appends, each retried on CommitFailedError with backoff.
+def committed(uri: str, options: dict[str, str], app_id: str) -> int | None:
+    """The last version ``app_id`` recorded in the table, None if none (or no table yet)."""
+    try:
+        return DeltaTable(uri, storage_options=options).transaction_version(app_id)
+    except TableNotFoundError:
+        return None
 
-    The app transaction makes a retry idempotent: a commit that landed although its call failed is
-    not written twice. Reports the retries it needed.
-    """
+
+def append_commits(
+    uri: str, options: dict[str, str], writer: int, start: Any, results: Any
+) -> None:
+    """One writer process: COMMITS_PER_WRITER appends as fast as it can, from when ``start`` (a
+    barrier shared with the other writers) opens. A commit that fails with CommitFailedError is
+    retried after a random, growing pause, unless the app transaction shows it landed after all,
+    so a retry never writes a batch twice. Puts ``(writer, retries)`` on ``results``."""
     app_id = f"writer-{writer}"
     retries: list[str] = []
-    for i in range(commits):
-        for attempt in range(30):
-            try:
-                done = DeltaTable(uri, storage_options=options).transaction_version(app_id)
-            except Exception:  # no table yet: the other writer may be creating it
-                done = None
-            if done is not None and done >= i:
+    start.wait(timeout=120)
+    for i in range(COMMITS_PER_WRITER):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt and (done := committed(uri, options, app_id)) is not None and done >= i:
                 break
             try:
                 commit(uri, options, batch(f"w{writer}", i * ROWS_PER_COMMIT), app_id, i)
@@ -126,31 +132,33 @@ def append_commits(
                 retries.append(str(error).splitlines()[0])
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())
         else:
-            raise AssertionError(f"{app_id}: commit {i} still failing after 30 attempts")
+            raise AssertionError(f"{app_id}: commit {i} still failing after {MAX_ATTEMPTS} tries")
     results.put((writer, retries))
 
 
 def test_concurrent_writer_processes_lose_no_commit(s3_store_uri: S3Store) -> None:
     uri, options = s3_store_uri
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    start, results = context.Barrier(WRITERS), context.Queue()
     writers = [
-        context.Process(target=append_commits, args=(uri, options, w, COMMITS_PER_WRITER, results))
+        context.Process(target=append_commits, args=(uri, options, w, start, results))
         for w in range(WRITERS)
     ]
     for process in writers:
         process.start()
-    try:
-        reports = dict(results.get(timeout=300) for _ in writers)
-    finally:
-        for process in writers:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
-    assert [p.exitcode for p in writers] == [0] * WRITERS, reports
+    deadline = time.monotonic() + WRITERS_TIMEOUT_S
+    for process in writers:
+        process.join(max(0.0, deadline - time.monotonic()))
+    stuck = [process for process in writers if process.is_alive()]
+    for process in stuck:
+        process.kill()
+        process.join()
+    assert not stuck, f"{len(stuck)} writer(s) still running after {WRITERS_TIMEOUT_S} s"
+    assert [process.exitcode for process in writers] == [0] * WRITERS
+    retries = dict(results.get(timeout=10) for _ in writers)
 
     table = DeltaTable(uri, storage_options=options)
-    assert table.version() == WRITERS * COMMITS_PER_WRITER - 1
+    assert table.version() == WRITERS * COMMITS_PER_WRITER - 1, retries
     rows = table.to_pyarrow_table()
     assert rows.num_rows == WRITERS * COMMITS_PER_WRITER * ROWS_PER_COMMIT
     keys = set(zip(rows.column("series").to_pylist(), rows.column("t").to_pylist(), strict=True))

@@ -292,7 +292,7 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.wiring import ingest_from_settings
 
     rss_imports = rss_mb()
-    flushes: list[tuple[float, float, int]] = []
+    flushes: list[tuple[float, float, int, float]] = []  # start, end, records, CPU s at end
     clock: dict[str, float] = {"poll_s": 0.0}
     original_batch = ingest_module.ingest_batch
 
@@ -301,7 +301,7 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             return original_batch(records, *args, **kwargs)
         finally:
-            flushes.append((started, time.perf_counter(), len(records)))
+            flushes.append((started, time.perf_counter(), len(records), time.process_time()))
 
     ingest_module.ingest_batch = timed_batch  # looked up by run_ingest at each flush
     ledger = getattr(ingest_module, "IngestLedger", None)  # the new code's in-memory state
@@ -329,6 +329,7 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, Any]:
     called = time.perf_counter()
     report = ingest_from_settings(transport, store, ingest, RecordSettings(), spec["records"])
     ended = time.perf_counter()
+    cpu_s = time.process_time()
     stop_profiler(profiler, spec)
     rows = report.rows_written
     first = clock.get("first_records", called)
@@ -341,7 +342,7 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, Any]:
         "dead_letters": sum(report.dead_letters.values()),
         "series": len(report.series),
         "flushes": len(flushes),
-        "flush_records": sorted({n for _, _, n in flushes})[-3:],
+        "flush_records": sorted({f[2] for f in flushes})[-3:],
         "startup_s": round(first - called, 2),
         "ledger_rebuild_s": round(clock["ledger_rebuild_s"], 2)
         if "ledger_rebuild_s" in clock
@@ -349,15 +350,21 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, Any]:
         "ingest_s": round(flushes[-1][1] - first, 2) if flushes else None,
         "total_s": round(ended - called, 2),
         "poll_s": round(clock["poll_s"], 2),
-        "flush_s": round(sum(end - start for start, end, _ in flushes), 2),
+        "flush_s": round(sum(f[1] - f[0] for f in flushes), 2),
         "rows_per_s": round(rows / (flushes[-1][1] - first)) if flushes else None,
         "steady_rows_per_s": None,
+        "cpu_s": round(cpu_s, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_imports_mb": rss_imports,
     }
     if len(flushes) >= 2:
-        steady = sum(n for _, _, n in flushes[1:])
+        steady = sum(f[2] for f in flushes[1:])
         result["steady_rows_per_s"] = round(steady / (flushes[-1][1] - flushes[0][1]))
+        # CPU seconds of this process (every thread) over the same span: less swayed than
+        # wall time by the other processes of a shared machine (the broker's are not counted)
+        cpu = flushes[-1][3] - flushes[0][3]
+        result["steady_rows_per_cpu_s"] = round(steady / cpu) if cpu > 0 else None
         result["steady_records"] = steady
         result["first_flush_s"] = round(flushes[0][1] - flushes[0][0], 2)
     return result
@@ -398,8 +405,9 @@ def ingest_once(
 
 
 def spread(rates: list[float | None]) -> float | None:
+    """The fastest rate over the slowest (None unless every one of two or more is known)."""
     known = [r for r in rates if r]
-    return round(max(known) / min(known), 3) if len(known) == len(rates) and known else None
+    return round(max(known) / min(known), 3) if len(known) == len(rates) >= 2 else None
 
 
 # --- 1. ingest_fleet -------------------------------------------------------------------------
@@ -409,7 +417,7 @@ def section_ingest_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]
     rows_each = args.ingest_rows
     sizes = []
     with Broker() as broker:
-        for n_series in (1_000, 10_000, 100_000):
+        for n_series in args.fleet_sizes:
             steps = max(3, math.ceil(rows_each / n_series))
             t0 = first_step_ms(steps)
             topic = broker.produce(
@@ -422,10 +430,11 @@ def section_ingest_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]
             )
             sizes.append({"series": n_series, "steps": steps, **topic, **result})
     rates = [s["steady_rows_per_s"] for s in sizes]
-    at_100k = rates[-1]
+    at_100k = next((s["steady_rows_per_s"] for s in sizes if s["series"] == 100_000), None)
     return {
         "sizes": sizes,
-        "steady_rows_per_s": dict(zip(["1k", "10k", "100k"], rates, strict=True)),
+        "steady_rows_per_s": {str(s["series"]): s["steady_rows_per_s"] for s in sizes},
+        "steady_rows_per_cpu_s": {str(s["series"]): s.get("steady_rows_per_cpu_s") for s in sizes},
         "peak_rss_mb": {f"{s['series']}": s["peak_rss_mb"] for s in sizes},
         "spread_1k_to_100k": spread(rates),
         "meets_20k_at_100k": bool(at_100k and at_100k >= 20_000),
@@ -453,7 +462,7 @@ def section_ingest_history(args: argparse.Namespace, work: Path) -> dict[str, An
     n_series, new_steps = 1_000, args.history_new_steps
     sizes = []
     with Broker() as broker:
-        for history in (100, 1_000, 10_000):
+        for history in args.history_sizes:
             t0 = first_step_ms(history + new_steps)
             data_dir = work / f"history-{history}"
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -480,7 +489,10 @@ def section_ingest_history(args: argparse.Namespace, work: Path) -> dict[str, An
         "series": n_series,
         "new_steps": new_steps,
         "sizes": sizes,
-        "steady_rows_per_s": dict(zip(["100", "1000", "10000"], rates, strict=True)),
+        "steady_rows_per_s": {str(s["history_steps"]): s["steady_rows_per_s"] for s in sizes},
+        "steady_rows_per_cpu_s": {
+            str(s["history_steps"]): s.get("steady_rows_per_cpu_s") for s in sizes
+        },
         "startup_s": {str(s["history_steps"]): s["startup_s"] for s in sizes},
         "ledger_rebuild_s": {str(s["history_steps"]): s["ledger_rebuild_s"] for s in sizes},
         "spread_100_to_10k": spread(rates),
@@ -918,6 +930,8 @@ def section_args(args: argparse.Namespace) -> list[str]:
     out += ["--serve-rounds", str(args.serve_rounds), "--ingest-rows", str(args.ingest_rows)]
     out += ["--old-rows", str(args.old_rows), "--history-new-steps", str(args.history_new_steps)]
     out += ["--compaction-commits", str(args.compaction_commits)]
+    out += ["--fleet-sizes", *map(str, args.fleet_sizes)]
+    out += ["--history-sizes", *map(str, args.history_sizes)]
     if args.serve_series:
         out += ["--serve-series", str(args.serve_series)]
     if args.quick:
@@ -930,12 +944,19 @@ def section_args(args: argparse.Namespace) -> list[str]:
 def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One section in its own process (progress on stderr, figures on stdout's last line)."""
     command = [sys.executable, str(SCRIPT), "--section", name, *section_args(args)]
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=clean_env(), check=False)
     wall = round(time.perf_counter() - started, 1)
+    # The 1-minute load average at the start and end: a busy shared machine reads slower.
+    loads = [round(load, 2), round(os.getloadavg()[0], 2)]
     if done.returncode != 0:
-        return {"error": f"exit {done.returncode}: {done.stdout[-2000:]}", "wall_s": wall}
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_s": wall}
+        error = f"exit {done.returncode}: {done.stdout[-2000:]}"
+        return {"error": error, "wall_s": wall, "load_avg_1m": loads}
+    return {
+        **json.loads(done.stdout.strip().splitlines()[-1]),
+        "wall_s": wall,
+        "load_avg_1m": loads,
+    }
 
 
 def summary(figures: dict[str, Any]) -> list[tuple[str, Any, str]]:
@@ -1001,7 +1022,9 @@ def main() -> None:
     parser.add_argument("--train-tables", type=Path, default=Path("/tmp/rollcast-scale-tables"))
     parser.add_argument("--old-tree", type=Path, default=Path("/tmp/old-rollcast"))
     parser.add_argument("--ingest-rows", type=int, default=600_000, help="per fleet size")
-    parser.add_argument("--history-new-steps", type=int, default=100)
+    parser.add_argument("--fleet-sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--history-sizes", type=int, nargs="+", default=[100, 1_000, 10_000])
+    parser.add_argument("--history-new-steps", type=int, default=300)
     parser.add_argument("--old-rows", type=int, default=20_000)
     parser.add_argument("--compaction-commits", type=int, default=200)
     parser.add_argument("--serve-series", type=int, default=None)
@@ -1013,8 +1036,8 @@ def main() -> None:
     add_results = _results_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("kafka", "pipeline"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("pipeline").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its slow-task lines on a busy machine
     if args.child:
         child = {"ingest": child_ingest, "training": child_training}[args.child]
         print(json.dumps(child(json.loads(args.spec))))

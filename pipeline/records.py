@@ -96,7 +96,8 @@ class RecordPolicy:
       and never moves its series' clock;
     * per series (checked by the loops, see :func:`channel_problem`): the channels of its first
       accepted record, no more and no fewer; a step older than the newest by more than
-      ``grace_steps`` is ``late`` unless it repeats a step already accepted (a duplicate).
+      ``grace_steps`` is ``late`` unless it repeats a step still held (a duplicate): in serve's
+      window, among the newest ``grace_steps + 8`` steps ingest keeps of each series.
     """
 
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES

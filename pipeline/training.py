@@ -438,7 +438,8 @@ def input_example(series: dict[str, pd.DataFrame], config: ForecasterConfig) -> 
     the example is a flat history.
     """
     for series_id, frame in series.items():
-        recent = frame[list(config.channels)].tail(config.lookback)
+        # float64, as users send values: the signature MLflow infers from it is what it accepts.
+        recent = frame[list(config.channels)].tail(config.lookback).astype(np.float64)
         if len(recent) == config.lookback and not recent.isna().to_numpy().any():
             recent = recent.reset_index()
             stamps = recent[TS].dt.strftime("%Y-%m-%dT%H:%M:%SZ")

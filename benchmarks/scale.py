@@ -1,6 +1,6 @@
 """Rollcast at fleet scale: ingest, compaction, training's data load and serve memory (issue 19).
 
-    python benchmarks/scale.py --json                      # every section (about an hour, 2 vCPUs)
+    python benchmarks/scale.py --json                      # every section (about 16 min, 2 vCPUs)
     python benchmarks/scale.py --quick --json              # smaller fleets where a section is slow
     python benchmarks/scale.py --only ingest_fleet serve_fleet
     python benchmarks/scale.py --results benchmarks/results/scale.jsonl   # and append a row
@@ -17,7 +17,8 @@ RSS (``VmHWM``), so no measurement holds another's memory:
   of the last; *start-up*: from the call to the first poll that returned records (group join and
   the ledger's one read of the table).
 * ``ingest_history``: the same onto 1,000 series already holding 100, 1,000 and 10,000 steps
-  each (written with ``DeltaSeriesStore.append`` in big batches), 100 new steps per series.
+  each (written with ``DeltaSeriesStore.append`` in big batches), 300 new steps per series
+  (``--history-new-steps``: 300,000 records, six flushes, so the steady rate spans five).
 * ``old_store``: the old store (one Parquet file per series, commit 45ef4a8, a git worktree
   at ``--old-tree``) against the new on the same topic, interleaved old, new, new, old, at
   1,000 and 10,000 series; the rate is rows over the time from the first records polled to the
@@ -29,16 +30,23 @@ RSS (``VmHWM``), so no measurement holds another's memory:
 * ``training_load``: ``read_rows`` (after ``sample_cutoff``, as ``load_table`` does) and
   ``prepare_training_data`` on 10,000 series x 8,760 hourly steps (``--quick``: 1,000), at
   ``train_memory_mb`` 4096 (the default) and 1024 (sampled); the table is built once under
-  ``--train-tables`` and reused.
+  ``--train-tables`` and reused. A sampler thread says in which ``pipeline`` frames the peak
+  RSS was reached (``peak_at``).
 * ``serve_fleet``: ``RollingForecaster`` + ``serve_batch`` in one process with the default model
   (``ModelSettings``: LSTM, lookback 720) for 100,000 series (``--quick``: 10,000), the serve
   settings' ``max_series``/``max_new_series``; timed rounds of one record per series.
 
 **The serve warm-up.** Every series is admitted by real records through ``serve_batch`` (as
-many steps as its admission takes), then its window is filled to the lookback directly, as
-``lookback`` in-order appends leave it (ring, observed steps, count; checked bit for bit against
-real appends on sampled series). 72M real records would take about half an hour here (25 us an
-``observe``); ``--serve-warm records`` does that instead.
+many steps as admission takes: ``held_after_each_admission_step``; a 100,000-series fleet
+against ``max_new_series`` 10,000 takes about 35), then its window is filled to the lookback
+directly, as ``lookback`` in-order appends leave it (ring, observed steps, count; checked bit
+for bit against real appends on a sampled series). 72M real records would take about half an
+hour here (25 us a record); ``--serve-warm records`` does that instead (at 5,000 series the two
+gave the same peak RSS within 3%: 509.5 MB by records twice, 508.0 and 523.6 MB filled).
+
+Ingest figures include ``steady_rows_per_cpu_s`` (the ingest process's CPU seconds, every
+thread, over the same span), less swayed than wall time by other work on a shared machine;
+every section says the 1-minute load average at its start and end.
 
 Targets: ingest >= 20,000 rows/s at 100,000 series, and within 1.5x of itself from 1,000 to
 100,000 series and from 100 to 10,000 steps of history; the 87.6M-row training load <= 60 s and
@@ -55,6 +63,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -86,6 +95,8 @@ TARGETS = {
     "serve_100k_series_peak_rss_mb": "<= 3072",
 }
 CHILD_TIMEOUT_S = 3 * 3600
+# Steps of one record per series at most, for serve to give every series of the fleet a window.
+ADMISSION_STEPS = 64
 
 logger = logging.getLogger("benchmarks.scale")
 
@@ -140,6 +151,38 @@ def run_child(kind: str, spec: dict[str, Any], log: Path, pythonpath: Path = ROO
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["child_wall_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+class PeakWatcher(threading.Thread):
+    """Samples this process's RSS every ``interval_s``; at each new high, keeps the main
+    thread's innermost ``pipeline`` frames: where the peak was reached."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.interval_s, self.peak_mb, self.stack = interval_s, 0.0, []
+        self._main = threading.main_thread().ident
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval_s):
+            now = rss_mb()
+            if now > self.peak_mb:
+                self.peak_mb, self.stack = now, self._where()
+
+    def _where(self) -> list[str]:
+        frame = sys._current_frames().get(self._main)
+        names = []
+        while frame is not None:
+            code = frame.f_code
+            if "/pipeline/" in code.co_filename:
+                names.append(f"{Path(code.co_filename).stem}.{code.co_name}:{frame.f_lineno}")
+            frame = frame.f_back
+        return names[:6]
+
+    def stop(self) -> dict[str, Any]:
+        self._halt.set()
+        self.join()
+        return {"sampled_peak_rss_mb": self.peak_mb, "peak_at": self.stack}
 
 
 def start_profiler(spec: dict[str, Any]) -> Any:
@@ -683,18 +726,20 @@ def child_training(spec: dict[str, Any]) -> dict[str, Any]:
     train = TrainSettings(train_memory_mb=spec["train_memory_mb"])
     model, store_settings = ModelSettings(), StoreSettings()
     span = model.segment_len + model.horizon
-    profiler = start_profiler(spec)
+    profiler, watcher = start_profiler(spec), PeakWatcher()
+    watcher.start()
     started = time.perf_counter()
     store = DeltaSeriesStore(spec["uri"])
     since = sample_cutoff(store, train)
     rows = read_rows(store, train, since)
     read = time.perf_counter()
-    rss_read = rss_mb()
+    rss_read, peak_read = rss_mb(), peak_rss_mb()
     data = prepare_training_data(
         rows, RecordPolicy(), store_settings.freq, store_settings.max_gap, span
     )
     done = time.perf_counter()
     stop_profiler(profiler, spec)
+    where = watcher.stop()
     steps = np.array([len(f) for f in data.series.values()])
     return {
         "train_memory_mb": spec["train_memory_mb"],
@@ -709,7 +754,9 @@ def child_training(spec: dict[str, Any]) -> dict[str, Any]:
         "load_s": round(done - started, 1),
         "rss_after_imports_mb": rss_imports,
         "rss_after_read_mb": rss_read,
+        "peak_rss_read_mb": peak_read,  # the peak while reading (VmHWM when read_rows returned)
         "peak_rss_mb": peak_rss_mb(),
+        **where,
     }
 
 
@@ -833,7 +880,8 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     stats, sink = new_stats(rolling), NullSink()
     rss_model = rss_mb()
     lookback, poll = config.lookback, serve.max_poll_records
-    t0 = first_step_ms(lookback + args.serve_rounds + 8)
+    t0 = first_step_ms(lookback + ADMISSION_STEPS + args.serve_rounds)
+    admitted: list[int] = []  # series holding a window after each admission step
 
     def serve_poll(records: list[Any]) -> None:
         serve_batch(records, rolling, sink, stats)  # type: ignore[arg-type]
@@ -841,16 +889,17 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     step, offset = 0, 0
     if args.serve_warm == "records":
-        for step in range(lookback + 8):  # some keys need more than one record to be admitted
+        for step in range(lookback + ADMISSION_STEPS):  # a key may need records to be admitted
             serve_in_polls(serve_records(n_series, step, t0, offset), poll, serve_poll)
             offset += n_series
             if step + 1 >= lookback and len(rolling.series) == n_series:
                 break
         step += 1
     else:
-        while rolling.live_series() < n_series and step < 8:  # admission, by real records
+        while rolling.live_series() < n_series and step < ADMISSION_STEPS:  # by real records
             serve_in_polls(serve_records(n_series, step, t0, offset), poll, serve_poll)
             step, offset = step + 1, offset + n_series
+            admitted.append(rolling.live_series())
         ts = t0 + np.arange(lookback, dtype=np.int64) * STEP_MS
         base = np.sin(2 * np.pi * np.arange(lookback) / 24)
         probe = (base + 0.01 * 7).astype(np.float32)[:, None]
@@ -897,6 +946,8 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "warm": args.serve_warm,
         "warm_s": round(warm_s, 1),
         "series_held": held,
+        "admission_steps": len(admitted),
+        "held_after_each_admission_step": admitted,
         "established": len(rolling.series),
         "rounds": rounds,
         "forecasts_per_s_median": rates[len(rates) // 2] if rates else None,
@@ -1015,7 +1066,9 @@ def summary(figures: dict[str, Any]) -> list[tuple[str, Any, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="the figures as JSON, last line")
-    parser.add_argument("--quick", action="store_true", help="smaller fleets where slow")
+    parser.add_argument(
+        "--quick", action="store_true", help="training_load 1,000 series, serve_fleet 10,000"
+    )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION")
     parser.add_argument("--profile", action="store_true", help="pyinstrument profiles too")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rollcast-scale"))

@@ -104,6 +104,7 @@ class StoredSeries:
     channels: frozenset[str] | None  # None: a new series, whose first record sets them
     steps: list[int]  # epoch ms of its newest stored steps, sorted (a bounded number)
     step_ms: int = 1  # the series' step; 1 until it has two readings (nothing is floored)
+    settled: bool = False  # its step was inferred from a full set of kept steps: it stays
 
     def holds(self, step: int) -> bool:
         i = bisect.bisect_left(self.steps, step)
@@ -131,16 +132,20 @@ def set_steps(
     accepted: list[tuple[RawRecord, Observation]],
     step_ms: int | None,
 ) -> None:
-    """Each series' step: ``step_ms`` when set, else inferred from its stored and new readings."""
+    """Each series' step: ``step_ms`` when set, else inferred from its stored and new readings
+    until it has ``KEPT_STEPS`` of them (then it is settled: a series' step does not change)."""
+    if step_ms is not None:
+        for series in stored.values():
+            series.step_ms = step_ms
+        return
     new: dict[str, list[int]] = {}
     for _, obs in accepted:
-        new.setdefault(obs.series, []).append(obs.ts_ms)
-    for series_id, series in stored.items():
-        if step_ms is not None:
-            series.step_ms = step_ms
-            continue
-        readings = np.array(series.steps + new.get(series_id, []), dtype=np.int64)
-        series.step_ms = infer_step_ms(readings) or 1
+        if not stored[obs.series].settled:
+            new.setdefault(obs.series, []).append(obs.ts_ms)
+    for series_id, readings in new.items():
+        series = stored[series_id]
+        series.step_ms = infer_step_ms(series.steps + readings) or 1
+        series.settled = len(series.steps) >= KEPT_STEPS
 
 
 class StoreContract:

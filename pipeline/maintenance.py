@@ -21,7 +21,13 @@ import pyarrow.compute as pc
 from deltalake import write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from pipeline.delta_store import STORED_AT, DeltaSeriesStore, SeriesCodes, first_stored
+from pipeline.delta_store import (
+    STORED_AT,
+    DeltaSeriesStore,
+    SeriesCodes,
+    arrow_dataset,
+    first_stored,
+)
 from pipeline.parquet_store import ParquetSeriesStore
 from pipeline.progress import Progress
 from pipeline.store import StoreError, StoreInfo
@@ -122,7 +128,7 @@ def _rewrite_first_stored(store: DeltaSeriesStore, series: list[str]) -> int:
     table = store.latest()
     assert table is not None
     where = pc.field(SERIES).isin(series)
-    rows = table.to_pyarrow_dataset().to_table(filter=where)
+    rows = arrow_dataset(table, store.storage_options).to_table(filter=where)
     codes = pc.index_in(rows.column(SERIES), pa.array(series)).to_numpy(zero_copy_only=False)
     ts = rows.column(TS).cast(pa.int64()).to_numpy(zero_copy_only=False)
     stored = rows.column(STORED_AT).cast(pa.int64()).to_numpy(zero_copy_only=False)

@@ -20,7 +20,10 @@ Imports only numpy and pandas.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -51,23 +54,44 @@ COMMON_STEPS_MS = tuple(
 )  # fmt: skip
 
 
-def infer_step_ms(ts_ms: np.ndarray) -> int | None:
+def infer_step_ms(ts_ms: np.ndarray | Sequence[int]) -> int | None:
     """A series' step: the median spacing of its distinct timestamps, snapped to a common step.
 
     None with fewer than two distinct timestamps. Irregular series get the step most of their
-    readings are apart; a step no common one is near is rounded to the second.
+    readings are apart; a step no common one is near is rounded to the second. A few readings
+    (ingest's per-series calls) take a plain-Python path: numpy's per-call cost is the larger.
 
     >>> hour = 3_600_000
     >>> infer_step_ms(np.array([0, hour, 2 * hour, 5 * hour])), infer_step_ms(np.array([7]))
     (3600000, None)
     >>> infer_step_ms(np.array([0, 1_795_000, 3_610_000, 5_399_000]))  # half-hourly, jittered
     1800000
+    >>> infer_step_ms([0, 1_795_000, 3_610_000, 5_399_000, 5_399_000])
+    1800000
     """
-    distinct = np.unique(ts_ms)
-    if len(distinct) < 2:
-        return None
-    median = float(np.median(np.diff(distinct)))
-    nearest = min(COMMON_STEPS_MS, key=lambda step: abs(np.log(step / median)))
+    if len(ts_ms) <= FEW_READINGS:
+        distinct = sorted({int(t) for t in ts_ms})
+        if len(distinct) < 2:
+            return None
+        median = float(statistics.median(b - a for a, b in pairwise(distinct)))
+    else:
+        unique = np.unique(np.asarray(ts_ms))
+        if len(unique) < 2:
+            return None
+        median = float(np.median(np.diff(unique)))
+    return _snapped(median)
+
+
+# Readings below which inferring a step in plain Python is faster than in numpy.
+FEW_READINGS = 64
+_LOG_STEPS = [math.log(step) for step in COMMON_STEPS_MS]
+
+
+def _snapped(median: float) -> int:
+    """The common step nearest ``median`` (in ratio) if within 10% of it, else whole seconds."""
+    i = bisect.bisect_left(_LOG_STEPS, math.log(median))
+    candidates = COMMON_STEPS_MS[max(i - 1, 0) : i + 1]
+    nearest = min(candidates, key=lambda step: abs(math.log(step / median)))
     if abs(nearest - median) <= 0.1 * nearest:
         return nearest
     return max(1000, round(median / 1000) * 1000)

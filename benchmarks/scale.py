@@ -795,19 +795,6 @@ def section_training_load(args: argparse.Namespace, work: Path) -> dict[str, Any
 # --- 6. serve_fleet --------------------------------------------------------------------------
 
 
-class NullSink:
-    """Keeps nothing: the serve loop's own cost, no broker."""
-
-    def send_forecast(self, forecast: object) -> None:
-        pass
-
-    def send_dead_letter(self, letter: object) -> None:
-        pass
-
-    def flush(self, timeout_s: float = 0.0) -> int:
-        return 0
-
-
 def serve_records(n_series: int, step: int, t0_ms: int, offset: int, first: int = 0) -> list[Any]:
     """One record per series ``first .. first + n_series`` at ``step``, as a consumer hands
     them (3 partitions)."""
@@ -877,6 +864,8 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     serve, policy = ServeSettings(), RecordSettings().policy()
     max_series = max(serve.max_series, n_series)
     rolling = RollingForecaster(model, max_series, policy, serve.max_new_series)
+    from serve_path import NullSink  # keeps nothing: the serve loop's own cost
+
     stats, sink = new_stats(rolling), NullSink()
     rss_model = rss_mb()
     lookback, poll = config.lookback, serve.max_poll_records

@@ -159,10 +159,7 @@ class DeltaSeriesStore:
         return table
 
     def channels(self) -> set[str]:
-        table = self.latest()
-        if table is None:
-            return set()
-        return {f.name for f in table.schema().fields} - set(META_COLUMNS)
+        return self.channels_at(self.latest())
 
     def _dataset(self, version: int | None = None) -> pds.Dataset | None:
         table = self.at(version)
@@ -242,9 +239,8 @@ class DeltaSeriesStore:
         if table is None:
             return StoreInfo(self.uri, 0, ())
         files = file_stats(table)
-        rows = int(pc.sum(files.column("num_records")).as_py() or 0)
-        size = int(pc.sum(files.column("size_bytes")).as_py() or 0)
-        channels = tuple(sorted(self.channels()))
+        rows, size = _column_sum(files, "num_records"), _column_sum(files, "size_bytes")
+        channels = tuple(sorted(self.channels_at(table)))
         return StoreInfo(
             self.uri, len(self.series_ids()), channels, rows, files.num_rows, size, table.version()
         )
@@ -300,7 +296,11 @@ def _row_bound(table: DeltaTable | None) -> int:
     """The table's stored rows, from its file statistics: a bound on any read of it."""
     if table is None:
         return 0
-    return int(pc.sum(file_stats(table).column("num_records")).as_py() or 0)
+    return _column_sum(file_stats(table), "num_records")
+
+
+def _column_sum(files: pa.Table, column: str) -> int:
+    return int(pc.sum(files.column(column)).as_py() or 0)
 
 
 def file_stats(table: DeltaTable) -> pa.Table:
@@ -463,11 +463,9 @@ def first_stored(codes: np.ndarray, ts_ms: np.ndarray, stored_at: np.ndarray) ->
         key = _sort_key(codes, ts_ms)
         order = np.argsort(key, kind="stable")
         key.sort(kind="stable")  # in place: sorting again costs less memory than a gather
-        repeated = key[1:] == key[:-1]
-        if repeated.any():  # rare: replays or concurrent writers; order those by stored_at
-            key = _sort_key(codes, ts_ms)
-            order = np.lexsort((stored_at, key))
-            repeated = key[order][1:] == key[order][:-1]
+        if (key[1:] == key[:-1]).any():  # rare: replays or concurrent writers
+            return _first_stored_order(order, key, stored_at)
+        return order
     else:
         order = np.lexsort((stored_at, ts_ms, codes))
         repeated = (codes[order][1:] == codes[order][:-1]) & (ts_ms[order][1:] == ts_ms[order][:-1])

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import RollcastError
+from pipeline.windows import series_bounds
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,7 @@ class StoredRows:
 
     def bounds(self) -> np.ndarray:
         """``(S+1,)`` row offsets: series ``i`` is rows ``bounds[i]:bounds[i+1]``."""
-        return np.searchsorted(
-            self.codes, np.arange(len(self.series) + 1, dtype=self.codes.dtype)
-        ).astype(np.int64)
+        return series_bounds(self)
 
     def frame(self, i: int) -> pd.DataFrame:
         """Series ``i``'s rows as a long frame (its channels only)."""

@@ -28,6 +28,7 @@ from pipeline.windows import (
     freq_to_ms,
     infer_step_ms,
     regularize_all,
+    series_bounds,
     step_to_freq,
     window_starts,
 )
@@ -72,17 +73,6 @@ class TrainingData:
     def longest(self) -> int:
         """Steps of the longest series (0 when there is none)."""
         return max((len(frame) for frame in self.series.values()), default=0)
-
-
-@dataclass(frozen=True)
-class Rows:
-    """A :class:`~pipeline.windows.LongRows` made here (a subset of the rows read)."""
-
-    series: list[str]
-    codes: np.ndarray
-    ts_ms: np.ndarray
-    values: np.ndarray
-    channels: tuple[str, ...]
 
 
 def prepare_training_data(
@@ -139,13 +129,6 @@ def frames_to_rows(frames: list[pd.DataFrame]) -> LongArrays:
     return LongArrays.from_frame(pd.concat(frames, ignore_index=True))
 
 
-def series_bounds(rows: LongRows) -> np.ndarray:
-    """``(S+1,)``: series ``i`` is rows ``bounds[i]:bounds[i+1]`` (rows sorted by code)."""
-    return np.searchsorted(
-        rows.codes, np.arange(len(rows.series) + 1, dtype=rows.codes.dtype)
-    ).astype(np.int64)
-
-
 def policy_rows(rows: LongRows, limits: RowLimits, now_ms: int) -> tuple[LongRows, int]:
     """The rows the record policy accepts, and how many it refused; O(N * C)."""
     values = rows.values
@@ -154,7 +137,7 @@ def policy_rows(rows: LongRows, limits: RowLimits, now_ms: int) -> tuple[LongRow
     ok = ~bad.any(axis=1) & (rows.ts_ms <= now_ms + limits.max_ahead_ms)
     if ok.all():
         return rows, 0
-    kept = Rows(rows.series, rows.codes[ok], rows.ts_ms[ok], values[ok], tuple(rows.channels))
+    kept = LongArrays(rows.series, rows.codes[ok], rows.ts_ms[ok], values[ok], tuple(rows.channels))
     return kept, int(len(ok) - ok.sum())
 
 
@@ -220,6 +203,6 @@ def _subset(
         if fit
         else np.empty(0, np.int64)
     )
-    return Rows(
+    return LongArrays(
         rows.series, rows.codes[take], rows.ts_ms[take], rows.values[take][:, columns], channels
     )

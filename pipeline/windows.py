@@ -194,6 +194,15 @@ class LongRows(Protocol):
     def channels(self) -> tuple[str, ...]: ...
 
 
+def series_bounds(rows: LongRows) -> np.ndarray:
+    """``(S+1,)`` row offsets: series ``i`` is rows ``bounds[i]:bounds[i+1]`` (rows sorted by
+    code; a series with no rows has an empty range)."""
+    codes = rows.codes
+    return np.searchsorted(codes, np.arange(len(rows.series) + 1, dtype=codes.dtype)).astype(
+        np.int64
+    )
+
+
 @dataclass(frozen=True)
 class LongArrays:
     """The arrays of a long frame, as :func:`regularize_all` takes them (a :class:`LongRows`)."""

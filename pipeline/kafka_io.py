@@ -28,7 +28,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
-from pipeline import ConfigurationError, RollcastError
+from pipeline import ConfigurationError, OutageError
 from pipeline.config import KafkaSettings
 from pipeline.records import RawRecord
 from pipeline.transport import STATELESS, Headers, Rebalance, Topics, TopicSink
@@ -51,7 +51,7 @@ MAX_BACKOFF_S = 30.0
 MAX_OUTAGE_S = 3600.0
 
 
-class BrokerUnavailableError(RollcastError):
+class BrokerUnavailableError(OutageError):
     """No Kafka bootstrap servers are configured, or none answer."""
 
 

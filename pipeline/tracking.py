@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import RollcastError
+from pipeline import OutageError, RollcastError
 from pipeline.config import MlflowSettings, StoreSettings
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class RegistryError(RollcastError):
     """The registry has no usable model, or MLflow refused an operation."""
 
 
-class RegistryUnavailableError(RegistryError):
+class RegistryUnavailableError(RegistryError, OutageError):
     """The registry could not be asked: a server down, a locked or missing store.
 
     Not the same as "no champion": nothing may be concluded about the models in it.

@@ -16,6 +16,19 @@ the embedded broker with a tiny registered model:
   still be running afterwards and forecast every step;
 * **flood**: ``--flood`` records of new keys against 1,000 established series; RSS of the serve
   process before and after, and forecasts of established series lost after the flood.
+
+Operations under real faults (issue 20):
+
+* **broker_restart**: the broker stopped for ``--down-s`` seconds under a running serve and
+  ingest and started again empty on its port; the (series, step)s produced after its return
+  that were never forecast or never stored, and the seconds from its return to the first
+  forecast;
+* **clock_jump**: each series gets one record 23 steps ahead of its clock, then 59 good ones;
+  good records lost (not forecast, not stored) and what the far record became;
+* **concurrent_ingest**: two `rollcast ingest` processes (separate consumer groups) on one
+  table; rows lost and rows stored twice;
+* **disk_full**: `rollcast ingest` onto a table on a 1 MiB tmpfs (needs root to mount); its exit
+  code and the lines it printed, then the tmpfs grown and ingest run again: rows lost.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import operations
 from poison import Poison, poisons
 from serve_harness import (
     LOOKBACK,
@@ -217,6 +231,31 @@ def flood_part(broker: EmbeddedBroker, work: Path, flood: int) -> dict[str, Any]
     }
 
 
+PARTS = ("poison", "restarts", "stall", "flood", "broker_restart", "clock_jump")
+PARTS += ("concurrent_ingest", "disk_full")
+
+
+def operations_parts(broker: EmbeddedBroker, work: Path, down_s: float) -> dict[str, Any]:
+    """Issue 20's parts, each on topics, a table and an MLflow store of its own."""
+
+    def table(name: str) -> str:
+        fresh_env(broker, work, name)
+        return str(work / name / "series")
+
+    return {
+        "broker_restart": lambda: operations.broker_restart_part(
+            broker, work, table("broker_restart"), down_s
+        ),
+        "clock_jump": lambda: operations.clock_jump_part(work, table("clock_jump")),
+        "concurrent_ingest": lambda: operations.concurrent_ingest_part(
+            work, table("concurrent_ingest")
+        ),
+        "disk_full": lambda: operations.disk_full_part(
+            work, Path(table("disk_full")).with_name("full")
+        ),
+    }
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -233,7 +272,8 @@ def main() -> None:
     parser.add_argument("--stall-s", type=float, default=90.0)
     parser.add_argument("--flood", type=int, default=400_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", default="poison,restarts,stall,flood")
+    parser.add_argument("--down-s", type=float, default=20.0, help="broker_restart: seconds down")
+    parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--json", action="store_true")
     add_results_option(parser)
     args = parser.parse_args()
@@ -246,6 +286,7 @@ def main() -> None:
             "restarts": lambda: restart_part(broker, work, args.kills),
             "stall": lambda: stall_part(broker, work, args.stall_s),
             "flood": lambda: flood_part(broker, work, args.flood),
+            **operations_parts(broker, work, args.down_s),
         }
         for name in args.parts.split(","):
             started = time.monotonic()

@@ -3,7 +3,11 @@
 import logging
 import os
 
+from flows.quiet import route_library_noise
 from pipeline import ConfigurationError
+
+# These defaults are set before Prefect or MLflow is imported (every entry point imports this
+# package first), and only where unset: a user's environment overrides each one.
 
 # Route the library's log lines (training progress, ingest progress) to the Prefect UI too.
 # Set before a runner or worker starts a flow run's process, which inherits it.
@@ -17,13 +21,25 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # The temporary server's telemetry heartbeat has nowhere to go on a closed network, and on a
 # fresh sqlite database it raced the first flow run ("database is locked", a traceback).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# MLflow 3's usage telemetry: off, like Prefect's, so a closed network costs no time or errors.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow draws a progress bar (tqdm) for each model it downloads, between the log's lines.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow sets its loggers' level when it is imported, after the commands set theirs: its INFO
+# lines ("Validating input example against model signature") are not the operator's.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+# A Rollcast error's tracebacks, and libraries' Python warnings, only at DEBUG (flows/quiet.py).
+route_library_noise()
 
 # Prefect leaves the root logger at WARNING, which would drop the library's progress lines
 # (INFO) before they reach a run's log. ROLLCAST_LOG_LEVEL changes it (e.g. DEBUG, WARNING).
 LIBRARY_LOGGER = logging.getLogger("pipeline")
-LOG_LEVEL = os.environ.get("ROLLCAST_LOG_LEVEL", "INFO").upper()
-if LOG_LEVEL not in logging.getLevelNamesMapping():
+ASKED_LEVEL = os.environ.get("ROLLCAST_LOG_LEVEL", "INFO")
+LOG_LEVEL = ASKED_LEVEL.upper()
+# ASCII only: a dotless i (U+0131) upper-cases to I, so "\u0131nfo" would pass as INFO.
+if not ASKED_LEVEL.isascii() or LOG_LEVEL not in logging.getLevelNamesMapping():
     raise ConfigurationError(
-        f"ROLLCAST_LOG_LEVEL={LOG_LEVEL!r} is not a log level: use DEBUG, INFO, WARNING or ERROR"
+        f"ROLLCAST_LOG_LEVEL={ASKED_LEVEL!r} is not a log level: use DEBUG, INFO, WARNING or ERROR"
     )
 LIBRARY_LOGGER.setLevel(LOG_LEVEL)

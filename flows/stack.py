@@ -3,7 +3,8 @@
 ``rollcast stack`` (``make stack``) runs what docker-compose.yml runs, minus Kafka: a database
 each for MLflow and Prefect on one PostgreSQL server (created when missing), ``mlflow server``
 with proxied artifacts, and ``prefect server``. It prints the variables that point the other
-commands at them, then runs until stopped. Both servers die with the process that started them.
+commands at them, then runs until stopped. Both servers die with the process that started them,
+however it dies (``pipeline.children``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from types import TracebackType
 
 from sqlalchemy.engine import URL, make_url
 
-from flows.prefect_server import dies_with
 from pipeline import ConfigurationError
+from pipeline.children import dies_with_parent
 from pipeline.config import StackSettings
 
-LINUX = sys.platform.startswith("linux")
 START_TIMEOUT_S = 180.0  # Prefect migrates an empty database on its first start
 
 
@@ -108,7 +108,7 @@ class Stack:
                     env={**inherited, **env},
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=dies_with(os.getpid()) if LINUX else None,
+                    preexec_fn=dies_with_parent(),
                 )
             )
 

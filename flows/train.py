@@ -14,8 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.retries import transient_only
 from pipeline import registry, training
 from pipeline.config import Settings
+from pipeline.files import disk_full_is_resource_error
 from pipeline.selection import budget_of, search_store
-from pipeline.tracking import Tracking, connect
+from pipeline.tracking import Tracking, connect, fail_abandoned_runs
 from pipeline.training import Challenger, TrainingSettings
 
 stage = task(cache_policy=NO_CACHE)
@@ -48,12 +49,22 @@ def train_flow(
     Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
     A tuned config (``tuned_config``, else ``ROLLCAST_TUNED_CONFIG``) overrides them, and with
     ``ROLLCAST_TUNE_TRIALS`` > 0 a search runs first and its best config is used;
-    ``max_steps`` overrides them all.
+    ``max_steps`` overrides them all. A full disk (a checkpoint, MLflow's artifacts) is a
+    :class:`~pipeline.ResourceError` naming the file, and no task retries it.
     """
     started_ms = int(time.time() * 1000)
     training_settings = TrainingSettings.of(settings or Settings())
-    chosen = tuned_settings(training_settings, tuned_config).with_max_steps(max_steps)
+    with disk_full_is_resource_error(training_settings.mlflow.mlflow_tracking_uri):
+        return train_with(training_settings, tuned_config, max_steps, started_ms)
+
+
+def train_with(
+    settings: TrainingSettings, tuned_config: Path | None, max_steps: int | None, started_ms: int
+) -> dict[str, object]:
+    """The train flow's stages, in order."""
+    chosen = tuned_settings(settings, tuned_config).with_max_steps(max_steps)
     tracking = connect(chosen.mlflow, chosen.store)
+    fail_abandoned_runs(tracking, "a rollcast-train flow")  # runs a killed one left open
     plan = plan_training(chosen, tracking)
     windows, val = make_windows(plan)
     train = sample_windows(plan, windows, chosen.train.max_windows)
@@ -63,7 +74,10 @@ def train_flow(
     logged = log_challenger(tracking, plan, challenger, started_ms)
     champion_mse = score_champion(tracking, val, plan)
     verdict = crown(chosen, tracking, logged, challenger.card, champion_mse)
-    return summary(chosen, challenger, logged, verdict.promoted)
+    return {
+        **summary(chosen, challenger, logged, verdict.promoted),
+        "experiment_id": tracking.experiment(),
+    }
 
 
 def tuned_settings(settings: TrainingSettings, path: Path | None) -> TrainingSettings:

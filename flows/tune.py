@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow
 
 from pipeline.config import Settings
+from pipeline.files import disk_full_is_resource_error
 from pipeline.selection import budget_of, search_store
 from pipeline.tracking import connect
 from pipeline.training import TrainingSettings
@@ -28,9 +29,11 @@ def tune_flow(
     ``trials`` and ``timeout_s`` default to ``ROLLCAST_TUNE_TRIALS`` (or 20) and
     ``ROLLCAST_TUNE_TIMEOUT_S``; the search stops at whichever comes first.
     ``trial_timeout_s`` (``ROLLCAST_TUNE_TRIAL_TIMEOUT_S``) stops one candidate as ``capped``.
-    Settings not given are read from ``ROLLCAST_*`` variables.
+    Settings not given are read from ``ROLLCAST_*`` variables. A full disk is a
+    :class:`~pipeline.ResourceError` naming the file.
     """
     training = TrainingSettings.of(settings or Settings())
     tracking = connect(training.mlflow, training.store)
     budget = budget_of(training, trials, timeout_s, trial_timeout_s)
-    return search_store(training, tracking, budget).summary()
+    with disk_full_is_resource_error(training.mlflow.mlflow_tracking_uri):
+        return search_store(training, tracking, budget).summary()

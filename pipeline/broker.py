@@ -61,13 +61,19 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         command = [str(tansu_binary()), "broker", "--listener-url", url]
         command += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        from pipeline.children import dies_with_parent
+
+        # Tansu stops on SIGTERM; sent when this process dies, even by SIGKILL (pipeline/children).
+        dies = dies_with_parent()
         if self.log_path is None:
             self._process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=dies
             )
         else:
             with self.log_path.open("ab") as log:
-                self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                self._process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=dies
+                )
         self._wait_until_listening()
         logger.info("embedded broker listening on %s", self.bootstrap_servers)
         return self

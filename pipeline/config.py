@@ -9,15 +9,23 @@ Each field ``foo`` is read from ``ROLLCAST_FOO``. Settings are read once, at an 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
 from pipeline.model import ForecasterConfig
-from pipeline.records import DEFAULT_MAX_RECORD_BYTES, FLOAT32_MAX, RecordPolicy
+from pipeline.records import (
+    DEFAULT_MAX_JUMP_STEPS,
+    DEFAULT_MAX_RECORD_BYTES,
+    FLOAT32_MAX,
+    RecordPolicy,
+)
 from pipeline.train import TrainConfig
 from pipeline.windows import freq_to_ms
 
@@ -25,26 +33,154 @@ ENV_PREFIX = "ROLLCAST_"
 
 
 def _settings_config() -> SettingsConfigDict:
+    # No float setting has a use for inf or NaN: each is a count, a limit or a period.
     return SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", protected_namespaces=()
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        protected_namespaces=(),
+        allow_inf_nan=False,
     )
 
 
-class KafkaSettings(BaseSettings):
+# Upper bounds shared by several settings: longer is a typo or a unit mistake (ms for s).
+MONTH_S = 30 * 24 * 3600.0
+DAY_S = 24 * 3600.0
+# A series cap past this holds more state than a machine has (about 0.5 KB a series).
+MAX_SERIES_CAP = 100_000_000
+MAX_PORT = 65535
+# What pydantic reports for a value that is not of the field's type, in the operator's words.
+TYPE_WORDS = {
+    "int_parsing": "an integer (ASCII digits)",
+    "int_from_float": "an integer (ASCII digits)",
+    "int_type": "an integer (ASCII digits)",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_parsing": "true or false",
+}
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# A name (a group, a database, a model): not blank, no space at either end.
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=249,
+        pattern=r"^\S(.*\S)?$",
+        description="a name: not blank, no space at either end",
+    ),
+]
+# A Kafka topic: what a broker accepts (1 to 249 of letters, digits, '.', '_', '-').
+TopicName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="a Kafka topic: 1 to 249 of A-Z, a-z, 0-9, '.', '_', '-'",
+    ),
+]
+
+
+class RollcastSettings(BaseSettings):
+    """Base of every settings class: a refused value raises :class:`ConfigurationError`, one
+    line per refused setting, naming its ``ROLLCAST_*`` variable and what it accepts."""
+
+    model_config = _settings_config()
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            lines = [refusal(type(self), problem) for problem in err.errors(include_url=False)]
+            raise ConfigurationError("; ".join(lines)) from err
+        except SettingsError as err:  # a complex field (a JSON object) that is not JSON
+            found = re.search(r'field "(\w+)"', str(err))
+            variable = ENV_PREFIX + (found.group(1).upper() if found else "*")
+            raise ConfigurationError(f"{variable}: must be a JSON object ({err})") from err
+
+
+def refusal(settings_class: type[BaseSettings], problem: Any) -> str:
+    """One refused setting: ``ROLLCAST_FOO=value: must be ...`` (a secret's value unshown)."""
+    field = str(problem["loc"][0]) if problem["loc"] else ""
+    declared = settings_class.model_fields.get(field)
+    secret = declared is None or "SecretStr" in str(declared.annotation)
+    shown = "" if secret or "input" not in problem else f"={shown_value(problem['input'])}"
+    accepted = accepted_text(problem, declared)
+    return f"{ENV_PREFIX}{field.upper()}{shown}: {accepted}"
+
+
+def shown_value(value: Any) -> str:
+    """A value as the operator typed it; quoted when blank, padded or unprintable."""
+    if isinstance(value, str) and value and value.isprintable() and value.strip() == value:
+        return value
+    return repr(value)
+
+
+def accepted_text(problem: Any, declared: FieldInfo | None) -> str:
+    """What the field accepts, from the kind of error and the field's declared range."""
+    kind, ctx = problem["type"], problem.get("ctx") or {}
+    span = range_text(declared) if declared is not None else ""
+    note = f" ({declared.description})" if declared is not None and declared.description else ""
+    if kind in RANGE_ERRORS:
+        return f"must be {span}{note}"
+    if kind in TYPE_WORDS:
+        return f"must be {TYPE_WORDS[kind]}{' ' + span if span else ''}{note}"
+    if (kind.startswith("string_") or kind == "too_short") and note:
+        return f"must be {declared.description}"  # type: ignore[union-attr]
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    return str(problem["msg"]).removeprefix("Value error, ")
+
+
+def range_text(declared: FieldInfo) -> str:
+    """``between 1 and 65535``, ``at least 0``, ``more than 0 and at most 3600``, or ''."""
+    bounds: dict[str, Any] = {}
+    for constraint in field_constraints(declared):
+        for name in ("ge", "gt", "le", "lt"):
+            if getattr(constraint, name, None) is not None:
+                bounds[name] = getattr(constraint, name)
+    if "ge" in bounds and "le" in bounds:
+        return f"between {bound_text(bounds['ge'])} and {bound_text(bounds['le'])}"
+    words = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+    return " and ".join(f"{words[name]} {bound_text(bound)}" for name, bound in bounds.items())
+
+
+def bound_text(bound: float) -> str:
+    """A bound as an operator would type it: ``65535``, ``0.1``, ``3.40282e+38``."""
+    if abs(bound) >= 1e15:
+        return f"{bound:.6g}"
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
+def field_constraints(declared: FieldInfo) -> list[Any]:
+    """The field's constraints, also where they sit inside ``Annotated[...] | None``."""
+    found = list(declared.metadata)
+    for member in get_args(declared.annotation):
+        if get_origin(member) is Annotated:
+            for extra in member.__metadata__:
+                found.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+    return found
+
+
+class KafkaSettings(RollcastSettings):
     """Where the stream lives. Security fields are passed through to the Kafka clients."""
 
     model_config = _settings_config()
 
     bootstrap_servers: str | None = None
-    topic_observations: str = "observations"
-    topic_forecasts: str = "forecasts"
-    topic_deadletter: str = "deadletter"
-    topic_partitions: int = 3
-    client_id: str = "rollcast"
-    # How long the broker may hold a fetch that has no data yet: a bound on added latency.
-    fetch_max_wait_ms: int = 10
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    topic_observations: TopicName = "observations"
+    topic_forecasts: TopicName = "forecasts"
+    topic_deadletter: TopicName = "deadletter"
+    # Up to 10,000: past that a broker spends its memory on partitions, not records.
+    topic_partitions: Annotated[int, Field(ge=1, le=10_000)] = 3
+    client_id: Name = "rollcast"
+    # How long the broker may hold a fetch that has no data yet: a bound on added latency
+    # (at most 30 s: below the clients' request timeout).
+    fetch_max_wait_ms: Annotated[int, Field(ge=1, le=30_000)] = 10
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # What kafka-python can do.
+    sasl_mechanism: (
+        Literal["PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None
+    ) = None
     sasl_plain_username: str | None = None
     # A secret: shown as ********** wherever settings are logged or stored (Prefect parameters).
     sasl_plain_password: SecretStr | None = None
@@ -69,7 +205,7 @@ class KafkaSettings(BaseSettings):
         return options
 
 
-class StoreSettings(BaseSettings):
+class StoreSettings(RollcastSettings):
     """The series table and the local state folder."""
 
     model_config = _settings_config()
@@ -86,8 +222,9 @@ class StoreSettings(BaseSettings):
     # here ("1h", "30min") overrides it for every series.
     freq: str | None = None
 
-    # Gaps of up to this many steps are interpolated; longer ones split the series.
-    max_gap: int = DEFAULT_MAX_GAP
+    # Gaps of up to this many steps are interpolated; longer ones split the series (at most
+    # 10,000: a longer gap is an outage, and filling it would invent the data).
+    max_gap: Annotated[int, Field(ge=1, le=10_000)] = DEFAULT_MAX_GAP
 
     @field_validator("freq")
     @classmethod
@@ -95,9 +232,11 @@ class StoreSettings(BaseSettings):
         """A step of fixed length ("30min", "1h", "1D"); months and the like are refused."""
         if freq is not None:
             try:
-                freq_to_ms(freq)
-            except ValueError as err:
+                step_ms = freq_to_ms(freq)
+            except (ValueError, TypeError, OverflowError) as err:
                 raise ValueError(f"{freq!r} is not a fixed-length pandas frequency") from err
+            if step_ms <= 0:
+                raise ValueError(f"{freq!r} is not a positive step: use e.g. 30min, 1h, 1D")
         return freq
 
     @property
@@ -111,15 +250,15 @@ class StoreSettings(BaseSettings):
         return self.data_dir / "store"
 
 
-class MlflowSettings(BaseSettings):
+class MlflowSettings(RollcastSettings):
     """Tracking and registry."""
 
     model_config = _settings_config()
 
     mlflow_tracking_uri: str = "sqlite:///.rollcast/mlflow.db"
-    mlflow_experiment: str = "rollcast"
-    model_name: str = "rollcast-forecaster"
-    champion_alias: str = "champion"
+    mlflow_experiment: Name = "rollcast"
+    model_name: Name = "rollcast-forecaster"
+    champion_alias: Name = "champion"
 
 
 # The forecaster's shape and training defaults are defined once, on the dataclasses the core
@@ -128,48 +267,51 @@ SHAPE = ForecasterConfig(channels=())
 TRAINING = TrainConfig()
 
 
-class ModelSettings(BaseSettings):
+class ModelSettings(RollcastSettings):
     """Shape of the forecaster trained by the train flow (defaults: :class:`ForecasterConfig`)."""
 
     model_config = _settings_config()
 
     # The longest lookback tried; the train flow shortens it to what the data can train with.
-    lookback: Annotated[int, Field(ge=1)] = SHAPE.lookback
-    horizon: Annotated[int, Field(ge=1)] = SHAPE.horizon
+    # Caps: a window is (lookback + horizon) x channels floats, held per series and per sample.
+    lookback: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.lookback
+    horizon: Annotated[int, Field(ge=1, le=10_000)] = SHAPE.horizon
     architecture: Literal["lstm", "dlinear"] = "lstm"
     cell: Literal["lstm", "gru"] = SHAPE.cell  # type: ignore[assignment]
-    hidden_size: Annotated[int, Field(ge=1)] = SHAPE.hidden_size
-    num_layers: Annotated[int, Field(ge=1)] = SHAPE.num_layers
+    hidden_size: Annotated[int, Field(ge=1, le=4096)] = SHAPE.hidden_size  # memory: 4096² a gate
+    num_layers: Annotated[int, Field(ge=1, le=16)] = SHAPE.num_layers  # deeper: untrainable
     dropout: Annotated[float, Field(ge=0, lt=1)] = SHAPE.dropout
     bidirectional: bool = SHAPE.bidirectional
     norm: Literal["last", "mean", "none"] = SHAPE.norm  # type: ignore[assignment]
     channel_independent: bool = SHAPE.channel_independent
     # Steps per input and output segment; lookback is cut to a multiple of it.
-    segment_len: Annotated[int, Field(ge=1)] = SHAPE.segment_len
+    segment_len: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.segment_len  # the lookback's cap
     decoder: Literal["pmf", "linear"] = SHAPE.decoder  # type: ignore[assignment]
     # The output head and its training loss (pipeline.model.HEADS).
     loss: Literal["mse", "l1"] = SHAPE.loss  # type: ignore[assignment]
     # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
     # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
-    season: int | None = None
+    season: Annotated[int, Field(ge=1, le=100_000)] | None = None  # the lookback's cap
 
 
-class TrainSettings(BaseSettings):
+class TrainSettings(RollcastSettings):
     """Optimisation settings of the train flow (defaults: :class:`TrainConfig`)."""
 
     model_config = _settings_config()
 
-    max_steps: Annotated[int, Field(ge=1)] = TRAINING.max_steps
-    time_limit_s: Annotated[float, Field(gt=0)] | None = TRAINING.time_limit_s
-    eval_every: Annotated[int, Field(ge=1)] | None = TRAINING.eval_every
-    patience: Annotated[int, Field(ge=1)] = TRAINING.patience
-    batch_size: Annotated[int, Field(ge=1)] = TRAINING.batch_size
-    learning_rate: Annotated[float, Field(gt=0)] = TRAINING.learning_rate
-    weight_decay: Annotated[float, Field(ge=0)] = TRAINING.weight_decay
-    grad_clip: Annotated[float, Field(gt=0)] = TRAINING.grad_clip
+    # Step counts up to 10^8: days of training at the fastest step rates.
+    max_steps: Annotated[int, Field(ge=1, le=100_000_000)] = TRAINING.max_steps
+    time_limit_s: Annotated[float, Field(gt=0, le=MONTH_S)] | None = TRAINING.time_limit_s
+    eval_every: Annotated[int, Field(ge=1, le=100_000_000)] | None = TRAINING.eval_every
+    patience: Annotated[int, Field(ge=1, le=100_000_000)] = TRAINING.patience
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = TRAINING.batch_size  # memory
+    # Past 10 a rate, a decay or a clip of 10^6 no longer limits anything: a typo.
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = TRAINING.learning_rate
+    weight_decay: Annotated[float, Field(ge=0, le=10)] = TRAINING.weight_decay
+    grad_clip: Annotated[float, Field(gt=0, le=1e6)] = TRAINING.grad_clip
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    seed: int = TRAINING.seed
-    device: str = TRAINING.device
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = TRAINING.seed  # numpy's seed range
+    device: Name = TRAINING.device
     schedule: Literal["constant", "cosine", "halving"] = TRAINING.schedule  # type: ignore[assignment]
     # A challenger must beat seasonal-naive on the validation windows to become champion.
     promotion_gate: bool = True
@@ -178,106 +320,125 @@ class TrainSettings(BaseSettings):
     # Start the challenger from the champion's weights when its config is the same, with a
     # budget of warm_start_steps instead of max_steps (same early stopping, same gate).
     warm_start: bool = False
-    warm_start_steps: Annotated[int, Field(ge=1)] = 250
+    warm_start_steps: Annotated[int, Field(ge=1, le=100_000_000)] = 250
     # Optuna trials the train flow runs before training (0: none; see `rollcast tune`).
-    tune_trials: Annotated[int, Field(ge=0)] = 0
-    tune_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    tune_trials: Annotated[int, Field(ge=0, le=10_000, description="0: no search")] = 0
+    tune_timeout_s: Annotated[float, Field(gt=0, le=MONTH_S)] | None = None
     # One trial's limit: a candidate still training after it is stopped as "capped" (the
     # first trial, the defaults, runs to the end). None: no limit.
-    tune_trial_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    tune_trial_timeout_s: Annotated[float, Field(gt=0, le=MONTH_S)] | None = None
     # Memory for the rows training reads: a larger table is sampled (its newest rows), and
     # the run says so. About 48 bytes per stored row, regularized.
     train_memory_mb: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 4096
     # Windows one epoch draws from: more are sampled evenly (bounds the index, 8 B a window).
     max_windows: Annotated[int, Field(ge=1, le=1_000_000_000)] = 2_000_000
     # Train on this version of the series table (Delta time travel); None: the newest.
-    data_version: Annotated[int, Field(ge=0)] | None = None
+    data_version: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None  # Delta's int64
 
 
-class ScheduleSettings(BaseSettings):
+class ScheduleSettings(RollcastSettings):
     """When the deployed flows run by themselves (``python -m flows.deployments``)."""
 
     model_config = _settings_config()
 
     # New observations land in the store within this long.
-    ingest_interval_s: Annotated[float, Field(gt=0)] = 300.0
+    # At least 1 s: a run a second is the scheduler's whole load; at most a month.
+    ingest_interval_s: Annotated[float, Field(ge=1, le=MONTH_S)] = 300.0
     # Retrain nightly, after a day of fresh data (cron, the Prefect server's time zone: UTC).
     train_cron: str = "0 3 * * *"
     # How often the drift flow compares serve's online error with the champion's validation.
-    drift_check_interval_s: Annotated[float, Field(gt=0)] = 900.0
+    drift_check_interval_s: Annotated[float, Field(ge=1, le=MONTH_S)] = 900.0
+
+    @field_validator("train_cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        """A cron Prefect schedules by: checked by Prefect's own schedule class, at start."""
+        from prefect.client.schemas.schedules import CronSchedule  # only here: a heavy import
+
+        try:
+            CronSchedule(cron=cron)
+        except ValueError as err:
+            raise ValueError(f"{cron!r} is not a cron Prefect accepts, e.g. '0 3 * * *'") from err
+        return cron
 
 
-class DriftSettings(BaseSettings):
+class DriftSettings(RollcastSettings):
     """When serve's online error of the champion starts a retraining (flows/retrain.py)."""
 
     model_config = _settings_config()
 
     # Retrain when the online MSE exceeds the validation MSE by this factor...
-    drift_ratio: Annotated[float, Field(gt=0)] = 2.0
+    # (at most 1000: a larger factor never retrains; stop the drift flow instead).
+    drift_ratio: Annotated[float, Field(gt=0, le=1000)] = 2.0
     # ...measured over at least this many forecast values (steps ahead x channels x forecasts).
-    drift_min_scored: Annotated[int, Field(ge=1)] = 1000
+    drift_min_scored: Annotated[int, Field(ge=1, le=1_000_000_000)] = 1000
 
 
-class StackSettings(BaseSettings):
+class StackSettings(RollcastSettings):
     """`rollcast stack`: MLflow and Prefect on PostgreSQL, as docker-compose.yml runs them."""
 
     model_config = _settings_config()
 
     # A connection allowed to create databases; the servers get one database each on it.
-    postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
-    stack_mlflow_db: str = "mlflow"
-    stack_prefect_db: str = "prefect"
-    stack_host: str = "127.0.0.1"  # loopback: neither server authenticates (deploy/README.md)
-    stack_mlflow_port: int = 5000
-    stack_prefect_port: int = 4200
+    postgres_url: Annotated[SecretStr, Field(min_length=1, description="a PostgreSQL URL")] = (
+        SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    stack_mlflow_db: Name = "mlflow"
+    stack_prefect_db: Name = "prefect"
+    stack_host: Name = "127.0.0.1"  # loopback: neither server authenticates (deploy/README.md)
+    stack_mlflow_port: Annotated[int, Field(ge=1, le=MAX_PORT)] = 5000
+    stack_prefect_port: Annotated[int, Field(ge=1, le=MAX_PORT)] = 4200
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(RollcastSettings):
     """The ingest stage's consumer."""
 
     model_config = _settings_config()
 
-    ingest_group: str = "rollcast-ingest"
+    ingest_group: Name = "rollcast-ingest"
     # The ingest flow ends after this long without a new record.
-    ingest_idle_s: float = 5.0
+    ingest_idle_s: Annotated[float, Field(gt=0, le=MONTH_S)] = 5.0
     # A flush (one table commit) holds at most this many records, and waits at most this long
     # after its first: fewer, larger files and commits, at the cost of that much latency.
     ingest_flush_records: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000
     ingest_flush_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     # Series whose state (channels, newest steps) ingest holds in memory: about 0.5 KB each.
-    ingest_max_series: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
+    ingest_max_series: Annotated[int, Field(ge=1, le=MAX_SERIES_CAP)] = 1_000_000
 
 
-class ServeSettings(BaseSettings):
+class ServeSettings(RollcastSettings):
     """The serve stage's consumer and loop."""
 
     model_config = _settings_config()
 
-    serve_group: str = "rollcast-serve"
-    serve_idle_s: float | None = None  # None: run until stopped
+    serve_group: Name = "rollcast-serve"
+    serve_idle_s: Annotated[float, Field(gt=0, le=MONTH_S)] | None = None  # None: until stopped
     # How often serve logs its online MSE to the serving version's MLflow run (0: never).
-    online_report_s: Annotated[float, Field(ge=0)] = 60.0
+    online_report_s: Annotated[float, Field(ge=0, le=DAY_S, description="0: never")] = 60.0
     # A member with no partitions this long after it starts says so in its log, and its idle
     # time (serve_idle_s) counts from then on.
-    join_grace_s: Annotated[float, Field(gt=0)] = 30.0
-    # Records per poll: one batch. Also the bound on records forecast twice after a crash.
-    max_poll_records: int = 2000
+    join_grace_s: Annotated[float, Field(gt=0, le=DAY_S)] = 30.0
+    # Records per poll: one batch. Also the bound on records forecast twice after a crash
+    # (at most a million: the batch is held in memory).
+    max_poll_records: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
     # Live series held; the least recently seen is dropped beyond this.
-    max_series: Annotated[int, Field(ge=1)] = 100_000
-    # Records re-read per gained partition to rebuild windows after a restart or rebalance.
-    rewind_records: int = 50_000
-    # How often the registry alias is checked for a new champion.
-    champion_poll_s: float = 30.0
+    max_series: Annotated[int, Field(ge=1, le=MAX_SERIES_CAP)] = 100_000
+    # Records re-read per gained partition to rebuild windows after a restart or rebalance
+    # (at most 10^7: minutes of reading before the first forecast).
+    rewind_records: Annotated[int, Field(ge=0, le=10_000_000, description="0: no rebuild")] = 50_000
+    # How often the registry alias is checked for a new champion (at least 0.1 s: each check
+    # is a registry call).
+    champion_poll_s: Annotated[float, Field(ge=0.1, le=DAY_S)] = 30.0
     # Prometheus endpoint port; 0 turns it off.
-    metrics_port: int = 9108
+    metrics_port: Annotated[int, Field(ge=0, le=MAX_PORT, description="0: off")] = 9108
     # The endpoint's address: loopback unless told otherwise (0.0.0.0 in a container).
-    metrics_host: str = "127.0.0.1"
+    metrics_host: Name = "127.0.0.1"
     # Established series are never evicted by new keys: these are held apart, least recently
     # seen dropped first, until their window fills (a key flood churns only this pool).
-    max_new_series: Annotated[int, Field(ge=1)] = 10_000
+    max_new_series: Annotated[int, Field(ge=1, le=MAX_SERIES_CAP)] = 10_000
 
 
-class RecordSettings(BaseSettings):
+class RecordSettings(RollcastSettings):
     """What a record must be to be accepted, the same in ingest, serve and training.
 
     See :class:`pipeline.records.RecordPolicy`.
@@ -285,13 +446,19 @@ class RecordSettings(BaseSettings):
 
     model_config = _settings_config()
 
-    max_record_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_RECORD_BYTES
+    # At most 64 MiB: a record is held whole in memory, a batch of them at a time.
+    max_record_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = DEFAULT_MAX_RECORD_BYTES
     # A magnitude limit on every value; the default only asks for finite float32.
-    max_abs_value: Annotated[float, Field(gt=0)] = FLOAT32_MAX
-    # How far past the stream's time (when a record was produced) its timestamp may lie.
-    max_ahead_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 24 * 3600.0
-    # Steps of event time a step waits for out-of-order records; older ones are `late`.
-    grace_steps: Annotated[int, Field(ge=0)] = 0
+    max_abs_value: Annotated[float, Field(gt=0, le=FLOAT32_MAX)] = FLOAT32_MAX
+    # How far past the stream's time (when a record was produced) its timestamp may lie (at
+    # most a year: further is a clock or unit mistake).
+    max_ahead_s: Annotated[float, Field(ge=0, le=366 * DAY_S)] = 24 * 3600.0
+    # Steps of event time a step waits for out-of-order records; older ones are `late` (at
+    # most 10,000: each waiting step delays its forecast and is held in memory).
+    grace_steps: Annotated[int, Field(ge=0, le=10_000, description="0: no wait")] = 0
+    # Steps a record may lie ahead of its series' newest step on its own word; a further one
+    # waits for a second record to confirm it, else is `future` (1 to a million: ~never held).
+    max_jump_steps: Annotated[int, Field(ge=1, le=1_000_000)] = DEFAULT_MAX_JUMP_STEPS
 
     def policy(self) -> RecordPolicy:
         return RecordPolicy(
@@ -299,6 +466,7 @@ class RecordSettings(BaseSettings):
             max_abs_value=self.max_abs_value,
             max_ahead_ms=round(self.max_ahead_s * 1000),
             grace_steps=self.grace_steps,
+            max_jump_steps=self.max_jump_steps,
         )
 
 

@@ -9,7 +9,8 @@ read the same table.
   (series, ts) every read keeps the row stored first; :func:`pipeline.maintenance.compact`
   removes the rest.
 * **Offsets in the same commit.** A write records each source partition's newest offset as a
-  Delta application transaction (``txn``); a writer whose offsets another already stored gets
+  Delta application transaction (``txn``), and its newest record time as another
+  (``<source>:newest-ms``); a writer whose offsets another already stored gets
   :class:`~pipeline.store.OffsetsTakenError`, and concurrent commits of one partition conflict, so a
   topic's record reaches the table once.
 * **Concurrent writers.** A commit that loses a race (``CommitFailedError``) is retried with
@@ -27,6 +28,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,10 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import CommitProperties, Transaction
 
+from pipeline import ResourceError
+from pipeline.files import disk_full_cause, one_line
 from pipeline.store import (
     OffsetRange,
     OffsetsTakenError,
@@ -55,6 +60,8 @@ META_COLUMNS = (SERIES, TS, STORED_AT)
 TIMESTAMP = pa.timestamp("us", tz="UTC")  # Delta's timestamp type
 # Record batches streamed per read step: bounds a read's working memory.
 BATCH_ROWS = 1 << 20
+# The app transaction beside a source's offsets that records its newest record time (epoch ms).
+NEWEST_MS = ":newest-ms"
 
 
 @dataclass(frozen=True)
@@ -94,19 +101,20 @@ class DeltaSeriesStore:
 
         Raises :class:`OffsetsTakenError` if the table already holds an offset of a range (checked
         on the snapshot the commit is made on), :class:`StoreError` once retries run out.
+        A full disk is :class:`~pipeline.ResourceError` naming the table, never retried; the
+        write's data files are removed and nothing is committed.
         """
         offsets = dict(offsets or {})
         if frame.empty:
             return 0
         rows = to_arrow(frame, pd.Timestamp.now(tz="UTC"))
-        transactions = [Transaction(app, r.last) for app, r in offsets.items()]
         waits = self.retry.waits()
         while True:
             table = self.latest()
             if table is not None:
                 _refuse_taken(table, offsets)
             try:
-                self._write(table, rows, transactions)
+                self._write(table, rows, offset_transactions(table, offsets))
                 return rows.num_rows
             except CommitFailedError as err:
                 wait = next(waits, None)
@@ -116,14 +124,37 @@ class DeltaSeriesStore:
                 time.sleep(wait)
 
     def _write(self, table: DeltaTable | None, rows: pa.Table, txns: list[Transaction]) -> None:
-        write_deltalake(
-            table if table is not None else self.uri,
-            rows,
-            mode="append",
-            schema_mode="merge",
-            storage_options=self.storage_options or None,
-            commit_properties=CommitProperties(app_transactions=txns or None),
-        )
+        """One write; a full disk is :class:`~pipeline.ResourceError` (see :meth:`_full_disk`)."""
+        try:
+            write_deltalake(
+                table if table is not None else self.uri,
+                rows,
+                mode="append",
+                schema_mode="merge",
+                storage_options=self.storage_options or None,
+                commit_properties=CommitProperties(app_transactions=txns or None),
+            )
+        except CommitFailedError:
+            raise
+        except (DeltaError, OSError) as err:
+            self._full_disk(err, rows)
+            raise
+
+    def _full_disk(self, err: Exception, rows: pa.Table) -> None:
+        """If ``err`` is a full disk (or a quota, or a file-size limit), remove the data files
+        this write left and raise :class:`~pipeline.ResourceError` naming the table: nothing
+        was committed, so no version and no offsets were recorded. Any other error returns.
+        """
+        cause = disk_full_cause(err)
+        if cause is None:
+            return
+        removed = remove_uncommitted(self.uri, rows.column(STORED_AT))
+        if removed:
+            logger.info("removed %d uncommitted data files of the failed write", removed)
+        raise ResourceError(
+            f"{self.uri}: {cause} ({one_line(err)}); nothing was committed: free space and "
+            "run again"
+        ) from err
 
     def ingested_offsets(self, sources: list[str]) -> dict[str, int]:
         """The newest offset the table records for each source that has one."""
@@ -132,6 +163,14 @@ class DeltaSeriesStore:
             return {}
         versions = {source: table.transaction_version(source) for source in sources}
         return {source: v for source, v in versions.items() if v is not None}
+
+    def ingested_times(self, sources: list[str]) -> dict[str, int]:
+        """The newest record time (epoch ms) the table records for each source that has one."""
+        table = self.latest()
+        if table is None:
+            return {}
+        times = {source: table.transaction_version(source + NEWEST_MS) for source in sources}
+        return {source: t for source, t in times.items() if t is not None}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -280,6 +319,55 @@ def object_store(uri: str, storage_options: Mapping[str, str]) -> pafs.FileSyste
             session_token=options.get("AWS_SESSION_TOKEN"),
         )
     return pafs.S3FileSystem(**kwargs)
+
+
+def remove_uncommitted(uri: str, stored_at: pa.ChunkedArray) -> int:
+    """Delete the data files of a failed write (its rows' ``stored_at`` is ``stored_at``) that
+    no version references; return how many. Local tables only: object stores do not fill up.
+
+    A concurrent writer's files are never touched: every write stamps its rows with its own
+    ``stored_at``, and only files whose every row carries this write's stamp are removed.
+    Cost: one listing of the table's folder and a read of the new files' ``stored_at``.
+    """
+    if "://" in uri and not uri.startswith("file://"):
+        return 0
+    root = Path(uri.removeprefix("file://"))
+    try:
+        referenced = {name.rsplit("/", 1)[-1] for name in DeltaTable(str(root)).file_uris()}
+    except TableNotFoundError:
+        referenced = set()
+    ours = _stamps(stored_at)
+    removed = 0
+    for data_file in root.glob("*.parquet"):
+        if data_file.name not in referenced and _file_stamps(data_file) == ours:
+            data_file.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _stamps(column: pa.ChunkedArray) -> set[int]:
+    return set(pc.unique(column.cast(pa.int64())).to_pylist())
+
+
+def _file_stamps(path: Path) -> set[int] | None:
+    """The ``stored_at`` values of a data file; None if it cannot be read (being written)."""
+    try:
+        return _stamps(pq.read_table(path, columns=[STORED_AT]).column(STORED_AT))
+    except (OSError, pa.ArrowException, KeyError):
+        return None
+
+
+def offset_transactions(
+    table: DeltaTable | None, offsets: Mapping[str, OffsetRange]
+) -> list[Transaction]:
+    """The app transactions recording ``offsets``: each source's last offset, and under
+    ``<source>:newest-ms`` the newest record time it ever stored (kept if ``table`` has newer)."""
+    transactions = [Transaction(source, span.last) for source, span in offsets.items()]
+    for source, span in offsets.items():
+        if span.newest_ms is not None:
+            stored = None if table is None else table.transaction_version(source + NEWEST_MS)
+            transactions.append(Transaction(source + NEWEST_MS, max(span.newest_ms, stored or 0)))
+    return transactions
 
 
 def _refuse_taken(table: DeltaTable, offsets: Mapping[str, OffsetRange]) -> None:

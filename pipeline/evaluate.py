@@ -51,14 +51,30 @@ def seasonal_naive(inputs: np.ndarray, horizon: int, season: int) -> np.ndarray:
     return np.tile(last_season, (1, repeats, 1))[:, :horizon, :]
 
 
+def mse_by_horizon(
+    pred: np.ndarray, target: np.ndarray, scale: np.ndarray | float = 1.0
+) -> tuple[float, ...]:
+    """The MSE at each step ahead: ``H`` values for forecasts ``(N, H, C)``.
+
+    >>> mse_by_horizon(np.zeros((2, 3, 1)), np.array([[[0.0], [1.0], [2.0]]] * 2))
+    (0.0, 1.0, 4.0)
+    """
+    return tuple(float(v) for v in np.mean(((pred - target) / scale) ** 2, axis=(0, 2)))
+
+
 @dataclass(frozen=True)
 class Scorecard:
-    """Validation errors of a forecaster beside the two naive baselines, on the same windows."""
+    """Validation errors of a forecaster beside the two naive baselines, on the same windows.
+
+    The ``*_by_horizon`` errors are the MSEs at each step ahead (1 to H); empty when not scored.
+    """
 
     mse: float
     mae: float
     seasonal_naive_mse: float
     repeat_last_mse: float
+    mse_by_horizon: tuple[float, ...] = ()
+    seasonal_naive_mse_by_horizon: tuple[float, ...] = ()
 
     def as_metrics(self, prefix: str = "val_") -> dict[str, float]:
         return {
@@ -66,6 +82,13 @@ class Scorecard:
             f"{prefix}mae": self.mae,
             f"{prefix}seasonal_naive_mse": self.seasonal_naive_mse,
             f"{prefix}repeat_last_mse": self.repeat_last_mse,
+        }
+
+    def by_horizon(self, prefix: str = "val_") -> dict[str, tuple[float, ...]]:
+        """The errors at each step ahead, by metric name, as logged stepped by horizon."""
+        return {
+            f"{prefix}mse_by_horizon": self.mse_by_horizon,
+            f"{prefix}seasonal_naive_mse_by_horizon": self.seasonal_naive_mse_by_horizon,
         }
 
 
@@ -185,11 +208,14 @@ def score(
 ) -> Scorecard:
     """Score forecasts ``pred`` of ``targets`` against both baselines built from ``inputs``."""
     horizon = targets.shape[1]
+    naive = seasonal_naive(inputs, horizon, season)
     return Scorecard(
         mse=mse(pred, targets, scale),
         mae=mae(pred, targets, scale),
-        seasonal_naive_mse=mse(seasonal_naive(inputs, horizon, season), targets, scale),
+        seasonal_naive_mse=mse(naive, targets, scale),
         repeat_last_mse=mse(repeat_last(inputs, horizon), targets, scale),
+        mse_by_horizon=mse_by_horizon(pred, targets, scale),
+        seasonal_naive_mse_by_horizon=mse_by_horizon(naive, targets, scale),
     )
 
 

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 # Validation windows drawn in the forecast-vs-actual plot.
 PLOTTED_WINDOWS = 4
+# Horizons of history drawn before each forecast: enough to see the season it continues, few
+# enough that the forecast is a quarter of the plot, not the last 3% of a long lookback.
+HISTORY_HORIZONS = 3
 
 
 def loss_figure(result: TrainResult) -> plt.Figure:
@@ -44,22 +47,40 @@ def loss_figure(result: TrainResult) -> plt.Figure:
 
 
 def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
-    """Forecast vs actual for a few validation windows, first channel, in the data's units."""
+    """Forecast vs actual for a few validation windows, first channel, in the data's units.
+
+    Each panel shows the last ``HISTORY_HORIZONS`` horizons of history (at most the lookback),
+    then the horizon's actuals and forecast; x is in steps from the last observed one.
+    """
     picks = np.linspace(0, len(val) - 1, num=min(PLOTTED_WINDOWS, len(val))).astype(int)
     shown = val.subset(picks)
     preds = predict(model.cpu(), shown.inputs)
-    lookback, horizon = val.lookback, val.horizon
-    fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.2 * len(picks)), squeeze=False)
+    fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.4 * len(picks)), squeeze=False)
     for ax, i, pred in zip(axes[:, 0], range(len(picks)), preds, strict=True):
-        ax.plot(range(lookback), shown.inputs[i, :, 0], color="black", label="history")
-        future = range(lookback, lookback + horizon)
-        ax.plot(future, shown.targets[i, :, 0], color="black", linestyle="--", label="actual")
-        ax.plot(future, pred[:, 0], color="tab:orange", label="forecast")
-        ax.set_title(f"{shown.series[i]} — {model.config.channels[0]}", fontsize=9)
-    axes[-1, 0].set_xlabel(f"step ({model.config.freq})")
-    axes[0, 0].legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+        _draw_window(ax, shown.inputs[i, :, 0], shown.targets[i, :, 0], pred[:, 0])
+        ax.set_title(f"{shown.series[i]}: validation window {picks[i]}", fontsize=9)
+        ax.set_ylabel(model.config.channels[0])
+    axes[-1, 0].set_xlabel(f"steps from the last observed value (1 step = {model.config.freq})")
+    fig.suptitle(f"Validation forecasts, {val.horizon} steps ahead")
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend, above the panels
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.96), ncol=4)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
+
+
+def _draw_window(ax: plt.Axes, history: np.ndarray, actual: np.ndarray, pred: np.ndarray) -> None:
+    """One window: history ``(L,)`` cut to a few horizons, then actuals and forecast ``(H,)``."""
+    horizon = len(actual)
+    kept = history[-HISTORY_HORIZONS * horizon :]
+    past = np.arange(1 - len(kept), 1)  # the last observed value at 0
+    future = np.arange(1, horizon + 1)
+    ax.plot(past, kept, color="black", linewidth=1, label="history")
+    # The actuals and forecast start from the last observed value, so the lines join.
+    ax.plot(np.r_[0, future], np.r_[kept[-1], actual], color="tab:blue", label="actual")
+    ax.plot(np.r_[0, future], np.r_[kept[-1], pred], color="tab:orange", label="forecast")
+    ax.axvspan(0, horizon, color="tab:orange", alpha=0.08, label="horizon")
+    ax.set_xlim(past[0], horizon)
+    ax.grid(alpha=0.3)
 
 
 def search_figure(result: SearchResult) -> plt.Figure:

@@ -9,7 +9,9 @@ dead-letter the bad records, append the good ones in one store transaction that 
 each partition's newest offset, wait for the dead letters' acknowledgement, and only then commit
 the Kafka offsets. A crash before the store commit replays the flush; after it, the replayed
 records are at or below the offsets the table holds and are skipped: each record reaches the
-table once, whichever writer, or restart, reads it.
+table once, whichever writer, or restart, reads it. A record held because it lies too far
+ahead of its series (:class:`pipeline.windows.JumpRule`) is decided inside its flush too:
+stored with the record that confirms it, or dead-lettered as ``future`` before the commit.
 
 What the policy needs of each stored series (its channels, step and newest steps) is held in
 memory (:class:`IngestLedger`), rebuilt at start by one streamed read of the table and bounded
@@ -19,6 +21,7 @@ by ``IngestPlan.max_series``; stored rows are never read back per flush.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -29,10 +32,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline import RollcastError
-from pipeline.progress import Progress
+from pipeline import RollcastError, shutdown
+from pipeline.progress import Progress, by_reason
 from pipeline.records import (
     DEFAULT_POLICY,
+    FUTURE,
     LATE,
     OTHER_CONTRACT,
     DeadLetter,
@@ -43,7 +47,18 @@ from pipeline.records import (
 )
 from pipeline.store import OffsetRange, OffsetsTakenError, RecentSteps, SeriesStore
 from pipeline.transport import Sink, Source
-from pipeline.windows import SERIES, TS, freq_to_ms, infer_step_ms
+from pipeline.windows import (
+    BATCH_ENDED,
+    DISPLACED,
+    OUTRUN,
+    SERIES,
+    TS,
+    HeldJump,
+    Jump,
+    JumpRule,
+    freq_to_ms,
+    infer_step_ms,
+)
 
 if TYPE_CHECKING:  # in annotations only
     from pipeline.records import RawRecord, RecordPolicy
@@ -105,6 +120,13 @@ class StoredSeries:
     steps: list[int]  # epoch ms of its newest stored steps, sorted (a bounded number)
     step_ms: int = 1  # the series' step; 1 until it has two readings (nothing is floored)
     settled: bool = False  # its step was inferred from a full set of kept steps: it stays
+    # A step too far ahead, waiting for a record to confirm it (see windows.JumpRule).
+    held: HeldJump[tuple[RawRecord, Observation]] | None = None
+
+    @property
+    def newest(self) -> int | None:
+        """Its newest stored step (epoch ms), None before the first."""
+        return self.steps[-1] if self.steps else None
 
     def holds(self, step: int) -> bool:
         i = bisect.bisect_left(self.steps, step)
@@ -182,10 +204,174 @@ class Admission:
     contract: StoreContract  # a new series must share a channel with the stored ones
     step_ms: int | None = None  # every series' step; None: each one's own, from its readings
 
+    @functools.cached_property
+    def jumps(self) -> JumpRule:
+        """The policy's rule against one record moving a series' clock far ahead."""
+        return self.policy.jump_rule()
 
-def source_id(record: RawRecord) -> str:
-    """The name under which the table records a partition's newest ingested offset."""
-    return f"rollcast:{record.topic}:{record.partition}"
+
+@dataclass
+class Admitted:
+    """What :func:`admit` made of a flush's records so far."""
+
+    kept: list[tuple[RawRecord, Observation]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    duplicates: int = 0
+
+    def add(self, record: RawRecord, outcome: Observation | DeadLetter | None) -> None:
+        """Count one record's outcome: stored, refused, or (None) a duplicate."""
+        if isinstance(outcome, DeadLetter):
+            self.dead.append(outcome)
+        elif outcome is None:
+            self.duplicates += 1
+        else:
+            self.kept.append((record, outcome))
+
+
+def source_id(record: RawRecord, epoch: int = 0) -> str:
+    """The name under which the table records a partition's newest ingested offset, in
+    ``epoch`` of the partition (see :class:`SourceOffsets`)."""
+    return partition_source(record.topic, record.partition, epoch)
+
+
+def partition_source(topic: str, partition: int, epoch: int = 0) -> str:
+    """``rollcast:<topic>:<partition>``; from the partition's second epoch, ``:epoch<n>`` after."""
+    base = f"rollcast:{topic}:{partition}"
+    return base if epoch == 0 else f"{base}:epoch{epoch}"
+
+
+# Epochs of a partition looked up in one read of the table; more are read only if all are used.
+EPOCHS_PER_READ = 16
+
+
+class SourceOffsets:
+    """Each source partition's newest offset and newest record time the table holds.
+
+    A record at or below its partition's stored offset was stored before (a replay) and is
+    skipped, unless it is newer (Kafka record time) than every record stored from that partition:
+    then the partition's offsets started again (a broker replaced by an empty one, a topic made
+    again), and its records would all be skipped. Such a record starts a new *epoch* of the
+    partition: a source of its own (:func:`partition_source`), whose offsets count from nothing.
+
+    A reset whose first records are older than the newest stored one (a producer's clock behind)
+    goes unnoticed: those records are skipped, as are those of a table written before record
+    times were kept. Cost: two dict reads per record; the table is read once per partition.
+    """
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}  # source id -> newest offset the table holds
+        self.newest_ms: dict[str, int] = {}  # source id -> newest record time the table holds
+        self._epochs: dict[tuple[str, int], int] = {}  # (topic, partition) -> current epoch
+        # The source of each record the last not_stored returned (a flush may span two epochs).
+        self._fresh: dict[int, str] = {}
+
+    def source(self, record: RawRecord) -> str:
+        return source_id(record, self._epochs.get((record.topic, record.partition), 0))
+
+    def not_stored(self, records: list[RawRecord], store: SeriesStore) -> list[RawRecord]:
+        """The records the table does not hold, in order; a partition found restarted gets a
+        new epoch first (logged as a warning)."""
+        self._learn({(r.topic, r.partition) for r in records}, store)
+        fresh, self._fresh = [], {}
+        for record in records:
+            source = self.source(record)
+            if record.offset <= self.offsets.get(source, -1):
+                if record.timestamp_ms <= self.newest_ms.get(source, record.timestamp_ms):
+                    continue  # stored before: a replay
+                source = self._new_epoch(record, source, store)
+            fresh.append(record)
+            self._fresh[id(record)] = source
+        return fresh
+
+    def ranges(self, records: Iterable[RawRecord]) -> dict[str, OffsetRange]:
+        """Each source's first and last offset and newest time among ``records`` (not rewound),
+        which the last :meth:`not_stored` returned."""
+        ranges: dict[str, OffsetRange] = {}
+        for record in records:
+            if record.rewound:
+                continue
+            source = self._fresh.get(id(record)) or self.source(record)
+            span = ranges.get(source) or OffsetRange(record.offset, record.offset, 0)
+            first, last = min(span.first, record.offset), max(span.last, record.offset)
+            ranges[source] = OffsetRange(first, last, max(span.newest_ms or 0, record.timestamp_ms))
+        return ranges
+
+    def stored(self, ranges: dict[str, OffsetRange]) -> None:
+        """Remember what a write recorded."""
+        for source, span in ranges.items():
+            self.offsets[source] = max(self.offsets.get(source, -1), span.last)
+            if span.newest_ms is not None:
+                self.newest_ms[source] = max(self.newest_ms.get(source, 0), span.newest_ms)
+
+    def taken(self, versions: dict[str, int], store: SeriesStore) -> None:
+        """Another writer stored offsets up to ``versions``: remember them, and their times."""
+        self.offsets.update(versions)
+        self.newest_ms.update(store.ingested_times(sorted(versions)))
+
+    def _learn(self, partitions: set[tuple[str, int]], store: SeriesStore) -> None:
+        """Read each partition not seen yet: its newest epoch, and that epoch's offset and time."""
+        new = sorted(partitions - self._epochs.keys())
+        if not new:
+            return
+        found = stored_epochs(store, new)
+        sources = []
+        for topic, partition in new:
+            epoch, offset = found.get((topic, partition), (0, None))
+            self._epochs[(topic, partition)] = epoch
+            sources.append(partition_source(topic, partition, epoch))
+            if offset is not None:
+                self.offsets[sources[-1]] = offset
+        self.newest_ms.update(store.ingested_times(sources))
+
+    def _new_epoch(self, record: RawRecord, old: str, store: SeriesStore) -> str:
+        """Start the next epoch of ``record``'s partition, which restarted its offsets; return
+        its source."""
+        key = (record.topic, record.partition)
+        self._epochs[key] = self._epochs.get(key, 0) + 1
+        source = self.source(record)
+        logger.warning(
+            "partition %s/%d restarted its offsets: record %d (written %s) is newer than every "
+            "record stored from it (up to offset %d, written %s): a broker replaced by an empty "
+            "one, or the topic made again; storing its records as epoch %d (%s)",
+            record.topic,
+            record.partition,
+            record.offset,
+            _utc(record.timestamp_ms),
+            self.offsets[old],
+            _utc(self.newest_ms[old]),
+            self._epochs[key],
+            source,
+        )
+        self.offsets.update(store.ingested_offsets([source]))  # another writer may be there
+        self.newest_ms.update(store.ingested_times([source]))
+        return source
+
+
+def stored_epochs(
+    store: SeriesStore, partitions: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Each partition's newest epoch that the table records an offset for, with that offset.
+
+    Epochs are read ``EPOCHS_PER_READ`` at a time, a further read only for partitions that
+    used them all.
+    """
+    found: dict[tuple[str, int], tuple[int, int]] = {}
+    first = 0
+    while partitions:
+        epochs = range(first, first + EPOCHS_PER_READ)
+        names = {partition_source(t, p, e): (t, p, e) for t, p in partitions for e in epochs}
+        offsets = store.ingested_offsets(list(names))
+        for name, offset in offsets.items():
+            topic, partition, epoch = names[name]
+            if epoch >= found.get((topic, partition), (-1, 0))[0]:
+                found[(topic, partition)] = (epoch, offset)
+        partitions = [tp for tp in partitions if found.get(tp, (0, 0))[0] == epochs[-1]]
+        first += EPOCHS_PER_READ
+    return found
+
+
+def _utc(epoch_ms: int) -> str:
+    return pd.Timestamp(epoch_ms, unit="ms", tz="UTC").isoformat()
 
 
 class IngestLedger:
@@ -206,8 +392,7 @@ class IngestLedger:
         self.series: OrderedDict[str, StoredSeries] = OrderedDict(
             (sid, StoredSeries(r.channels, r.steps)) for sid, r in recent.items()
         )
-        self.offsets: dict[str, int] = {}  # source id -> newest offset the table holds
-        self._known_sources: set[str] = set()
+        self.sources = SourceOffsets()  # each source partition's newest stored offset
 
     @classmethod
     def rebuilt(cls, store: SeriesStore, admission: Admission, max_series: int) -> IngestLedger:
@@ -236,26 +421,8 @@ class IngestLedger:
         return touched
 
     def not_stored(self, records: list[RawRecord], store: SeriesStore) -> list[RawRecord]:
-        """The records above the offset the table holds for their partition."""
-        sources = {source_id(r) for r in records} - self._known_sources
-        if sources:
-            self.offsets.update(store.ingested_offsets(sorted(sources)))
-            self._known_sources |= sources
-        return [r for r in records if r.offset > self.offsets.get(source_id(r), -1)]
-
-
-def offset_ranges(records: Iterable[RawRecord]) -> dict[str, OffsetRange]:
-    """Each source partition's first and last offset among ``records`` (rewound ones aside)."""
-    ranges: dict[str, OffsetRange] = {}
-    for record in records:
-        if record.rewound:
-            continue
-        source = source_id(record)
-        span = ranges.get(source)
-        first = record.offset if span is None else min(span.first, record.offset)
-        last = record.offset if span is None else max(span.last, record.offset)
-        ranges[source] = OffsetRange(first, last)
-    return ranges
+        """The records the table does not hold (see :class:`SourceOffsets`)."""
+        return self.sources.not_stored(records, store)
 
 
 def admit(
@@ -268,45 +435,99 @@ def admit(
 
     Timestamps are floored to the step; the first observation of a step wins; a step older than
     the grace period allows is late; channels must be the series' own, and a new series'
-    must share one with the store's (``admission.contract``).
+    must share one with the store's (``admission.contract``). A step too far ahead of its
+    series' newest is held until another record of the flush confirms it
+    (:class:`pipeline.windows.JumpRule`); one still unconfirmed when the flush ends is
+    dead-lettered as ``future`` here, before the flush's offsets are stored and committed, so
+    a crash loses no record: each is stored or dead-lettered. Its time stays in memory, a
+    claim the series' next far record can confirm (lost at a restart: that record waits again).
     """
-    kept: list[tuple[RawRecord, Observation]] = []
-    dead: list[DeadLetter] = []
-    duplicates = 0
+    admitted = Admitted()
     for record, obs in accepted:
         try:
-            outcome = _admit_one(record, obs, stored[obs.series], admission, keep)
+            _admit_one(record, obs, stored[obs.series], admission, keep, admitted)
         except Exception as err:  # no record may stop the loop: it becomes a dead letter
-            outcome = invalid_letter(record, err)
-        if isinstance(outcome, DeadLetter):
-            dead.append(outcome)
-        elif outcome is None:
-            duplicates += 1
-        else:
-            kept.append((record, outcome))
-    return kept, dead, duplicates
+            admitted.dead.append(invalid_letter(record, err))
+    for series in stored.values():
+        if series.held is not None and series.held.item is not None:
+            _drop_held(series, BATCH_ENDED, admitted)
+    return admitted.kept, admitted.dead, admitted.duplicates
 
 
 def _admit_one(
-    record: RawRecord, obs: Observation, series: StoredSeries, admission: Admission, keep: int
-) -> Observation | DeadLetter | None:
-    """The step-aligned observation to store, its dead letter, or None for a duplicate."""
+    record: RawRecord,
+    obs: Observation,
+    series: StoredSeries,
+    admission: Admission,
+    keep: int,
+    admitted: Admitted,
+) -> None:
+    """Add to ``admitted`` the step-aligned observation to store, its dead letter, or its
+    duplicate; or hold it (or confirm a held one) if it lies far ahead."""
     if series.channels is None:
         if (refusal := admission.contract.refusal(frozenset(obs.values))) is not None:
-            return DeadLetter(record, OTHER_CONTRACT, refusal)
+            return admitted.add(record, DeadLetter(record, OTHER_CONTRACT, refusal))
         series.channels = frozenset(obs.values)
-    problem = channel_problem(series.channels, obs.values)
-    step_ms = series.step_ms
-    step = obs.ts_ms - obs.ts_ms % step_ms
-    if problem is not None:
-        return DeadLetter(record, *problem)
+    if (problem := channel_problem(series.channels, obs.values)) is not None:
+        return admitted.add(record, DeadLetter(record, *problem))
+    aligned = Observation(obs.series, obs.ts_ms - obs.ts_ms % series.step_ms, obs.values)
+    rule = admission.jumps
+    jump = rule.judge(series.newest, aligned.ts_ms, series.step_ms, series.held)
+    if jump is Jump.WITHIN:
+        admitted.add(record, _admit_within(record, aligned, series, admission, keep))
+        held, newest = series.held, series.newest
+        if held is not None and newest is not None and rule.outrun(newest, series.step_ms, held):
+            _drop_held(series, OUTRUN, admitted)
+    elif jump is Jump.REPEAT:
+        admitted.duplicates += 1
+    elif jump is Jump.HELD:
+        _drop_held(series, DISPLACED, admitted)
+        newest = series.newest or 0  # HELD: the series has a newest step
+        series.held = rule.hold(newest, aligned.ts_ms, series.step_ms, (record, aligned))
+    else:
+        _confirm(series, (record, aligned), keep, admitted)
+    return None
+
+
+def _admit_within(
+    record: RawRecord, aligned: Observation, series: StoredSeries, admission: Admission, keep: int
+) -> Observation | DeadLetter | None:
+    """The observation to store, or None for a duplicate, or its ``late`` dead letter."""
+    step = aligned.ts_ms
     if series.holds(step):
         return None
-    if series.is_late(step, admission.policy.grace_steps * step_ms):
+    if series.is_late(step, admission.policy.grace_steps * series.step_ms):
         newest = series.steps[-1]
         return DeadLetter(record, LATE, f"older than the grace period allows ({newest})")
     series.place(step, keep)
-    return Observation(obs.series, step, obs.values)
+    return aligned
+
+
+def _confirm(
+    series: StoredSeries,
+    confirming: tuple[RawRecord, Observation],
+    keep: int,
+    admitted: Admitted,
+) -> None:
+    """Move the series' clock: store the held step (unless only its time is left) and the
+    confirming one, in step order."""
+    held, series.held = series.held, None
+    both = [confirming] if held is None or held.item is None else [held.item, confirming]
+    for record, aligned in sorted(both, key=lambda pair: pair[1].ts_ms):
+        series.place(aligned.ts_ms, keep)
+        admitted.kept.append((record, aligned))
+
+
+def _drop_held(series: StoredSeries, why: str, admitted: Admitted) -> None:
+    """Refuse the series' held record as ``future`` (``why`` says when), keeping its time as a
+    claim only at a flush's end."""
+    held = series.held
+    if held is None:
+        return
+    series.held = JumpRule.left_after(held, why)
+    if held.item is not None:
+        record = held.item[0]
+        admitted.dead.append(DeadLetter(record, FUTURE, JumpRule.refusal(held, why)))
 
 
 @dataclass(frozen=True)
@@ -369,14 +590,19 @@ def store_flush(
     """
     while True:
         frame = observations_to_frame([obs for _, obs in kept])
+        ranges = ledger.sources.ranges(records)
         try:
-            return store.append(frame, offset_ranges(records))
+            written = store.append(frame, ranges)
         except OffsetsTakenError as taken:
             logger.info("another writer stored offsets up to %s: skipping them", taken.versions)
-            ledger.offsets.update(taken.versions)
+            ledger.sources.taken(taken.versions, store)
             newer = {id(r) for r in ledger.not_stored(records, store)}
             records = [r for r in records if id(r) in newer]
             kept = [(r, obs) for r, obs in kept if id(r) in newer]
+            continue
+        if written:  # an empty frame records no offsets
+            ledger.sources.stored(ranges)
+        return written
 
 
 class PendingRecords:
@@ -406,9 +632,13 @@ class PendingRecords:
 def run_ingest(
     source: Source, store: SeriesStore, dead_letters: Sink, plan: IngestPlan
 ) -> IngestReport:
-    """Ingest until ``plan.idle_s`` pass without a record (or ``plan.max_records`` are read).
+    """Ingest until ``plan.idle_s`` pass without a record (or ``plan.max_records`` are read), or
+    a stop is requested (:mod:`pipeline.shutdown`: SIGTERM).
 
     Each series is stored on its own step, inferred from its readings; ``plan.freq`` overrides it.
+    On a stop, the flush under way is finished (its Kafka offsets are committed only if its dead
+    letters were acknowledged) and the records polled since are abandoned: uncommitted, they are
+    read again by the next run.
     """
     report, progress = IngestReport(), Progress("ingest", plan.max_records, logger)
     step_ms = freq_to_ms(plan.freq) if plan.freq else None
@@ -420,19 +650,30 @@ def run_ingest(
         records = pending.take()
         ingest_batch(records, store, dead_letters, ledger, report)
         source.commit(records)
-        progress.advance(len(records), f"{report.rows_written} rows stored")
+        progress.advance(len(records), _progress_note(report))
 
-    while plan.max_records is None or report.records_in + len(pending.records) < plan.max_records:
-        records = source.poll(POLL_TIMEOUT_S)
-        pending.add(records)
-        if pending.due(bool(records)):
+    try:
+        while not shutdown.requested() and (
+            plan.max_records is None or report.records_in + len(pending.records) < plan.max_records
+        ):
+            records = source.poll(POLL_TIMEOUT_S)
+            pending.add(records)
+            if pending.due(bool(records)) and not shutdown.requested():
+                flush()
+            if idle.expired(bool(records), source.assigned()):
+                break
+        if pending.records and not shutdown.requested():
             flush()
-        if idle.expired(bool(records), source.assigned()):
-            break
+    except shutdown.StopRequestedError as stop:
+        logger.warning("%s", stop)
     if pending.records:
-        flush()
-    progress.finish(f"{report.rows_written} rows stored, {report.duplicates} duplicates")
+        logger.warning("stopping: %d polled records not stored, read again", len(pending.records))
+    progress.finish(f"{_progress_note(report)}, {report.duplicates} duplicates")
     return report
+
+
+def _progress_note(report: IngestReport) -> str:
+    return f"{report.rows_written} rows stored, dead letters: {by_reason(report.dead_letters)}"
 
 
 class IdleClock:

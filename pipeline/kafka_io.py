@@ -24,11 +24,19 @@ from kafka import (
     TopicPartition,
 )
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumberError,
+    TopicAlreadyExistsError,
+    UnknownProducerIdError,
+)
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
-from pipeline import ConfigurationError, OutageError
+from pipeline import ConfigurationError, OutageError, shutdown
 from pipeline.config import KafkaSettings
 from pipeline.records import RawRecord
 from pipeline.transport import STATELESS, Headers, Rebalance, Topics, TopicSink
@@ -49,6 +57,26 @@ SERVED_BY_HEADER = "served-by"
 MAX_BACKOFF_S = 30.0
 # ...for this long in all, after which the process gives up (a supervisor restarts it).
 MAX_OUTAGE_S = 3600.0
+# A stop request ends a wait for acknowledgements within this long: well inside the 10 s
+# between SIGTERM and SIGKILL of `docker stop`.
+STOP_CHECK_S = 0.5
+# How long a send may block for a topic's metadata or buffer space (kafka-python's default is
+# 60 s, longer than a stop may take); a send that times out is sent again by the next flush.
+PRODUCER_MAX_BLOCK_MS = 5_000
+# Bounds on leaving: a commit, a clean producer close, a consumer's leaving its group. Each must
+# end within a stop's grace period even when the broker is gone.
+COMMIT_TIMEOUT_MS = 5_000
+CLOSE_TIMEOUT_S = 5.0
+CONSUMER_CLOSE_TIMEOUT_MS = 2_000
+# A producer's sender thread, stopped without sending, is gone within this long.
+SENDER_STOP_S = 2.0
+# Errors after which a producer's id is unknown to the broker (one that came back empty, say):
+# its sends fail until a new producer, with a new id, sends them.
+PRODUCER_ID_ERRORS = (
+    OutOfOrderSequenceNumberError,
+    UnknownProducerIdError,
+    InvalidProducerEpochError,
+)
 
 
 class BrokerUnavailableError(OutageError):
@@ -178,8 +206,12 @@ class KeyCachingPartitioner(DefaultPartitioner):
 
 
 def make_producer(settings: KafkaSettings) -> KafkaProducer:
+    """An idempotent producer (kafka-python's default): a retried send is not stored twice, and
+    sends to a partition keep their order. Delivery stays at-least-once: a producer that can no
+    longer send is replaced, and the replacement sends again what was not acknowledged."""
     return KafkaProducer(
         acks="all",
+        max_block_ms=PRODUCER_MAX_BLOCK_MS,
         linger_ms=PRODUCER_LINGER_MS,
         batch_size=PRODUCER_BATCH_BYTES,
         partitioner=KeyCachingPartitioner(),
@@ -278,7 +310,8 @@ class StreamSource:
             return
         try:
             self._consumer.commit(
-                {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in newest.items()}
+                {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in newest.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS,
             )
         except KafkaError as err:
             # The outputs are acknowledged: a record whose commit is lost is read again, and
@@ -287,7 +320,7 @@ class StreamSource:
 
     def close(self) -> None:
         # A consumer that leaves without closing makes the next group join wait out its session.
-        self._consumer.close(autocommit=False)
+        self._consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_TIMEOUT_MS)
 
     def _take_assignment(self, assigned: set[TopicPartition]) -> set[TopicPartition]:
         """Act on a new assignment in the polling thread; return the partitions rewound."""
@@ -336,14 +369,27 @@ class _AssignmentListener(ConsumerRebalanceListener):
         self._source._new_assignment = self._source._owned - set(lost)
 
 
+# One send as it was made: what is sent again when the broker fails it.
+Sent = tuple[str, bytes | None, bytes | None, Headers | None]
+
+
 class Publisher(TopicSink):
-    """Sends forecasts, dead letters and observations; :meth:`flush` waits for every ack."""
+    """Sends forecasts, dead letters and observations; :meth:`flush` waits for every ack.
+
+    A broker outage is waited out and what it failed sent again; a producer that can never send
+    again (one a broker that came back empty does not know) is replaced. A stop request
+    (:mod:`pipeline.shutdown`) ends any wait: :meth:`flush` raises
+    :class:`~pipeline.shutdown.StopRequestedError`, and :meth:`close` abandons what is
+    unacknowledged.
+    """
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.topics = topics_of(settings)
-        self._producer = make_producer(settings)
-        # Each send's future and what was sent, to send again if the broker fails it.
-        self._pending: list[tuple[Any, tuple[str, bytes | None, bytes | None, Any]]] = []
+        self._settings = settings
+        self._producer: KafkaProducer | None = make_producer(settings)
+        # Each send's future (None: not handed to a producer yet) and what was sent.
+        self._pending: list[tuple[Any | None, Sent]] = []
+        self._unsent = 0  # of the pending, how many have no future: later sends queue behind
         self.max_outage_s = MAX_OUTAGE_S
         # Names this process on every forecast, so a consumer can tell which member made it.
         self.forecast_headers = [
@@ -354,48 +400,181 @@ class Publisher(TopicSink):
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
     ) -> None:
         """Send exact bytes (a replayed dead letter, say); acknowledged by the next flush."""
-        future = self._producer.send(topic, key=key, value=value, headers=headers)
-        self._pending.append((future, (topic, key, value, headers)))
+        sent = (topic, key, value, headers)
+        future = self._send(sent)
+        self._unsent += future is None
+        self._pending.append((future, sent))
+
+    def _send(self, sent: Sent) -> Any | None:
+        """The send's future; None when no producer takes it now (the next flush sends it)."""
+        if self._producer is None or self._unsent:
+            return None
+        topic, key, value, headers = sent
+        try:
+            return self._producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaTimeoutError:  # no metadata, or a full buffer, in PRODUCER_MAX_BLOCK_MS
+            return None
+        except IllegalStateError as err:  # the producer was closed under us
+            self._discard_producer(err)
+            return None
 
     def flush(self, timeout_s: float = 60.0) -> int:
         """Wait until the broker has acknowledged every send; return the count.
 
         A broker that stalls or is gone is waited for, with backoff and a log line per try,
-        and what it failed to take is sent again: the caller commits nothing until this
-        returns, so an outage delays the stream but loses nothing. Gives up, raising
-        :class:`BrokerUnavailableError`, after ``max_outage_s``.
+        and what it failed to take is sent again (by a new producer if the old one can no
+        longer send): the caller commits nothing until this returns, so an outage delays the
+        stream but loses nothing. Raises :class:`BrokerUnavailableError` after
+        ``max_outage_s``, and :class:`~pipeline.shutdown.StopRequestedError` as soon as a stop is
+        requested while sends are unacknowledged.
         """
-        count, started, attempt = len(self._pending), time.monotonic(), 0
-        while self._pending:
+        count, outage, replaced = len(self._pending), OutageClock(self.max_outage_s), 0
+        while True:
+            self._await_acks(timeout_s)
+            unacknowledged, errors = self._unacknowledged()
+            if not unacknowledged:
+                self._pending, self._unsent = [], 0
+                return count
+            shutdown.abandon_if_requested(f"{len(unacknowledged)} unacknowledged sends")
+            if self._replace_if_broken(errors):
+                self._send_again(unacknowledged)
+                replaced += 1
+                if replaced == 1:  # a new producer sends at once; a second waits its turn
+                    continue
+            if shutdown.wait(outage.next_wait(len(unacknowledged), count, errors)):
+                shutdown.abandon_if_requested(f"{len(unacknowledged)} unacknowledged sends")
+            self._send_again([sent for future, sent in self._pending if _failed(future)])
+
+    def _await_acks(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the producer's acks, in slices, ending on a stop."""
+        deadline = time.monotonic() + timeout_s
+        while self._producer is not None and not shutdown.requested():
             try:
-                self._producer.flush(timeout=timeout_s)
+                self._producer.flush(timeout=min(STOP_CHECK_S, max(deadline - time.monotonic(), 0)))
+                return
+            except KafkaTimeoutError:
+                if time.monotonic() >= deadline:
+                    return
             except KafkaError as err:
-                logger.warning("the broker has not acknowledged %d records: %r", count, err)
-            waiting = [(future, sent) for future, sent in self._pending if not future.is_done]
-            failed = [sent for future, sent in self._pending if future.is_done and future.failed()]
-            if not waiting and not failed:
-                self._pending = []
-                break
-            attempt += 1
-            waited = time.monotonic() - started
-            if waited > self.max_outage_s:
-                raise BrokerUnavailableError(
-                    f"the broker took none of {len(failed)} records for {waited:.0f} s"
-                )
-            delay = min(2.0**attempt, MAX_BACKOFF_S)
-            logger.error(
-                "broker unavailable for %.0f s: %d records unacknowledged, %d failed and "
-                "sent again in %.0f s",
-                waited,
-                len(waiting),
-                len(failed),
-                delay,
-            )
-            time.sleep(delay)
-            self._pending = waiting
-            for topic, key, value, headers in failed:
-                self.send_raw(topic, key, value, headers)
-        return count
+                logger.warning("waiting for the broker's acknowledgements failed: %r", err)
+                return
+
+    def _unacknowledged(self) -> tuple[list[Sent], list[BaseException]]:
+        """What the broker has not acknowledged yet, and the errors of the sends it failed."""
+        unacknowledged, errors = [], []
+        for future, sent in self._pending:
+            if future is None or not future.is_done:
+                unacknowledged.append(sent)
+            elif future.failed():
+                unacknowledged.append(sent)
+                errors.append(future.exception)
+        return unacknowledged, errors
+
+    def _send_again(self, sends: list[Sent]) -> None:
+        """Send ``sends`` anew; the pending sends not among them are still awaited."""
+        again = {id(sent) for sent in sends}
+        self._pending = [(f, s) for f, s in self._pending if id(s) not in again]
+        self._unsent = sum(f is None for f, _ in self._pending)
+        for topic, key, value, headers in sends:
+            self.send_raw(topic, key, value, headers)
+
+    def _replace_if_broken(self, errors: list[BaseException]) -> bool:
+        """Replace a producer that can never send again; whether it was replaced."""
+        fault = producer_fault(self._producer, errors)
+        if fault is None:
+            return False
+        if self._producer is not None:
+            self._discard_producer(fault)
+        try:
+            self._producer = make_producer(self._settings)
+        except BrokerUnavailableError as err:
+            logger.warning("no producer to send with: %s", err)
+            return False
+        logger.warning("producer reset after %r; rebuilt", fault)
+        return True
+
+    def _discard_producer(self, fault: BaseException) -> None:
+        logger.debug("closing a producer that cannot send again: %r", fault)
+        if self._producer is not None:
+            close_producer(self._producer, 0.0)
+        self._producer = None
 
     def close(self) -> None:
-        self._producer.close()
+        """Close the producer; after a stop request, abandoning what is unacknowledged."""
+        if self._producer is not None:
+            close_producer(self._producer, 0.0 if shutdown.requested() else CLOSE_TIMEOUT_S)
+            self._producer = None
+
+
+def _failed(future: Any | None) -> bool:
+    return future is None or (future.is_done and future.failed())
+
+
+def producer_fault(
+    producer: KafkaProducer | None, errors: list[BaseException]
+) -> BaseException | None:
+    """Why ``producer`` can never send again, or None if it can (or may, after an outage).
+
+    kafka-python's idempotent producer stops sending for good once its transaction manager is
+    in a fatal state (here: the embedded broker, restarted empty, refuses the epoch bump that
+    recovers from an unknown producer id), and its sends fail with the producer-id errors.
+    """
+    if producer is None:
+        return BrokerUnavailableError("no producer")
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is not None and manager.has_fatal_error():
+        return manager.last_error or KafkaError("the producer is in a fatal state")
+    return next((err for err in errors if isinstance(err, PRODUCER_ID_ERRORS)), None)
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close ``producer``, abandoning what it has not sent within ``timeout_s``.
+
+    kafka-python's ``close(timeout)`` flushes first and raises when that times out, leaving its
+    sender thread running: then the sender is stopped without sending (its pending sends fail),
+    and the producer closed.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+        return
+    except KafkaError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(SENDER_STOP_S)
+    try:
+        producer.close(timeout=0)
+    except KafkaError as err:
+        logger.warning("the producer did not close cleanly: %r", err)
+
+
+class OutageClock:
+    """How long a flush has waited for the broker, and how long to wait before the next try."""
+
+    def __init__(self, max_outage_s: float) -> None:
+        self.max_outage_s = max_outage_s
+        self._started, self._tries = time.monotonic(), 0
+
+    def next_wait(self, unacknowledged: int, sent: int, errors: list[BaseException]) -> float:
+        """Seconds to wait before sending again, logged with what is wrong; raises
+        :class:`BrokerUnavailableError` once the outage has lasted ``max_outage_s``."""
+        self._tries += 1
+        waited = time.monotonic() - self._started
+        cause = f"{len(errors)} failed, the last with {errors[-1]!r}" if errors else "no answer"
+        if waited > self.max_outage_s:
+            raise BrokerUnavailableError(
+                f"the broker acknowledged none of {unacknowledged} records in {waited:.0f} s "
+                f"({cause})"
+            )
+        delay = min(2.0**self._tries, MAX_BACKOFF_S)
+        logger.error(
+            "the broker has not acknowledged %d of %d records for %.0f s (%s): trying again "
+            "in %.0f s",
+            unacknowledged,
+            sent,
+            waited,
+            cause,
+            delay,
+        )
+        return delay

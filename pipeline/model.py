@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import RollcastError
+from pipeline import InvalidFileError
 from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
+from pipeline.files import MAX_CHECKPOINT_BYTES, one_line, open_regular
 
 # Keeps division safe for a channel that never moved in training.
 MIN_SCALE = 1e-6
@@ -54,11 +55,13 @@ UNREADABLE_CHECKPOINT = (
     RuntimeError,
     TypeError,
     ValueError,
+    ZeroDivisionError,  # a config with a zero-length shape
+    AttributeError,
 )
 
 
-class CheckpointError(RollcastError):
-    """A checkpoint that cannot be turned back into a model."""
+class CheckpointError(InvalidFileError):
+    """A checkpoint that cannot be turned back into a model: retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -458,12 +461,50 @@ def save_checkpoint(model: Forecaster, path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Forecaster:
-    """Rebuild a model from :func:`save_checkpoint`'s file, in eval mode."""
-    try:
-        blob = torch.load(path, map_location=device, weights_only=True)
-        model = build_forecaster(ForecasterConfig.from_dict(blob["config"]))
-        model.load_state_dict(blob["state_dict"])
-    except UNREADABLE_CHECKPOINT as err:
-        raise CheckpointError(f"cannot load forecaster checkpoint {path}: {err}") from err
+def load_checkpoint(
+    path: Path, device: str | torch.device = "cpu", max_bytes: int = MAX_CHECKPOINT_BYTES
+) -> Forecaster:
+    """Rebuild a model from :func:`save_checkpoint`'s file, in eval mode.
+
+    The file must be a regular file of at most ``max_bytes``, hold a config and a state dict,
+    and the state dict must have exactly the tensors (names and shapes) the config's network
+    has; the config is checked on the ``meta`` device first, so a config claiming a huge
+    shape allocates nothing. Raises :class:`CheckpointError`, one line naming the path.
+    """
+    with open_regular(path, max_bytes, "forecaster checkpoint", CheckpointError) as file:
+        try:
+            blob = torch.load(file, map_location="cpu", weights_only=True)
+            config, state = _checkpoint_parts(blob)
+            _check_state(config, state)
+            model = build_forecaster(config)
+            model.load_state_dict(state)
+        except UNREADABLE_CHECKPOINT as err:
+            raise CheckpointError(
+                f"{path}: cannot load the forecaster checkpoint: {one_line(err)}"
+            ) from err
     return model.to(device).eval()
+
+
+def _checkpoint_parts(blob: Any) -> tuple[ForecasterConfig, dict[str, torch.Tensor]]:
+    """The config and the state dict of a loaded checkpoint; ValueError if it has none."""
+    if not isinstance(blob, dict) or not {"config", "state_dict"} <= blob.keys():
+        raise ValueError("it holds no 'config' and 'state_dict': was it written by Rollcast?")
+    config, state = blob["config"], blob["state_dict"]
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ValueError("its 'config' and 'state_dict' must both be dictionaries")
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError("its 'state_dict' holds something other than tensors")
+    return ForecasterConfig.from_dict(config), state
+
+
+def _check_state(config: ForecasterConfig, state: dict[str, torch.Tensor]) -> None:
+    """ValueError unless ``state`` has the names and shapes of ``config``'s network."""
+    with torch.device("meta"):
+        network = build_forecaster(config)
+    expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or [
+            name for name in expected if found[name] != expected[name]
+        ]
+        raise ValueError(f"its weights do not fit its config (first mismatch: {wrong[0]})")

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from pipeline import RollcastError
-from pipeline.windows import format_timestamp
+from pipeline.windows import JumpRule, format_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ NON_FINITE = "non_finite"
 KEY_MISMATCH = "key_mismatch"
 TOO_LARGE = "too_large"
 OUT_OF_RANGE = "out_of_range"  # finite, but beyond the policy's magnitude limit
-FUTURE = "future"  # further ahead of the stream's time than the policy allows
-LATE = "late"
+# Further ahead of the stream's time than the policy allows, or (relative to its series)
+# more than ``max_jump_steps`` ahead of the series' newest step and never confirmed.
+FUTURE = "future"
+LATE = "late"  # older than the series' newest step by more than the grace period
 MISSING_CHANNEL = "missing_channel"
 UNKNOWN_CHANNEL = "unknown_channel"  # a channel its series does not have
 OTHER_CONTRACT = "other_contract"  # a new series sharing no channel with the stored ones
@@ -69,6 +71,11 @@ RESERVED_NAMES = frozenset({"series", "ts", "step"})
 FLOAT32_MAX = 3.4028234663852886e38
 # How far an observation may lie ahead of the stream's time (see RecordPolicy).
 DEFAULT_MAX_AHEAD_MS = 24 * 3600 * 1000
+# Steps a record may lie ahead of its series' newest step and be accepted on its own word. A
+# stray record within reach makes the steps it skips late: at most this many, half a day of an
+# hourly series. A longer real jump (an outage) costs nothing in a batch that holds two records
+# after it, at most its first record otherwise (refused as `future`; the second resumes it).
+DEFAULT_MAX_JUMP_STEPS = 12
 # A dead letter's key and value beyond these are cut, keeping it far inside the producer's
 # request limit (1 MiB by default) whatever a producer sent; the headers say by how much.
 DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
@@ -95,20 +102,30 @@ class RecordPolicy:
       of a moment that had not come when it was sent. A record of 2250 is refused as ``future``
       and never moves its series' clock;
     * per series (checked by the loops, see :func:`channel_problem`): the channels of its first
-      accepted record, no more and no fewer; a step older than the newest by more than
-      ``grace_steps`` is ``late`` unless it repeats a step still held (a duplicate): in serve's
-      window, among the newest ``grace_steps + 8`` steps ingest keeps of each series.
+      accepted record, no more and no fewer; a step older than the series' newest accepted
+      step by more than ``grace_steps`` is ``late`` unless it repeats a step still held (a
+      duplicate): in serve's window, among the newest ``grace_steps + 8`` steps ingest keeps of
+      each series;
+    * per series, the clock never jumps on the word of one record
+      (:class:`pipeline.windows.JumpRule`): a step more than ``max_jump_steps`` ahead of the
+      series' newest is held until a second record near it confirms it, else it is ``future``
+      (relative to the series) by the end of its batch. Keep it above ``grace_steps``.
     """
 
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_abs_value: float = FLOAT32_MAX
     max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
     grace_steps: int = 0
+    max_jump_steps: int = DEFAULT_MAX_JUMP_STEPS
 
     def latest_allowed_ms(self, produced_ms: int, now_ms: int) -> int:
         """The newest timestamp accepted in a record produced at ``produced_ms`` (0: unknown)."""
         stream_ms = min(produced_ms, now_ms) if produced_ms > 0 else now_ms
         return stream_ms + self.max_ahead_ms
+
+    def jump_rule(self) -> JumpRule:
+        """The rule that keeps one record from moving its series' clock far ahead."""
+        return JumpRule(self.max_jump_steps)
 
     def check_value(self, channel: str, value: Any) -> float:
         """The value as a float within the policy's bounds; raises :class:`RecordError`."""

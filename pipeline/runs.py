@@ -2,9 +2,15 @@
 
 Every run is opened by :func:`open_run` through a :class:`~pipeline.tracking.Tracking` client,
 never made MLflow's active run: RUNNING inside its block, FINISHED after it, FAILED when an
-exception escapes, as ``mlflow.start_run`` leaves one. A run begun now carries the source tags
+exception escapes, as ``mlflow.start_run`` leaves one. Every run carries its owner (host, pid,
+process start) and a heartbeat tag refreshed every ``HEARTBEAT_S`` while it is open, by which a
+later run tells one whose process was killed (:func:`pipeline.tracking.fail_abandoned_runs`,
+called as a search begins, and by the train flow). A run begun now carries the source tags
 ``mlflow.start_run`` gives one (user, entry point, git commit; :func:`source_tags`); a training
 run is dated back to when training began (:class:`RunLabel`), and carries only its own tags.
+A training run's one-off figures (errors, steps, time) are metrics, to sort and compare runs
+by, and also a table in its description, which the run's page shows first; its errors at each
+step ahead are one metric per kind stepped by horizon, so the UI draws them as lines.
 Params and metrics go in batches: one request per kind of record, not one per value. A training
 run records the series table version it read as its MLflow dataset input (:class:`TableInput`).
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +44,7 @@ from pipeline.forecast import example_history
 from pipeline.model import Forecaster
 from pipeline.packaging import log_model
 from pipeline.registry import LoggedVersion
-from pipeline.tracking import Tracking
+from pipeline.tracking import HEARTBEAT, Owner, Tracking, fail_abandoned_runs
 from pipeline.train import TrainConfig, TrainResult
 from pipeline.windows import SERIES, TS, WindowSet
 
@@ -50,6 +57,10 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 # The name of a training run's dataset input, and its context ("training", as MLflow suggests).
 DATASET_NAME = "series"
 DATASET_CONTEXT = "training"
+# How often an open run's heartbeat tag is refreshed: one small write a minute, against the
+# hours of silence (tracking.STALE_AFTER_S) after which another host takes the run as abandoned.
+HEARTBEAT_S = 60.0
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description, Markdown, on its page
 
 
 @dataclass(frozen=True)
@@ -141,18 +152,50 @@ def open_run(
     tags: dict[str, str] | None = None,
     started_ms: int | None = None,
 ) -> Iterator[str]:
-    """A new run in the experiment, begun at ``started_ms`` (None: now); yields its id."""
+    """A new run in the experiment, begun at ``started_ms`` (None: now); yields its id.
+
+    The run carries this process as its owner, and a heartbeat while the block runs.
+    """
     client = tracking.client
+    owned = {**(tags or {}), **Owner.this_process().tags(), HEARTBEAT: str(_now_ms())}
     created = client.create_run(
-        tracking.experiment(), start_time=started_ms, tags=tags, run_name=name
+        tracking.experiment(), start_time=started_ms, tags=owned, run_name=name
     )
     run_id = created.info.run_id
     try:
-        yield run_id
+        with _heartbeat(client, run_id):
+            yield run_id
     except BaseException:  # KeyboardInterrupt too, as mlflow.start_run ends a run
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextmanager
+def _heartbeat(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """The run's heartbeat tag refreshed every ``HEARTBEAT_S`` by a thread, while the block runs."""
+    stop = threading.Event()
+    beating = threading.Thread(
+        target=_beat, args=(client, run_id, stop), name=f"heartbeat-{run_id}", daemon=True
+    )
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+
+
+def _beat(client: MlflowClient, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            client.set_tag(run_id, HEARTBEAT, str(_now_ms()))
+        except Exception as err:  # a store down or locked: a missed beat only ages the run
+            logger.warning("heartbeat of MLflow run %s not recorded: %r", run_id, err)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def source_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -196,15 +239,10 @@ def log_training_run(tracking: Tracking, run: TrainingRun) -> LoggedVersion:
         log_values(client, run_id, params={**params, **run.params})
         if run.table is not None:
             client.log_inputs(run_id, datasets=[run.table.dataset_input()])
-        client.log_batch(run_id, metrics=_history(result))
-        summary = {
-            **run.card.as_metrics(),
-            "best_step": result.best_step,
-            "steps": result.steps,
-            "train_seconds": sum(stats.seconds for stats in result.history),
-            "samples_per_s": result.samples_per_s,
-        }
+        client.log_batch(run_id, metrics=[*_history(result), *_by_horizon(run.card)])
+        summary = _summary(run)
         log_values(client, run_id, metrics=summary)  # before the model, which links to them
+        client.set_tag(run_id, DESCRIPTION_TAG, describe_scores(summary))
         log_figure(client, run_id, loss_figure(result), "plots/loss.png")
         figure = forecast_figure(result.model, run.val)
         log_figure(client, run_id, figure, "plots/validation_forecast.png")
@@ -214,6 +252,57 @@ def log_training_run(tracking: Tracking, run: TrainingRun) -> LoggedVersion:
         "logged run %s, registered %s version %s", run_id, tracking.settings.model_name, version
     )
     return LoggedVersion(run_id, version)
+
+
+def _summary(run: TrainingRun) -> dict[str, float]:
+    result = run.result
+    return {
+        **run.card.as_metrics(),
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "train_seconds": sum(stats.seconds for stats in result.history),
+        "samples_per_s": result.samples_per_s,
+    }
+
+
+# The rows of a training run's description: a summary metric and how to say it.
+SCORE_ROWS = (
+    ("val_mse", "validation MSE (scaled)", "{:.4g}"),
+    ("val_seasonal_naive_mse", "seasonal-naive MSE", "{:.4g}"),
+    ("val_repeat_last_mse", "repeat-last MSE", "{:.4g}"),
+    ("val_mae", "validation MAE (scaled)", "{:.4g}"),
+    ("best_step", "best validation at step", "{:.0f}"),
+    ("steps", "optimizer steps", "{:.0f}"),
+    ("train_seconds", "training time (s)", "{:.1f}"),
+    ("samples_per_s", "training samples per second", "{:.0f}"),
+)
+
+
+def describe_scores(summary: dict[str, float]) -> str:
+    """A Markdown table of a training run's figures, for its description.
+
+    >>> print(describe_scores({"val_mse": 0.25, "steps": 120}))
+    | figure | value |
+    |---|---|
+    | validation MSE (scaled) | 0.25 |
+    | optimizer steps | 120 |
+    """
+    rows = [
+        f"| {label} | {form.format(summary[key])} |"
+        for key, label, form in SCORE_ROWS
+        if key in summary
+    ]
+    return "\n".join(["| figure | value |", "|---|---|", *rows])
+
+
+def _by_horizon(card: Scorecard) -> list[Metric]:
+    """The errors at each step ahead, stepped by it (1 to H): a line over the horizon."""
+    now = _now_ms()
+    return [
+        Metric(key, value, now, ahead)
+        for key, values in card.by_horizon().items()
+        for ahead, value in enumerate(values, start=1)
+    ]
 
 
 def _history(result: TrainResult) -> list[Metric]:
@@ -254,8 +343,12 @@ def register_checkpoint(tracking: Tracking, model: Forecaster, source: str) -> s
 
 @contextmanager
 def search_run(tracking: Tracking, name: str, params: dict[str, Any]) -> Iterator[str]:
-    """The parent run of a search; yields its id. Trials are logged as its children."""
+    """The parent run of a search; yields its id. Trials are logged as its children.
+
+    Runs left RUNNING by a killed search or training are marked failed first.
+    """
     with open_run(tracking, name, source_tags({"rollcast.kind": "search"})) as run_id:
+        fail_abandoned_runs(tracking, f"run {run_id}")
         log_values(tracking.client, run_id, params=params)
         yield run_id
 

@@ -15,6 +15,9 @@ Policies (the window policies themselves are in :mod:`pipeline.windows`):
 * **Event time.** Each series is on the model's frequency. A step is held for ``grace_steps`` steps
   of event time so out-of-order records can be placed; one older than that is dead-lettered
   (``late``). A repeat of an observed (series, ts) is dropped and counted (``duplicates``).
+  A step more than ``max_jump_steps`` ahead of its series' newest waits for a second record
+  to confirm it, or is dead-lettered (``future``) by the end of its poll, as in ingest
+  (:class:`~pipeline.windows.JumpRule`): one stray record cannot make the next ones late.
   Gaps of up to ``max_gap`` steps are interpolated; a longer one empties the window, and the series
   gets no forecast until ``lookback`` new steps have arrived.
 * **Delivery.** At-least-once. Input offsets are committed only after the broker acknowledged
@@ -36,7 +39,6 @@ from __future__ import annotations
 import gc
 import logging
 import random
-import signal
 import threading
 import time
 from collections import OrderedDict
@@ -47,9 +49,10 @@ import numpy as np
 
 from pipeline.forecast import LoadedForecaster, new_window, predict
 from pipeline.model import Forecaster
-from pipeline.progress import Progress
+from pipeline.progress import Progress, by_reason
 from pipeline.records import (
     DEFAULT_POLICY,
+    FUTURE,
     INVALID,
     LATE,
     MISSING_CHANNEL,
@@ -62,10 +65,23 @@ from pipeline.records import (
     invalid_letter,
     triage,
 )
+from pipeline.shutdown import StopRequestedError
 from pipeline.stats import OnlineError, OnlineScorer, Scoring, ServeStats
 from pipeline.swap import INCOMPATIBLE, ModelSlot, incompatibility
 from pipeline.transport import Sink, Source
-from pipeline.windows import Append, Gap, RollingWindow, Step, freq_to_ms
+from pipeline.windows import (
+    BATCH_ENDED,
+    DISPLACED,
+    OUTRUN,
+    Append,
+    Gap,
+    HeldJump,
+    Jump,
+    JumpRule,
+    RollingWindow,
+    Step,
+    freq_to_ms,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +108,8 @@ class SeriesState:
     window: RollingWindow
     partition: int
     channels: frozenset[str]  # its first accepted record's: later ones must match
+    # A step too far ahead, waiting for a record to confirm it (see windows.JumpRule).
+    held: HeldJump[tuple[RawRecord, np.ndarray]] | None = None
     established: bool = False  # its window has filled once: safe from new keys
     forecast_before: bool = False  # it has had a forecast (counted once)
     scoring: Scoring | None = None  # the forecast being scored against actuals as they arrive
@@ -172,6 +190,9 @@ class RollingForecaster:
         self.unrepeated: OrderedDict[str, None] = OrderedDict()
         self.sightings = Sightings(max_series + self.max_new_series)
         self.step_ms = freq_to_ms(self.model.config.freq)
+        self.jumps = policy.jump_rule()
+        self._holding: list[SeriesState] = []  # series that held a far step in this batch
+        self._refused_jumps: list[DeadLetter] = []  # held records refused in this batch
         # Told of the steps each record placed, with its series' state (the online scorer).
         self.on_placed: Callable[[SeriesState, list[Step]], None] | None = None
 
@@ -218,7 +239,12 @@ class RollingForecaster:
             reason, detail = channel_problem(state.channels, obs.values) or (INVALID, "")
             return DeadLetter(record, reason, detail)
         values = np.array([obs.values[c] for c in self.model.config.channels], dtype=np.float32)
+        step = obs.ts_ms - obs.ts_ms % self.step_ms
+        jump = self.jumps.judge(state.window.newest_ms, step, self.step_ms, state.held)
+        if jump is not Jump.WITHIN:
+            return self._jump(jump, state, obs, (record, values), stats)
         outcome = state.window.append(obs.ts_ms, values)
+        self._outrun(state)
         if record.rewound:
             state.window.placed()  # state only: these records were served before
             return NO_REQUESTS
@@ -229,6 +255,62 @@ class RollingForecaster:
             stats.duplicates += 1
             return NO_REQUESTS
         return self._due(obs.series, state, record, stats)
+
+    def _jump(
+        self,
+        jump: Jump,
+        state: SeriesState,
+        obs: Observation,
+        observed: tuple[RawRecord, np.ndarray],
+        stats: ServeStats,
+    ) -> Sequence[ForecastRequest]:
+        """Hold a step too far ahead, or confirm the held one: both placed, in step order."""
+        record, step = observed[0], obs.ts_ms - obs.ts_ms % self.step_ms
+        if jump is Jump.REPEAT:
+            stats.duplicates += not record.rewound
+            return NO_REQUESTS
+        if jump is Jump.HELD:
+            self._drop_held(state, DISPLACED)
+            newest = state.window.newest_ms or 0  # HELD: the window has a newest step
+            state.held = self.jumps.hold(newest, step, self.step_ms, observed)
+            self._holding.append(state)
+            return NO_REQUESTS
+        held, state.held = state.held, None
+        both = [(step, observed)]
+        if held is not None and held.item is not None:
+            both.append((held.step_ms, held.item))
+        for ts_ms, (_, values) in sorted(both, key=lambda pair: pair[0]):
+            state.window.append(ts_ms, values)
+        if record.rewound:
+            state.window.placed()  # state only: these records were served before
+            return NO_REQUESTS
+        return self._due(obs.series, state, record, stats)
+
+    def _outrun(self, state: SeriesState) -> None:
+        """Refuse the held step once the series' own clock came within reach of it."""
+        held, newest = state.held, state.window.newest_ms
+        if held is None or newest is None:
+            return
+        if self.jumps.outrun(newest, self.step_ms, held):
+            self._drop_held(state, OUTRUN)
+
+    def _drop_held(self, state: SeriesState, why: str) -> None:
+        held = state.held
+        if held is None:
+            return
+        state.held = JumpRule.left_after(held, why)
+        if held.item is not None:
+            letter = DeadLetter(held.item[0], FUTURE, JumpRule.refusal(held, why))
+            self._refused_jumps.append(letter)
+
+    def refuse_unconfirmed(self) -> list[DeadLetter]:
+        """At a batch's end: the ``future`` dead letters of the held records no record
+        confirmed (and of those refused during the batch). Only their times stay held, so
+        each record is decided before its offset is committed."""
+        for state in self._holding:
+            self._drop_held(state, BATCH_ENDED)
+        letters, self._refused_jumps, self._holding = self._refused_jumps, [], []
+        return letters
 
     def _due(
         self, series_id: str, state: SeriesState, record: RawRecord, stats: ServeStats
@@ -364,6 +446,7 @@ def serve_batch(
             dead.append(outcome)
         elif outcome:
             requests += outcome
+    dead += rolling.refuse_unconfirmed()
     scorer.settle()
     for letter in dead:
         if not letter.record.rewound:
@@ -464,18 +547,24 @@ def run_serve(
             take_swap(live_swap, rolling, stats, scorer)
         records = source.poll(POLL_TIMEOUT_S)
         if records:
-            serve_batch(records, rolling, sink, stats, scorer)
+            try:
+                serve_batch(records, rolling, sink, stats, scorer)
+            except StopRequestedError as stop:  # a stop during an outage: read again later
+                logger.warning("%s: %d records left uncommitted", stop, len(records))
+                break
             source.commit(records)
-            progress.advance(len(records), f"{stats.forecasts_out} forecasts")
+            progress.advance(len(records), _progress_note(stats))
         stats.consumer_lag, stats.live_series = source.lag(), rolling.live_series()
         stats.assigned_partitions = source.partitions()
         # Idle time counts from the first assignment (or JOIN_GRACE_S without one).
         if should_stop(stats, not records and stats.assigned_partitions > 0):
             break
-    progress.finish(
-        f"{stats.forecasts_out} forecasts, {sum(stats.dead_letters.values())} dead letters"
-    )
+    progress.finish(_progress_note(stats))
     return stats
+
+
+def _progress_note(stats: ServeStats) -> str:
+    return f"{stats.forecasts_out} forecasts, dead letters: {by_reason(stats.dead_letters)}"
 
 
 def take_swap(
@@ -513,14 +602,6 @@ def freeze_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def stop_on_sigterm() -> threading.Event:
-    """An event set by SIGTERM (``docker stop``, Kubernetes): the loop ends after its batch."""
-    stopping = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    return stopping
 
 
 # A member that has no partitions this long after it started says so, and from then on its

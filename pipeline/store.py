@@ -7,7 +7,9 @@ Delta Lake table, local or on object storage); another table format is one modul
 
 Ingest records, in the same transaction as the rows, the newest offset of each source partition
 it wrote (:class:`OffsetRange`), so a restarted or a second writer resumes from the store's own
-record: what reaches the table from a topic does so once.
+record: what reaches the table from a topic does so once. The newest record time is recorded
+with it, so that a partition whose offsets started again (a broker replaced by an empty one) is
+told from a replay.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ class StoreInfo:
 
 @dataclass(frozen=True)
 class OffsetRange:
-    """The offsets of one source partition that a write holds: ``first`` to ``last``."""
+    """The offsets of one source partition that a write holds: ``first`` to ``last``, and the
+    newest record time (epoch ms, Kafka's record timestamp) among them, if known."""
 
     first: int
     last: int
+    newest_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,10 @@ class SeriesStore(Protocol):
 
     def ingested_offsets(self, sources: list[str]) -> dict[str, int]:
         """The newest offset stored for each of ``sources`` that has one."""
+        ...
+
+    def ingested_times(self, sources: list[str]) -> dict[str, int]:
+        """The newest record time (epoch ms) stored for each of ``sources`` that has one."""
         ...
 
     def cutoff_for(self, max_rows: int, version: int | None = None) -> int | None:

@@ -26,9 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline import InvalidFileError
+from pipeline.files import MAX_CHECKPOINT_BYTES, one_line, open_regular, read_json_object
 from pipeline.forecast import LoadedForecaster
-from pipeline.model import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.model import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,9 @@ UNLOADABLE = "unloadable"
 INCOMPATIBLE = "incompatible"
 # The longest wait between two attempts to load a version that failed.
 MAX_RETRY_S = 600.0
+VERSION_FILE = "local champion copy's version file"
+DIGEST_BLOCK = 1 << 20  # bytes hashed at a time: the digest holds no checkpoint in memory
+MAX_NAME = 1000  # a registered model's name or version is far shorter
 
 
 @dataclass(frozen=True)
@@ -161,16 +169,45 @@ class LocalCopy:
         os.replace(tmp_meta, self._meta)
 
     def load(self) -> LoadedForecaster | None:
-        """The saved version, or None if there is none or it cannot be read."""
-        try:
-            meta = json.loads(self._meta.read_text())
-            if meta["sha256"] != self._digest():
-                raise ValueError("the checkpoint is not the one its version file names")
-            model = load_checkpoint(self._checkpoint)
-        except (OSError, ValueError, KeyError, CheckpointError) as err:
-            logger.warning("no usable local copy of the champion in %s: %s", self._folder, err)
+        """The saved version, or None if there is none or it cannot be used (a WARNING says
+        why, in one line naming the file: torn, too large, not a checkpoint, another digest).
+
+        Both files are read as operator files are (:mod:`pipeline.files`): capped, regular
+        files only, schema-checked.
+        """
+        if not self._meta.exists():
+            logger.info("no local copy of the champion in %s", self._folder)
             return None
-        return LoadedForecaster(str(meta["name"]), str(meta["version"]), model)
+        try:
+            meta = LocalCopyMeta.model_validate(read_json_object(self._meta, VERSION_FILE))
+            if meta.sha256 != self._digest():
+                raise InvalidFileError(
+                    f"{self._checkpoint}: the checkpoint is not the one {self._meta} names"
+                )
+            model = load_checkpoint(self._checkpoint)
+        except ValidationError as err:
+            reason = f"{self._meta}: not a {VERSION_FILE}: {one_line(err)}"
+            logger.warning("the local copy of the champion is unusable: %s", reason)
+            return None
+        except (InvalidFileError, OSError) as err:  # OSError: a read failing midway
+            logger.warning("the local copy of the champion is unusable: %s", err)
+            return None
+        return LoadedForecaster(meta.name, meta.version, model)
 
     def _digest(self) -> str:
-        return hashlib.sha256(self._checkpoint.read_bytes()).hexdigest()
+        """The checkpoint's SHA-256, read in blocks (capped as a checkpoint is)."""
+        digest = hashlib.sha256()
+        with open_regular(self._checkpoint, MAX_CHECKPOINT_BYTES, "local champion copy") as file:
+            for block in iter(lambda: file.read(DIGEST_BLOCK), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+class LocalCopyMeta(BaseModel):
+    """The sidecar of a local copy: which version the checkpoint is, and its digest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+    version: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -27,6 +27,7 @@ import torch
 
 from pipeline import RollcastError
 from pipeline.model import Forecaster
+from pipeline.progress import pace
 from pipeline.windows import WindowSet
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def _train(
         stats = _validate(model, val_on, config, (step, step / plan.per_epoch, rate), losses, tic)
         result.history.append(stats)
         result.steps, losses, tic = step, [], time.perf_counter()
-        _report(stats, plan.total, on_eval)
+        _report(stats, plan.total, _pace(step, plan.total, started, config.time_limit_s), on_eval)
         stale = best.stale_after(stats)
         if stale >= config.patience:
             logger.info("early stop at step %d: best validation at step %d", step, best.step)
@@ -181,6 +182,14 @@ def _train(
     seen = result.steps * min(config.batch_size, len(train_on))
     result.samples_per_s = seen / (time.perf_counter() - started)
     return result
+
+
+def _pace(step: int, total: int, started: float, limit_s: float | None) -> str:
+    """Steps per second so far, and the time left: to ``total`` steps or the time limit,
+    whichever comes first (early stopping may end the run sooner)."""
+    elapsed = time.perf_counter() - started
+    left = None if limit_s is None else limit_s - elapsed
+    return pace(step, elapsed, total, left, unit="steps")
 
 
 def _past(started: float, limit_s: float | None) -> bool:
@@ -325,15 +334,18 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _report(stats: EvalStats, total: int, on_eval: Callable[[EvalStats], None] | None) -> None:
+def _report(
+    stats: EvalStats, total: int, pace_now: str, on_eval: Callable[[EvalStats], None] | None
+) -> None:
     logger.info(
-        "step %d/%d (epoch %.1f)  train %.4f  val %.4f  (%.1fs)",
+        "step %d/%d (epoch %.1f)  train %.4f  val %.4f  (%.1fs)  %s",
         stats.step,
         total,
         stats.epoch,
         stats.train_loss,
         stats.val_loss,
         stats.seconds,
+        pace_now,
     )
     if on_eval is not None:
         on_eval(stats)

@@ -10,7 +10,6 @@ train flow (``flows/train.py``) runs each as a Prefect task, and the tune flow r
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -19,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline import registry, runs
+from pipeline import ConfigurationError, InvalidFileError, ResourceError, registry, runs
 from pipeline.config import (
     MlflowSettings,
     ModelSettings,
@@ -31,6 +31,7 @@ from pipeline.config import (
     TrainSettings,
 )
 from pipeline.evaluate import Scorecard, Verdict, default_season, judge, score_forecaster
+from pipeline.files import one_line, read_json_object
 from pipeline.forecast import example_history
 from pipeline.model import (
     CheckpointError,
@@ -100,39 +101,100 @@ class TrainingSettings:
         return replace(self, train=self.train.model_copy(update={"max_steps": max_steps}))
 
     def tuned(self, path: Path) -> TrainingSettings:
-        """The settings with a tuned config's overrides (see ``rollcast tune``) applied."""
-        overrides = read_tuned(path)
-        logger.info("using the tuned config %s: %s", path, overrides)
-        model, train = (
-            dict(overrides.get("model_settings", {})),
-            overrides.get("train_settings", {}),
-        )
-        train = dict(train)
+        """The settings with a tuned config's overrides (see ``rollcast tune``) applied.
+
+        The overrides pass the same checks as the environment's settings. Raises
+        :class:`InvalidFileError` (one line naming ``path``) for a file that is not a tuned
+        config or names settings Rollcast refuses, and :class:`ResourceError` for a device
+        this machine lacks.
+        """
+        tuned = read_tuned(path)
+        logger.info("using the tuned config %s: %s", path, tuned.overrides())
+        model, train = dict(tuned.model_settings), dict(tuned.train_settings)
         model.update({name: train.pop(name) for name in MOVED_TO_MODEL if name in train})
         try:
-            return replace(
+            chosen = replace(
                 self,
                 model=ModelSettings.model_validate({**self.model.model_dump(), **model}),
                 train=TrainSettings.model_validate({**self.train.model_dump(), **train}),
             )
-        except (ValidationError, TypeError) as err:
-            raise TrainingError(
-                f"the tuned config {path} has settings Rollcast refuses: {err}"
+        except (ValidationError, ConfigurationError) as err:
+            refused = describe(err) if isinstance(err, ValidationError) else one_line(err)
+            raise InvalidFileError(
+                f"{path}: the tuned config has settings Rollcast refuses: {refused}"
             ) from err
+        require_device(chosen.train.device, f"{path}: the tuned config's")
+        return chosen
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.train.model_dump(exclude=FLOW_ONLY))
 
 
-def read_tuned(path: Path) -> dict[str, Any]:
-    """The JSON object of a tuned config; :class:`TrainingError` if it is not one."""
+class TunedConfig(BaseModel):
+    """A tuned config as ``rollcast tune`` writes it (:func:`pipeline.selection.tuned_config`):
+    settings overrides by name, and what they were tuned on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model_settings: dict[str, Any] = Field(default_factory=dict)
+    train_settings: dict[str, Any] = Field(default_factory=dict)
+    val_mse: float | None = None
+    tuned_on: dict[str, Any] | None = None
+    search_run_id: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {**self.model_settings, **self.train_settings}
+
+    def unknown_names(self) -> list[str]:
+        """Override names no setting has (a typo would otherwise be ignored silently)."""
+        model = set(self.model_settings) - set(ModelSettings.model_fields)
+        train = set(self.train_settings) - set(TrainSettings.model_fields) - set(MOVED_TO_MODEL)
+        return sorted(f"model_settings.{n}" for n in model) + sorted(
+            f"train_settings.{n}" for n in train
+        )
+
+
+def read_tuned(path: Path) -> TunedConfig:
+    """The tuned config in ``path``: a capped, regular JSON file of :class:`TunedConfig`'s
+    schema; :class:`InvalidFileError`, one line naming the path, if it is not one."""
     try:
-        tuned = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise TrainingError(f"cannot read the tuned config {path}: {err}") from err
-    if not isinstance(tuned, dict):
-        raise TrainingError(f"the tuned config {path} is not a JSON object")
+        tuned = TunedConfig.model_validate(read_json_object(Path(path), "tuned config"))
+    except ValidationError as err:
+        raise InvalidFileError(f"{path}: not a tuned config: {describe(err)}") from err
+    unknown = tuned.unknown_names()
+    if unknown:
+        raise InvalidFileError(f"{path}: the tuned config names no such setting: {unknown}")
     return tuned
+
+
+def describe(err: ValidationError) -> str:
+    """A pydantic error on one line: ``field: what is wrong; ...``."""
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or 'the file'}: {error['msg']}"
+        for error in err.errors()
+    ]
+    return one_line("; ".join(problems))
+
+
+def require_device(device: str, source: str) -> None:
+    """Refuse a training device this machine lacks before any work starts: the error is
+    the machine's (:class:`ResourceError`), not an outage, so no retry can help. ``source``
+    says where the setting came from ("ROLLCAST_DEVICE" or a tuned config)."""
+    if device == "auto":
+        return
+    try:
+        wanted = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigurationError(f"{source} device {device!r} is not a torch device") from err
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise ResourceError(
+            f"{source} device {device!r} needs a CUDA GPU and this machine has none: "
+            "use 'auto' or 'cpu'"
+        )
+    if wanted.type == "cuda" and (wanted.index or 0) >= torch.cuda.device_count():
+        raise ResourceError(
+            f"{source} device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -256,6 +318,7 @@ def challenger_config(settings: TrainingSettings, data: TrainingData) -> Forecas
 
 def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPlan:
     """Load the data, size the model to it, check the registered contract, find a warm start."""
+    require_device(settings.train.device, "ROLLCAST_DEVICE:")
     data, table = load_table(settings)
     config = challenger_config(settings, data)
     registry.require_contract(tracking, config.contract)

@@ -14,6 +14,9 @@ The policies, in one place:
   ``grace_steps`` steps of event time, and places what arrived in that time in timestamp order.
   An observation of a step that has already been placed is a duplicate if that step was observed
   (counted and dropped), otherwise late: it is refused (the caller dead-letters it as ``late``).
+* **Jumps.** A series' clock never jumps on the word of one record: a step too far ahead of
+  the newest is held until a second record confirms it, else refused as ``future``
+  (:class:`JumpRule`, the one rule of ingest and serve).
 
 Imports only numpy and pandas.
 """
@@ -28,13 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import pairwise
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
 
 SERIES = "series"
 TS = "ts"
+Held = TypeVar("Held")  # what a held jump keeps to accept if it is confirmed
 
 
 def freq_to_ms(freq: str) -> int:
@@ -507,6 +511,98 @@ class Append(enum.Enum):
     LATE = "late"  # older than the grace period allows: refused
 
 
+# Why a held step was refused, in its dead letter's detail.
+DISPLACED = "a later far record displaced it"
+OUTRUN = "the series' own records came within reach of it"
+BATCH_ENDED = "no record confirmed it in its batch"
+
+
+class Jump(enum.Enum):
+    """What :meth:`JumpRule.judge` says of a step, against its series' clock."""
+
+    WITHIN = "within"  # within reach of the series' newest step: admitted as usual
+    HELD = "held"  # too far ahead: held (displacing any step held before) until confirmed
+    REPEAT = "repeat"  # the step held, again: a duplicate, the first one wins
+    CONFIRMS = "confirms"  # a second far step near the held one: the clock moves to both
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJump(Generic[Held]):
+    """A step too far ahead of its series' newest, waiting for another record to confirm it.
+
+    ``item`` is what to accept if it is confirmed (ingest: the record and its observation;
+    serve: the record and its values); None once its batch ended unconfirmed and it was
+    dead-lettered: only its time is kept, as a claim a later record may still confirm.
+    """
+
+    step_ms: int  # on the series' grid, epoch ms
+    ahead_steps: int  # how far ahead of the series' newest step it was when it came
+    item: Held | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JumpRule:
+    """A series' clock never jumps on the word of one record: the one rule of ingest and serve.
+
+    A step more than ``max_jump_steps`` steps ahead of the series' newest accepted step is
+    held, one per series (the newest far one; memory stays bounded whatever the fleet), until
+    a record of another step within ``max_jump_steps`` of it, and also out of reach, confirms
+    it: then both are accepted, in step order. Meanwhile steps within reach are admitted as
+    usual, so a backfill behind a stray current record goes on. A held step that is never
+    confirmed is refused as ``future``: when a far record displaces it, when the series' own
+    clock comes within reach of it, or at the end of its batch (ingest's flush, serve's poll),
+    so every record is decided before its offset is committed. After the batch its time is
+    kept as a claim (:attr:`HeldJump.item` None): a series back from a long outage resumes at
+    its second live record even when each batch holds one record of it.
+
+    >>> rule, hour = JumpRule(max_jump_steps=2), 3_600_000
+    >>> rule.judge(10 * hour, 12 * hour, hour, None).value
+    'within'
+    >>> held = HeldJump(20 * hour, 10)
+    >>> [rule.judge(10 * hour, s * hour, hour, held).value for s in (13, 21, 20, 30)]
+    ['held', 'confirms', 'held', 'held']
+    >>> rule.outrun(18 * hour, hour, held)
+    True
+    """
+
+    max_jump_steps: int
+
+    def judge(
+        self, newest_ms: int | None, step_ms: int, step_len_ms: int, held: HeldJump | None
+    ) -> Jump:
+        """What to do with ``step_ms`` of a series whose newest step is ``newest_ms`` (None:
+        no step yet), on steps of ``step_len_ms`` (1: not known yet, so never held)."""
+        reach_ms = self.max_jump_steps * step_len_ms
+        if newest_ms is None or step_len_ms <= 1 or step_ms - newest_ms <= reach_ms:
+            return Jump.WITHIN
+        if held is None:
+            return Jump.HELD
+        if step_ms == held.step_ms:
+            return Jump.REPEAT if held.item is not None else Jump.HELD
+        return Jump.CONFIRMS if abs(step_ms - held.step_ms) <= reach_ms else Jump.HELD
+
+    def outrun(self, newest_ms: int, step_len_ms: int, held: HeldJump) -> bool:
+        """Whether the series' own clock came within reach of the held step: it is dropped."""
+        return held.step_ms - newest_ms <= self.max_jump_steps * step_len_ms
+
+    def hold(self, newest_ms: int, step_ms: int, step_len_ms: int, item: Held) -> HeldJump[Held]:
+        """The held jump of ``item`` at ``step_ms``."""
+        return HeldJump(step_ms, (step_ms - newest_ms) // step_len_ms, item)
+
+    @staticmethod
+    def left_after(held: HeldJump[Held], why: str) -> HeldJump[Held] | None:
+        """What stays held once the held record is refused for ``why``: at a batch's end its
+        time, as a claim; otherwise nothing."""
+        return replace(held, item=None) if why == BATCH_ENDED else None
+
+    @staticmethod
+    def refusal(held: HeldJump, why: str) -> str:
+        """The ``future`` dead letter's detail for a held step never confirmed."""
+        return (
+            f"held: {held.ahead_steps} steps ahead of the series' newest step, unconfirmed ({why})"
+        )
+
+
 class Gap(enum.Enum):
     """How a step was placed in the ring, by the gap policy."""
 
@@ -565,6 +661,11 @@ class RollingWindow:
     @property
     def is_whole(self) -> bool:
         return self._count >= self._lookback
+
+    @property
+    def newest_ms(self) -> int | None:
+        """The newest step accepted, placed or still held for its grace period (None: none)."""
+        return self._newest_ms
 
     def append(self, ts_ms: int, values: np.ndarray) -> Append:
         """Take one observation at ``ts_ms`` (floored to the step grid)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pipeline import monitoring, registry
+from pipeline import monitoring, registry, shutdown
 from pipeline.config import (
     IngestSettings,
     MlflowSettings,
@@ -29,7 +29,6 @@ from pipeline.serve import (
     freeze_heap,
     new_stats,
     run_serve,
-    stop_on_sigterm,
     stop_rule,
 )
 from pipeline.stats import OnlineErrorReporter, ServeStats
@@ -54,7 +53,18 @@ def ingest_from_settings(
     records: RecordSettings,
     max_records: int | None = None,
 ) -> IngestReport:
-    """The ingest stage on ``transport``, into the series table."""
+    """The ingest stage on ``transport``, into the series table, until idle or SIGTERM."""
+    with shutdown.stop_on_sigterm():
+        return _ingest(transport, store, ingest, records, max_records)
+
+
+def _ingest(
+    transport: Transport,
+    store: StoreSettings,
+    ingest: IngestSettings,
+    records: RecordSettings,
+    max_records: int | None,
+) -> IngestReport:
     source = transport.source(transport.topics.observations, ingest.ingest_group)
     sink = transport.sink()
     flush = FlushPolicy(ingest.ingest_flush_records, ingest.ingest_flush_s)
@@ -106,15 +116,16 @@ def serve_from_settings(
     reporter = online_error_reporter(mlflow_settings, stats, serve.online_report_s)
     freeze_heap()
     watcher.start()
-    try:
-        stop = stop_rule(max_records, serve.serve_idle_s, stop_on_sigterm(), serve.join_grace_s)
-        run_serve(source, sink, rolling, stop, LiveSwap(slot, keep_copy(local_copy)), stats)
-    finally:
-        watcher.stop()
-        if reporter is not None:
-            reporter.stop()
-        source.close()
-        sink.close()
+    with shutdown.stop_on_sigterm() as stopping:
+        try:
+            stop = stop_rule(max_records, serve.serve_idle_s, stopping, serve.join_grace_s)
+            run_serve(source, sink, rolling, stop, LiveSwap(slot, keep_copy(local_copy)), stats)
+        finally:
+            watcher.stop()
+            if reporter is not None:
+                reporter.stop()
+            source.close()
+            sink.close()
     return stats, rolling.forecaster
 
 

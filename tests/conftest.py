@@ -31,7 +31,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 def prefect_api() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # As flows/__init__ gives Rollcast's processes: a first start migrates a new database.
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

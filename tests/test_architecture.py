@@ -25,6 +25,23 @@ def documented() -> dict[str, tuple[str, set[str]]]:
     return rows
 
 
+def package_names() -> set[str]:
+    """What pipeline/__init__.py defines (the error taxonomy, the exit codes): not modules."""
+    body = ast.parse((Path(__file__).parents[1] / "pipeline" / "__init__.py").read_text()).body
+    classes = {node.name for node in body if isinstance(node, ast.ClassDef)}
+    constants = {
+        target.id
+        for node in body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    return {f"pipeline.{name}" for name in classes | constants}
+
+
+PACKAGE_NAMES = package_names()
+
+
 def imported(path: Path) -> set[str]:
     """Rollcast modules ``path`` imports, named relative to its own package."""
     package = path.parent.name
@@ -37,7 +54,7 @@ def imported(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     modules = {name for name in found if name.split(".")[0] in PACKAGES and "." in name}
-    modules -= {"pipeline.RollcastError", "pipeline.ConfigurationError"}  # the base classes
+    modules -= PACKAGE_NAMES  # the error classes and exit codes every layer shares
     return {name.removeprefix(f"{package}.") for name in modules}
 
 

@@ -15,12 +15,14 @@ CORE = (
     "contract",
     "windows",
     "model",
+    "files",
     "train",
     "forecast",
     "evaluate",
     "backtest",
     "stats",
     "training_data",
+    "progress",
 )
 ALLOWED_LIBRARIES = ("numpy", "pandas", "torch")
 

@@ -34,6 +34,9 @@ def test_demo_prints_a_summary_and_ends_with_it_as_json(
     assert summary["model_version"] == summary["served_version"] == "1"
     assert summary["mlflow_ui"].startswith(".venv/bin/mlflow ui --backend-store-uri sqlite:///")
     assert any(line.strip().startswith("validation MSE") for line in lines)
+    assert summary["source"] == "synthetic fleet: 2 series x 300 steps"
+    assert summary["dead_letters"] == sum(summary["dead_letters_by_reason"].values())
+    assert any(line.strip().startswith("dead letters") for line in lines)
 
 
 def test_stages_without_a_broker_say_how_to_start_one(

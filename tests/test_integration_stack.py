@@ -74,7 +74,7 @@ def test_ingest_train_and_serve_run_as_deployments_on_postgres(
     try:
         deployments = {
             name: eventually(
-                lambda name=name: deployment_id(api, f"rollcast-{name}", name), 120, name
+                lambda name=name: deployment_id(api, f"rollcast-{name}", name), 180, name
             )
             for name in ("ingest", "train", "serve")
         }

@@ -23,6 +23,7 @@ from pipeline.inmemory import MemoryTransport
 from pipeline.metrics import serve_metrics
 from pipeline.model import ForecasterConfig, build_forecaster
 from pipeline.records import (
+    FUTURE,
     LATE,
     MISSING_CHANNEL,
     Observation,
@@ -157,6 +158,63 @@ def test_rewound_records_rebuild_windows_but_publish_nothing() -> None:
 
     assert issued_steps(transport) == [4]
     assert (stats.records_in, stats.records_rewound) == (1, 4)
+
+
+def test_one_record_far_ahead_is_held_and_refused_as_future_if_unconfirmed() -> None:
+    stray = record("a", 20, offset=9)  # 17 steps ahead of step 3: beyond max_jump_steps (12)
+
+    transport, _, rolling = serve([*filled("a"), stray, *filled("a", LOOKBACK)[:3]])
+
+    assert issued_steps(transport) == [3, 4, 5, 6]  # the series' own clock never moved
+    assert reasons(transport) == [FUTURE]
+    assert int(letters(transport)[0].header("source_offset") or -1) == 9
+    assert rolling.series_state("a").window.newest_ms == 6 * STEP_MS  # type: ignore[union-attr]
+
+
+def test_a_second_record_near_the_held_one_moves_the_clock_to_both() -> None:
+    outage = [record("a", s) for s in (21, 20, 22, 23)]  # 16 steps on; out of order, too
+
+    transport, stats, _ = serve([*filled("a"), *outage])
+
+    # Both placed in step order, so the window restarts at 20 and is whole again at 23.
+    assert (issued_steps(transport), reasons(transport)) == ([3, 23], [])
+    assert stats.restarts == 1
+
+
+def test_a_held_step_is_refused_once_the_series_comes_within_reach() -> None:
+    records = [*filled("a"), record("a", 17, offset=9)]  # 14 ahead of step 3
+    records += [record("a", s) for s in range(4, 6)]  # step 5: 17 is within reach now
+
+    transport, _, rolling = serve(records)
+
+    assert reasons(transport) == [FUTURE]
+    assert "came within reach" in (letters(transport)[0].header("detail") or "")
+    assert rolling.series_state("a").held is None  # type: ignore[union-attr]
+
+
+def test_a_held_record_is_refused_at_its_batch_end_and_its_time_confirms_the_next() -> None:
+    rolling = RollingForecaster(repeat_last(), max_series=100)
+    serve(filled("a"), rolling)
+
+    first, _, _ = serve([record("a", 20, offset=9)], rolling)
+    then, _, _ = serve([record("a", s) for s in range(21, 25)], rolling)
+
+    assert (reasons(first), reasons(then)) == ([FUTURE], [])  # decided before any commit
+    assert issued_steps(then) == [24]  # resumed: 21 to 24 fill the window
+
+
+def test_a_rewound_held_record_is_decided_again_without_a_second_dead_letter() -> None:
+    rewound = [*[record("a", s, rewound=True) for s in range(4)], record("a", 20, rewound=True)]
+
+    transport, _, _ = serve([*rewound, record("a", 4)])
+
+    assert (reasons(transport), issued_steps(transport)) == ([], [4])
+
+
+def test_a_repeat_of_the_held_step_is_a_duplicate() -> None:
+    transport, stats, _ = serve([*filled("a"), record("a", 20), record("a", 20, value=9.0)])
+
+    assert (reasons(transport), stats.duplicates) == ([FUTURE], 1)
 
 
 def filled(series: str, first_step: int = 0) -> list[RawRecord]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import InvalidFileError
 from pipeline.backtest import BacktestSpec, Borders, spec_config
 from pipeline.config import ModelSettings, Settings, StoreSettings, TrainSettings
 from pipeline.contract import step_of
@@ -117,9 +118,9 @@ def test_a_tuned_config_overrides_the_settings_and_its_old_loss_key_moves_to_the
 
 
 @pytest.mark.parametrize("text", ["[]", '{"model_settings": {"hidden_size": -1}}', "not json"])
-def test_a_tuned_config_rollcast_cannot_use_is_a_training_error(tmp_path: Path, text: str) -> None:
+def test_a_tuned_config_rollcast_cannot_use_is_an_invalid_file(tmp_path: Path, text: str) -> None:
     path = tmp_path / "tuned.json"
     path.write_text(text)
 
-    with pytest.raises(TrainingError, match="tuned config"):
+    with pytest.raises(InvalidFileError, match="tuned config"):
         settings_of(StoreSettings(data_dir=tmp_path)).tuned(path)

@@ -7,10 +7,16 @@ import pandas as pd
 import pytest
 
 from pipeline.windows import (
+    BATCH_ENDED,
+    DISPLACED,
+    OUTRUN,
     SERIES,
     TS,
     Append,
     Gap,
+    HeldJump,
+    Jump,
+    JumpRule,
     LongArrays,
     RollingWindow,
     WindowSet,
@@ -620,3 +626,65 @@ def test_the_step_of_irregular_data_is_what_most_readings_are_apart() -> None:
 def test_a_step_near_no_common_one_is_kept_to_the_second() -> None:
     assert infer_step_ms(np.arange(10) * 7_000) == 7_000
     assert infer_step_ms(np.array([5, 5, 5])) is None
+
+
+# --- a series' clock never jumps on the word of one record --------------------------------------
+
+JUMPS = JumpRule(max_jump_steps=3)
+HELD_30 = HeldJump(30 * STEP_MS, 20, "the record")  # held at step 30, 20 steps ahead of step 10
+CLAIM_30 = HeldJump(30 * STEP_MS, 20)  # its batch ended: only its time is left
+
+
+@pytest.mark.parametrize(
+    ("newest", "step", "held", "jump"),
+    [
+        (None, 100, None, Jump.WITHIN),  # a new series: no clock to jump from
+        (10, 13, None, Jump.WITHIN),  # max_jump_steps ahead: taken on its own word
+        (10, 14, None, Jump.HELD),
+        (10, 2, None, Jump.WITHIN),  # behind: late or not, as usual
+        (10, 12, HELD_30, Jump.WITHIN),  # the series goes on while a step is held
+        (10, 30, HELD_30, Jump.REPEAT),  # the held step again: a duplicate, the first wins
+        (10, 30, CLAIM_30, Jump.HELD),  # the same time, again: still one word, held
+        (10, 27, HELD_30, Jump.CONFIRMS),  # a second far step near the held one, either side
+        (10, 33, CLAIM_30, Jump.CONFIRMS),
+        (10, 34, HELD_30, Jump.HELD),  # far from the held one too: it displaces it
+    ],
+)
+def test_a_far_step_is_held_until_another_confirms_it(
+    newest: int | None, step: int, held: HeldJump | None, jump: Jump
+) -> None:
+    newest_ms = None if newest is None else newest * STEP_MS
+
+    assert JUMPS.judge(newest_ms, step * STEP_MS, STEP_MS, held) is jump
+
+
+def test_a_series_of_unknown_step_never_holds() -> None:
+    assert JUMPS.judge(0, 10**9, 1, None) is Jump.WITHIN  # ingest, before a step is inferred
+
+
+def test_a_held_step_is_outrun_once_the_series_comes_within_reach() -> None:
+    assert not JUMPS.outrun(26 * STEP_MS, STEP_MS, HELD_30)
+    assert JUMPS.outrun(27 * STEP_MS, STEP_MS, HELD_30)
+
+
+@pytest.mark.parametrize(
+    ("why", "left"), [(BATCH_ENDED, CLAIM_30), (DISPLACED, None), (OUTRUN, None)]
+)
+def test_a_refused_held_step_leaves_its_time_only_at_a_batch_end(why: str, left: object) -> None:
+    assert JumpRule.left_after(HELD_30, why) == left
+    assert JumpRule.refusal(HELD_30, why).startswith("held: 20 steps ahead of the series' newest")
+
+
+def test_holding_records_how_far_ahead_the_step_was() -> None:
+    held = JUMPS.hold(10 * STEP_MS, 30 * STEP_MS, STEP_MS, "the record")
+
+    assert held == HELD_30
+
+
+def test_rolling_window_newest_step_counts_steps_held_for_their_grace() -> None:
+    window = rolling(grace_steps=2)
+    assert window.newest_ms is None
+
+    feed(window, [0, 1, 2])
+
+    assert (window.newest_ms, window.last_ts_ms) == (2 * STEP_MS, 0)

@@ -165,7 +165,7 @@ class ServeProcess:
         return float(found.group(1)) if found else 0.0
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

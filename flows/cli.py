@@ -41,7 +41,9 @@ logger = logging.getLogger("flows.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Client libraries that are chatty at INFO.
-QUIET_LOGGERS = ("kafka", "alembic", "mlflow", "httpx", "urllib3")
+# Libraries' INFO lines (connections, migrations, requests); MLflow's own level is set by
+# MLFLOW_LOGGING_LEVEL (flows/__init__), as MLflow resets it when imported.
+QUIET_LOGGERS = ("kafka", "alembic", "httpx", "urllib3")
 DISTRIBUTION = "rollcast"  # pyproject.toml's project name: where --version is read from
 DESCRIPTION = (
     "Rollcast: Kafka streams of observations in, rolling multi-step forecasts out.\n"
@@ -711,8 +713,6 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger("pipeline").setLevel(logging.DEBUG)  # flows/__init__ set INFO
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # kafka-python warns when a network task takes over 0.1 s: a busy machine, not a fault.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def failed(err: Exception) -> int:

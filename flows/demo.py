@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from flows.ingest import ingest_flow
+from flows.prefect_server import tie_temporary_server
 from flows.serve import serve_flow
 from flows.train import train_flow
 from pipeline import RollcastError, registry
@@ -112,6 +113,7 @@ def run_demo(options: DemoOptions, settings: Settings | None = None) -> DemoSumm
     settings = settings or Settings()
     store, mlflow_settings = settings.store, settings.mlflow
     data = checked_input(options, settings.serve)
+    tie_temporary_server()  # Prefect's server dies with the demo, however it ends
     logger.info("replaying %s", data.source)
     store.data_dir.mkdir(parents=True, exist_ok=True)
     # The embedded broker starts empty (its offsets from 0), so the demo's table does too.

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # The loggers that report a failed task or flow run with its traceback (prefect 3.8).
 PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.engine")
 WARNINGS_LOGGER = "py.warnings"  # where logging.captureWarnings sends warnings
+SLOW_TASK_LOGGER = "kafka.net.selector"
 
 
 class OneLineRollcastErrors(logging.Filter):
@@ -77,3 +78,5 @@ def route_library_noise() -> None:
     warnings_logger = logging.getLogger(WARNINGS_LOGGER)
     if not any(isinstance(f, LibraryWarningsAtDebug) for f in warnings_logger.filters):
         warnings_logger.addFilter(LibraryWarningsAtDebug())
+    # kafka-python warns when a network task takes over 0.1 s: a busy machine, not a fault.
+    logging.getLogger(SLOW_TASK_LOGGER).setLevel(logging.ERROR)

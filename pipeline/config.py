@@ -60,14 +60,15 @@ TYPE_WORDS = {
     "bool_parsing": "true or false",
 }
 RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-# A name (a group, a database, a model): not blank, no space at either end.
+# A name (a group, a database, a model): not blank, no space at either end, no control
+# character or line break anywhere.
 Name = Annotated[
     str,
     Field(
         min_length=1,
         max_length=249,
-        pattern=r"^\S(.*\S)?$",
-        description="a name: not blank, no space at either end",
+        pattern=r"^[^\s\p{C}]([^\p{C}\p{Zl}\p{Zp}]*[^\s\p{C}])?$",
+        description="a name: printable, not blank, no space at either end",
     ),
 ]
 # A Kafka topic: what a broker accepts (1 to 249 of letters, digits, '.', '_', '-').
@@ -90,7 +91,8 @@ class RollcastSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as err:
-            lines = [refusal(type(self), problem) for problem in err.errors(include_url=False)]
+            problems = err.errors(include_url=False)
+            lines = [refusal(type(self), problem, set(values)) for problem in problems]
             raise ConfigurationError("; ".join(lines)) from err
         except SettingsError as err:  # a complex field (a JSON object) that is not JSON
             found = re.search(r'field "(\w+)"', str(err))
@@ -98,13 +100,16 @@ class RollcastSettings(BaseSettings):
             raise ConfigurationError(f"{variable}: must be a JSON object ({err})") from err
 
 
-def refusal(settings_class: type[BaseSettings], problem: Any) -> str:
-    """One refused setting: ``ROLLCAST_FOO=value: must be ...`` (a secret's value unshown)."""
+def refusal(settings_class: type[BaseSettings], problem: Any, given: set[str]) -> str:
+    """One refused setting: ``ROLLCAST_FOO=value: must be ...`` (a secret's value unshown);
+    a value the caller passed (a command-line option) rather than the environment says so."""
     field = str(problem["loc"][0]) if problem["loc"] else ""
     declared = settings_class.model_fields.get(field)
     secret = declared is None or "SecretStr" in str(declared.annotation)
     shown = "" if secret or "input" not in problem else f"={shown_value(problem['input'])}"
     accepted = accepted_text(problem, declared)
+    if field in given:
+        return f"{ENV_PREFIX}{field.upper()} (given as {field}{shown}): {accepted}"
     return f"{ENV_PREFIX}{field.upper()}{shown}: {accepted}"
 
 

@@ -260,6 +260,7 @@ class StreamSource:
         self._resume: dict[int, int] = {}  # partition -> first offset not rewound
         self._next: dict[TopicPartition, int] = {}  # partition -> next offset to read
         self._new_assignment: set[TopicPartition] | None = None  # set by the rebalance listener
+        self._lapsed: set[TopicPartition] = set()  # lost with the membership, maybe back soon
         self._consumer.subscribe([topic], listener=_AssignmentListener(self))
 
     def poll(self, timeout_s: float = 1.0) -> list[RawRecord]:
@@ -323,8 +324,15 @@ class StreamSource:
         self._consumer.close(autocommit=False, timeout_ms=CONSUMER_CLOSE_TIMEOUT_MS)
 
     def _take_assignment(self, assigned: set[TopicPartition]) -> set[TopicPartition]:
-        """Act on a new assignment in the polling thread; return the partitions rewound."""
-        lost, gained = self._owned - assigned, assigned - self._owned
+        """Act on a new assignment in the polling thread; return the partitions rewound.
+
+        A partition lost with this member's membership (a broker restart, a session that
+        expired) and assigned to it again keeps its state, unless another member read it
+        meanwhile (committed past what this one read): then it is lost and gained again.
+        """
+        moved = {tp for tp in self._lapsed & assigned if self._read_elsewhere(tp)}
+        self._lapsed = set()
+        lost, gained = (self._owned - assigned) | moved, (assigned - self._owned) | moved
         self._owned = set(assigned)
         for tp in lost:
             self._resume.pop(tp.partition, None)
@@ -338,6 +346,15 @@ class StreamSource:
             sorted(tp.partition for tp in lost),
         )
         return {tp for tp in gained if self._rewind_partition(tp)}
+
+    def _read_elsewhere(self, tp: TopicPartition) -> bool:
+        """Whether the group committed ``tp`` past what this member read of it."""
+        try:
+            committed = self._consumer.committed(tp, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as err:
+            logger.warning("cannot read the committed offset of %s (%r): rebuilding it", tp, err)
+            return True
+        return committed is not None and committed > self._next.get(tp, 0)
 
     def _rewind_partition(self, tp: TopicPartition) -> bool:
         committed = self._consumer.committed(tp) if self._rewind else None
@@ -366,7 +383,9 @@ class _AssignmentListener(ConsumerRebalanceListener):
         self._source._new_assignment = set(assigned)
 
     def on_partitions_lost(self, lost: Any) -> None:
-        self._source._new_assignment = self._source._owned - set(lost)
+        # The member rejoins at once (the next assignment says what it owns): its state is kept
+        # until then, and for what comes back to it (see StreamSource._take_assignment).
+        self._source._lapsed |= set(lost)
 
 
 # One send as it was made: what is sent again when the broker fails it.

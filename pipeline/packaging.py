@@ -20,6 +20,8 @@ in Rollcast touches MLflow's global state.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -85,7 +87,7 @@ def log_model(tracking: Tracking, run_id: str, model: Forecaster, example: pd.Da
         checkpoint = save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE)
         signature = forecast_signature(model, example)
         logged = _new_logged_model(tracking.client, run_id)
-        with _pointed_at(tracking.uri):
+        with _pointed_at(tracking.uri), _printed_to_debug():
             # What mlflow.pyfunc.log_model calls; only this takes the run by id, not active.
             info = Model.log(
                 None,
@@ -115,6 +117,19 @@ def _new_logged_model(client: MlflowClient, run_id: str) -> LoggedModel:
         tags=context_registry.resolve_tags(),
         params=dict(run.data.params),
     )
+
+
+@contextmanager
+def _printed_to_debug() -> Iterator[None]:
+    """What MLflow prints to stderr inside the block ("Registered model ... already exists",
+    "Created version ...": print, not logging) goes to this module's log at DEBUG instead."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for line in printed.getvalue().splitlines():
+            logger.debug("mlflow: %s", line)
 
 
 @contextmanager

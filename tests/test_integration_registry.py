@@ -72,7 +72,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(f"{url}/health"), "mlflow server", timeout_s=120)
+        wait_for(lambda: _answers(f"{url}/health"), "mlflow server", timeout_s=180)
         yield url
     finally:
         server.terminate()

@@ -82,7 +82,7 @@ def test_a_regime_change_triggers_a_retrain_that_serve_swaps_in(
         wait_for(
             lambda: (o := online("1")) is not None and o[1] / o[0] > DRIFT_RATIO,
             "serve to report the drift",
-            timeout_s=60,
+            timeout_s=180,
         )
 
         ingest_flow(max_records=sent_b)
@@ -96,7 +96,7 @@ def test_a_regime_change_triggers_a_retrain_that_serve_swaps_in(
         sent_more = produce(rollcast_env, regime(more, amplitude=4.0, period=12, level=3.0))
         total = sent + sent_b + sent_more
         wait_for(lambda: serve.metric("records_in_total") == total, "more of regime B read")
-        wait_for(lambda: online("2") is not None, "serve to report version 2", timeout_s=60)
+        wait_for(lambda: online("2") is not None, "serve to report version 2", timeout_s=180)
 
     val_mse, online_mse, values = online("2")  # type: ignore[misc]
     assert values > 0 and online_mse / val_mse < DRIFT_RATIO, "online error did not recover"

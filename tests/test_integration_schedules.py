@@ -48,7 +48,7 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
         )
     api = f"http://127.0.0.1:{port}/api"
     try:
-        eventually(lambda: healthy(api), 120, "the Prefect server to answer")
+        eventually(lambda: healthy(api), 180, "the Prefect server to answer")
         yield api
     finally:
         server.terminate()
@@ -69,7 +69,7 @@ def test_served_ingest_deployment_runs_on_its_schedule(
     try:
         deployment = eventually(
             lambda: deployment_id(prefect_server, "rollcast-ingest", "ingest"),
-            120,
+            180,
             "the ingest deployment",
         )
         scheduled = eventually(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import types
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -104,6 +105,8 @@ FREE_TEXT = {
     "ssl_keyfile": "a file kafka-python opens at connect",
     "postgres_url": "a secret URL, refused by the server if wrong",
 }
+# Categories a name never holds: control, format, unassigned, private; line breaks.
+UNPRINTABLE = {"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"}
 PATHS = {
     "data_dir": "a folder, created where used",
     "tuned_config": "a file, read capped and schema-checked (InvalidFileError)",
@@ -186,6 +189,7 @@ def check_text(cls: type[BaseSettings], name: str, raw: str, value: Any) -> None
         assert len(raw.split()) >= 5
     elif name not in FREE_TEXT:  # a name (group, topic, device...): its service checks the rest
         assert raw and raw.strip() == raw, (name, raw)
+        assert not {unicodedata.category(c) for c in raw} & UNPRINTABLE, (name, raw)
 
 
 def try_setting(cls: type[BaseSettings], name: str, raw: str) -> None:
@@ -325,3 +329,12 @@ def test_a_store_options_value_that_is_not_json_names_its_variable(
 def test_the_defaults_pass_their_own_checks() -> None:
     for cls in CLASSES:
         cls()
+
+
+def test_a_value_passed_in_rather_than_read_says_how_it_was_given() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        ServeSettings(serve_idle_s=0.0)
+
+    assert str(refused.value) == (
+        "ROLLCAST_SERVE_IDLE_S (given as serve_idle_s=0.0): must be more than 0 and at most 2592000"
+    )

@@ -182,8 +182,7 @@ def reusable(row: dict[str, Any], candidate: dict[str, Any]) -> bool:
     """
     from dataclasses import asdict
 
-    from pipeline.model import ForecasterConfig
-    from pipeline.train import TrainConfig
+    from pipeline.recipe import ForecasterConfig, TrainConfig
 
     would_run = {
         **asdict(ForecasterConfig(channels=())),

@@ -853,7 +853,8 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from pipeline.config import ModelSettings, RecordSettings, ServeSettings
     from pipeline.forecast import LoadedForecaster
-    from pipeline.model import ForecasterConfig, build_forecaster
+    from pipeline.model import build_forecaster
+    from pipeline.recipe import ForecasterConfig
     from pipeline.serve import RollingForecaster, freeze_heap, new_stats, serve_batch
 
     n_series = args.serve_series or (10_000 if args.quick else 100_000)

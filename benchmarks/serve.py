@@ -39,7 +39,8 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings
 from pipeline.forecast import LoadedForecaster
 from pipeline.kafka_io import KafkaTransport
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.records import RawRecord
 from pipeline.serve import RollingForecaster, freeze_heap, new_stats, run_serve
 from pipeline.stats import LatencyRecorder, ServeStats

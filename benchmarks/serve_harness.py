@@ -28,7 +28,8 @@ import torch
 from pipeline import registry, runs
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.kafka_io import SERVED_BY_HEADER, KafkaTransport
-from pipeline.model import Forecaster, ForecasterConfig, build_forecaster
+from pipeline.model import Forecaster, build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.records import RawRecord
 from pipeline.tracking import connect
 

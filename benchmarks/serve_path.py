@@ -26,7 +26,8 @@ import torch
 from results import add_results_option, append_if_asked
 
 from pipeline.forecast import LoadedForecaster
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.records import RawRecord
 from pipeline.serve import RollingForecaster, new_stats, serve_batch
 

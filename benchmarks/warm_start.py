@@ -36,8 +36,9 @@ from pipeline.config import TrainSettings
 from pipeline.datasets import load_csv
 from pipeline.evaluate import mse
 from pipeline.forecast import predict
-from pipeline.model import Forecaster, ForecasterConfig, build_forecaster, warm_started
-from pipeline.train import TrainConfig, fit
+from pipeline.model import Forecaster, build_forecaster, warm_started
+from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.train import fit
 from pipeline.windows import WindowSet, build_window_sets, split_point, window_starts
 
 ROOT = Path(__file__).resolve().parents[1]

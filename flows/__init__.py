@@ -35,11 +35,26 @@ route_library_noise()
 # Prefect leaves the root logger at WARNING, which would drop the library's progress lines
 # (INFO) before they reach a run's log. ROLLCAST_LOG_LEVEL changes it (e.g. DEBUG, WARNING).
 LIBRARY_LOGGER = logging.getLogger("pipeline")
-ASKED_LEVEL = os.environ.get("ROLLCAST_LOG_LEVEL", "INFO")
-LOG_LEVEL = ASKED_LEVEL.upper()
-# ASCII only: a dotless i (U+0131) upper-cases to I, so "\u0131nfo" would pass as INFO.
-if not ASKED_LEVEL.isascii() or LOG_LEVEL not in logging.getLevelNamesMapping():
-    raise ConfigurationError(
-        f"ROLLCAST_LOG_LEVEL={ASKED_LEVEL!r} is not a log level: use DEBUG, INFO, WARNING or ERROR"
-    )
-LIBRARY_LOGGER.setLevel(LOG_LEVEL)
+
+
+def asked_log_level() -> str:
+    """``ROLLCAST_LOG_LEVEL`` (default INFO); ConfigurationError for anything else than a level."""
+    asked = os.environ.get("ROLLCAST_LOG_LEVEL", "INFO")
+    # ASCII only: a dotless i (U+0131) upper-cases to I, so "\u0131nfo" would pass as INFO.
+    if not asked.isascii() or asked.upper() not in logging.getLevelNamesMapping():
+        raise ConfigurationError(
+            f"ROLLCAST_LOG_LEVEL={asked!r} is not a log level: use DEBUG, INFO, WARNING or ERROR"
+        )
+    return asked.upper()
+
+
+def require_log_level() -> None:
+    """Raise the refusal of ``ROLLCAST_LOG_LEVEL``, if any: the entry points call this first, so
+    that it is one line and exit code 2, not a traceback at import."""
+    asked_log_level()
+
+
+try:
+    LIBRARY_LOGGER.setLevel(asked_log_level())
+except ConfigurationError:
+    LIBRARY_LOGGER.setLevel(logging.INFO)  # until an entry point refuses to start

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import pipeline
+from flows import require_log_level
 from pipeline import ConfigurationError, OutageError, ResourceError, RollcastError
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pydantic import ValidationError
-    from pydantic_settings import BaseSettings
 
     from pipeline.config import MlflowSettings, Settings, StoreSettings
     from pipeline.store import StoreInfo
@@ -701,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else pipeline.EXIT_USAGE
     configure_logging(args.verbose)
     try:
+        require_log_level()
         args.handler(args)
     except Exception as err:
         return failed(err)
@@ -718,7 +718,7 @@ def configure_logging(verbose: bool) -> None:
 def failed(err: Exception) -> int:
     """Say why a command failed, on stderr; return its exit code.
 
-    Rollcast's own errors (and a setting pydantic refused) are one line, ``rollcast: why``;
+    Rollcast's own errors are one line, ``rollcast: why``;
     anything else is a bug, shown with its traceback.
     """
     known = known_error(err)
@@ -744,45 +744,17 @@ def exit_code(err: RollcastError) -> int:
 def known_error(err: BaseException) -> RollcastError | None:
     """``err`` as one of Rollcast's errors, or None for a bug.
 
-    Besides Rollcast's own: a settings class's validation error (a wrong ``ROLLCAST_*``
-    variable), and Prefect's "Failed to reach API", a RuntimeError whose cause is the HTTP
+    Besides Rollcast's own (a refused ``ROLLCAST_*`` value is a ConfigurationError, raised
+    by pipeline.config): Prefect's "Failed to reach API", a RuntimeError whose cause is the HTTP
     client's connection error. Prefect re-raises a task's or flow's own exception in the
     caller, so those need no unwrapping.
     """
     if isinstance(err, RollcastError):
         return err
-    refused = refused_settings(err)
-    if refused is not None:
-        return ConfigurationError(settings_message(err, refused))  # type: ignore[arg-type]
     httpx = sys.modules.get("httpx")  # loaded by Prefect wherever its API was called
     if httpx is not None and isinstance(err.__cause__, httpx.TransportError):
         return OutageError(f"{err} ({err.__cause__}): is the Prefect API up? (PREFECT_API_URL)")
     return None
-
-
-def refused_settings(err: BaseException) -> type[BaseSettings] | None:
-    """The pipeline.config settings class ``err`` is the validation error of, if it is one."""
-    from pydantic import ValidationError
-
-    config = sys.modules.get("pipeline.config")  # loaded wherever a setting was read
-    if not isinstance(err, ValidationError) or config is None:
-        return None
-    found = getattr(config, err.title, None)
-    return found if isinstance(found, type) and hasattr(found, "model_fields") else None
-
-
-def settings_message(err: ValidationError, settings_class: type[BaseSettings]) -> str:
-    """Each refused setting by variable name, and the value refused unless it is a secret."""
-    from pipeline.config import ENV_PREFIX
-
-    parts = []
-    for problem in err.errors(include_url=False):
-        field = str(problem["loc"][0]) if problem["loc"] else ""
-        declared = settings_class.model_fields.get(field)
-        secret = declared is None or "SecretStr" in str(declared.annotation)
-        value = "" if secret or "input" not in problem else f"={problem['input']!r}"
-        parts.append(f"{ENV_PREFIX}{field.upper()}{value}: {problem['msg']}")
-    return "; ".join(parts)
 
 
 if __name__ == "__main__":

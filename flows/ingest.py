@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import require_log_level
 from flows.retries import transient_only
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaTransport
@@ -28,4 +29,5 @@ def ingest_flow(
 
     Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
     """
+    require_log_level()
     return ingest_observations(settings or Settings(), max_records)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import require_log_level
 from flows.retries import transient_only
 from pipeline import ConfigurationError
 from pipeline.config import Settings, StoreSettings
@@ -30,6 +31,7 @@ def compact_flow(
     Returns the report: ``files``, ``bytes`` and ``rows`` as [before, after],
     ``duplicates_removed``, ``files_vacuumed`` and the table ``version`` after.
     """
+    require_log_level()
     store = settings.store if settings is not None else StoreSettings()
     hours = store.store_retention_hours if retention_hours is None else retention_hours
     if not 0 <= hours < float("inf"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows import require_log_level
 from flows.train import train_flow
 from pipeline import monitoring, registry
 from pipeline.config import Settings
@@ -28,6 +29,7 @@ def drift_flow(
 
     Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
     """
+    require_log_level()
     settings = settings or Settings()
     drift, logger = settings.drift, get_run_logger()
     tracking = connect_reader(settings.mlflow)

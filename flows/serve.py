@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import require_log_level
 from pipeline.config import Settings
 from pipeline.kafka_io import KafkaTransport
 from pipeline.wiring import serve_from_settings
@@ -31,4 +32,5 @@ def serve_flow(
 
     Settings not given are read from ``ROLLCAST_*`` variables, as a deployment's runs do.
     """
+    require_log_level()
     return serve_champion(settings or Settings(), max_records)

@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import require_log_level
 from flows.retries import transient_only
 from pipeline import registry, training
 from pipeline.config import Settings
@@ -52,6 +53,7 @@ def train_flow(
     ``max_steps`` overrides them all. A full disk (a checkpoint, MLflow's artifacts) is a
     :class:`~pipeline.ResourceError` naming the file, and no task retries it.
     """
+    require_log_level()
     started_ms = int(time.time() * 1000)
     training_settings = TrainingSettings.of(settings or Settings())
     with disk_full_is_resource_error(training_settings.mlflow.mlflow_tracking_uri):

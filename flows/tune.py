@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows import require_log_level
 from pipeline.config import Settings
 from pipeline.files import disk_full_is_resource_error
 from pipeline.selection import budget_of, search_store
@@ -32,6 +33,7 @@ def tune_flow(
     Settings not given are read from ``ROLLCAST_*`` variables. A full disk is a
     :class:`~pipeline.ResourceError` naming the file.
     """
+    require_log_level()
     training = TrainingSettings.of(settings or Settings())
     tracking = connect(training.mlflow, training.store)
     budget = budget_of(training, trials, timeout_s, trial_timeout_s)

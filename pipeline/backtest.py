@@ -26,8 +26,9 @@ import pandas as pd
 from pipeline import RollcastError
 from pipeline.evaluate import default_season, mae, mse, repeat_last, seasonal_naive
 from pipeline.forecast import predict
-from pipeline.model import ForecasterConfig, build_forecaster
-from pipeline.train import EvalStats, TrainConfig, fit
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.train import EvalStats, fit
 from pipeline.windows import WindowSet, infer_step_ms, window_starts
 
 logger = logging.getLogger(__name__)

@@ -19,14 +19,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
-from pipeline.model import ForecasterConfig
+from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.records import (
     DEFAULT_MAX_JUMP_STEPS,
     DEFAULT_MAX_RECORD_BYTES,
     FLOAT32_MAX,
     RecordPolicy,
 )
-from pipeline.train import TrainConfig
 from pipeline.windows import freq_to_ms
 
 ENV_PREFIX = "ROLLCAST_"
@@ -255,12 +254,19 @@ class StoreSettings(RollcastSettings):
         return self.data_dir / "store"
 
 
+def local_tracking_uri() -> str:
+    """A SQLite tracking store in the data folder (``ROLLCAST_DATA_DIR``), beside the table."""
+    return f"sqlite:///{StoreSettings().data_dir / 'mlflow.db'}"
+
+
 class MlflowSettings(RollcastSettings):
     """Tracking and registry."""
 
     model_config = _settings_config()
 
-    mlflow_tracking_uri: str = "sqlite:///.rollcast/mlflow.db"
+    # Runs and the registry; by default in the data folder, whose artifacts folder holds
+    # the runs' files (tracking.connect), so one ROLLCAST_DATA_DIR moves both.
+    mlflow_tracking_uri: str = Field(default_factory=local_tracking_uri)
     mlflow_experiment: Name = "rollcast"
     model_name: Name = "rollcast-forecaster"
     champion_alias: Name = "champion"

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from pipeline import RollcastError
-from pipeline.model import Forecaster, ForecasterConfig
+from pipeline.model import Forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.windows import SERIES, TS, RollingWindow, format_timestamp, freq_to_ms
 
 # Series id given to a history frame that has no ``series`` column.

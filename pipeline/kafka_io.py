@@ -288,13 +288,13 @@ class StreamSource:
 
     def partitions(self) -> int:
         """How many partitions this member owns now."""
-        return len(self._owned)
+        return len(self._owned & self._consumer.assignment())  # none while the member rejoins
 
     def lag(self) -> int:
         """Records between what was read and each partition's high watermark, as last fetched."""
-        behind = 0
+        behind, assigned = 0, self._consumer.assignment()  # none while the member rejoins
         for tp, next_offset in self._next.items():
-            highwater = self._consumer.highwater(tp)
+            highwater = self._consumer.highwater(tp) if tp in assigned else None
             if highwater is not None and tp in self._owned:
                 behind += max(highwater - next_offset, 0)
         return behind
@@ -357,7 +357,13 @@ class StreamSource:
         return committed is not None and committed > self._next.get(tp, 0)
 
     def _rewind_partition(self, tp: TopicPartition) -> bool:
-        committed = self._consumer.committed(tp) if self._rewind else None
+        if not self._rewind:
+            return False
+        try:
+            committed = self._consumer.committed(tp, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as err:
+            logger.warning("cannot read the committed offset of %s (%r): not rewound", tp, err)
+            return False
         if committed is None or committed == 0:
             return False
         self._resume[tp.partition] = committed

@@ -1,4 +1,4 @@
-"""The forecaster networks and their config; nothing else.
+"""The forecaster networks; their config is :class:`pipeline.recipe.ForecasterConfig`.
 
 :class:`StackedLSTMForecaster` is a stacked LSTM built the way recurrent forecasters became
 competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every technique an option:
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import pickle
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ import torch
 from torch import nn
 
 from pipeline import InvalidFileError
-from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
 from pipeline.files import MAX_CHECKPOINT_BYTES, one_line, open_regular
+from pipeline.recipe import ForecasterConfig
 
 # Keeps division safe for a channel that never moved in training.
 MIN_SCALE = 1e-6
@@ -64,103 +63,8 @@ class CheckpointError(InvalidFileError):
     """A checkpoint that cannot be turned back into a model: retrying cannot help."""
 
 
-@dataclass(frozen=True)
-class ForecasterConfig:
-    """Everything needed to rebuild a network, and what it expects of its input.
-
-    The defaults are the shape Rollcast stands behind, and the one place it is defined: the
-    train flow's settings, the backtest, the tuner's starting point and the benchmarks read
-    them. They follow SegRNN's published scripts (lss-1138/SegRNN: lookback 720, 48-step
-    segments, dropout 0.5, one recurrent layer), with hidden 256 chosen on ETTh1's validation
-    split (BENCHMARKS.md). :meth:`fitted` shortens the lookback for short series.
-
-    ``channels``, ``freq`` and ``max_gap`` are the model's :class:`DataContract`.
-    """
-
-    channels: tuple[str, ...]
-    lookback: int = 720
-    horizon: int = 24
-    freq: str = DEFAULT_FREQ
-    # "lstm": StackedLSTMForecaster; "dlinear": DLinear; "repeat_last"; "seasonal_naive"
-    architecture: str = "lstm"
-    cell: str = "lstm"  # or "gru"
-    hidden_size: int = 256
-    num_layers: int = 1
-    dropout: float = 0.5
-    bidirectional: bool = False
-    norm: str = "last"  # "last": subtract the window's last value; "mean": its mean; "none"
-    channel_independent: bool = True
-    segment_len: int = 48  # steps per input/output segment; 1 = step by step
-    decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
-    season: int = 24  # the seasonal-naive period in steps
-    # The gap policy the training windows were built with; inference fills gaps the same way.
-    max_gap: int = DEFAULT_MAX_GAP
-    # The output head and its training loss: "mse" or "l1" (point forecasts; l1 is less
-    # swayed by spikes). See HEADS.
-    loss: str = "mse"
-
-    @property
-    def n_channels(self) -> int:
-        return len(self.channels)
-
-    @property
-    def contract(self) -> DataContract:
-        return DataContract(self.channels, self.freq, self.max_gap)
-
-    @property
-    def segmented(self) -> bool:
-        """Whether the lookback is read in segments (and must be a multiple of one)."""
-        return self.architecture == "lstm"
-
-    def fitted(self, train_steps: int) -> ForecasterConfig:
-        """This config with the lookback (and segment) cut so that a window (lookback plus
-        horizon) takes at most half of ``train_steps`` training steps: a short series still
-        gives training windows. The one sizing rule of training, tuning and backtests.
-
-        >>> ForecasterConfig(channels=(), horizon=96).fitted(8640).lookback
-        720
-        >>> short = ForecasterConfig(channels=(), horizon=192).fitted(1598)
-        >>> short.lookback, short.segment_len
-        (576, 48)
-        >>> tiny = ForecasterConfig(channels=(), horizon=24).fitted(100)
-        >>> tiny.lookback, tiny.segment_len
-        (26, 26)
-        """
-        room = max(min(self.lookback, train_steps // 2 - self.horizon), 1)
-        if not self.segmented:
-            return replace(self, lookback=room)
-        lookback, segment = cut_lookback(room, self.segment_len)
-        return replace(self, lookback=lookback, segment_len=segment)
-
-    def serves_like(self, other: ForecasterConfig) -> bool:
-        """Whether a model of ``other`` can replace this one: same inputs, outputs, step, gaps."""
-        return not self.serving_differences(other)
-
-    def serving_differences(self, other: ForecasterConfig) -> list[str]:
-        """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
-        shape = [
-            f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in ("lookback", "horizon")
-            if getattr(self, name) != getattr(other, name)
-        ]
-        return shape + self.contract.differences(other.contract)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "channels": list(self.channels)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ForecasterConfig:
-        return cls(**{**data, "channels": tuple(data["channels"])})
 
 
-def cut_lookback(lookback: int, segment_len: int) -> tuple[int, int]:
-    """A lookback cut to a multiple of a segment no longer than itself: (lookback, segment).
-
-    >>> cut_lookback(720, 48), cut_lookback(30, 48), cut_lookback(100, 24)
-    ((720, 48), (30, 30), (96, 24))
-    """
-    segment = max(1, min(segment_len, lookback))
-    return max(lookback // segment * segment, segment), segment
 
 
 class PointHead:

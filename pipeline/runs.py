@@ -43,9 +43,10 @@ from pipeline.figures import forecast_figure, loss_figure, search_figure
 from pipeline.forecast import example_history
 from pipeline.model import Forecaster
 from pipeline.packaging import log_model
+from pipeline.recipe import TrainConfig
 from pipeline.registry import LoggedVersion
 from pipeline.tracking import HEARTBEAT, Owner, Tracking, fail_abandoned_runs
-from pipeline.train import TrainConfig, TrainResult
+from pipeline.train import TrainResult
 from pipeline.windows import SERIES, TS, WindowSet
 
 if TYPE_CHECKING:  # Optuna is loaded by the search alone, not by serve

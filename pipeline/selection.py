@@ -20,9 +20,10 @@ from typing import Any
 from pipeline import runs
 from pipeline.evaluate import mse
 from pipeline.forecast import predict
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.tracking import Tracking
-from pipeline.train import TrainConfig, fit
+from pipeline.train import fit
 from pipeline.training import TrainingSettings, challenger_config, load_data
 from pipeline.training_data import TrainingData
 from pipeline.tuning import Budget, Candidate, Evaluate, SearchResult, search

@@ -28,6 +28,7 @@ import torch
 from pipeline import RollcastError
 from pipeline.model import Forecaster
 from pipeline.progress import pace
+from pipeline.recipe import TrainConfig
 from pipeline.windows import WindowSet
 
 logger = logging.getLogger(__name__)
@@ -37,31 +38,6 @@ class TrainingError(RollcastError):
     """Training cannot start or cannot go on (no data, a diverged loss)."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a forecaster is trained. These defaults are the ones Rollcast stands behind.
-
-    The rate stays at 3e-3 and training stops after ``patience`` validations without a better
-    loss, so the data decides how long a run is: on the validation splits measured
-    (BENCHMARKS.md) ETTh1 stopped after about 200 steps, a 4,032-step half-hourly series after
-    about 450. A cosine schedule over a fixed 250 steps left that series at 4.6 times the
-    validation MSE (0.110 against 0.024).
-    """
-
-    max_steps: int = 1000  # optimizer steps at most
-    # Also stop after this many seconds of training, validating at once (None: no limit).
-    time_limit_s: float | None = None
-    max_epochs: float | None = None  # also stop after this many passes over the windows
-    eval_every: int | None = 25  # steps between validations; None: once per pass
-    patience: int = 4  # validations without a better loss before stopping
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0  # max global L2 norm of the gradients
-    seed: int = 0
-    device: str = "auto"  # "auto": CUDA when present, else CPU
-    # "constant"; "cosine": annealed to 0 over the budget; "halving": halved every pass (DLinear's)
-    schedule: str = "constant"
 
 
 @dataclass(frozen=True)

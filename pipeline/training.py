@@ -33,16 +33,11 @@ from pipeline.config import (
 from pipeline.evaluate import Scorecard, Verdict, default_season, judge, score_forecaster
 from pipeline.files import one_line, read_json_object
 from pipeline.forecast import example_history
-from pipeline.model import (
-    CheckpointError,
-    Forecaster,
-    ForecasterConfig,
-    build_forecaster,
-    warm_started,
-)
+from pipeline.model import CheckpointError, Forecaster, build_forecaster, warm_started
+from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.store import SeriesStore, StoredRows
 from pipeline.tracking import Tracking
-from pipeline.train import TrainConfig, TrainingError, TrainResult, fit
+from pipeline.train import TrainingError, TrainResult, fit
 from pipeline.training_data import TrainingData, prepare_training_data
 from pipeline.windows import (
     SERIES,

@@ -25,8 +25,8 @@ from typing import Any
 
 import optuna
 
-from pipeline.model import ForecasterConfig, cut_lookback
-from pipeline.train import EvalStats, TrainConfig, TrainingError
+from pipeline.recipe import ForecasterConfig, TrainConfig, cut_lookback
+from pipeline.train import EvalStats, TrainingError
 
 logger = logging.getLogger(__name__)
 

@@ -185,7 +185,7 @@ def test_the_demo_summary_gives_dead_letters_by_reason() -> None:
     ingested = {"rows_written": 17_498, "dead_letters": {"missing_value": 22}}
     trained = {
         "model_name": "m", "version": "1", "promoted": True, "run_id": "r", "val_mse": 0.5,
-        "val_seasonal_naive_mse": 1.0, "val_repeat_last_mse": 2.0,
+        "val_seasonal_naive_mse": 1.0, "val_repeat_last_mse": 2.0, "experiment_id": "7",
     }  # fmt: skip
     served = {"forecasts_out": 10, "series_forecast": 1, "model_version": "1"}
     mlflow_settings = config.MlflowSettings(mlflow_tracking_uri="sqlite:///m.db")
@@ -198,3 +198,4 @@ def test_the_demo_summary_gives_dead_letters_by_reason() -> None:
     assert "data              f.csv: all 17520 rows" in lines
     assert "dead letters      22 (missing_value 22)" in lines
     assert summary_dict(summary)["dead_letters_by_reason"] == {"missing_value": 22}
+    assert "/#/experiments/7/runs?workflowType=machine_learning" in summary.mlflow_page

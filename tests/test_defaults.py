@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from pipeline.backtest import BacktestSpec, run_backtest
-from pipeline.config import ModelSettings, Settings, TrainSettings
-from pipeline.model import ForecasterConfig
-from pipeline.train import TrainConfig
+from pipeline.config import MlflowSettings, ModelSettings, Settings, TrainSettings
+from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.training import FLOW_ONLY, TrainingSettings
 
 SHAPE = ForecasterConfig(channels=())
@@ -60,3 +59,18 @@ def test_the_backtest_trains_the_same_defaults() -> None:
         dataclasses.replace(TrainConfig(**train), max_steps=TrainConfig().max_steps)
         == TrainConfig()
     )
+
+
+def test_the_tracking_store_follows_the_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLCAST_DATA_DIR", "/srv/rollcast")
+
+    assert MlflowSettings().mlflow_tracking_uri == "sqlite:////srv/rollcast/mlflow.db"
+
+
+def test_an_explicit_tracking_uri_wins_over_the_data_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROLLCAST_DATA_DIR", "/srv/rollcast")
+    monkeypatch.setenv("ROLLCAST_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+
+    assert MlflowSettings().mlflow_tracking_uri == "http://mlflow:5000"

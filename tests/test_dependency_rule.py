@@ -14,6 +14,7 @@ import sys
 CORE = (
     "contract",
     "windows",
+    "recipe",
     "model",
     "files",
     "train",

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.evaluate import mae, mse, repeat_last, score, score_forecaster, seasonal_naive
-from pipeline.model import ForecasterConfig, StackedLSTMForecaster
+from pipeline.model import StackedLSTMForecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.windows import WindowSet
 
 

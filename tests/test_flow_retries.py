@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from prefect.states import Failed
 
+from flows.maintenance import compact_flow
 from flows.retries import transient_only
+from pipeline import ConfigurationError
 from pipeline.config import IngestSettings
 from pipeline.kafka_io import BrokerNotConfiguredError, BrokerUnavailableError
 
@@ -51,10 +53,22 @@ def test_ingest_without_a_broker_fails_on_its_first_try(
     assert [run.run_count for run in task_runs] == [1]
 
 
-def test_a_wrong_log_level_names_its_variable() -> None:
+def test_a_wrong_log_level_stops_a_command_with_one_line() -> None:
     env = {**os.environ, "ROLLCAST_LOG_LEVEL": "LOUD"}
     done = subprocess.run(
-        [sys.executable, "-c", "import flows"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "flows.cli", "store", "info"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
-    assert done.returncode != 0
-    assert "ConfigurationError: ROLLCAST_LOG_LEVEL='LOUD' is not a log level" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "rollcast: ROLLCAST_LOG_LEVEL='LOUD' is not a log level: use DEBUG, INFO, WARNING or ERROR"
+    )
+
+
+def test_a_wrong_log_level_stops_a_flow_before_it_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLCAST_LOG_LEVEL", "LOUD")
+
+    with pytest.raises(ConfigurationError, match="ROLLCAST_LOG_LEVEL='LOUD'"):
+        compact_flow.fn()

@@ -14,7 +14,8 @@ from pipeline.forecast import (
     latest_windows,
     new_window,
 )
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.windows import format_timestamp
 
 LOOKBACK, HORIZON, HOUR_MS = 4, 2, 3_600_000

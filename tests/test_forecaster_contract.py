@@ -18,13 +18,8 @@ import pytest
 import torch
 
 from pipeline.forecast import predict
-from pipeline.model import (
-    Forecaster,
-    ForecasterConfig,
-    build_forecaster,
-    load_checkpoint,
-    save_checkpoint,
-)
+from pipeline.model import Forecaster, build_forecaster, load_checkpoint, save_checkpoint
+from pipeline.recipe import ForecasterConfig
 
 # A horizon that is no multiple of the segment (the last output segment is cut) and longer than
 # a season (the seasonal naive repeats it).

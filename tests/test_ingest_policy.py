@@ -20,7 +20,8 @@ from pipeline.delta_store import DeltaSeriesStore
 from pipeline.forecast import LoadedForecaster
 from pipeline.ingest import Admission, IngestLedger, IngestReport, StoreContract, ingest_batch
 from pipeline.inmemory import MemoryTransport
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.records import (
     DEFAULT_POLICY,
     FUTURE,

@@ -16,7 +16,8 @@ from pipeline.delta_store import DeltaSeriesStore
 from pipeline.forecast import LoadedForecaster
 from pipeline.ingest import IngestPlan, run_ingest
 from pipeline.inmemory import MemoryTransport
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.serve import RollingForecaster, run_serve
 from pipeline.transport import Rebalance
 

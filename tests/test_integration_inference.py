@@ -21,7 +21,8 @@ from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreS
 from pipeline.datasets import frame_to_observations
 from pipeline.forecast import ForecastError
 from pipeline.kafka_io import KafkaTransport
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.serve import RollingForecaster, run_serve, stop_rule
 from pipeline.tracking import Tracking, connect
 from pipeline.transport import replay

@@ -22,9 +22,10 @@ from pipeline.config import MlflowSettings, StoreSettings
 from pipeline.evaluate import score_forecaster
 from pipeline.figures import HISTORY_HORIZONS, forecast_figure
 from pipeline.forecast import example_history
-from pipeline.model import Forecaster, ForecasterConfig, build_forecaster
+from pipeline.model import Forecaster, build_forecaster
+from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.tracking import EXPERIMENT_KIND, connect, experiment_page
-from pipeline.train import EvalStats, TrainConfig, TrainResult
+from pipeline.train import EvalStats, TrainResult
 from pipeline.windows import WindowSet, build_window_sets
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ from pipeline.evaluate import repeat_last, seasonal_naive
 from pipeline.model import (
     MIN_SCALE,
     CheckpointError,
-    ForecasterConfig,
     RepeatLast,
     SeasonalNaive,
     StackedLSTMForecaster,
@@ -24,6 +23,7 @@ from pipeline.model import (
     save_checkpoint,
     warm_started,
 )
+from pipeline.recipe import ForecasterConfig
 
 CHANNELS = ("load", "temp")
 

@@ -18,8 +18,9 @@ from pipeline import ConfigurationError, InvalidFileError, OutageError, Resource
 from pipeline.config import ModelSettings, Settings, StoreSettings, TrainSettings
 from pipeline.files import read_capped, read_json_object
 from pipeline.forecast import LoadedForecaster
-from pipeline.model import CheckpointError, ForecasterConfig, build_forecaster, load_checkpoint
+from pipeline.model import CheckpointError, build_forecaster, load_checkpoint
 from pipeline.model import save_checkpoint as write_checkpoint
+from pipeline.recipe import ForecasterConfig
 from pipeline.swap import LocalCopy
 from pipeline.training import TrainingSettings
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.model import ForecasterConfig, StackedLSTMForecaster
+from pipeline.model import StackedLSTMForecaster
 from pipeline.progress import Progress, by_reason, pace
-from pipeline.train import TrainConfig, fit
+from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.train import fit
 from pipeline.windows import build_window_sets
 
 LOOKBACK, HORIZON = 24, 6

@@ -21,7 +21,8 @@ from prometheus_client import generate_latest
 from pipeline.forecast import LoadedForecaster, predict
 from pipeline.inmemory import MemoryTransport
 from pipeline.metrics import serve_metrics
-from pipeline.model import ForecasterConfig, build_forecaster
+from pipeline.model import build_forecaster
+from pipeline.recipe import ForecasterConfig
 from pipeline.records import (
     FUTURE,
     LATE,

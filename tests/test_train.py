@@ -13,16 +13,9 @@ import torch
 
 from pipeline.evaluate import score_forecaster
 from pipeline.forecast import predict
-from pipeline.model import ForecasterConfig, StackedLSTMForecaster
-from pipeline.train import (
-    EvalStats,
-    OnDevice,
-    TrainConfig,
-    TrainingError,
-    TrainResult,
-    evaluate_loss,
-    fit,
-)
+from pipeline.model import StackedLSTMForecaster
+from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.train import EvalStats, OnDevice, TrainingError, TrainResult, evaluate_loss, fit
 from pipeline.windows import WindowSet, build_window_sets
 
 LOOKBACK, HORIZON, SEASON = 48, 12, 24

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.model import ForecasterConfig
-from pipeline.train import EvalStats, TrainConfig, TrainingError
+from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.train import EvalStats, TrainingError
 from pipeline.tuning import PRUNER_WARMUP_STEPS, Budget, Candidate, search
 
 

@@ -1,0 +1,139 @@
+"""What a forecaster is and how it trains: :class:`ForecasterConfig` and :class:`TrainConfig`.
+
+Plain dataclasses, without torch: the settings (``pipeline.config``) read their defaults, and a
+command can check its configuration, without loading the network code (``pipeline.model``,
+``pipeline.train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
+
+
+@dataclass(frozen=True)
+class ForecasterConfig:
+    """Everything needed to rebuild a network, and what it expects of its input.
+
+    The defaults are the shape Rollcast stands behind, and the one place it is defined: the
+    train flow's settings, the backtest, the tuner's starting point and the benchmarks read
+    them. They follow SegRNN's published scripts (lss-1138/SegRNN: lookback 720, 48-step
+    segments, dropout 0.5, one recurrent layer), with hidden 256 chosen on ETTh1's validation
+    split (BENCHMARKS.md). :meth:`fitted` shortens the lookback for short series.
+
+    ``channels``, ``freq`` and ``max_gap`` are the model's :class:`DataContract`.
+    """
+
+    channels: tuple[str, ...]
+    lookback: int = 720
+    horizon: int = 24
+    freq: str = DEFAULT_FREQ
+    # "lstm": StackedLSTMForecaster; "dlinear": DLinear; "repeat_last"; "seasonal_naive"
+    architecture: str = "lstm"
+    cell: str = "lstm"  # or "gru"
+    hidden_size: int = 256
+    num_layers: int = 1
+    dropout: float = 0.5
+    bidirectional: bool = False
+    norm: str = "last"  # "last": subtract the window's last value; "mean": its mean; "none"
+    channel_independent: bool = True
+    segment_len: int = 48  # steps per input/output segment; 1 = step by step
+    decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
+    season: int = 24  # the seasonal-naive period in steps
+    # The gap policy the training windows were built with; inference fills gaps the same way.
+    max_gap: int = DEFAULT_MAX_GAP
+    # The output head and its training loss: "mse" or "l1" (point forecasts; l1 is less
+    # swayed by spikes). See HEADS.
+    loss: str = "mse"
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def contract(self) -> DataContract:
+        return DataContract(self.channels, self.freq, self.max_gap)
+
+    @property
+    def segmented(self) -> bool:
+        """Whether the lookback is read in segments (and must be a multiple of one)."""
+        return self.architecture == "lstm"
+
+    def fitted(self, train_steps: int) -> ForecasterConfig:
+        """This config with the lookback (and segment) cut so that a window (lookback plus
+        horizon) takes at most half of ``train_steps`` training steps: a short series still
+        gives training windows. The one sizing rule of training, tuning and backtests.
+
+        >>> ForecasterConfig(channels=(), horizon=96).fitted(8640).lookback
+        720
+        >>> short = ForecasterConfig(channels=(), horizon=192).fitted(1598)
+        >>> short.lookback, short.segment_len
+        (576, 48)
+        >>> tiny = ForecasterConfig(channels=(), horizon=24).fitted(100)
+        >>> tiny.lookback, tiny.segment_len
+        (26, 26)
+        """
+        room = max(min(self.lookback, train_steps // 2 - self.horizon), 1)
+        if not self.segmented:
+            return replace(self, lookback=room)
+        lookback, segment = cut_lookback(room, self.segment_len)
+        return replace(self, lookback=lookback, segment_len=segment)
+
+    def serves_like(self, other: ForecasterConfig) -> bool:
+        """Whether a model of ``other`` can replace this one: same inputs, outputs, step, gaps."""
+        return not self.serving_differences(other)
+
+    def serving_differences(self, other: ForecasterConfig) -> list[str]:
+        """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
+        shape = [
+            f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
+            for name in ("lookback", "horizon")
+            if getattr(self, name) != getattr(other, name)
+        ]
+        return shape + self.contract.differences(other.contract)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ForecasterConfig:
+        return cls(**{**data, "channels": tuple(data["channels"])})
+
+
+def cut_lookback(lookback: int, segment_len: int) -> tuple[int, int]:
+    """A lookback cut to a multiple of a segment no longer than itself: (lookback, segment).
+
+    >>> cut_lookback(720, 48), cut_lookback(30, 48), cut_lookback(100, 24)
+    ((720, 48), (30, 30), (96, 24))
+    """
+    segment = max(1, min(segment_len, lookback))
+    return max(lookback // segment * segment, segment), segment
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a forecaster is trained. These defaults are the ones Rollcast stands behind.
+
+    The rate stays at 3e-3 and training stops after ``patience`` validations without a better
+    loss, so the data decides how long a run is: on the validation splits measured
+    (BENCHMARKS.md) ETTh1 stopped after about 200 steps, a 4,032-step half-hourly series after
+    about 450. A cosine schedule over a fixed 250 steps left that series at 4.6 times the
+    validation MSE (0.110 against 0.024).
+    """
+
+    max_steps: int = 1000  # optimizer steps at most
+    # Also stop after this many seconds of training, validating at once (None: no limit).
+    time_limit_s: float | None = None
+    max_epochs: float | None = None  # also stop after this many passes over the windows
+    eval_every: int | None = 25  # steps between validations; None: once per pass
+    patience: int = 4  # validations without a better loss before stopping
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0  # max global L2 norm of the gradients
+    seed: int = 0
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    # "constant"; "cosine": annealed to 0 over the budget; "halving": halved every pass (DLinear's)
+    schedule: str = "constant"

@@ -1,10 +1,13 @@
 """Rollcast: rolling multi-step forecasts from Kafka streams.
 
-The core (``contract``, ``windows``, ``model``, ``train``, ``forecast``, ``evaluate``,
-``backtest``, ``training_data``, ``stats``) imports only numpy, pandas and torch. Kafka, MLflow,
-Parquet and Prefect live at the edges (``kafka_io``; ``tracking``, ``runs``, ``packaging``,
-``registry``, ``monitoring``; ``parquet_store``; ``flows/``), composed by ``wiring`` (ingest,
-serve) and ``training`` (train, tune). docs/ARCHITECTURE.md is the map.
+The core (``contract``, ``windows``, ``recipe``, ``model``, ``files``, ``train``, ``forecast``,
+``evaluate``, ``backtest``, ``training_data``, ``stats``, ``progress``) imports only numpy, pandas
+and torch. Kafka, MLflow, Delta Lake and Prefect live at the edges (``kafka_io``; ``tracking``,
+``runs``, ``packaging``, ``registry``, ``monitoring``; ``delta_store``; ``flows/``), composed by
+``wiring`` (ingest, serve) and ``training`` (train, tune). docs/ARCHITECTURE.md is the map.
+
+The errors below are the taxonomy every layer shares; the ``rollcast`` command turns each kind
+into its exit code (README "Exit codes").
 """
 
 

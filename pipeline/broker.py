@@ -17,10 +17,11 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline import RollcastError
+from pipeline.children import dies_with_parent
 
 logger = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 20.0
+STARTUP_TIMEOUT_S = 60.0  # a loaded machine starts it slowly
 
 
 class BrokerError(RollcastError):
@@ -61,8 +62,6 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         command = [str(tansu_binary()), "broker", "--listener-url", url]
         command += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-        from pipeline.children import dies_with_parent
-
         # Tansu stops on SIGTERM; sent when this process dies, even by SIGKILL (pipeline/children).
         dies = dies_with_parent()
         if self.log_path is None:

@@ -9,7 +9,9 @@ dead-letter the bad records, append the good ones in one store transaction that 
 each partition's newest offset, wait for the dead letters' acknowledgement, and only then commit
 the Kafka offsets. A crash before the store commit replays the flush; after it, the replayed
 records are at or below the offsets the table holds and are skipped: each record reaches the
-table once, whichever writer, or restart, reads it. A record held because it lies too far
+table once, whichever writer, or restart, reads it (a partition whose offsets started again,
+as on a broker replaced by an empty one, is told from a replay by its records' times and stored
+as a new epoch of the partition: :class:`SourceOffsets`). A record held because it lies too far
 ahead of its series (:class:`pipeline.windows.JumpRule`) is decided inside its flush too:
 stored with the record that confirms it, or dead-lettered as ``future`` before the commit.
 

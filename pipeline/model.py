@@ -63,10 +63,6 @@ class CheckpointError(InvalidFileError):
     """A checkpoint that cannot be turned back into a model: retrying cannot help."""
 
 
-
-
-
-
 class PointHead:
     """Point forecasts ``(B, H, C)``, trained on errors divided by each channel's scale, so every
     channel weighs the same: their mean square (``"mse"``) or mean absolute value (``"l1"``)."""

@@ -57,21 +57,22 @@ def abandon_if_requested(what: str) -> None:
 @contextmanager
 def stop_on_sigterm() -> Iterator[threading.Event]:
     """While inside, SIGTERM requests a stop (and nothing else: no exception is raised where the
-    main thread happens to be). Yields the event it sets; a previous request is forgotten.
+    main thread happens to be). Yields the event it sets; a request is forgotten on entering and
+    on leaving, so a stage that stopped leaves none behind for the next one in the process.
 
     The handler is installed from the main thread only (elsewhere Python refuses it: a stage run
     in a thread is stopped with :func:`request`), and the previous one restored on leaving: under
     Prefect that is its own handler, which turns SIGTERM into an exception.
     """
     _stop.clear()
-    if threading.current_thread() is not threading.main_thread():
-        yield _stop
-        return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         yield _stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        _stop.clear()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -38,8 +38,6 @@ class TrainingError(RollcastError):
     """Training cannot start or cannot go on (no data, a diverged loss)."""
 
 
-
-
 @dataclass(frozen=True)
 class EvalStats:
     """One validation: after ``step`` optimizer steps (``epoch`` passes over the windows)."""

@@ -25,10 +25,11 @@ def documented() -> dict[str, tuple[str, set[str]]]:
     return rows
 
 
-def package_names() -> set[str]:
-    """What pipeline/__init__.py defines (the error taxonomy, the exit codes): not modules."""
-    body = ast.parse((Path(__file__).parents[1] / "pipeline" / "__init__.py").read_text()).body
-    classes = {node.name for node in body if isinstance(node, ast.ClassDef)}
+def package_names(package: str) -> set[str]:
+    """What a package's __init__.py defines (pipeline's errors and exit codes, flows' log-level
+    check): names, not modules."""
+    body = ast.parse((ROOT / package / "__init__.py").read_text()).body
+    defined = {node.name for node in body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
     constants = {
         target.id
         for node in body
@@ -36,10 +37,10 @@ def package_names() -> set[str]:
         for target in node.targets
         if isinstance(target, ast.Name)
     }
-    return {f"pipeline.{name}" for name in classes | constants}
+    return {f"{package}.{name}" for name in defined | constants}
 
 
-PACKAGE_NAMES = package_names()
+PACKAGE_NAMES = set().union(*(package_names(package) for package in PACKAGES))
 
 
 def imported(path: Path) -> set[str]:

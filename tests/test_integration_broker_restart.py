@@ -179,6 +179,10 @@ def stored_steps(table: str) -> set[Step]:
     return {(rows.series[c], int(s)) for c, s in zip(rows.codes, steps, strict=True)}
 
 
+def stored_rows(table: str) -> int:
+    return DeltaSeriesStore(table).info().rows
+
+
 def issued_steps(kafka: KafkaSettings, expected: int) -> set[Step]:
     return {(f["series"], step_of(f["issued_at"])) for f in read_forecasts(kafka, expected)}
 
@@ -242,3 +246,25 @@ def test_sigterm_during_a_broker_outage_stops_serve_and_ingest_in_the_grace_peri
 
     assert serve_stop[1] == 0 and serve_stop[0] < GRACE_S, (serve_stop, serve.output()[-3000:])
     assert ingest_stop[1] == 0 and ingest_stop[0] < GRACE_S, (ingest_stop, ingest.output()[-3000:])
+
+
+def test_sigterm_during_a_backlog_stops_serve_and_ingest_in_the_grace_period(
+    rollcast_env: KafkaSettings, tmp_path: Path
+) -> None:
+    register(tiny_model())
+    table = StoreSettings().table_uri
+    n_series, steps = 20_000, range(6)  # a fleet's backlog: 120,000 records, flushes of 50,000
+    produce(rollcast_env, fleet_steps(n_series, steps))
+    with ServeProcess(tmp_path / "serve.log", idle_s=3600) as serve:
+        ingest = IngestProcess(tmp_path / "ingest.log", {"ROLLCAST_INGEST_IDLE_S": "3600"})
+        try:
+            wait_until(lambda: serve.metric("records_in_total") > 0, "serve to start reading")
+            wait_until(lambda: stored_rows(table) > 0, "ingest to store its first flush")
+        finally:
+            serve_stop = sigterm_stop_s(serve.process)
+            ingest_stop = sigterm_stop_s(ingest.process)
+
+    assert serve.metric("records_in_total") != n_series * len(steps)  # stopped mid-backlog
+    assert serve_stop[1] == 0 and serve_stop[0] < GRACE_S, (serve_stop, serve.output()[-3000:])
+    assert ingest_stop[1] == 0 and ingest_stop[0] < GRACE_S, (ingest_stop, ingest.output()[-3000:])
+    assert stored_rows(table) < n_series * len(steps), "it was not stopped mid-backlog"

@@ -19,23 +19,20 @@ from typing import Any
 
 from serve_harness import (
     LOOKBACK,
-    STEP_MS,
-    T0_MS,
     ServeProcess,
+    every,
     fleet_steps,
+    issued_steps,
     observation,
     produce,
-    read_forecasts,
     read_records,
-    step_of,
+    restart_empty,
+    stored_rows,
+    stored_steps,
     wait_for,
 )
 
 from pipeline.config import KafkaSettings
-from pipeline.delta_store import DeltaSeriesStore
-from pipeline.kafka_io import KafkaTransport
-
-Step = tuple[str, int]
 
 
 class IngestProcess:
@@ -71,36 +68,6 @@ def stop_s(serve: ServeProcess) -> float:
     return round(time.monotonic() - started, 1)
 
 
-def stored_steps(table: str) -> set[Step]:
-    """Every (series, step) the table holds; none if it does not exist yet."""
-    rows = DeltaSeriesStore(table).rows()
-    steps = (rows.ts_ms - T0_MS) // STEP_MS
-    return {(rows.series[c], int(s)) for c, s in zip(rows.codes, steps, strict=True)}
-
-
-def stored_rows(table: str) -> int:
-    return DeltaSeriesStore(table).info().rows
-
-
-def every(n_series: int, steps: range | list[int]) -> set[Step]:
-    return {(f"s{i}", s) for i in range(n_series) for s in steps}
-
-
-def issued_steps(kafka: KafkaSettings, expected: int) -> set[Step]:
-    return {(f["series"], step_of(f["issued_at"])) for f in read_forecasts(kafka, expected)}
-
-
-def _restart_empty(broker: Any, kafka: KafkaSettings, down_s: float) -> float:
-    """Stop the broker, wait, start it on its port (memory storage: empty); its topics again."""
-    broker.stop()
-    time.sleep(down_s)
-    broker.start()
-    back = time.monotonic()
-    transport = KafkaTransport(kafka)
-    transport.create_topics(transport.topics.all(), partitions=2)
-    return back
-
-
 def broker_restart_part(broker: Any, work: Path, table: str, down_s: float) -> dict[str, Any]:
     """Serve and ingest across a broker that comes back empty."""
     kafka = KafkaSettings()
@@ -112,7 +79,7 @@ def broker_restart_part(broker: Any, work: Path, table: str, down_s: float) -> d
         warm = n_series * (before - LOOKBACK + 1)
         wait_for(lambda: serve.metric("forecasts_out_total") >= warm, "forecasts before", 300)
         wait_for(lambda: stored_rows(table) >= n_series * before, "rows before", 300)
-        back = _restart_empty(broker, kafka, down_s)
+        back = restart_empty(broker, kafka, down_s)
         produce(kafka, fleet_steps(n_series, range(before, before + after)))
         first_s = _seconds_until(lambda: serve.metric("forecasts_out_total") > warm, back, 300)
         goal = every(n_series, range(before, before + after))

@@ -26,7 +26,9 @@ from types import TracebackType
 import torch
 
 from pipeline import registry, runs
+from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
+from pipeline.delta_store import DeltaSeriesStore
 from pipeline.kafka_io import SERVED_BY_HEADER, KafkaTransport
 from pipeline.model import Forecaster, build_forecaster
 from pipeline.recipe import ForecasterConfig
@@ -208,3 +210,40 @@ def step_of(iso_ts: str) -> int:
     from pipeline.records import parse_timestamp
 
     return (parse_timestamp(iso_ts) - T0_MS) // STEP_MS
+
+
+Step = tuple[str, int]
+
+
+def every(n_series: int, steps: Iterable[int]) -> set[Step]:
+    """Each (series, step) of a fleet ``fleet_steps`` produced."""
+    return {(f"s{i}", s) for i in range(n_series) for s in steps}
+
+
+def stored_steps(table: str) -> set[Step]:
+    """Every (series, step) the series table at ``table`` holds (none if there is no table)."""
+    rows = DeltaSeriesStore(table).rows()
+    steps = (rows.ts_ms - T0_MS) // STEP_MS
+    return {(rows.series[c], int(s)) for c, s in zip(rows.codes, steps, strict=True)}
+
+
+def stored_rows(table: str) -> int:
+    """Rows in the table, repeats of a (series, ts) included."""
+    return DeltaSeriesStore(table).info().rows
+
+
+def issued_steps(kafka: KafkaSettings, expected: int) -> set[Step]:
+    """Each (series, step) a forecast was issued at, read back from the forecasts topic."""
+    return {(f["series"], step_of(f["issued_at"])) for f in read_forecasts(kafka, expected)}
+
+
+def restart_empty(broker: EmbeddedBroker, kafka: KafkaSettings, down_s: float) -> float:
+    """Stop the broker, wait ``down_s``, start it again on its port (memory storage: empty) with
+    the topics ``kafka`` names; the monotonic time it was back."""
+    broker.stop()
+    time.sleep(down_s)
+    broker.start()
+    back = time.monotonic()
+    transport = KafkaTransport(kafka)
+    transport.create_topics(transport.topics.all(), partitions=2)
+    return back

@@ -3,7 +3,9 @@ and a real Prefect API (the test harness); nothing of these is mocked."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +64,34 @@ def rollcast_env(
     transport = KafkaTransport(kafka)
     transport.create_topics(transport.topics.all(), partitions=2)
     return kafka
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on a fresh sqlite store, with proxied artifacts (downloads go
+    through HTTP, as in compose); yields its URL."""
+    from serve_harness import free_port, wait_for
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    with (tmp_path / "mlflow.log").open("w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: answers(f"{url}/health"), "mlflow server", timeout_s=180)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now."""
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False

@@ -15,28 +15,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from serve_harness import (
     LOOKBACK,
-    STEP_MS,
-    T0_MS,
     ServeProcess,
+    every,
     fleet_steps,
+    issued_steps,
     produce,
-    read_forecasts,
     register,
-    step_of,
+    restart_empty,
+    stored_rows,
+    stored_steps,
     tiny_model,
+    wait_for,
 )
 from topics import read_topic
 
 from pipeline import shutdown
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings, StoreSettings
-from pipeline.delta_store import DeltaSeriesStore
 from pipeline.kafka_io import KafkaTransport
 
 pytestmark = pytest.mark.integration
@@ -46,8 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_S = 180.0
 # `docker stop` sends SIGKILL this long after SIGTERM.
 GRACE_S = 10.0
-
-Step = tuple[str, int]
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +58,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield running
     finally:
         running.stop()
-
-
-def restart_empty(broker: EmbeddedBroker, kafka: KafkaSettings, down_s: float = 1.0) -> None:
-    """Stop the broker, and start it again, empty, on its port with the test's topics."""
-    broker.stop()
-    time.sleep(down_s)  # the outage: how long is not what is tested
-    broker.start()
-    transport = KafkaTransport(kafka)
-    transport.create_topics(transport.topics.all(), partitions=2)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = READY_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 # -- the producer ------------------------------------------------------------------------------
@@ -90,7 +72,7 @@ def test_a_producer_the_restarted_broker_does_not_know_is_rebuilt_and_sends_agai
         for i in range(20):
             sink.send_raw(topic, f"k{i}".encode(), b"before")
         assert sink.flush() == 20
-        restart_empty(broker, rollcast_env)
+        restart_empty(broker, rollcast_env, down_s=1.0)
         for i in range(20):
             sink.send_raw(topic, f"k{i}".encode(), f"after-{i}".encode())
         started = time.monotonic()
@@ -173,24 +155,6 @@ def sigterm_stop_s(process: subprocess.Popen[bytes]) -> tuple[float, int]:
     return time.monotonic() - started, code
 
 
-def stored_steps(table: str) -> set[Step]:
-    rows = DeltaSeriesStore(table).rows()
-    steps = (rows.ts_ms - T0_MS) // STEP_MS
-    return {(rows.series[c], int(s)) for c, s in zip(rows.codes, steps, strict=True)}
-
-
-def stored_rows(table: str) -> int:
-    return DeltaSeriesStore(table).info().rows
-
-
-def issued_steps(kafka: KafkaSettings, expected: int) -> set[Step]:
-    return {(f["series"], step_of(f["issued_at"])) for f in read_forecasts(kafka, expected)}
-
-
-def every(n_series: int, steps: range) -> set[Step]:
-    return {(f"s{i}", s) for i in range(n_series) for s in steps}
-
-
 def test_serve_and_ingest_go_on_across_a_broker_restarted_empty(
     rollcast_env: KafkaSettings, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -203,15 +167,15 @@ def test_serve_and_ingest_go_on_across_a_broker_restarted_empty(
         ingest = IngestProcess(tmp_path / "ingest.log", idle)
         try:
             warm = n_series * (len(before) - LOOKBACK + 1)
-            wait_until(lambda: serve.metric("forecasts_out_total") >= warm, "forecasts before")
-            wait_until(lambda: every(n_series, before) <= stored_steps(table), "rows before")
-            restart_empty(broker, rollcast_env)
+            wait_for(lambda: serve.metric("forecasts_out_total") >= warm, "forecasts before")
+            wait_for(lambda: every(n_series, before) <= stored_steps(table), "rows before")
+            restart_empty(broker, rollcast_env, down_s=1.0)
             produce(rollcast_env, fleet_steps(n_series, after))
             back = time.monotonic()
             goal = every(n_series, after)
-            wait_until(lambda: serve.metric("forecasts_out_total") >= warm + len(goal), "serve")
+            wait_for(lambda: serve.metric("forecasts_out_total") >= warm + len(goal), "serve")
             forecast_s = time.monotonic() - back
-            wait_until(lambda: goal <= stored_steps(table), "the rows after the restart")
+            wait_for(lambda: goal <= stored_steps(table), "the rows after the restart")
         finally:
             serve_stop = sigterm_stop_s(serve.process)
             ingest_stop = sigterm_stop_s(ingest.process)
@@ -235,8 +199,8 @@ def test_sigterm_during_a_broker_outage_stops_serve_and_ingest_in_the_grace_peri
         ingest = IngestProcess(tmp_path / "ingest.log", {"ROLLCAST_INGEST_IDLE_S": "3600"})
         warm = n_series * (len(steps) - LOOKBACK + 1)
         try:
-            wait_until(lambda: serve.metric("forecasts_out_total") >= warm, "forecasts")
-            wait_until(lambda: every(n_series, steps) <= stored_steps(table), "rows")
+            wait_for(lambda: serve.metric("forecasts_out_total") >= warm, "forecasts")
+            wait_for(lambda: every(n_series, steps) <= stored_steps(table), "rows")
             broker.stop()
             time.sleep(5.0)  # into the outage: both are polling a broker that is gone
             serve_stop = sigterm_stop_s(serve.process)
@@ -258,8 +222,8 @@ def test_sigterm_during_a_backlog_stops_serve_and_ingest_in_the_grace_period(
     with ServeProcess(tmp_path / "serve.log", idle_s=3600) as serve:
         ingest = IngestProcess(tmp_path / "ingest.log", {"ROLLCAST_INGEST_IDLE_S": "3600"})
         try:
-            wait_until(lambda: serve.metric("records_in_total") > 0, "serve to start reading")
-            wait_until(lambda: stored_rows(table) > 0, "ingest to store its first flush")
+            wait_for(lambda: serve.metric("records_in_total") > 0, "serve to start reading")
+            wait_for(lambda: stored_rows(table) > 0, "ingest to store its first flush")
         finally:
             serve_stop = sigterm_stop_s(serve.process)
             ingest_stop = sigterm_stop_s(ingest.process)

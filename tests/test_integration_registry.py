@@ -4,16 +4,12 @@ and a library that leaves MLflow's process-global tracking URI alone."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
-from serve_harness import free_port, register, tiny_model, wait_for
+from serve_harness import register, tiny_model
 
 from pipeline import registry, runs
 from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
@@ -57,34 +53,6 @@ def test_serve_starts_from_its_local_copy_while_the_registry_is_down(
     assert not (tmp_path / "moved.db").exists()  # no empty store created in its place
     with pytest.raises(registry.RegistryUnavailableError, match="no local copy"):
         start_champion(gone, LocalCopy(tmp_path / "elsewhere", "m"))
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` with proxied artifacts: downloads go through HTTP, as in compose."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
-    ]  # fmt: skip
-    log = (tmp_path / "mlflow.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _answers(f"{url}/health"), "mlflow server", timeout_s=180)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return urllib.request.urlopen(url, timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def test_loading_a_version_through_a_server_leaves_no_temporary_files(

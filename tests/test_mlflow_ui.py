@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from serve_harness import free_port, wait_for
 
 from pipeline import runs
 from pipeline.config import MlflowSettings, StoreSettings
@@ -39,33 +35,6 @@ UI_READS = (
     'MACHINE_LEARNING="machine_learning"',
     'e.get("workflowType")',
 )
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on a fresh sqlite store; yields its URL."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
-    ]  # fmt: skip
-    with (tmp_path / "mlflow.log").open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(lambda: _answers(f"{url}/health"), "mlflow server", timeout_s=120)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return urllib.request.urlopen(url, timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def _get(url: str) -> str:

@@ -261,10 +261,12 @@ class StreamSource:
         self._next: dict[TopicPartition, int] = {}  # partition -> next offset to read
         self._new_assignment: set[TopicPartition] | None = None  # set by the rebalance listener
         self._lapsed: set[TopicPartition] = set()  # lost with the membership, maybe back soon
+        self._outage_since: float | None = None  # when polls began to fail, while they do
         self._consumer.subscribe([topic], listener=_AssignmentListener(self))
 
     def poll(self, timeout_s: float = 1.0) -> list[RawRecord]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        """The records fetched within ``timeout_s``; none while the broker cannot be reached."""
+        batches = self._fetch(timeout_s)
         assignment, self._new_assignment = self._new_assignment, None
         if assignment is not None:
             rewound = self._take_assignment(assignment)
@@ -281,6 +283,24 @@ class StreamSource:
                 records += [to_raw_record(m, m.offset < resume) for m in messages]
             self._next[tp] = messages[-1].offset + 1
         return records
+
+    def _fetch(self, timeout_s: float) -> dict[TopicPartition, list[Any]]:
+        """One consumer poll. A retriable error (the broker or the group's coordinator gone) is
+        an outage: said once, then polls come back empty, a second apart, until it answers."""
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as err:
+            if not err.retriable:
+                raise
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                logger.warning("broker unreachable (%s): retrying until it answers", err)
+            shutdown.wait(min(timeout_s, 1.0))
+            return {}
+        if self._outage_since is not None:
+            gone_s, self._outage_since = time.monotonic() - self._outage_since, None
+            logger.info("broker answering again after %.0f s", gone_s)
+        return batches
 
     def assigned(self) -> bool:
         """Whether the group has given this member its partitions yet."""

@@ -338,3 +338,23 @@ def test_a_value_passed_in_rather_than_read_says_how_it_was_given() -> None:
     assert str(refused.value) == (
         "ROLLCAST_SERVE_IDLE_S (given as serve_idle_s=0.0): must be more than 0 and at most 2592000"
     )
+
+
+@pytest.mark.parametrize(
+    "entrypoint", ["ingest", "train", "serve", "maintenance", "retrain", "tune"]
+)
+def test_each_flows_settings_give_a_parameter_schema_prefect_accepts(entrypoint: str) -> None:
+    """A deployment sends its flow's parameter schema (these settings) to the Prefect API, which
+    checks it with Python's regex engine: a pattern it cannot compile refuses the deployment."""
+    import importlib
+
+    from prefect import Flow
+    from prefect._internal.schemas.validators import validate_values_conform_to_schema
+    from prefect.utilities.callables import parameter_schema
+
+    module = importlib.import_module(f"flows.{entrypoint}")
+    flows = [value for value in vars(module).values() if isinstance(value, Flow)]
+    assert flows, f"flows/{entrypoint}.py defines no flow"
+    for flow in flows:
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        validate_values_conform_to_schema({}, schema, ignore_required=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +374,11 @@ def load_checkpoint(
     """
     with open_regular(path, max_bytes, "forecaster checkpoint", CheckpointError) as file:
         try:
-            blob = torch.load(file, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch hints that a file pickled with another protocol may not load: it is
+                # checked below either way, and a hint is not the operator's to act on.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                blob = torch.load(file, map_location="cpu", weights_only=True)
             config, state = _checkpoint_parts(blob)
             _check_state(config, state)
             model = build_forecaster(config)

@@ -40,7 +40,7 @@ def main() -> None:
     add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    frame = DATASETS[args.dataset]()
+    frame = DATASETS[args.dataset].load()
     figures = {"dataset": args.dataset, "horizon": args.horizon, "seed": 0}
     for split in ("val", "test"):
         table = pd.DataFrame(

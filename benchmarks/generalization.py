@@ -4,18 +4,42 @@ Every dataset goes through the same LTSF protocol (``pipeline/backtest.py``: 70/
 ETTh's fixed borders; a scaler fit on the training rows; stride-1 test windows) with the same
 defaults and no per-dataset settings. Per dataset and horizon it runs:
 
-* ``repeat_last`` and ``seasonal_naive`` (the period inferred from the timestamps);
-* ``dlinear`` with its paper's recipe (3 seeds);
-* ``lstm``: Rollcast's defaults (3 seeds);
-* ``lstm_tuned``: an Optuna search (``pipeline/tuning.py``) on the validation split, then the
-  best candidate trained with 3 seeds and scored on the test split.
+* ``repeat_last`` and ``seasonal_naive``: the backtest's own seasonal naive, whose period the
+  backtest chooses from the data (reported as "best seasonal-naive", with its period);
+* ``dlinear`` with its paper's recipe (``--seeds``, default 0, 1, 2);
+* ``lstm``: Rollcast's defaults (``--seeds``);
+* ``lstm_tuned`` (opt-in, ``--models ...,lstm_tuned``: hours on a CPU): an Optuna search
+  (``pipeline/tuning.py``) on the validation split, then the best candidate trained with every
+  seed and scored on the test split.
 
-The series ship inside packages on PyPI (``pip install -e '.[bench]'``); ETTh1/ETTh2 are read
-from ``../shared/data``. Each finished run is one row of ``--results`` (``benchmarks/results.py``:
-the run's metrics with the commit, machine and command); a rerun skips it.
+The series ship inside packages on PyPI (``pip install -e '.[bench]'``: pmdarima, statsmodels,
+vega_datasets, pvlib; nothing is downloaded); ETTh1/ETTh2 are read from ``../shared/data``.
+
+| dataset | rows | step | train / val / test | source |
+|---|---|---|---|---|
+| taylor | 4,032 | 30 min | 2,822 / 404 / 806 | Taylor (2003); pmdarima |
+| sunspots | 2,820 | month | 1,973 / 283 / 564 | Andrews & Herzberg (1985); pmdarima |
+| co2 | 2,284 | week | 1,598 / 230 / 456 | Keeling et al. (Scripps); statsmodels |
+| seattle | 8,760 | 1 h | 6,132 / 876 / 1,752 | NOAA hourly normals 1981-2010; vega_datasets |
+| sf | 8,760 | 1 h | 6,132 / 876 / 1,752 | NOAA hourly normals 1981-2010; vega_datasets |
+| tmy3 | 8,760 | 1 h | 6,132 / 876 / 1,752 | NREL TMY3 (Wilcox & Marion 2008); pvlib |
+| ETTh1, ETTh2 | 17,420 | 1 h | 8,640 / 2,880 / 2,880 | Zhou et al. (2021) |
+
+Row counts of the split are of target rows; ETTh's fixed borders leave its last 3,020 rows out.
+``--describe`` prints the same with what each series is and its horizons.
+
+Horizons (``HORIZONS``, overridden for every dataset by ``--horizons``): a day and a week of
+steps; ETTh adds the four LTSF horizons. For monthly sunspots and weekly co2 a day is less than a
+step, so they keep issue 10's 96 and 192 steps: 8 and 16 years of sunspots (most of an 11-year
+cycle, and more than one), 1.8 and 3.7 years of CO2 (more than one seasonal cycle).
+
+Each finished run is one row of ``--results`` (``benchmarks/results.py``: the run's metrics with
+the commit, machine and command); a rerun skips it. A run with ``--max-steps`` (a training
+override for smoke runs) is recorded with it, and neither skips nor reports as a full run.
 
     python benchmarks/generalization.py --jobs 2        # what is missing
     python benchmarks/generalization.py --report        # the markdown table
+    python benchmarks/generalization.py --describe      # the dataset table above
 """
 
 from __future__ import annotations
@@ -26,6 +50,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +61,17 @@ from results import append_row, read_figures
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "generalization.jsonl"
-HORIZONS = (96, 192)
 SEEDS = (0, 1, 2)
 TUNE_TRIALS = 8
 BASELINES = ("repeat_last", "seasonal_naive")
 MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm", "lstm_tuned")
+DEFAULT_MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm")  # lstm_tuned is opt-in
+LTSF_HORIZONS = (96, 192, 336, 720)
+# Published test MSE (features M) at LTSF_HORIZONS: best of SegRNN, PatchTST/64 and TimeMixer,
+# as in benchmarks/ltsf.py (issue 3).
+PUBLISHED = {"ETTh1": (0.351, 0.392, 0.422, 0.440), "ETTh2": (0.271, 0.317, 0.329, 0.342)}
+TMY3_FILE = "723170TYA.CSV"  # in pvlib/data: Greensboro Piedmont Triad International, NC
+TMY3_YEAR = 1990  # the nominal (non-leap) year of the regular index put on the TMY3 hours
 
 logger = logging.getLogger("generalization")
 
@@ -80,6 +111,69 @@ def co2() -> pd.DataFrame:
     return frame.rename_axis("date").reset_index()
 
 
+def _vega_temps(name: str) -> pd.DataFrame:
+    """``vega_datasets``' local copy of ``name`` (no network), on a regular hourly index.
+
+    The file has 8,759 rows for 2010: 03:00 on 14 March, the day US clocks went forward, is
+    missing; it is filled by linear interpolation, giving 8,760 regular hours.
+    """
+    from vega_datasets import local_data
+
+    frame = getattr(local_data, name)()[["date", "temp"]].set_index("date")
+    hours = pd.date_range(frame.index[0], frame.index[-1], freq="h", name="date")
+    return frame.reindex(hours).interpolate().reset_index()
+
+
+def seattle() -> pd.DataFrame:
+    """Hourly temperature (deg F), Seattle-Tacoma airport, labelled 2010 (8,760 steps).
+
+    Not observations: NOAA's 1981-2010 hourly climate normals (NORMAL_HLY, station
+    GHCND:USW00024233), i.e. 30-year averages per hour of the year, which vary smoothly (a
+    seasonal-naive forecast with a daily period scores MSE 0.0005 at H=24, 0.003 at H=96).
+    Source: vega-datasets' SOURCES.md (``seattle-temps.csv``), public-domain NOAA data;
+    shipped by ``vega_datasets`` (``local_data.seattle_temps``).
+    """
+    return _vega_temps("seattle_temps")
+
+
+def sf() -> pd.DataFrame:
+    """Hourly temperature (deg F), San Francisco airport, labelled 2010 (8,760 steps).
+
+    Like :func:`seattle`: NOAA's 1981-2010 hourly climate normals (NORMAL_HLY, station
+    GHCND:USW00023234), not observations. Source: vega-datasets' SOURCES.md (``sf-temps.csv``),
+    public-domain NOAA data; shipped by ``vega_datasets`` (``local_data.sf_temps``).
+    """
+    return _vega_temps("sf_temps")
+
+
+def tmy3() -> pd.DataFrame:
+    """Hourly dry-bulb temperature (deg C), Greensboro, NC (USAF 723170), a TMY3 year (8,760 steps).
+
+    A typical meteorological year from NREL's TMY3 set (NSRDB 1976-2005): each calendar month is
+    the observed weather of one real year chosen as typical (here Jan-Feb 1988, Mar 1996,
+    Apr 1990, May 1980, Jun 1986, Jul 1989, Aug 1981, Sep 2001, Oct 2003, Nov 1980, Dec 1994),
+    and NREL smoothed temperature over six hours at each month seam. The file's own timestamps
+    therefore jump between years; this loader puts the 8,760 hours (local standard time, hour
+    ending, 01:00 on 1 January to 24:00 on 31 December) on one regular hourly index of a nominal
+    non-leap year, ``TMY3_YEAR``.
+
+    ``temp_air`` rather than ``ghi``: temperature is the quantity of :func:`seattle` and
+    :func:`sf`, so these three compare smoothed normals with real hourly weather, and it has
+    weather from day to day; irradiance is zero half the time and its daily shape is set by the
+    sun's position, which favours a seasonal-naive forecast for reasons that are not weather.
+
+    Wilcox, S. & Marion, W. (2008), Users Manual for TMY3 Data Sets, NREL/TP-581-43156;
+    the file ships in pvlib's data folder (``pvlib/data/723170TYA.CSV``, read with
+    ``pvlib.iotools.read_tmy3``).
+    """
+    import pvlib
+
+    path = Path(pvlib.__file__).parent / "data" / TMY3_FILE
+    data, _ = pvlib.iotools.read_tmy3(path, map_variables=True)
+    dates = pd.date_range(f"{TMY3_YEAR}-01-01 01:00", periods=len(data), freq="h", name="date")
+    return pd.DataFrame({"date": dates, "temp_air": data["temp_air"].to_numpy(dtype=float)})
+
+
 def etth(name: str) -> Callable[[], pd.DataFrame]:
     def load() -> pd.DataFrame:
         from pipeline.backtest import load_ltsf_csv
@@ -89,13 +183,98 @@ def etth(name: str) -> Callable[[], pd.DataFrame]:
     return load
 
 
-DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
-    "taylor": taylor,
-    "sunspots": sunspots,
-    "co2": co2,
-    "ETTh1": etth("ETTh1"),
-    "ETTh2": etth("ETTh2"),
+@dataclass(frozen=True)
+class Dataset:
+    load: Callable[[], pd.DataFrame]
+    horizons: tuple[int, ...]  # a day and a week of steps (see the module docstring)
+    what: str
+    source: str
+
+
+DATASETS: dict[str, Dataset] = {
+    "taylor": Dataset(
+        taylor,
+        (48, 336),
+        "electricity demand, England and Wales, Jun-Aug 2000",
+        "Taylor (2003); pmdarima",
+    ),
+    "sunspots": Dataset(
+        sunspots,
+        (96, 192),
+        "monthly mean sunspot number, 1749-1983",
+        "Andrews & Herzberg (1985); pmdarima",
+    ),
+    "co2": Dataset(
+        co2, (96, 192), "CO2 at Mauna Loa, 1958-2001", "Keeling et al. (Scripps); statsmodels"
+    ),
+    "seattle": Dataset(
+        seattle,
+        (24, 168),
+        "hourly temperature normals, Seattle-Tacoma airport",
+        "NOAA NORMAL_HLY 1981-2010; vega_datasets",
+    ),
+    "sf": Dataset(
+        sf,
+        (24, 168),
+        "hourly temperature normals, San Francisco airport",
+        "NOAA NORMAL_HLY 1981-2010; vega_datasets",
+    ),
+    "tmy3": Dataset(
+        tmy3,
+        (24, 168),
+        "hourly dry-bulb temperature, Greensboro NC, a TMY3 year",
+        "NREL TMY3, Wilcox & Marion (2008); pvlib",
+    ),
+    "ETTh1": Dataset(
+        etth("ETTh1"),
+        (24, 96, 168, 192, 336, 720),
+        "transformer oil temperature and loads, 7 channels",
+        "Zhou et al. (2021)",
+    ),
+    "ETTh2": Dataset(
+        etth("ETTh2"),
+        (24, 96, 168, 192, 336, 720),
+        "transformer oil temperature and loads, 7 channels",
+        "Zhou et al. (2021)",
+    ),
 }
+HORIZONS = {name: dataset.horizons for name, dataset in DATASETS.items()}
+
+
+def describe(datasets: list[str]) -> str:
+    """Rows, step, the split's row counts and horizons per dataset (a markdown table)."""
+    from pipeline.backtest import ltsf_borders
+
+    lines = [
+        "| dataset | what | rows | step | train / val / test | horizons | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in datasets:
+        dataset = DATASETS[name]
+        frame = dataset.load()
+        borders = ltsf_borders(len(frame), name)
+        parts = (
+            borders.train_end,
+            borders.val_end - borders.train_end,
+            borders.test_end - borders.val_end,
+        )
+        split = " / ".join(f"{n:,}" for n in parts)
+        lines.append(
+            f"| {name} | {dataset.what} | {len(frame):,} | {_step(frame['date'])} | {split} "
+            f"| {', '.join(map(str, dataset.horizons))} | {dataset.source} |"
+        )
+    return "\n".join(lines)
+
+
+def _step(dates: pd.Series) -> str:
+    step = pd.Series(dates).diff().median()
+    if step >= pd.Timedelta(days=28):
+        return "month"
+    if step == pd.Timedelta(weeks=1):
+        return "week"
+    if step >= pd.Timedelta(hours=1):
+        return f"{step / pd.Timedelta(hours=1):g} h"
+    return f"{step / pd.Timedelta(minutes=1):g} min"
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +286,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("reuse"):
         return dict(job["reuse"])
     torch.set_num_threads(1)
-    frame, dataset = DATASETS[job["dataset"]](), job["dataset"]
+    frame, dataset = DATASETS[job["dataset"]].load(), job["dataset"]
     if job["model"] == "search":
         return search_job(frame, dataset, job)
     model = "lstm" if job["model"] == "lstm_tuned" else job["model"]
@@ -119,10 +298,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         seed=job["seed"],
         lookback=tuned["model"].get("lookback"),
         model_overrides={k: v for k, v in tuned["model"].items() if k != "lookback"},
-        train_overrides=tuned["train"],
+        train_overrides={**tuned["train"], **_max_steps(job)},
     )
     metrics = run_backtest(frame, dataset, spec).metrics
-    return {**metrics, "model": job["model"], "candidate": tuned}
+    return {**metrics, "model": job["model"], "candidate": tuned, **_tag(job)}
+
+
+def _max_steps(job: dict[str, Any]) -> dict[str, Any]:
+    """The training override of ``--max-steps`` (none for a full run)."""
+    return {} if job.get("max_steps") is None else {"max_steps": job["max_steps"]}
+
+
+def _tag(job: dict[str, Any]) -> dict[str, Any]:
+    """What marks a row as a ``--max-steps`` run (nothing on a full run's row)."""
+    return {} if job.get("max_steps") is None else {"max_steps_override": job["max_steps"]}
 
 
 def search_job(frame: pd.DataFrame, dataset: str, job: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +331,7 @@ def search_job(frame: pd.DataFrame, dataset: str, job: dict[str, Any]) -> dict[s
             split="val",
             lookback=candidate.model["lookback"],
             model_overrides={k: v for k, v in candidate.model.items() if k != "lookback"},
-            train_overrides=candidate.train,
+            train_overrides={**candidate.train, **_max_steps(job)},
         )
         return run_backtest(frame, dataset, spec, on_eval).metrics["mse"], None
 
@@ -166,11 +355,8 @@ def search_job(frame: pd.DataFrame, dataset: str, job: dict[str, Any]) -> dict[s
             }
             for t in result.trials
         ],
+        **_tag(job),
     }
-
-
-def key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["dataset"], row["model"], row["horizon"], row["seed"])
 
 
 def reusable(row: dict[str, Any], candidate: dict[str, Any]) -> bool:
@@ -196,25 +382,48 @@ def reusable(row: dict[str, Any], candidate: dict[str, Any]) -> bool:
     return all(recorded.get(k, v) == v for k, v in would_run.items() if k not in per_dataset)
 
 
-def reused_rows(rows: list[dict[str, Any]], search: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Per seed, a tuned row taken from a default row that trained the search's best candidate."""
+def reused_rows(
+    rows: list[dict[str, Any]], search: dict[str, Any], extra_train: dict[str, Any]
+) -> dict[int, dict[str, Any]]:
+    """Per seed, a tuned row taken from a default row that trained the search's best candidate
+    (with ``extra_train``, the ``--max-steps`` override, added to both)."""
     cell, tuned = (search["dataset"], search["horizon"]), {"candidate": search["candidate"]}
+    trained = {**search["candidate"], "train": {**search["candidate"]["train"], **extra_train}}
     return {
         row["seed"]: {**row, "model": "lstm_tuned", **tuned, "reused": True}
         for row in rows
         if row["model"] == "lstm"
         and (row["dataset"], row["horizon"]) == cell
-        and reusable(row, search["candidate"])
+        and reusable(row, trained)
     }
 
 
-def plan(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The jobs not yet in the results; tuned runs only once their search has finished."""
-    done = {key(row) for row in rows}
+def key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["dataset"], row["model"], row["horizon"], row["seed"])
+
+
+def same_run(rows: list[dict[str, Any]], max_steps: int | None) -> list[dict[str, Any]]:
+    """The rows of full runs (``max_steps`` None), or of ``--max-steps max_steps`` runs."""
+    return [row for row in rows if row.get("max_steps_override") == max_steps]
+
+
+def horizons_of(args: argparse.Namespace, dataset: str) -> tuple[int, ...]:
+    return tuple(args.horizons) if args.horizons else HORIZONS[dataset]
+
+
+def plan(
+    args: argparse.Namespace, rows: list[dict[str, Any]], stale: int = 0
+) -> list[dict[str, Any]]:
+    """The jobs not yet in the results; tuned runs only once their search has finished.
+
+    Baseline rows among the first ``stale`` rows do not count as done (``--rerun-baselines``).
+    """
+    done = {key(row) for i, row in enumerate(rows) if i >= stale or row["model"] not in BASELINES}
     searches = {(r["dataset"], r["horizon"]): r for r in rows if r["model"] == "search"}
+    overrides = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     jobs = []
     for dataset in args.datasets:
-        for horizon in args.horizons:
+        for horizon in horizons_of(args, dataset):
             for model in args.models:
                 seeds = (0,) if model in BASELINES else args.seeds
                 if model == "lstm_tuned":
@@ -228,86 +437,179 @@ def plan(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str,
                                 "seed": 0,
                                 "trials": args.trials,
                                 "trial_timeout_s": args.trial_timeout_s,
+                                **overrides,
                             }
                         )
                         continue
                     extra = {"candidate": search["candidate"]}
-                    reused = reused_rows(rows, search)
+                    reused = reused_rows(rows, search, overrides)
                 else:
                     extra, reused = {}, {}
                 for seed in seeds:
                     job = {"dataset": dataset, "model": model, "horizon": horizon, "seed": seed}
                     if key(job) not in done:
-                        jobs.append({**job, **extra, "reuse": reused.get(seed)})
+                        jobs.append({**job, **extra, **overrides, "reuse": reused.get(seed)})
     return [job for job in jobs if key(job) not in done]
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the plan until nothing is left (searches first unlock the tuned runs)."""
-    while jobs := plan(args, read_figures(args.results)):
+    stale = len(read_figures(args.results)) if args.rerun_baselines else 0
+    while jobs := plan(args, same_run(read_figures(args.results), args.max_steps), stale):
         logger.info("%d jobs to run", len(jobs))
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(run_job, dict(job)): job for job in jobs}
             for future in as_completed(futures):
                 row = future.result()
                 append_row(args.results, "generalization", row)
-                logger.info("%s: %s mse %.4f", key(row), row.get("split"), row["mse"])
+                logger.info(
+                    "%s: %s mse %.4f in %s s",
+                    key(row),
+                    row.get("split"),
+                    row["mse"],
+                    row.get("wall_s"),
+                )
+        stale = 0
 
 
-def report(rows: list[dict[str, Any]], datasets: list[str], horizons: list[int]) -> str:
-    """Test MSE per dataset and horizon (mean ± std over seeds), the best mark in bold."""
+def season_of(row: dict[str, Any]) -> str:
+    """The seasonal-naive period a row used: its name and steps where the metrics carry them."""
+    season = row.get("season", row.get("model_config", {}).get("season"))
+    name = row.get("season_name", row.get("model_config", {}).get("season_name"))
+    if name and season:
+        return f"{name} ({season})"
+    return str(name or season or "")
+
+
+def report(
+    rows: list[dict[str, Any]],
+    datasets: list[str],
+    horizons: list[int] | None,
+    max_steps: int | None = None,
+) -> str:
+    """Test MSE per dataset and horizon (mean ± std over seeds), each row's best in bold.
+
+    The last row of a configuration counts (a rerun baseline replaces the old one). ✓/✗ say
+    whether the default LSTM's mean is at or below DLinear's and the best seasonal naive's; for
+    ETTh (features M) the best published MSE and whether the LSTM met it. Horizons: ``horizons``,
+    else those of ``HORIZONS`` and any others the results hold.
+    """
+    latest = {key(row): row for row in same_run(rows, max_steps) if row.get("split") == "test"}
     cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    for row in rows:
-        if row.get("split") == "test":
-            cells[(row["dataset"], row["horizon"], row["model"])].append(row["mse"])
-    lines = [
-        "| dataset | H | " + " | ".join(MODELS) + " |",
-        "|---|---|" + "---|" * len(MODELS),
-    ]
+    periods: dict[tuple[str, int], str] = {}
+    for row in latest.values():
+        cells[(row["dataset"], row["horizon"], row["model"])].append(row["mse"])
+        if row["model"] == "seasonal_naive":
+            periods[(row["dataset"], row["horizon"])] = season_of(row)
+    models = [m for m in MODELS if any(m == model for (_, _, model) in cells)]
+    published = any(d in PUBLISHED for (d, _, _) in cells if d in datasets)
+    names = {"seasonal_naive": "best seasonal-naive"}
+    header = ["dataset", "H", *(names.get(m, m) for m in models)]
+    if "seasonal_naive" in models:
+        header.insert(header.index("best seasonal-naive") + 1, "period")
+    header += ["lstm ≤ dlinear", "lstm ≤ seasonal-naive"]
+    if published:
+        header += ["best published (M)", "lstm met it"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for dataset in datasets:
-        for horizon in horizons:
+        present = {h for (d, h, _) in cells if d == dataset}
+        shown = horizons or sorted(set(HORIZONS.get(dataset, ())) | present)
+        for horizon in shown:
             means = {
-                m: statistics.mean(v)
-                for (d, h, m), v in cells.items()
-                if (d, h) == (dataset, horizon)
+                m: statistics.mean(cells[(dataset, horizon, m)])
+                for m in models
+                if cells.get((dataset, horizon, m))
             }
             if not means:
                 continue
             best = min(means.values())
-            shown = [_cell(cells[(dataset, horizon, m)], best) for m in MODELS]
-            lines.append(f"| {dataset} | {horizon} | " + " | ".join(shown) + " |")
+            values = []
+            for m in models:
+                values.append(_cell(cells.get((dataset, horizon, m), []), best))
+                if m == "seasonal_naive":
+                    values.append(periods.get((dataset, horizon), ""))
+            lstm = means.get("lstm")
+            values += [_mark(lstm, means.get("dlinear")), _mark(lstm, means.get("seasonal_naive"))]
+            if published:
+                target = _published(dataset, horizon)
+                values += ["" if target is None else f"{target:.3f}", _mark(lstm, target)]
+            lines.append(f"| {dataset} | {horizon} | " + " | ".join(values) + " |")
     return "\n".join(lines)
+
+
+def _published(dataset: str, horizon: int) -> float | None:
+    if dataset not in PUBLISHED or horizon not in LTSF_HORIZONS:
+        return None
+    return PUBLISHED[dataset][LTSF_HORIZONS.index(horizon)]
+
+
+def _mark(value: float | None, bound: float | None) -> str:
+    """✓ when ``value`` is at or below ``bound`` (at the table's 3 decimals), ✗ above it."""
+    if value is None or bound is None:
+        return ""
+    return "✓" if value <= bound or np.isclose(round(value, 3), round(bound, 3)) else "✗"
 
 
 def _cell(values: list[float], best: float) -> str:
     if not values:
         return ""
     mean = statistics.mean(values)
-    text = f"{mean:.3f}" + (f"±{statistics.stdev(values):.3f}" if len(values) > 1 else "")
+    small = 0 < mean < 0.01  # the temperature normals' baselines: two significant digits
+    text = f"{mean:.2g}" if small else f"{mean:.3f}"
+    if len(values) > 1:
+        std = statistics.stdev(values)
+        text += f"±{std:.2g}" if small else f"±{std:.3f}"
     return f"**{text}**" if np.isclose(mean, best) else text
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(v) for v in text.split(",")] if text else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
-    parser.add_argument("--horizons", default=",".join(map(str, HORIZONS)))
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument(
+        "--horizons", help="comma-separated, for every dataset (default: each one's HORIZONS)"
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated, of {', '.join(MODELS)} (lstm_tuned is opt-in: hours)",
+    )
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="trained models'")
     parser.add_argument("--trials", type=int, default=TUNE_TRIALS, help="search trials per cell")
     parser.add_argument(
         "--trial-timeout-s", type=float, help="stop a search trial (not the defaults) after this"
     )
+    parser.add_argument(
+        "--max-steps", type=int, help="a training override for smoke runs (recorded in the row)"
+    )
+    parser.add_argument(
+        "--rerun-baselines",
+        action="store_true",
+        help="run the naive models again (after a change to the backtest's seasonal naive)",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--report", action="store_true", help="print the table and exit")
+    parser.add_argument("--describe", action="store_true", help="print the dataset table and exit")
     args = parser.parse_args()
     args.datasets = args.datasets.split(",")
-    args.horizons = [int(h) for h in args.horizons.split(",")]
+    unknown = sorted(set(args.datasets) - set(DATASETS))
     args.models = args.models.split(",")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
+    unknown += sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown dataset or model: {', '.join(unknown)}")
+    args.horizons = _ints(args.horizons)
+    args.seeds = _ints(args.seeds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.describe:
+        print(describe(args.datasets))
+        return
     if args.report:
-        print(report(read_figures(args.results), args.datasets, args.horizons))
+        rows = read_figures(args.results)
+        print(report(rows, args.datasets, args.horizons, args.max_steps))
         return
     run(args)
 

@@ -43,7 +43,7 @@ def main() -> None:
         model_overrides=json.loads(args.shape),
         train_overrides=json.loads(args.train),
     )
-    metrics = run_backtest(DATASETS[args.dataset](), args.dataset, spec).metrics
+    metrics = run_backtest(DATASETS[args.dataset].load(), args.dataset, spec).metrics
     keep = (
         "dataset",
         "model",

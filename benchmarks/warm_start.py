@@ -94,7 +94,7 @@ def trained(model: Forecaster, data: dict[str, pd.DataFrame], config: TrainConfi
 
 def run_seed(dataset: str, seed: int) -> dict[str, Any]:
     torch.set_num_threads(1)
-    frame = DATASETS[dataset]().astype(np.float32)
+    frame = DATASETS[dataset].load().astype(np.float32)
     first, grown_rows = (
         int(len(frame) * CHAMPION_SHARE),
         int(len(frame) * (CHAMPION_SHARE + NEW_SHARE)),

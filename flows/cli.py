@@ -304,6 +304,19 @@ def add_model_commands(commands: Commands) -> None:
     backtest.add_argument("--target", default="OT", help="the S setting's column (default OT)")
     backtest.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     backtest.add_argument("--max-steps", type=int, help="override the training step budget")
+    backtest.add_argument(
+        "--ensemble",
+        type=_ensemble_size,
+        default=1,
+        help="seeds whose forecasts are averaged, or 'auto': 3 seeds, averaged only where that "
+        "beats one seed on validation (default 1: one training)",
+    )
+    backtest.add_argument(
+        "--season", type=int, help="seasonal-naive's period in steps (default: chosen from data)"
+    )
+    backtest.add_argument(
+        "--max-gap", type=int, help="interpolate gaps of up to this many steps (default 3)"
+    )
     backtest.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     backtest.set_defaults(handler=cmd_backtest)
     register = commands.add_parser(
@@ -629,6 +642,9 @@ def cmd_backtest(args: argparse.Namespace) -> None:
         seed=args.seed,
         target=args.target,
         train_overrides={} if args.max_steps is None else {"max_steps": args.max_steps},
+        season=args.season,
+        ensemble=args.ensemble,
+        **({} if args.max_gap is None else {"max_gap": args.max_gap}),
     )
     result = run_backtest(load_ltsf_csv(args.data), args.data.stem, spec)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -637,6 +653,15 @@ def cmd_backtest(args: argparse.Namespace) -> None:
     if tracked is not None:
         _log_backtest(settings, tracked, result.metrics, args.out)
     print(json.dumps({k: result.metrics[k] for k in ("mse", "mae", "lookback", "horizon")}))
+
+
+def _ensemble_size(text: str) -> int | str:
+    """``--ensemble``: a number of seeds >= 1, or "auto"."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a number of seeds >= 1 or 'auto', not {text!r}")
+    return int(text)
 
 
 def _log_backtest(

@@ -9,6 +9,17 @@ The protocol, as the published ETT results use it (Informer, Autoformer, DLinear
   every metric is on that normalized scale.
 * **Windows.** Stride 1 and none dropped: ETTh has ``2881 - H`` test windows.
 * **Features.** ``M``: every channel in, every channel out. ``S``: the target (``OT``) alone.
+
+Beyond the protocol (the ETT files have no gap, so their figures do not change):
+
+* **Gaps.** The training path's policy: the scaler ignores missing cells, runs of up to
+  ``max_gap`` missing steps of a channel are interpolated linearly, and a window that touches a
+  longer gap is left out for every model alike.
+* **Seasons.** Seasonal-naive's period is the candidate (a day, a week, a year of steps, the
+  rows per open day or week) that forecasts the training rows best
+  (:func:`pipeline.evaluate.choose_season`).
+* **Seed ensembles.** ``ensemble=N`` averages N seeds' forecasts; ``"auto"`` trains
+  ``AUTO_MEMBERS`` and keeps the mean only where it beats the first seed on validation.
 """
 
 from __future__ import annotations
@@ -24,19 +35,28 @@ import numpy as np
 import pandas as pd
 
 from pipeline import RollcastError
-from pipeline.evaluate import default_season, mae, mse, repeat_last, seasonal_naive
+from pipeline.contract import DEFAULT_MAX_GAP
+from pipeline.evaluate import (
+    SeasonChoice,
+    choose_season,
+    mae,
+    mse,
+    repeat_last,
+    seasonal_naive,
+)
 from pipeline.forecast import predict
-from pipeline.model import build_forecaster
+from pipeline.model import Forecaster, build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
-from pipeline.train import EvalStats, fit
-from pipeline.windows import WindowSet, infer_step_ms, window_starts
+from pipeline.train import EvalStats, TrainResult, fit
+from pipeline.windows import WindowSet, format_timestamp, infer_step_ms, window_starts
 
 logger = logging.getLogger(__name__)
 
 ETTH_BORDERS = (8640, 11520, 14400)  # 12, 16 and 20 months of 30 days of hours
 ETTM_STEPS_PER_HOUR = 4
-# The seasonal-naive period when the data has no timestamps to infer it from (hourly: a day).
-DAILY_SEASON = 24
+# Seeds an ``ensemble="auto"`` backtest trains: enough for the mean to differ from one seed,
+# few enough that the validation check costs three trainings, not more.
+AUTO_MEMBERS = 3
 TRAINED_MODELS = ("lstm", "dlinear")
 NAIVE_MODELS = ("repeat_last", "seasonal_naive")
 MODELS = TRAINED_MODELS + NAIVE_MODELS
@@ -75,9 +95,68 @@ class Scaler:
 
 
 def fit_scaler(values: np.ndarray, train_end: int) -> Scaler:
-    """Mean and population std of the training rows only (what sklearn's StandardScaler does)."""
+    """Mean and population std of the training rows only (what sklearn's StandardScaler does),
+    of the cells observed: NaN cells are ignored. A channel with no training value gets NaN.
+
+    >>> fit_scaler(np.array([[1.0], [np.nan], [3.0], [99.0]]), train_end=3).mean.tolist()
+    [2.0]
+    """
     train = values[:train_end].astype(np.float64)
-    return Scaler(train.mean(axis=0), np.where(train.std(axis=0) > 0, train.std(axis=0), 1.0))
+    observed = np.isfinite(train).any(axis=0)
+    mean = np.full(train.shape[1], np.nan)
+    std = np.ones(train.shape[1])
+    if observed.any():
+        mean[observed] = np.nanmean(train[:, observed], axis=0)
+        spread = np.nanstd(train[:, observed], axis=0)
+        std[observed] = np.where(spread > 0, spread, 1.0)
+    return Scaler(mean, std)
+
+
+def fill_short_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, int]:
+    """A copy of ``values`` ``(T, C)`` with each run of 1 to ``max_gap`` NaN rows of a channel,
+    between two observed ones, interpolated linearly along the rows; and the cells filled.
+
+    Longer runs, and runs at either end, stay NaN. O(T · C).
+
+    >>> filled, count = fill_short_gaps(np.array([[0.0], [np.nan], [2.0], [np.nan]]), 3)
+    >>> filled[:, 0].tolist(), count
+    ([0.0, 1.0, 2.0, nan], 1)
+    """
+    filled, count = values.copy(), 0
+    for column in filled.T:  # a view: filled in place
+        observed = np.flatnonzero(np.isfinite(column))
+        run = np.diff(observed) - 1
+        short = np.flatnonzero((run >= 1) & (run <= max_gap))
+        if not len(short):
+            continue
+        lengths = run[short]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cells = np.repeat(observed[short] + 1, lengths) + offsets
+        column[cells] = np.interp(cells, observed, column[observed])
+        count += len(cells)
+    return filled, count
+
+
+def longest_gap(values: np.ndarray, columns: tuple[str, ...], times: np.ndarray | None) -> str:
+    """Where the longest run of NaN rows of any channel lies, e.g. "59 steps of 'OT' from
+    row 120", or "none". O(T · C).
+
+    >>> longest_gap(np.array([[1.0, np.nan], [np.nan, np.nan], [1.0, 2.0]]), ("a", "b"), None)
+    "2 steps of 'b' from row 0"
+    """
+    best = (0, 0, 0)  # (length, channel, first row)
+    for c, column in enumerate(values.T):
+        missing = np.concatenate([[False], np.isnan(column), [False]])
+        edges = np.flatnonzero(np.diff(missing.astype(np.int8)))
+        if len(edges):
+            starts, ends = edges[::2], edges[1::2]
+            i = int(np.argmax(ends - starts))
+            best = max(best, (int(ends[i] - starts[i]), c, int(starts[i])))
+    length, channel, row = best
+    if not length:
+        return "none"
+    where = f"row {row}" if times is None else format_timestamp(int(times[row]))
+    return f"{length} steps of {columns[channel]!r} from {where}"
 
 
 @dataclass(frozen=True)
@@ -87,13 +166,23 @@ class Splits:
     test: WindowSet
 
 
-def ltsf_splits(values: np.ndarray, borders: Borders, lookback: int, horizon: int) -> Splits:
-    """Stride-1 windows whose targets fall inside each part; inputs may reach back ``lookback``."""
+def ltsf_splits(
+    values: np.ndarray,
+    borders: Borders,
+    lookback: int,
+    horizon: int,
+    times: np.ndarray | None = None,
+) -> Splits:
+    """Stride-1 windows whose targets fall inside each part; inputs may reach back ``lookback``.
+
+    ``times`` ``(T,)`` (epoch ms of each row) gives the windows their calendar features.
+    """
     span = lookback + horizon
 
     def part(first_target: int, end: int) -> WindowSet:
         starts = window_starts(values, first_target - lookback, end - span, span)
-        return WindowSet(values, starts, lookback, horizon, np.full(len(starts), "", dtype=object))
+        series = np.full(len(starts), "", dtype=object)
+        return WindowSet(values, starts, lookback, horizon, series, times)
 
     return Splits(
         train=part(lookback, borders.train_end),
@@ -102,16 +191,21 @@ def ltsf_splits(values: np.ndarray, borders: Borders, lookback: int, horizon: in
     )
 
 
+def forecasting(splits: Splits, config: ForecasterConfig) -> Splits:
+    """The splits with ``config``'s targets as the forecast columns."""
+    columns = config.target_index if config.targets else None
+    return Splits(*(part.forecasting(columns) for part in (splits.train, splits.val, splits.test)))
+
+
 def select_features(frame: pd.DataFrame, features: str, target: str = "OT") -> pd.DataFrame:
-    """``M``: every numeric column; ``S``: ``target`` alone."""
+    """``M``: every numeric column; ``S``: ``target`` alone; ``MS``: every numeric column in,
+    ``target`` alone forecast (:func:`spec_config` makes it the model's one target)."""
     numeric = frame.select_dtypes("number")
-    if features == "M":
-        return numeric
-    if features == "S":
-        if target not in numeric.columns:
-            raise BacktestError(f"target column {target!r} is not among {list(numeric.columns)}")
-        return numeric[[target]]
-    raise BacktestError(f"features must be 'M' or 'S', not {features!r}")
+    if features not in ("M", "S", "MS"):
+        raise BacktestError(f"features must be 'M', 'S' or 'MS', not {features!r}")
+    if features != "M" and target not in numeric.columns:
+        raise BacktestError(f"target column {target!r} is not among {list(numeric.columns)}")
+    return numeric[[target]] if features == "S" else numeric
 
 
 @dataclass(frozen=True)
@@ -123,7 +217,9 @@ class BacktestSpec:
     seed: int = 0
     target: str = "OT"
     split: str = "test"  # "val" scores on validation, for choosing settings without the test
-    season: int | None = None  # seasonal-naive's period; None: a day of the data's steps
+    season: int | None = None  # seasonal-naive's period; None: chosen from the training rows
+    max_gap: int = DEFAULT_MAX_GAP  # runs of up to this many missing steps are interpolated
+    ensemble: int | str = 1  # seeds averaged (seed .. seed + N - 1), or "auto"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -162,6 +258,8 @@ def spec_config(
     """The model config a spec trains: its shape, the spec's lookback (or the model's default),
     sized to the training rows by the rule training uses (:meth:`ForecasterConfig.fitted`)."""
     shape = {**spec.model_overrides, "horizon": spec.horizon}
+    if spec.features == "MS" and channels:
+        shape["targets"] = (spec.target,)
     lookback = spec.lookback or default_lookback(spec.model)
     config = ForecasterConfig(channels, architecture=spec.model, **{**shape, "lookback": lookback})
     return config.fitted(borders.train_end)
@@ -178,6 +276,19 @@ def fitted_lookback(spec: BacktestSpec, borders: Borders) -> int:
     return spec_config(spec, borders, ()).lookback
 
 
+@dataclass(frozen=True)
+class BacktestData:
+    """A CSV's chosen columns, scaled on the training rows, short gaps filled."""
+
+    columns: tuple[str, ...]
+    values: np.ndarray  # (T, C) float32, NaN where a gap over max_gap was left
+    borders: Borders
+    config: ForecasterConfig
+    times: np.ndarray | None  # (T,) epoch ms of each row; None without a time column
+    missing_cells: int  # NaN cells in the CSV's chosen columns
+    interpolated_cells: int
+
+
 def run_backtest(
     frame: pd.DataFrame,
     dataset: str,
@@ -186,62 +297,179 @@ def run_backtest(
 ) -> BacktestResult:
     """Run the protocol for one model on one CSV frame; score it on ``spec.split``.
 
-    ``on_eval`` sees each validation while a model trains (a tuner prunes with it).
+    ``on_eval`` sees each validation while a model trains (a tuner prunes with it). Raises
+    :class:`BacktestError` for an unknown model or ensemble, or when gaps or a short file
+    leave no window to train or score on.
     """
-    if spec.model not in MODELS:
-        raise BacktestError(f"unknown model {spec.model!r}: choose one of {', '.join(MODELS)}")
+    check_spec(spec)
     started = time.perf_counter()
-    table = select_features(frame, spec.features, spec.target)
-    raw = table.to_numpy(dtype=np.float64)
-    borders = ltsf_borders(len(raw), dataset)
-    config = spec_config(spec, borders, tuple(table.columns))
-    lookback = config.lookback
-    spec = replace(spec, lookback=lookback)
-    values = fit_scaler(raw, borders.train_end).transform(raw)
-    splits = ltsf_splits(values, borders, lookback, spec.horizon)
+    data = prepare_data(frame, dataset, spec)
+    spec = replace(spec, lookback=data.config.lookback)
+    splits = ltsf_splits(data.values, data.borders, spec.lookback or 0, spec.horizon, data.times)
     scored = splits.test if spec.split == "test" else splits.val
+    require_windows(spec, splits, scored, data)
     if spec.model in NAIVE_MODELS:
-        season = spec.season or data_season(frame)
-        predictions, details = _naive(spec, scored, season), _naive_details(spec, season)
+        predictions, details = _naive(spec, data, scored)
     else:
-        predictions, details = _trained(spec, config, splits, scored, on_eval)
+        predictions, details = _trained(spec, data.config, splits, scored, on_eval)
     targets = scored.targets
     metrics = {
-        "dataset": dataset,
-        "model": spec.model,
-        "features": spec.features,
-        "lookback": lookback,
-        "horizon": spec.horizon,
-        "seed": spec.seed,
-        "split": spec.split,
+        **_spec_metrics(spec, dataset),
         "mse": mse(predictions, targets),
         "mae": mae(predictions, targets),
         "windows": len(scored),
+        **_gap_metrics(spec, data, splits),
         **details,
         "wall_s": round(time.perf_counter() - started, 2),
     }
-    return BacktestResult(predictions, targets, scored.starts + lookback, metrics)
+    return BacktestResult(predictions, targets, scored.starts + data.config.lookback, metrics)
 
 
-def data_season(frame: pd.DataFrame) -> int:
-    """A day of the frame's steps, from its first time column (a week for daily data)."""
+def check_spec(spec: BacktestSpec) -> None:
+    """Refuse a model or an ensemble the backtest does not know, saying what it takes."""
+    if spec.model not in MODELS:
+        raise BacktestError(f"unknown model {spec.model!r}: choose one of {', '.join(MODELS)}")
+    if spec.ensemble != "auto" and not (isinstance(spec.ensemble, int) and spec.ensemble >= 1):
+        raise BacktestError(
+            f"ensemble must be a number of seeds >= 1 or 'auto', not {spec.ensemble!r}"
+        )
+
+
+def prepare_data(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> BacktestData:
+    """The spec's columns of ``frame``, scaled on the training rows, gaps filled per policy.
+
+    Raises :class:`BacktestError` when a channel has no value in the training rows.
+    """
+    table = select_features(frame, spec.features, spec.target)
+    raw = table.to_numpy(dtype=np.float64)
+    borders = ltsf_borders(len(raw), dataset)
+    columns = tuple(str(c) for c in table.columns)
+    scaler = fit_scaler(raw, borders.train_end)
+    empty = [c for c, m in zip(columns, scaler.mean, strict=True) if not np.isfinite(m)]
+    if empty:
+        raise BacktestError(
+            f"columns {empty} have no value in the first {borders.train_end} (training) rows: "
+            "drop them or choose --features S with another --target"
+        )
+    values, interpolated = fill_short_gaps(scaler.transform(raw), spec.max_gap)
+    config = spec_config(spec, borders, columns)
+    missing = int(np.isnan(raw).sum())
+    return BacktestData(columns, values, borders, config, frame_times(frame), missing, interpolated)
+
+
+def require_windows(
+    spec: BacktestSpec, splits: Splits, scored: WindowSet, data: BacktestData
+) -> None:
+    """Refuse a backtest with no window to score on, or (for a trained model) to train or
+    validate on, naming the longest gap left; never NaN metrics or empty predictions."""
+    needed = (
+        {"scored": scored}
+        if spec.model in NAIVE_MODELS
+        else {"training": splits.train, "validation": splits.val, "scored": scored}
+    )
+    empty = [name for name, windows in needed.items() if not len(windows)]
+    if not empty:
+        return
+    gap = longest_gap(data.values, data.columns, data.times)
+    raise BacktestError(
+        f"no {' or '.join(empty)} window of {spec.lookback} + {spec.horizon} steps in "
+        f"{len(data.values)} rows: the longest gap left (over max_gap={spec.max_gap}) is {gap}. "
+        "Fill the gap, raise max_gap, or shorten the lookback or horizon"
+    )
+
+
+def _spec_metrics(spec: BacktestSpec, dataset: str) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "model": spec.model,
+        "features": spec.features,
+        "lookback": spec.lookback,
+        "horizon": spec.horizon,
+        "seed": spec.seed,
+        "split": spec.split,
+    }
+
+
+def _gap_metrics(spec: BacktestSpec, data: BacktestData, splits: Splits) -> dict[str, Any]:
+    """The cells missing and filled, and the windows each split lost to longer gaps."""
+    dropped = dropped_windows(len(data.values), data.borders, spec, splits)
+    return {
+        "missing_cells": data.missing_cells,
+        "interpolated_cells": data.interpolated_cells,
+        "max_gap": spec.max_gap,
+        "windows_dropped_for_gaps": dropped[spec.split],
+        "windows_dropped_by_split": dropped,
+    }
+
+
+def dropped_windows(
+    n_rows: int, borders: Borders, spec: BacktestSpec, splits: Splits
+) -> dict[str, int]:
+    """Per split, the stride-1 windows :func:`ltsf_splits` would give without gaps, less those
+    it gave (the ones that touch a gap over ``max_gap``)."""
+    lookback, span = spec.lookback or 0, (spec.lookback or 0) + spec.horizon
+    parts = {
+        "train": (lookback, borders.train_end, splits.train),
+        "val": (borders.train_end, borders.val_end, splits.val),
+        "test": (borders.val_end, borders.test_end, splits.test),
+    }
+    dropped = {}
+    for name, (first_target, end, windows) in parts.items():
+        first, last = max(first_target - lookback, 0), min(end - span, n_rows - span)
+        dropped[name] = max(0, last - first + 1) - len(windows)
+    return dropped
+
+
+def frame_times(frame: pd.DataFrame) -> np.ndarray | None:
+    """Epoch milliseconds of each row, from the frame's first time column (None if it has none)."""
     times = frame.select_dtypes(include=["datetime", "datetimetz"])
     if times.empty:
-        return DAILY_SEASON
-    step_ms = infer_step_ms(times.iloc[:, 0].astype("datetime64[ms]").astype("int64").to_numpy())
-    return default_season(step_ms) if step_ms else DAILY_SEASON
+        return None
+    return times.iloc[:, 0].astype("datetime64[ms]").astype("int64").to_numpy()
 
 
-def _naive(spec: BacktestSpec, test: WindowSet, season: int) -> np.ndarray:
+def backtest_season(spec: BacktestSpec, data: BacktestData) -> SeasonChoice:
+    """``spec.season``, else the period that forecasts the training rows best, at most a lookback.
+
+    Raises :class:`BacktestError` when ``spec.season`` exceeds the lookback.
+    """
+    lookback = data.config.lookback
+    if spec.season:
+        if spec.season > lookback:
+            raise BacktestError(
+                f"season {spec.season} is longer than the lookback {lookback}: "
+                "lengthen the lookback or shorten the season"
+            )
+        return SeasonChoice(spec.season, "given")
+    train_end = data.borders.train_end
+    times = None if data.times is None else data.times[:train_end]
+    step_ms = None if data.times is None else infer_step_ms(data.times)
+    return choose_season(data.values[:train_end], step_ms, spec.horizon, times, lookback)
+
+
+def _naive(
+    spec: BacktestSpec, data: BacktestData, scored: WindowSet
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A naive model's forecasts of ``scored`` and what its metrics record."""
+    details: dict[str, Any] = {"steps": 0, "device": "cpu", "ensemble": 1}
     if spec.model == "repeat_last":
-        return repeat_last(test.inputs, spec.horizon)
-    return seasonal_naive(test.inputs, spec.horizon, season)
+        details["model_config"] = {"architecture": spec.model}
+        return repeat_last(scored.inputs, spec.horizon), details
+    choice = backtest_season(spec, data)
+    details["model_config"] = {"architecture": spec.model, "season": choice.period}
+    return seasonal_naive(scored.inputs, spec.horizon, choice.period), {
+        **details,
+        **choice.as_metrics(),
+    }
 
 
-def _naive_details(spec: BacktestSpec, season: int) -> dict[str, Any]:
-    seasons = {"season": season} if spec.model == "seasonal_naive" else {}
-    config = {"architecture": spec.model, **seasons}
-    return {"steps": 0, "device": "cpu", "model_config": config}
+@dataclass(frozen=True)
+class Member:
+    """One seed's trained model and its training's figures."""
+
+    seed: int
+    model: Forecaster
+    result: TrainResult
 
 
 def _trained(
@@ -251,23 +479,83 @@ def _trained(
     scored: WindowSet,
     on_eval: Callable[[EvalStats], None] | None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    recipe = DLINEAR_TRAINING if spec.model == "dlinear" else {}
-    train_config = replace(TrainConfig(seed=spec.seed), **{**recipe, **spec.train_overrides})
-    model = build_forecaster(config, seed=spec.seed)
-    result = fit(model, splits.train, splits.val, train_config, on_eval)
-    predictions = predict(model, scored.inputs, batch_size=train_config.batch_size)
+    """Train the spec's seeds, forecast ``scored`` with the one or the mean that
+    :func:`choose_members` keeps; the first seed's training figures."""
+    train_config = _train_config(spec)
+    seeds = range(spec.seed, spec.seed + requested_members(spec.ensemble))
+    members = [
+        _fit_member(config, train_config, splits, seed, on_eval if seed == spec.seed else None)
+        for seed in seeds
+    ]
+    used, ensemble_metrics = choose_members(spec, members, splits.val, train_config.batch_size)
+    predictions = np.mean(
+        [predict(m.model, scored.inputs, scored.origins, train_config.batch_size) for m in used],
+        axis=0,
+    )
+    first = members[0]
     details = {
-        "val_loss": result.best_val_loss,
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "epochs": round(result.history[-1].epoch, 2),
-        "device": result.device,
-        "train_samples_per_s": round(result.samples_per_s, 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "val_loss": first.result.best_val_loss,
+        "steps": first.result.steps,
+        "best_step": first.result.best_step,
+        "epochs": round(first.result.history[-1].epoch, 2),
+        "device": first.result.device,
+        "train_samples_per_s": round(first.result.samples_per_s, 1),
+        "parameters": sum(p.numel() for p in first.model.parameters()),
+        **ensemble_metrics,
         "model_config": config.to_dict(),
         "train_config": {**train_config.__dict__},
     }
     return predictions, details
+
+
+def _train_config(spec: BacktestSpec) -> TrainConfig:
+    recipe = DLINEAR_TRAINING if spec.model == "dlinear" else {}
+    return replace(TrainConfig(seed=spec.seed), **{**recipe, **spec.train_overrides})
+
+
+def _fit_member(
+    config: ForecasterConfig,
+    train_config: TrainConfig,
+    splits: Splits,
+    seed: int,
+    on_eval: Callable[[EvalStats], None] | None,
+) -> Member:
+    model = build_forecaster(config, seed=seed)
+    result = fit(model, splits.train, splits.val, replace(train_config, seed=seed), on_eval)
+    return Member(seed, model, result)
+
+
+def requested_members(ensemble: int | str) -> int:
+    """Seeds to train: ``ensemble`` itself, ``AUTO_MEMBERS`` for ``"auto"``.
+
+    >>> requested_members(1), requested_members(5), requested_members("auto")
+    (1, 5, 3)
+    """
+    return AUTO_MEMBERS if ensemble == "auto" else int(ensemble)
+
+
+def choose_members(
+    spec: BacktestSpec, members: list[Member], val: WindowSet, batch_size: int
+) -> tuple[list[Member], dict[str, Any]]:
+    """The members whose mean forecasts the scored split: all of a fixed ensemble; for
+    ``"auto"``, all only if their mean's validation MSE beats the first seed's alone.
+
+    One member: no validation forecast is made (the default stays one training, one pass).
+    """
+    if len(members) == 1:
+        return members, {"ensemble": 1}
+    forecasts = [predict(m.model, val.inputs, val.origins, batch_size) for m in members]
+    single_mse = mse(forecasts[0], val.targets)
+    ensemble_mse = mse(np.mean(forecasts, axis=0), val.targets)
+    keep_all = spec.ensemble != "auto" or ensemble_mse < single_mse
+    used = members if keep_all else members[:1]
+    return used, {
+        "ensemble": len(used),
+        "ensemble_requested": spec.ensemble,
+        "val_mse_single": single_mse,
+        "val_mse_ensemble": ensemble_mse,
+        "ensemble_seeds": [m.seed for m in members],
+    }
 
 
 def load_ltsf_csv(path: Path) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
+from pipeline.covariates import CalendarError, check_calendar
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.records import (
     DEFAULT_MAX_JUMP_STEPS,
@@ -72,6 +73,15 @@ RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_eq
 # character or line break anywhere. A function, not a regex pattern: Python's re has no \p{C},
 # and Prefect checks a deployment's parameter schema (these settings) with it.
 NAME_RULE = "a name: printable, not blank, no space at either end"
+
+
+def _checked_calendar(region: str | None, timezone: str) -> bool:
+    """True, or ValueError (what pydantic reports) for an unknown region or time zone."""
+    try:
+        check_calendar(region, timezone)
+    except CalendarError as err:
+        raise ValueError(str(err)) from err
+    return True
 
 
 def _printable_name(name: str) -> str:
@@ -247,6 +257,10 @@ class StoreSettings(RollcastSettings):
     # Gaps of up to this many steps are interpolated; longer ones split the series (at most
     # 10,000: a longer gap is an outage, and filling it would invent the data).
     max_gap: Annotated[int, Field(ge=1, le=10_000)] = DEFAULT_MAX_GAP
+    # Recurring closed periods (nights, weekends of business-hours data): "auto" finds them in
+    # the data and trains on the open steps only, "continuous" counts every step (a night is a
+    # gap), "open_hours" requires them (a series without is left out, saying why).
+    gap_policy: Literal["auto", "continuous", "open_hours"] = "auto"
 
     @field_validator("freq")
     @classmethod
@@ -306,7 +320,7 @@ class ModelSettings(RollcastSettings):
     lookback: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.lookback
     horizon: Annotated[int, Field(ge=1, le=10_000)] = SHAPE.horizon
     architecture: Literal["lstm", "dlinear"] = "lstm"
-    cell: Literal["lstm", "gru"] = SHAPE.cell  # type: ignore[assignment]
+    cell: Literal["lstm", "gru", "peephole"] = SHAPE.cell  # type: ignore[assignment]
     hidden_size: Annotated[int, Field(ge=1, le=4096)] = SHAPE.hidden_size  # memory: 4096² a gate
     num_layers: Annotated[int, Field(ge=1, le=16)] = SHAPE.num_layers  # deeper: untrainable
     dropout: Annotated[float, Field(ge=0, lt=1)] = SHAPE.dropout
@@ -321,6 +335,29 @@ class ModelSettings(RollcastSettings):
     # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
     # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
     season: Annotated[int, Field(ge=1, le=100_000)] | None = None  # the lookback's cap
+    # Future-known calendar features (time of day, week and year) for lookback and horizon.
+    calendar: bool = SHAPE.calendar
+    # A public-holiday region for the calendar ("GB", "AU-VIC"); none by default.
+    holidays: Annotated[str, Field(min_length=2, max_length=20)] | None = SHAPE.holidays
+    # The IANA time zone the calendar is read in (holidays and time of day are local).
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = SHAPE.timezone
+    # The channels forecast, as JSON (["load"]); the other channels are read as inputs only.
+    # Empty: every channel is forecast.
+    targets: tuple[Name, ...] = Field(default=SHAPE.targets, max_length=1000)
+
+    @field_validator("holidays")
+    @classmethod
+    def _known_region(cls, region: str | None) -> str | None:
+        """A region the ``holidays`` package knows."""
+        _checked_calendar(region, "UTC")
+        return region
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, timezone: str) -> str:
+        """An IANA time zone."""
+        _checked_calendar(None, timezone)
+        return timezone
 
 
 class TrainSettings(RollcastSettings):

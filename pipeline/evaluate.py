@@ -15,13 +15,15 @@ different magnitudes weigh the same and figures are comparable across datasets.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from pipeline.forecast import predict
 from pipeline.model import Forecaster
-from pipeline.windows import WindowSet
+from pipeline.windows import WindowSet, channel_scale, split_point
 
 
 def mse(pred: np.ndarray, target: np.ndarray, scale: np.ndarray | float = 1.0) -> float:
@@ -221,6 +223,223 @@ def score(
 
 def score_forecaster(model: Forecaster, windows: WindowSet, season: int) -> Scorecard:
     """Forecast every window with ``model`` and score it beside the baselines."""
-    pred = predict(model, windows.inputs)
+    pred = predict(model, windows.inputs, windows.origins)
     scale = model.scale.detach().cpu().numpy()
-    return score(pred, windows.inputs, windows.targets, scale, season)
+    return score(pred, windows.target_inputs, windows.targets, scale, season)
+
+
+# --- choosing the seasonal-naive period from the data ---------------------------------------------
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+YEAR_MS = 31_557_600_000  # 365.25 days: a year of steps need not be a whole number of days
+# The step assumed without timestamps: the LTSF files are hourly.
+ASSUMED_STEP_MS = 3_600_000
+# A period is a candidate only if the training rows hold this many of it plus a horizon.
+MIN_PERIODS = 2
+# Forecast cells scored per candidate at most (~32 MB of float64): past it, origins are
+# subsampled evenly, so the cost stops growing with the rows.
+MAX_SCORED_CELLS = 4_000_000
+# Weekdays count from Monday: the epoch (1970-01-01) was a Thursday.
+EPOCH_WEEKDAY = 3
+
+
+@dataclass(frozen=True)
+class SeasonChoice:
+    """The seasonal-naive period chosen from the data, among named candidates, with their scores.
+
+    ``scores`` are seasonal-naive MSEs (in the units of the values given) on the same
+    training windows; empty when too little data to score (``name`` is then ``"default"``).
+    """
+
+    period: int  # steps
+    name: str  # "day", "week", "year", "open_day", "open_week", "default" or "given"
+    candidates: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def as_metrics(self) -> dict[str, object]:
+        """``season``, ``season_name``, the candidates and one ``season_mse.<name>`` each."""
+        scores = {f"season_mse.{name}": value for name, value in self.scores.items()}
+        return {
+            "season": self.period,
+            "season_name": self.name,
+            "season_candidates": dict(self.candidates),
+            **scores,
+        }
+
+
+def calendar_periods(step_ms: int | None) -> dict[str, int]:
+    """A day, a week and a year of steps, where the step fits them (hourly without a step).
+
+    >>> calendar_periods(1_800_000)
+    {'day': 48, 'week': 336, 'year': 17532}
+    >>> calendar_periods(86_400_000), calendar_periods(31 * 86_400_000)
+    ({'week': 7, 'year': 365}, {'year': 12})
+    """
+    step = step_ms or ASSUMED_STEP_MS
+    periods = {}
+    for name, span_ms in (("day", DAY_MS), ("week", WEEK_MS)):
+        if span_ms % step == 0 and span_ms // step >= 2:
+            periods[name] = span_ms // step
+    if 28 * DAY_MS <= step <= 31 * DAY_MS:  # monthly data: the median spacing of months
+        periods["year"] = 12
+    elif round(YEAR_MS / step) >= 2:
+        periods["year"] = round(YEAR_MS / step)
+    return periods
+
+
+def open_periods(times: np.ndarray, step_ms: int) -> dict[str, int]:
+    """Rows per open day and per open week, where closed periods recur (business hours).
+
+    The typical (median) count of rows on the calendar days (weeks) that hold any; offered
+    only where it is short of a full day (week) of steps, i.e. most days skip some hours.
+    ``times`` ``(T,)`` epoch ms, read as wall-clock time. O(T log T) (a sort).
+
+    >>> hour = 3_600_000
+    >>> weekdays = [d * 86_400_000 + h * hour for d in range(4, 18) if d % 7 not in (2, 3)
+    ...             for h in range(8, 18)]  # 8:00-17:00, Monday to Friday
+    >>> open_periods(np.array(weekdays), hour)
+    {'open_day': 10, 'open_week': 50}
+    """
+    day = times // DAY_MS
+    full = {"open_day": DAY_MS // step_ms, "open_week": WEEK_MS // step_ms}
+    typical = {
+        "open_day": int(np.median(np.unique(day, return_counts=True)[1])),
+        "open_week": int(np.median(np.unique((day + EPOCH_WEEKDAY) // 7, return_counts=True)[1])),
+    }
+    return {name: n for name, n in typical.items() if 2 <= n < full[name]}
+
+
+def season_candidates(
+    n_rows: int,
+    step_ms: int | None,
+    horizon: int,
+    times: np.ndarray | None = None,
+    max_period: int | None = None,
+) -> dict[str, int]:
+    """The named periods worth scoring on ``n_rows`` training rows: each fits ``MIN_PERIODS``
+    times plus a horizon in them and, with ``max_period`` (a lookback), into one lookback.
+
+    >>> season_candidates(2000, 3_600_000, horizon=24)
+    {'day': 24, 'week': 168}
+    >>> season_candidates(2000, 3_600_000, horizon=24, max_period=96)
+    {'day': 24}
+    """
+    periods = calendar_periods(step_ms)
+    if times is not None and step_ms and len(times):
+        periods.update(open_periods(times, step_ms))
+    longest = min(max_period or n_rows, (n_rows - horizon) // MIN_PERIODS)
+    chosen: dict[str, int] = {}
+    for name, period in periods.items():
+        if 2 <= period <= longest and period not in chosen.values():
+            chosen[name] = period
+    return chosen
+
+
+def seasonal_naive_errors(
+    values: np.ndarray, origins: np.ndarray, horizon: int, season: int
+) -> np.ndarray:
+    """Seasonal-naive MSE of each forecast made at ``origins`` (the row of its first target).
+
+    ``values`` ``(T, C)``; a forecast of row ``o + k`` is row ``o - season + k % season``
+    (the last season, repeated), as :func:`seasonal_naive` gives. NaN where a value used is
+    NaN. Returns ``(N,)``; O(N · H · C).
+
+    >>> values = np.array([[1.0], [2.0], [1.0], [2.0], [1.0], [5.0]])
+    >>> seasonal_naive_errors(values, np.array([2, 4]), horizon=2, season=2).tolist()
+    [0.0, 4.5]
+    """
+    steps = np.arange(horizon)
+    targets = values[origins[:, None] + steps]  # (N, H, C)
+    naive = values[origins[:, None] - season + steps % season]
+    return np.mean((targets.astype(np.float64) - naive) ** 2, axis=(1, 2))
+
+
+def choose_season(
+    values: np.ndarray | Sequence[np.ndarray],
+    step_ms: int | None,
+    horizon: int,
+    times: np.ndarray | None = None,
+    max_period: int | None = None,
+) -> SeasonChoice:
+    """The seasonal-naive period that forecasts the training data best, among a day, a week
+    and a year of steps and, where closed periods recur, the rows per open day and week.
+
+    ``values``: the training part ``(T, C)``, scaled (channels weigh alike), NaN where missing;
+    or one such array per series (no forecast crosses two). ``step_ms``: None without
+    timestamps (hourly is assumed). ``times`` ``(T,)`` epoch ms of a single array's rows, for
+    the open-period candidates. Every candidate is scored on the same forecasts: origins a
+    horizon apart, after the longest candidate, those with a NaN in any candidate's values
+    left out (the longest candidate is dropped while none is left). Cost: O(T · C), capped at
+    ``MAX_SCORED_CELLS`` per candidate. With no candidate that fits, the day-of-steps default
+    (:func:`default_season`), or 1 if it exceeds ``max_period``.
+
+    >>> t = np.arange(24 * 7 * 6)
+    >>> weekly = (np.sin(2 * np.pi * t / 24) * (1 + (t // 24 % 7 >= 5)))[:, None]
+    >>> choice = choose_season(weekly, 3_600_000, horizon=24)
+    >>> choice.name, choice.period, round(choice.scores["week"], 6), choice.scores["day"] > 0
+    ('week', 168, 0.0, True)
+    """
+    parts = [values] if isinstance(values, np.ndarray) else list(values)
+    longest = max((len(part) for part in parts), default=0)
+    candidates = season_candidates(longest, step_ms, horizon, times, max_period)
+    stacked, codes = _stack_series(parts)
+    while candidates:
+        scores = _score_candidates(stacked, codes, horizon, candidates)
+        if scores:
+            best = min(scores, key=lambda name: scores[name])
+            return SeasonChoice(candidates[best], best, candidates, scores)
+        candidates.pop(max(candidates, key=lambda name: candidates[name]))
+    fallback = default_season(step_ms or ASSUMED_STEP_MS)
+    return SeasonChoice(fallback if fallback <= (max_period or fallback) else 1, "default")
+
+
+def _stack_series(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Series back to back ``(T, C)`` and each row's series code ``(T,)``."""
+    if not parts:
+        return np.empty((0, 0)), np.empty(0, dtype=np.int64)
+    codes = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
+    return np.concatenate(parts), codes
+
+
+def _score_candidates(
+    values: np.ndarray, codes: np.ndarray, horizon: int, candidates: dict[str, int]
+) -> dict[str, float]:
+    """Each candidate's mean seasonal-naive MSE on the forecasts all can make (empty if none)."""
+    longest = max(candidates.values())
+    origins = np.arange(longest, len(values) - horizon + 1, max(horizon, 1))
+    origins = origins[codes[origins - longest] == codes[origins + horizon - 1]]  # one series
+    most = max(1, MAX_SCORED_CELLS // max(1, horizon * values.shape[1]))
+    if len(origins) > most:
+        origins = origins[np.linspace(0, len(origins) - 1, most).astype(np.int64)]
+    errors = {n: seasonal_naive_errors(values, origins, horizon, p) for n, p in candidates.items()}
+    scored = np.logical_and.reduce([np.isfinite(e) for e in errors.values()])
+    if not scored.any():
+        return {}
+    return {name: float(np.mean(e[scored])) for name, e in errors.items()}
+
+
+def series_season(
+    series: Mapping[str, pd.DataFrame],
+    channels: Sequence[str],
+    step_ms: int | None,
+    horizon: int,
+    val_fraction: float,
+    max_period: int | None = None,
+) -> SeasonChoice:
+    """:func:`choose_season` on the training part of each regularized series (the steps before
+    its validation split, as :func:`pipeline.windows.build_window_sets` cuts it), each channel in
+    units of its spread over every series. Copies the training values once: O(T · C).
+
+    >>> t = np.arange(24 * 30)
+    >>> frames = {"a": pd.DataFrame({"x": np.sin(2 * np.pi * t / 24)}), "b": pd.DataFrame(
+    ...     {"x": np.cos(2 * np.pi * t / 24)})}
+    >>> series_season(frames, ["x"], 3_600_000, 24, 0.2, max_period=96).name
+    'day'
+    """
+    scale = channel_scale(series, channels)
+    parts = [
+        frame[list(channels)].to_numpy(np.float64)[: split_point(len(frame), val_fraction)] / scale
+        for frame in series.values()
+    ]
+    return choose_season(parts, step_ms, horizon, max_period=max_period)

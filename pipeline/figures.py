@@ -54,10 +54,10 @@ def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
     """
     picks = np.linspace(0, len(val) - 1, num=min(PLOTTED_WINDOWS, len(val))).astype(int)
     shown = val.subset(picks)
-    preds = predict(model.cpu(), shown.inputs)
+    preds = predict(model.cpu(), shown.inputs, shown.origins)
     fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.4 * len(picks)), squeeze=False)
     for ax, i, pred in zip(axes[:, 0], range(len(picks)), preds, strict=True):
-        _draw_window(ax, shown.inputs[i, :, 0], shown.targets[i, :, 0], pred[:, 0])
+        _draw_window(ax, shown.target_inputs[i, :, 0], shown.targets[i, :, 0], pred[:, 0])
         ax.set_title(f"{shown.series[i]}: validation window {picks[i]}", fontsize=9)
         ax.set_ylabel(model.config.channels[0])
     axes[-1, 0].set_xlabel(f"steps from the last observed value (1 step = {model.config.freq})")

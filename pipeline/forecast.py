@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 
 from pipeline import RollcastError
+from pipeline.covariates import windows_calendar
 from pipeline.model import Forecaster
+from pipeline.open_steps import read_open_hours
 from pipeline.recipe import ForecasterConfig
 from pipeline.windows import SERIES, TS, RollingWindow, format_timestamp, freq_to_ms
 
@@ -40,28 +42,43 @@ class LoadedForecaster:
 
 
 @torch.inference_mode()
-def predict(model: Forecaster, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict(
+    model: Forecaster,
+    inputs: np.ndarray,
+    origins_ms: np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """Point forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device.
 
-    The one place an output becomes points: the model's head says how.
+    ``origins_ms`` ``(N,)`` is the time of each window's last step: a model that reads calendar
+    features gets them from it (:func:`pipeline.covariates.windows_calendar`). The one place an
+    output becomes points: the model's head says how.
     """
     model.eval()
     device = next(model.parameters(), model.scale).device
-    outputs = [
-        model.point(
-            model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size])).to(device))
-        )
-        for i in range(0, len(inputs), batch_size)
-    ]
+    outputs = []
+    for i in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size])).to(device)
+        origins = None if origins_ms is None else origins_ms[i : i + batch_size]
+        calendar = windows_calendar(model.config, origins)
+        known = None if calendar is None else torch.from_numpy(calendar).to(device)
+        outputs.append(model.point(model(x, known)))
     if not outputs:
-        return np.empty((0, model.config.horizon, model.config.n_channels), dtype=np.float32)
+        outputs_shape = (0, model.config.horizon, len(model.config.target_names))
+        return np.empty(outputs_shape, dtype=np.float32)
     return torch.cat(outputs).float().cpu().numpy()
 
 
 def new_window(config: ForecasterConfig, grace_steps: int = 0) -> RollingWindow:
-    """An empty rolling window shaped and gap-filled the way ``config``'s model expects."""
+    """An empty rolling window shaped and gap-filled the way ``config``'s model expects: on
+    the model's open steps, when it was trained on open hours."""
     return RollingWindow(
-        config.lookback, config.n_channels, freq_to_ms(config.freq), config.max_gap, grace_steps
+        config.lookback,
+        config.n_channels,
+        freq_to_ms(config.freq),
+        config.max_gap,
+        grace_steps,
+        read_open_hours(config.open_hours),
     )
 
 
@@ -121,25 +138,26 @@ def _replay(
 def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
     """Forecast every series of a history frame: a row per series and step ahead.
 
-    Columns out: ``series``, ``ts`` (ISO-8601 text), ``step`` (1..horizon) and the channels.
+    Columns out: ``series``, ``ts`` (ISO-8601 text), ``step`` (1..horizon) and the channels
+    forecast (the model's targets).
     """
     config = model.config
     latest = latest_windows(history, config)
-    preds = predict(model, latest.windows)  # (S, H, C)
+    preds = predict(model, latest.windows, np.array(latest.issued_at_ms, np.int64))  # (S, H, C)
     step_ms = freq_to_ms(config.freq)
     rows = [
         {
             SERIES: series_id,
             TS: format_timestamp(issued_at_ms + (h + 1) * step_ms),
             "step": h + 1,
-            **dict(zip(config.channels, pred[h], strict=True)),
+            **dict(zip(config.target_names, pred[h], strict=True)),
         }
         for series_id, issued_at_ms, pred in zip(
             latest.series, latest.issued_at_ms, preds, strict=True
         )
         for h in range(config.horizon)
     ]
-    return pd.DataFrame(rows, columns=[SERIES, TS, "step", *config.channels])
+    return pd.DataFrame(rows, columns=[SERIES, TS, "step", *config.target_names])
 
 
 def example_history(config: ForecasterConfig) -> pd.DataFrame:

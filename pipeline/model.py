@@ -10,17 +10,19 @@ competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every 
   so the LSTM runs ``lookback / segment_len`` steps instead of ``lookback``;
 * parallel multi-step decoding: every output segment is decoded in one LSTM step from the
   encoder's final state, told apart by a positional embedding;
-* layers, hidden size, dropout, a bidirectional encoder, and GRU as an alternative cell.
+* layers, hidden size, dropout, a bidirectional encoder, and GRU or a peephole LSTM
+  (:class:`pipeline.cells.PeepholeLSTM`) as alternative cells.
 
 :class:`DLinear` is the linear baseline (Zeng et al. 2023, arXiv:2205.13504), and
 :class:`RepeatLast` and :class:`SeasonalNaive` are the naive baselines, without parameters.
 
-Every forecaster maps ``(B, L, C)`` recent values to its output head's output, in the data's own
-units, and has a per-channel ``scale`` buffer and a ``fit_scale`` method. The head
-(:class:`PointHead`, named by ``ForecasterConfig.loss``) owns the training loss and turns an
-output into point forecasts ``(B, H, C)``; the trainer asks the model for its loss, and
-:func:`pipeline.forecast.predict` for its points, so a head with another output shape (quantiles)
-changes this module and ``forecast.py`` only.
+Every forecaster maps ``(B, L, C)`` recent values (and, when its config asks for a calendar,
+the calendar features ``(B, L + H, F)`` of :mod:`pipeline.covariates`) to its output head's
+output, in the data's own units, and has a per-channel ``scale`` buffer and a ``fit_scale``
+method. The head (:class:`PointHead`, named by ``ForecasterConfig.loss``) owns the training
+loss and turns an output into point forecasts ``(B, H, C)``; the trainer asks the model for its
+loss, and :func:`pipeline.forecast.predict` for its points, so a head with another output shape
+(quantiles) changes this module and ``forecast.py`` only.
 A checkpoint holds the config beside the weights, so a model can be rebuilt from the file alone,
 and it is loaded with ``weights_only=True``: no arbitrary code is unpickled.
 """
@@ -37,6 +39,8 @@ import torch
 from torch import nn
 
 from pipeline import InvalidFileError
+from pipeline.cells import PeepholeLSTM
+from pipeline.covariates import feature_names
 from pipeline.files import MAX_CHECKPOINT_BYTES, one_line, open_regular
 from pipeline.recipe import ForecasterConfig
 
@@ -99,10 +103,18 @@ class ForecasterModule(nn.Module):
         self.config = config
         self.output_head = output_head(config.loss)
         self.norm = InstanceNorm(config.n_channels, norm)
+        # Where the forecast channels are among the inputs; None: every channel is forecast.
+        self.target_columns = list(config.target_index) if config.targets else None
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.norm.scale
+        """The training scale of each forecast channel ``(C_out,)``."""
+        scale = self.norm.scale
+        return scale if self.target_columns is None else scale[self.target_columns]
+
+    def forecast_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """The forecast channels ``(..., C_out)`` of values ``(..., C)``."""
+        return x if self.target_columns is None else x[..., self.target_columns]
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The head's training loss of an output against targets ``(B, H, C)``."""
@@ -140,8 +152,16 @@ class InstanceNorm(nn.Module):
         level = self.level(x)
         return (x - level) / self.scale, level
 
-    def restore(self, z: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        return z.float() * self.scale + level
+    def restore(
+        self, z: torch.Tensor, level: torch.Tensor, columns: list[int] | None = None
+    ) -> torch.Tensor:
+        """``z`` ``(B, H, C_out)`` back in the data's units; ``columns``: the channels it holds."""
+        scale = self.scale if columns is None else self.scale[columns]
+        return z.float() * scale + (level if columns is None else level[..., columns])
+
+
+# The recurrent cells ForecasterConfig.cell may name; each is called as nn.LSTM is.
+CELLS: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}
 
 
 class StackedLSTMForecaster(ForecasterModule):
@@ -150,12 +170,19 @@ class StackedLSTMForecaster(ForecasterModule):
     def __init__(self, config: ForecasterConfig) -> None:
         _check_shape(config)
         super().__init__(config, config.norm)
-        width = config.segment_len * (1 if config.channel_independent else config.n_channels)
+        n_targets = len(config.target_names)
+        width = config.segment_len * (1 if config.channel_independent else n_targets)
         hidden = config.hidden_size
         self.n_in = config.lookback // config.segment_len
         self.n_out = math.ceil(config.horizon / config.segment_len)
-        self.embed = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
-        rnn = nn.GRU if config.cell == "gru" else nn.LSTM
+        # Each segment's inputs-only channels and calendar features, every step's, read beside
+        # the forecast channel's values.
+        self.calendar_width = config.segment_len * n_calendar(config)
+        side = config.segment_len * len(config.covariate_index) + self.calendar_width
+        self.embed = nn.Sequential(nn.Linear(width + side, hidden), nn.ReLU())
+        # The horizon's calendar, one segment per decoder query.
+        self.future = nn.Linear(self.calendar_width, hidden) if self.calendar_width else None
+        rnn = CELLS[config.cell]
         layers: dict[str, Any] = {"num_layers": config.num_layers, "batch_first": True}
         layers["dropout"] = config.dropout if config.num_layers > 1 else 0.0
         self.encoder = rnn(hidden, hidden, bidirectional=config.bidirectional, **layers)
@@ -163,7 +190,7 @@ class StackedLSTMForecaster(ForecasterModule):
         self.decoder = rnn(hidden, hidden, **layers) if config.bidirectional else self.encoder
         self.position = nn.Parameter(torch.randn(self.n_out, hidden // 2) * 0.02)
         # One learned tag per channel when channels are separate sequences; one shared otherwise.
-        n_tags = config.n_channels if config.channel_independent else 1
+        n_tags = n_targets if config.channel_independent else 1
         self.channel = nn.Parameter(torch.randn(n_tags, hidden - hidden // 2) * 0.02)
         self.dropout = nn.Dropout(config.dropout)
         # pmf: one segment per decoder step; linear: the whole horizon from the final state.
@@ -176,17 +203,49 @@ class StackedLSTMForecaster(ForecasterModule):
         spread = inputs.reshape(-1, inputs.shape[-1]).float().std(dim=0)
         self.norm.scale.copy_(spread.clamp_min(MIN_SCALE))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
+        """Forecasts ``(B, H, C)`` of windows ``x`` ``(B, L, C)``; with a calendar config,
+        ``calendar`` ``(B, L + H, F)`` holds the lookback's and the horizon's features."""
         z, level = self.norm(x)  # (B, L, C)
-        sequences = self._to_sequences(z)  # (B*C, L, 1), or (B, L, C) when channels mix
+        sequences = self._to_sequences(self.forecast_channels(z))  # (B*C', L, 1) or (B, L, C')
         segments = sequences.reshape(len(sequences), self.n_in, -1)  # (N, n_in, width)
+        per_window = len(sequences) // len(x)
+        past, future = self._calendar_segments(calendar, per_window)
+        covariates = self._covariate_segments(z, per_window)
+        side = [part.to(segments.dtype) for part in (covariates, past) if part is not None]
+        segments = torch.cat([segments, *side], dim=-1) if side else segments
         _, state = self.encoder(self.embed(segments))
         state = self._merge_directions(state)
         if self.config.decoder == "pmf":
-            out = self._decode_parallel(state, len(sequences))  # (N, n_out*width)
+            out = self._decode_parallel(state, len(sequences), future)  # (N, n_out*width)
         else:
             out = self.head(self.dropout(_last_layer(state)))  # (N, H*width/w)
-        return self.norm.restore(self._from_sequences(out, x.shape[0]), level)
+        return self.norm.restore(self._from_sequences(out, x.shape[0]), level, self.target_columns)
+
+    def _covariate_segments(self, z: torch.Tensor, per_window: int) -> torch.Tensor | None:
+        """The inputs-only channels per segment, ``(N, n_in, seg*K)``, for each sequence."""
+        columns = self.config.covariate_index
+        if not columns:
+            return None
+        segments = z[..., list(columns)].reshape(len(z), self.n_in, -1)  # (B, n_in, seg*K)
+        return segments.repeat_interleave(per_window, 0)
+
+    def _calendar_segments(
+        self, calendar: torch.Tensor | None, per_window: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The lookback's and the horizon's calendar, per segment: ``(N, n_in, seg*F)`` and
+        ``(N, n_out, seg*F)``, repeated for each of a window's ``per_window`` sequences."""
+        if not self.calendar_width:
+            return None, None
+        if calendar is None:
+            raise ValueError("this model reads calendar features: pass the windows' calendar")
+        lookback, segment = self.config.lookback, self.config.segment_len
+        ahead = calendar[:, lookback:]  # (B, H, F); padded with its last step to whole segments
+        pad = self.n_out * segment - ahead.shape[1]
+        ahead = torch.cat([ahead, ahead[:, -1:].expand(-1, pad, -1)], dim=1) if pad else ahead
+        past = calendar[:, :lookback].reshape(len(calendar), self.n_in, -1)  # (B, n_in, seg*F)
+        future = ahead.reshape(len(calendar), self.n_out, -1)  # (B, n_out, seg*F)
+        return past.repeat_interleave(per_window, 0), future.repeat_interleave(per_window, 0)
 
     def _to_sequences(self, z: torch.Tensor) -> torch.Tensor:
         if not self.config.channel_independent:
@@ -195,7 +254,7 @@ class StackedLSTMForecaster(ForecasterModule):
         return z.permute(0, 2, 1).reshape(batch * channels, lookback, 1)  # (B*C, L, 1)
 
     def _from_sequences(self, out: torch.Tensor, batch: int) -> torch.Tensor:
-        horizon, channels = self.config.horizon, self.config.n_channels
+        horizon, channels = self.config.horizon, len(self.config.target_names)
         if self.config.channel_independent:
             out = out.reshape(batch, channels, -1)[:, :, :horizon]  # (B, C, H)
             return out.permute(0, 2, 1)  # (B, H, C)
@@ -210,26 +269,42 @@ class StackedLSTMForecaster(ForecasterModule):
 
         return tuple(merge(s) for s in state) if isinstance(state, tuple) else merge(state)
 
-    def _decode_parallel(self, state: Any, n_sequences: int) -> torch.Tensor:
-        """One decoder step per output segment, all at once, from the encoder's final state."""
+    def _decode_parallel(
+        self, state: Any, n_sequences: int, future: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One decoder step per output segment, all at once, from the encoder's final state;
+        each query also reads its segment's calendar (``future``, ``(N, n_out, seg*F)``)."""
         hidden, channel = self.config.hidden_size, self.channel
         n_groups = n_sequences // len(channel)  # batch size
         position = self.position.unsqueeze(0).expand(len(channel), -1, -1)  # (C', n_out, d/2)
         tagged = channel.unsqueeze(1).expand(-1, self.n_out, -1)  # (C', n_out, d - d/2)
         queries = torch.cat([position, tagged], dim=-1)  # (C', n_out, d)
-        queries = queries.repeat(n_groups, 1, 1).reshape(-1, 1, hidden)  # (N*n_out, 1, d)
+        queries = queries.repeat(n_groups, 1, 1)  # (N, n_out, d)
+        if self.future is not None and future is not None:
+            queries = queries + self.future(future.to(queries.dtype))
+        queries = queries.reshape(-1, 1, hidden)  # (N*n_out, 1, d)
         start = _repeat_state(state, self.n_out)  # (layers, N*n_out, d)
         decoded, _ = self.decoder(queries, start)  # (N*n_out, 1, d)
         out = self.head(self.dropout(decoded))  # (N*n_out, 1, width)
         return out.reshape(n_sequences, -1)  # (N, n_out*width)
 
 
+def n_calendar(config: ForecasterConfig) -> int:
+    """How many calendar features a config's model reads (0 without a calendar)."""
+    return len(feature_names(config.holidays)) if config.calendar else 0
+
+
 def _check_shape(config: ForecasterConfig) -> None:
+    unknown = [name for name in config.targets if name not in config.channels]
+    if unknown or len(set(config.targets)) < len(config.targets):
+        raise ValueError(
+            f"targets {list(config.targets)} must be distinct channels of {list(config.channels)}"
+        )
     if config.lookback % config.segment_len:
         raise ValueError(
             f"lookback {config.lookback} must be a multiple of segment_len {config.segment_len}"
         )
-    if config.cell not in ("lstm", "gru") or config.decoder not in ("pmf", "linear"):
+    if config.cell not in CELLS or config.decoder not in ("pmf", "linear"):
         raise ValueError(f"unknown cell {config.cell!r} or decoder {config.decoder!r}")
 
 
@@ -254,11 +329,11 @@ class DLinear(ForecasterModule):
         self.trend = nn.Linear(config.lookback, config.horizon)
         self.seasonal = nn.Linear(config.lookback, config.horizon)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
         trend = moving_average(x, DLINEAR_KERNEL)  # (B, L, C)
         seasonal = x - trend
         out = self.trend(trend.transpose(1, 2)) + self.seasonal(seasonal.transpose(1, 2))
-        return out.transpose(1, 2).float()  # (B, H, C)
+        return self.forecast_channels(out.transpose(1, 2).float())  # (B, H, C_out)
 
 
 def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -285,8 +360,8 @@ class RepeatLast(NaiveForecaster):
     [4.0, 4.0]
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = x[:, -1:, :].float()  # (B, 1, C)
+    def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
+        last = self.forecast_channels(x[:, -1:, :].float())  # (B, 1, C_out)
         return last.repeat(1, self.config.horizon, 1)  # (B, H, C)
 
 
@@ -309,9 +384,9 @@ class SeasonalNaive(NaiveForecaster):
             )
         super().__init__(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
         horizon, season = self.config.horizon, self.config.season
-        last_season = x[:, -season:, :].float()  # (B, S, C)
+        last_season = self.forecast_channels(x[:, -season:, :].float())  # (B, S, C_out)
         repeats = math.ceil(horizon / season)
         return last_season.repeat(1, repeats, 1)[:, :horizon, :]  # (B, H, C)
 

@@ -23,16 +23,16 @@ class ForecasterConfig:
     segments, dropout 0.5, one recurrent layer), with hidden 256 chosen on ETTh1's validation
     split (BENCHMARKS.md). :meth:`fitted` shortens the lookback for short series.
 
-    ``channels``, ``freq`` and ``max_gap`` are the model's :class:`DataContract`.
+    ``channels``, ``freq``, ``max_gap`` and ``open_hours`` are the model's :class:`DataContract`.
     """
 
-    channels: tuple[str, ...]
+    channels: tuple[str, ...]  # every channel read, targets and inputs-only covariates
     lookback: int = 720
     horizon: int = 24
     freq: str = DEFAULT_FREQ
     # "lstm": StackedLSTMForecaster; "dlinear": DLinear; "repeat_last"; "seasonal_naive"
     architecture: str = "lstm"
-    cell: str = "lstm"  # or "gru"
+    cell: str = "lstm"  # or "gru", or "peephole" (pipeline.cells.PeepholeLSTM)
     hidden_size: int = 256
     num_layers: int = 1
     dropout: float = 0.5
@@ -44,17 +44,47 @@ class ForecasterConfig:
     season: int = 24  # the seasonal-naive period in steps
     # The gap policy the training windows were built with; inference fills gaps the same way.
     max_gap: int = DEFAULT_MAX_GAP
+    # The weekly open hours the series live on (pipeline.open_steps.OpenHours.to_text, e.g.
+    # "mon-fri 08:00-22:00", UTC): windows hold open steps only. None: every step exists.
+    open_hours: str | None = None
     # The output head and its training loss: "mse" or "l1" (point forecasts; l1 is less
     # swayed by spikes). See HEADS.
     loss: str = "mse"
+    # Future-known calendar features (pipeline.covariates: time of day, day of week, day of
+    # year) of the lookback and of the horizon, fed to the encoder and the decoder.
+    calendar: bool = False
+    holidays: str | None = None  # a region, e.g. "AU-VIC": a public-holiday feature as well
+    timezone: str = "UTC"  # the IANA time zone the calendar is read in
+    # The channels forecast (LTSF's MS: every channel in, the target out); the others are read
+    # as past covariates only. Empty: every channel is forecast.
+    targets: tuple[str, ...] = ()
 
     @property
     def n_channels(self) -> int:
         return len(self.channels)
 
     @property
+    def target_names(self) -> tuple[str, ...]:
+        """The channels forecast, in output order."""
+        return self.targets or self.channels
+
+    @property
+    def target_index(self) -> tuple[int, ...]:
+        """Where each target is among ``channels``.
+
+        >>> ForecasterConfig(channels=("temp", "load"), targets=("load",)).target_index
+        (1,)
+        """
+        return tuple(self.channels.index(name) for name in self.target_names)
+
+    @property
+    def covariate_index(self) -> tuple[int, ...]:
+        """Where each inputs-only channel is among ``channels``."""
+        return tuple(i for i, name in enumerate(self.channels) if name not in self.target_names)
+
+    @property
     def contract(self) -> DataContract:
-        return DataContract(self.channels, self.freq, self.max_gap)
+        return DataContract(self.channels, self.freq, self.max_gap, self.open_hours)
 
     @property
     def segmented(self) -> bool:
@@ -89,17 +119,18 @@ class ForecasterConfig:
         """What stops ``other`` from replacing this one, e.g. ``["lookback 96 -> 192"]``."""
         shape = [
             f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
-            for name in ("lookback", "horizon")
+            for name in ("lookback", "horizon", "targets")
             if getattr(self, name) != getattr(other, name)
         ]
         return shape + self.contract.differences(other.contract)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "channels": list(self.channels)}
+        return {**asdict(self), "channels": list(self.channels), "targets": list(self.targets)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForecasterConfig:
-        return cls(**{**data, "channels": tuple(data["channels"])})
+        targets = tuple(data.get("targets", ()))
+        return cls(**{**data, "channels": tuple(data["channels"]), "targets": targets})
 
 
 def cut_lookback(lookback: int, segment_len: int) -> tuple[int, int]:

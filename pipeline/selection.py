@@ -103,16 +103,18 @@ def store_objective(
     The MSE is in units of each channel's spread over the stored series, the same for every
     candidate (a model's own scale depends on the windows it was fit on).
     """
-    scale = channel_scale(data.series, base.channels)
+    scale = channel_scale(data.series, base.target_names)
 
     def evaluate(candidate: Candidate, on_eval: Any) -> tuple[float, None]:
         config = replace(base, **candidate.model)
         train, val = build_window_sets(
             data.series, config.channels, config.lookback, config.horizon, val_fraction
         )
+        columns = config.target_index if config.targets else None
+        train, val = train.forecasting(columns), val.forecasting(columns)
         model = build_forecaster(config, seed=training.seed)
         fit(model, train, val, replace(training, **candidate.train), on_eval=on_eval)
-        return mse(predict(model, val.inputs), val.targets, scale), None
+        return mse(predict(model, val.inputs, val.origins), val.targets, scale), None
 
     return evaluate
 

@@ -400,8 +400,10 @@ class RollingForecaster:
         """One batched model call for every request: the forecasts, ``(B, H, C)``."""
         if not requests:
             config = self.model.config
-            return np.empty((0, config.horizon, len(config.channels)), dtype=np.float32)
-        return predict(self.model, np.stack([r.window for r in requests]))
+            return np.empty((0, config.horizon, len(config.target_names)), dtype=np.float32)
+        windows = np.stack([r.window for r in requests])
+        origins = np.array([r.issued_at_ms for r in requests], dtype=np.int64)
+        return predict(self.model, windows, origins)
 
     def forecasts(self, requests: list[ForecastRequest], preds: np.ndarray) -> list[Forecast]:
         """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``."""
@@ -416,7 +418,7 @@ class RollingForecaster:
                     model_version=version,
                     freq=config.freq,
                     step_ms=self.step_ms,
-                    channels=config.channels,
+                    channels=config.target_names,
                     values=values,
                 )
             )
@@ -588,6 +590,7 @@ def new_stats(rolling: RollingForecaster) -> ServeStats:
             rolling.step_ms,
             model_scale(rolling),
             rolling.forecaster.version,
+            rolling.model.target_columns,
         ),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,

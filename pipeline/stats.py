@@ -116,9 +116,16 @@ class OnlineError:
     """
 
     def __init__(
-        self, horizon: int, step_ms: int, scale: np.ndarray | None = None, version: str = ""
+        self,
+        horizon: int,
+        step_ms: int,
+        scale: np.ndarray | None = None,
+        version: str = "",
+        targets: list[int] | None = None,
     ) -> None:
         self.step_ms = step_ms
+        # Where the forecast channels are in an observed step's values (None: all of them).
+        self.targets = targets
         self.abs_error_sum = np.zeros(horizon)
         self.abs_error_count = np.zeros(horizon, np.int64)
         # Per model version: (sum of squared errors divided by the model's channel scale, the
@@ -137,7 +144,8 @@ class OnlineError:
         issued_at_ms, predicted = scoring
         ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
         if ahead < len(predicted):
-            self._scored.append((ahead, predicted[ahead], actual))
+            observed = actual if self.targets is None else actual[self.targets]
+            self._scored.append((ahead, predicted[ahead], observed))
         return ahead < len(predicted) - 1  # else fully scored (or overtaken)
 
     def settle(self) -> None:

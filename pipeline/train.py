@@ -21,14 +21,16 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from pipeline import RollcastError
+from pipeline.covariates import rows_calendar
 from pipeline.model import Forecaster
 from pipeline.progress import pace
-from pipeline.recipe import TrainConfig
+from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.windows import WindowSet
 
 logger = logging.getLogger(__name__)
@@ -114,7 +116,8 @@ def fit(
         )
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    train_on, val_on = OnDevice(train, device), OnDevice(val, device)
+    train_on = OnDevice(train, device, model.config)
+    val_on = OnDevice(val, device, model.config)
     model.to(device).fit_scale(train_on.batch(train_on.sample(SCALE_SAMPLE))[0])
     return _train(model, train_on, val_on, config, on_eval)
 
@@ -239,14 +242,28 @@ class BestWeights:
         self.model.load_state_dict(self._state)
 
 
-class OnDevice:
-    """A :class:`WindowSet` whose values live on the device; batches are gathered by index."""
+class Batch(NamedTuple):
+    inputs: torch.Tensor  # (B, L, C)
+    targets: torch.Tensor  # (B, H, C)
+    calendar: torch.Tensor | None  # (B, L + H, F) when the model reads a calendar
 
-    def __init__(self, windows: WindowSet, device: torch.device) -> None:
+
+class OnDevice:
+    """A :class:`WindowSet` whose values (and the calendar features ``model`` reads) live on
+    the device; batches are gathered by index."""
+
+    def __init__(
+        self, windows: WindowSet, device: torch.device, model: ForecasterConfig | None = None
+    ) -> None:
         self.values = torch.from_numpy(np.ascontiguousarray(windows.values)).to(device)
         self.starts = torch.from_numpy(windows.starts).to(device)
         self.offsets = torch.arange(windows.lookback + windows.horizon, device=device)
         self.lookback = windows.lookback
+        self.target_columns = (
+            None if windows.target_columns is None else list(windows.target_columns)
+        )
+        calendar = None if model is None else rows_calendar(model, windows.times)
+        self.calendar = None if calendar is None else torch.from_numpy(calendar).to(device)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -254,22 +271,27 @@ class OnDevice:
     def sample(self, count: int) -> torch.Tensor:
         return torch.randperm(len(self), device=self.starts.device)[:count]
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs ``(B, L, C)`` and targets ``(B, H, C)`` of the windows at ``index``."""
-        windows = self.values[self.starts[index, None] + self.offsets]  # (B, L+H, C)
-        return windows[:, : self.lookback], windows[:, self.lookback :]
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Inputs, targets and calendar of the windows at ``index``."""
+        rows = self.starts[index, None] + self.offsets  # (B, L+H)
+        windows = self.values[rows]  # (B, L+H, C)
+        calendar = None if self.calendar is None else self.calendar[rows]
+        targets = windows[:, self.lookback :]
+        if self.target_columns is not None:
+            targets = targets[..., self.target_columns]
+        return Batch(windows[:, : self.lookback], targets, calendar)
 
 
 def _step(
     model: Forecaster,
     optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, torch.Tensor],
+    batch: Batch,
     config: TrainConfig,
 ) -> float:
     model.train()
-    x, y = batch
+    x, y, calendar = batch
     with _autocast(x.device):
-        loss = model.loss(model(x), y)
+        loss = model.loss(model(x, calendar), y)
     if not torch.isfinite(loss):
         raise TrainingError(f"loss became {loss.item()}: lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -289,9 +311,9 @@ def evaluate_loss(model: Forecaster, windows: OnDevice, batch_size: int) -> tupl
         index = torch.arange(
             start, min(start + batch_size, len(windows)), device=windows.starts.device
         )
-        x, y = windows.batch(index)
+        x, y, calendar = windows.batch(index)
         with _autocast(x.device):
-            output = model(x)
+            output = model(x, calendar)
         loss_total += model.loss(output, y).item() * len(x)
         mse_total += scaled_mse(model, model.point(output), y).item() * len(x)
     return loss_total / len(windows), mse_total / len(windows)

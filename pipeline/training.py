@@ -30,7 +30,14 @@ from pipeline.config import (
     StoreSettings,
     TrainSettings,
 )
-from pipeline.evaluate import Scorecard, Verdict, default_season, judge, score_forecaster
+from pipeline.evaluate import (
+    Scorecard,
+    SeasonChoice,
+    Verdict,
+    judge,
+    score_forecaster,
+    series_season,
+)
 from pipeline.files import one_line, read_json_object
 from pipeline.forecast import example_history
 from pipeline.model import CheckpointError, Forecaster, build_forecaster, warm_started
@@ -211,6 +218,7 @@ class TrainingPlan:
     season: int  # the seasonal-naive period the challenger is judged against
     warm: WarmStart | None = None
     table: TableRead | None = None  # where the data was read, for the run's dataset input
+    season_name: str = "given"  # which candidate the season is (SeasonChoice.name)
 
 
 @dataclass(frozen=True)
@@ -236,7 +244,12 @@ def load_table(settings: TrainingSettings) -> tuple[TrainingData, TableRead]:
     since = sample_cutoff(store, settings.train)
     rows = read_rows(store, settings.train, since)
     data = prepare_training_data(
-        rows, settings.records.policy(), settings.store.freq, settings.store.max_gap, span
+        rows,
+        settings.records.policy(),
+        settings.store.freq,
+        settings.store.max_gap,
+        span,
+        settings.store.gap_policy,
     )
     check_data(data, store)
     return data, TableRead(table_location(settings.store.table_uri), since)
@@ -294,9 +307,21 @@ def challenger_config(settings: TrainingSettings, data: TrainingData) -> Forecas
     """The model settings on the data's contract, sized to the longest series' training part."""
     if not data.channels:
         raise TrainingError("the stored series share no channel: one model cannot serve them all")
-    shape = settings.model.model_dump(exclude={"season"})  # the baseline's, not the model's
+    # The season is the baseline's, not the model's; the targets are checked first.
+    shape = settings.model.model_dump(exclude={"season", "targets"})
+    missing = [name for name in settings.model.targets if name not in data.channels]
+    if missing:
+        raise TrainingError(
+            f"ROLLCAST_TARGETS names {missing}, which the stored series do not share: "
+            f"choose among {list(data.channels)}"
+        )
     config = ForecasterConfig(
-        channels=data.channels, freq=data.freq, max_gap=data.contract.max_gap, **shape
+        channels=data.channels,
+        freq=data.freq,
+        max_gap=data.contract.max_gap,
+        open_hours=data.contract.open_hours,
+        targets=tuple(settings.model.targets),
+        **shape,
     )
     longest = data.longest()
     fitted = config.fitted(split_point(longest, settings.train.val_fraction))
@@ -322,9 +347,28 @@ def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPla
     if warm is not None:
         budget = min(train_config.max_steps, settings.train.warm_start_steps)
         train_config = replace(train_config, max_steps=budget)
-    season = settings.model.season or default_season(freq_to_ms(config.freq))
     val_fraction = settings.train.val_fraction
-    return TrainingPlan(data, config, train_config, val_fraction, season, warm, table)
+    season = plan_season(settings, data, config)
+    plan = TrainingPlan(data, config, train_config, val_fraction, season.period, warm, table)
+    return replace(plan, season_name=season.name)
+
+
+def plan_season(
+    settings: TrainingSettings, data: TrainingData, config: ForecasterConfig
+) -> SeasonChoice:
+    """The seasonal-naive period of the gate: the setting's, else the one that forecasts the
+    training part of the data best (:func:`pipeline.evaluate.series_season`)."""
+    if settings.model.season:
+        return SeasonChoice(settings.model.season, "given")
+    channels, val_fraction = config.channels, settings.train.val_fraction
+    step_ms = freq_to_ms(config.freq)
+    choice = series_season(
+        data.series, channels, step_ms, config.horizon, val_fraction, config.lookback
+    )
+    logger.info(
+        "seasonal-naive period %d steps (%s): %s", choice.period, choice.name, choice.scores
+    )
+    return choice
 
 
 def warm_start(tracking: Tracking, config: ForecasterConfig) -> WarmStart | None:
@@ -353,7 +397,8 @@ def make_windows(plan: TrainingPlan, max_windows: int | None = None) -> tuple[Wi
     train, val = build_window_sets(
         plan.data.series, config.channels, config.lookback, config.horizon, plan.val_fraction
     )
-    return sample_windows(plan, train, max_windows), val
+    columns = config.target_index if config.targets else None
+    return sample_windows(plan, train.forecasting(columns), max_windows), val.forecasting(columns)
 
 
 def sample_windows(plan: TrainingPlan, train: WindowSet, max_windows: int | None) -> WindowSet:
@@ -416,7 +461,11 @@ def log_challenger(
         input_example(data.series, plan.config),
         data_params(plan, challenger),
         table_input(plan),
-        {"train.windows_sampled": challenger.windows_sampled()},
+        {
+            "train.windows_sampled": challenger.windows_sampled(),
+            "season": plan.season,
+            "season_name": plan.season_name,
+        },
     )
     logged = runs.log_training_run(tracking, run)
     if plan.warm is not None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from pipeline.contract import DEFAULT_FREQ, DataContract
+from pipeline.open_steps import OpenHours, detect_open_hours
 from pipeline.windows import (
     LongArrays,
     LongRows,
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 ONE_READING_STEP_MS = 3_600_000
 # Readings a series' step is inferred from: its newest ones (a step rarely changes).
 STEP_READINGS = 64
+# The gap policies of recurring closed periods (config.StoreSettings.gap_policy).
+AUTO, CONTINUOUS, OPEN_HOURS = "auto", "continuous", "open_hours"
 
 
 class RowLimits(Protocol):
@@ -76,13 +79,22 @@ class TrainingData:
 
 
 def prepare_training_data(
-    rows: LongRows, limits: RowLimits, freq: str | None, max_gap: int, span: int
+    rows: LongRows,
+    limits: RowLimits,
+    freq: str | None,
+    max_gap: int,
+    span: int,
+    gap_policy: str = AUTO,
 ) -> TrainingData:
     """Every stored series the record policy accepts, regularized, with a window of ``span``.
 
     * rows the policy refuses (a store written before it, or by hand) are dropped;
     * the model's channels are those of most series, and its step (``freq``, else inferred from
       each series' readings) too; a series with other channels or another step is skipped;
+    * recurring closed periods (``gap_policy`` ``auto`` or ``open_hours``): the open hours
+      detected in the fit series' timestamps, pooled (:func:`detect_open_hours`), join the
+      contract and the series are regularized on their open steps, so a night is no gap;
+      ``open_hours`` skips every series when none are found, ``continuous`` never looks;
     * a series with no stretch of ``span`` steps without a gap over ``max_gap`` is skipped.
     """
     read = len(rows.codes)
@@ -95,18 +107,43 @@ def prepare_training_data(
     contract = DataContract(channels, freq or step_to_freq(shared), max_gap)
     skipped = _misfits(rows.series, own, steps, contract, shared)
     fit = [i for i, name in enumerate(rows.series) if name not in skipped]
-    regular = regularize_all(_subset(rows, bounds, fit, channels), shared, max_gap)
+    fit_rows = _subset(rows, bounds, fit, channels)
+    hours = _open_hours(fit_rows, shared, gap_policy)
+    if hours is None and gap_policy == OPEN_HOURS:
+        skipped |= {rows.series[i]: NO_OPEN_HOURS for i in fit if own[i]}
+        fit_rows = _subset(rows, bounds, [], channels)
+    contract = replace(contract, open_hours=hours.to_text() if hours else None)
+    regular = regularize_all(fit_rows, shared, max_gap, hours)
     series, short = _with_a_window(regular, span)
     counts = dict(zip(rows.series, np.diff(bounds).tolist(), strict=True))
+    kind = "open steps" if hours else "steps"
     for name in short:
         skipped[name] = (
-            f"no stretch of {span} steps without a gap over {max_gap} ({counts[name]} rows)"
+            f"no stretch of {span} {kind} without a gap over {max_gap} ({counts[name]} rows)"
         )
     for series_id, reason in list(skipped.items())[:20]:
         logger.warning("series %r left out of training: %s", series_id[:64], reason)
     if len(skipped) > 20:
         logger.warning("... and %d more series left out", len(skipped) - 20)
     return TrainingData(series, contract, skipped, repaired, read, getattr(rows, "version", None))
+
+
+NO_OPEN_HOURS = (
+    "no recurring closed periods (nights, weekends) in the data, and ROLLCAST_GAP_POLICY="
+    "open_hours requires them: set it to auto or continuous"
+)
+
+
+def _open_hours(rows: LongRows, step_ms: int, gap_policy: str) -> OpenHours | None:
+    """The open hours of the fit series under ``gap_policy``, logged when found; O(rows)."""
+    if gap_policy == CONTINUOUS:
+        return None
+    hours = detect_open_hours(rows.ts_ms, step_ms, series_bounds(rows))
+    if hours is not None:
+        logger.info(
+            "the series are closed outside %s (UTC): training on open steps", hours.to_text()
+        )
+    return hours
 
 
 def _with_a_window(regular: RegularSeries, span: int) -> tuple[dict[str, pd.DataFrame], list[str]]:

@@ -10,6 +10,9 @@ The policies, in one place:
 * **Gaps.** A gap of up to ``max_gap`` missing steps is filled by linear interpolation. A longer gap
   is left missing: no training window crosses it, and a live series gets no forecast until
   ``lookback`` steps have arrived after it.
+* **Open steps.** A series with open hours (:class:`pipeline.open_steps.OpenHours`: nights and
+  weekends closed) lives on its open steps only: closed steps do not exist, a gap is counted in
+  open steps, so a night is no gap, and a row at a closed step is dropped.
 * **Out of order and late records.** A live rolling window holds each step for a grace period of
   ``grace_steps`` steps of event time, and places what arrived in that time in timestamp order.
   An observation of a step that has already been placed is a duplicate if that step was observed
@@ -27,7 +30,7 @@ import bisect
 import enum
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -35,6 +38,8 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
+
+from pipeline.open_steps import OpenHours
 
 SERIES = "series"
 TS = "ts"
@@ -251,15 +256,23 @@ class RegularSeries:
     step_ms: int
     values: np.ndarray  # (T, C) float32, NaN in a gap over max_gap and outside observed channels
     channels: tuple[str, ...]
+    open_hours: OpenHours | None = None  # set: each grid holds only the open steps
 
     def __len__(self) -> int:
         return len(self.series)
 
     def frame(self, i: int) -> pd.DataFrame:
-        """Series ``i`` as :func:`regularize` returns it, but float32: a read-only view, O(1)."""
+        """Series ``i`` as :func:`regularize` returns it, but float32: a read-only view of the
+        values; O(1), or O(steps) for the time index of open steps."""
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        start = pd.Timestamp(int(self.start_ms[i]), unit="ms", tz="UTC")
-        grid = pd.date_range(start, periods=hi - lo, freq=step_to_freq(self.step_ms), name=TS)
+        start_ms = int(self.start_ms[i])
+        if self.open_hours is None:
+            start = pd.Timestamp(start_ms, unit="ms", tz="UTC")
+            grid = pd.date_range(start, periods=hi - lo, freq=step_to_freq(self.step_ms), name=TS)
+        else:
+            first = self.open_hours.open_index(np.array([start_ms]), self.step_ms, start_ms)
+            times = self.open_hours.open_time(first + np.arange(hi - lo), self.step_ms, start_ms)
+            grid = pd.DatetimeIndex(pd.to_datetime(times, unit="ms", utc=True), name=TS)
         return pd.DataFrame(self.values[lo:hi], index=grid, columns=list(self.channels), copy=False)
 
 
@@ -272,9 +285,13 @@ class _Layout:
     start_ms: np.ndarray  # (S,) its first timestamp: its grid's first step
     step_ms: int
     max_gap: int
+    open_hours: OpenHours | None = None
+    first_open: np.ndarray | None = None  # (S,) with open hours: the open index of start_ms
 
 
-def regularize_all(rows: LongRows, step_ms: int, max_gap: int) -> RegularSeries:
+def regularize_all(
+    rows: LongRows, step_ms: int, max_gap: int, open_hours: OpenHours | None = None
+) -> RegularSeries:
     """Every series of ``rows`` as :func:`regularize` makes it, all at once, in numpy.
 
     Parameters
@@ -288,6 +305,12 @@ def regularize_all(rows: LongRows, step_ms: int, max_gap: int) -> RegularSeries:
         Runs of up to this many missing steps of a channel are interpolated linearly between
         the observed steps either side; longer runs, and steps before a channel's first or
         after its last observation in a series, stay NaN.
+    open_hours
+        The series' weekly schedule, or None (every step exists). With one, each grid holds
+        only the open steps from a series' first open step to its last, ``max_gap`` counts
+        open steps (a night is no gap), and a row at a closed step is dropped as an off-grid
+        one is. The open index of each row is computed per distinct grid phase (one, for
+        series floored to the step, as ingest stores them).
 
     Returns
     -------
@@ -304,13 +327,15 @@ def regularize_all(rows: LongRows, step_ms: int, max_gap: int) -> RegularSeries:
     values = np.asarray(rows.values)
     codes, ts_ms = np.asarray(rows.codes), np.asarray(rows.ts_ms, dtype=np.int64)
     _check_rows(codes, ts_ms, values, len(rows.series), len(rows.channels))
-    layout = _layout(codes, ts_ms, step_ms, max_gap)
+    layout = _layout(codes, ts_ms, step_ms, max_gap, open_hours)
     out = np.full((int(layout.offsets[-1]), values.shape[1]), np.nan, dtype=np.float32)
     for first, last in _chunks(layout.rows, CHUNK_ROWS):
         _place(layout, first, last, ts_ms, values, out)
     out.flags.writeable = False
     names = [rows.series[code] for code in codes[layout.rows[:-1]].tolist()]
-    return RegularSeries(names, layout.offsets, layout.start_ms, step_ms, out, tuple(rows.channels))
+    return RegularSeries(
+        names, layout.offsets, layout.start_ms, step_ms, out, tuple(rows.channels), open_hours
+    )
 
 
 def _check_rows(
@@ -324,15 +349,59 @@ def _check_rows(
         raise ValueError("row codes must be sorted and index the series")
 
 
-def _layout(codes: np.ndarray, ts_ms: np.ndarray, step_ms: int, max_gap: int) -> _Layout:
-    """Each series' input rows and output grid: one grid from its first to its last row; O(N)."""
+def _layout(
+    codes: np.ndarray,
+    ts_ms: np.ndarray,
+    step_ms: int,
+    max_gap: int,
+    open_hours: OpenHours | None = None,
+) -> _Layout:
+    """Each series' input rows and output grid: one grid from its first to its last row (its
+    open steps, with open hours); O(N), O(S) more with open hours."""
     n = len(codes)
     starts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
     rows = np.concatenate([[0], starts, [n]] if n else [[0]]).astype(np.int64)
-    start_ms = ts_ms[rows[:-1]]
-    steps = (ts_ms[rows[1:] - 1] - start_ms) // step_ms + 1
+    start_ms, last_ms = ts_ms[rows[:-1]], ts_ms[rows[1:] - 1]
+    if open_hours is None:
+        steps = (last_ms - start_ms) // step_ms + 1
+        offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+        return _Layout(rows, offsets, start_ms, step_ms, max_gap)
+    phase = start_ms % step_ms
+    first_open = _open_index(open_hours, start_ms, step_ms, phase)
+    steps = _open_index(open_hours, last_ms + step_ms, step_ms, phase) - first_open
     offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
-    return _Layout(rows, offsets, start_ms, step_ms, max_gap)
+    start_open = _open_time(open_hours, first_open, step_ms, phase)
+    return _Layout(rows, offsets, start_open, step_ms, max_gap, open_hours, first_open)
+
+
+def _open_index(
+    hours: OpenHours, ts_ms: np.ndarray, step_ms: int, phase_ms: np.ndarray
+) -> np.ndarray:
+    """:meth:`OpenHours.open_index` of each timestamp on the grid of its own phase."""
+    return _by_phase(lambda ts, phase: hours.open_index(ts, step_ms, phase), ts_ms, phase_ms)
+
+
+def _open_time(
+    hours: OpenHours, index: np.ndarray, step_ms: int, phase_ms: np.ndarray
+) -> np.ndarray:
+    """:meth:`OpenHours.open_time` of each open index on the grid of its own phase."""
+    return _by_phase(lambda i, phase: hours.open_time(i, step_ms, phase), index, phase_ms)
+
+
+def _by_phase(
+    compute: Callable[[np.ndarray, int], np.ndarray], values: np.ndarray, phase_ms: np.ndarray
+) -> np.ndarray:
+    """``compute(values, phase)`` for each distinct phase; O(n) for one phase, O(n log n) more."""
+    if not len(values):
+        return np.empty(0, np.int64)
+    if bool((phase_ms == phase_ms[0]).all()):
+        return compute(values, int(phase_ms[0]))
+    out = np.empty(len(values), np.int64)
+    order = np.argsort(phase_ms, kind="stable")
+    phases, firsts = np.unique(phase_ms[order], return_index=True)
+    for phase, part in zip(phases.tolist(), np.split(order, firsts[1:]), strict=True):
+        out[part] = compute(values[part], phase)
+    return out
 
 
 def _chunks(rows: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -355,11 +424,8 @@ def _place(
     sid = np.repeat(np.arange(first, last), counts)
     if bool((np.diff(ts_ms[lo:hi]) <= 0)[sid[1:] == sid[:-1]].any()):
         raise ValueError("each series' rows must be sorted by ts, with no ts twice")
-    steps, off = np.divmod(
-        ts_ms[lo:hi] - np.repeat(layout.start_ms[first:last], counts), layout.step_ms
-    )
+    steps, on_grid = _grid_steps(layout, first, last, ts_ms[lo:hi], counts)
     position = steps + np.repeat(layout.offsets[first:last], counts)
-    on_grid = off == 0
     chunk = values[lo:hi]
     if on_grid.all():
         out[position] = chunk
@@ -368,6 +434,22 @@ def _place(
     for c in range(chunk.shape[1]):
         observed = on_grid & ~np.isnan(chunk[:, c])
         _fill_gaps(out[:, c], position, observed, sid, chunk[:, c], layout.max_gap)
+
+
+def _grid_steps(
+    layout: _Layout, first: int, last: int, ts_ms: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's step on its series' grid (from 0), and whether the row is on that grid (a
+    whole number of steps after the series' first row and, with open hours, at an open step)."""
+    hours, first_open = layout.open_hours, layout.first_open
+    if hours is None or first_open is None:
+        start = np.repeat(layout.start_ms[first:last], counts)
+        steps, off = np.divmod(ts_ms - start, layout.step_ms)
+        return steps, off == 0
+    phase = np.repeat(layout.start_ms[first:last] % layout.step_ms, counts)
+    on_grid = ((ts_ms - phase) % layout.step_ms == 0) & hours.is_open(ts_ms)
+    index = _open_index(hours, ts_ms, layout.step_ms, phase)
+    return index - np.repeat(first_open[first:last], counts), on_grid
 
 
 def _fill_gaps(
@@ -415,6 +497,10 @@ class WindowSet:
     lookback: int
     horizon: int
     series: np.ndarray  # (N,) series id of each window
+    # (T,) int64 epoch ms of each row, for the calendar features; None where rows have no time.
+    times: np.ndarray | None = None
+    # The columns forecast (the others are inputs only); None: every column.
+    target_columns: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -426,8 +512,28 @@ class WindowSet:
 
     @property
     def targets(self) -> np.ndarray:
-        """``(N, H, C)``"""
-        return self.values[self.starts[:, None] + self.lookback + np.arange(self.horizon)]
+        """``(N, H, C_out)``: the forecast columns of the horizon."""
+        rows = self.values[self.starts[:, None] + self.lookback + np.arange(self.horizon)]
+        return self.forecast_columns(rows)
+
+    @property
+    def target_inputs(self) -> np.ndarray:
+        """``(N, L, C_out)``: the forecast columns of the lookback (what the naive baselines
+        repeat)."""
+        return self.forecast_columns(self.inputs)
+
+    def forecast_columns(self, values: np.ndarray) -> np.ndarray:
+        """The forecast columns ``(..., C_out)`` of ``values`` ``(..., C)``."""
+        return values if self.target_columns is None else values[..., list(self.target_columns)]
+
+    def forecasting(self, columns: tuple[int, ...] | None) -> WindowSet:
+        """These windows with ``columns`` as the forecast ones (None: every column)."""
+        return replace(self, target_columns=columns)
+
+    @property
+    def origins(self) -> np.ndarray | None:
+        """``(N,)`` the time of each window's last input step (None without row times)."""
+        return None if self.times is None else self.times[self.starts + self.lookback - 1]
 
     def subset(self, index: np.ndarray) -> WindowSet:
         return replace(self, starts=self.starts[index], series=self.series[index])
@@ -480,27 +586,40 @@ def build_window_sets(
     validation targets lie inside them (their inputs may reach back into the training part).
     """
     span = lookback + horizon
-    blocks, train, val, offset = [], [], [], 0
+    blocks, times, train, val, offset = [], [], [], [], 0
     for series_id, frame in series_values.items():
         values = frame[list(channels)].to_numpy(dtype=np.float32)
         cut = split_point(len(values), val_fraction)
         train.append((series_id, offset + window_starts(values, 0, cut - span, span)))
         val.append((series_id, offset + window_starts(values, cut - lookback, len(values), span)))
         blocks.append(values)
+        times.append(_index_ms(frame))
         offset += len(values)
     stacked = np.concatenate(blocks) if blocks else np.empty((0, len(channels)), np.float32)
-    return _window_set(stacked, train, lookback, horizon), _window_set(
-        stacked, val, lookback, horizon
+    known = [t for t in times if t is not None]
+    stamps = np.concatenate(known) if known and len(known) == len(times) else None
+    return _window_set(stacked, stamps, train, (lookback, horizon)), _window_set(
+        stacked, stamps, val, (lookback, horizon)
     )
 
 
+def _index_ms(frame: pd.DataFrame) -> np.ndarray | None:
+    """The epoch milliseconds of a regularized frame's time index (None if it has no times)."""
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        return None
+    return frame.index.as_unit("ms").asi8.astype(np.int64)
+
+
 def _window_set(
-    values: np.ndarray, parts: list[tuple[str, np.ndarray]], lookback: int, horizon: int
+    values: np.ndarray,
+    times: np.ndarray | None,
+    parts: list[tuple[str, np.ndarray]],
+    span: tuple[int, int],
 ) -> WindowSet:
     starts = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     labels = [np.full(len(p[1]), p[0], dtype=object) for p in parts]
     series = np.concatenate(labels) if labels else np.empty(0, dtype=object)
-    return WindowSet(values, starts.astype(np.int64), lookback, horizon, series)
+    return WindowSet(values, starts.astype(np.int64), *span, series, times)
 
 
 class Append(enum.Enum):
@@ -631,6 +750,10 @@ class RollingWindow:
     observation ``grace_steps`` newer arrives, then placed in timestamp order. Memory is bounded
     by ``lookback * channels`` floats plus the held steps, whatever the stream does.
 
+    With ``open_hours`` the window holds open steps only: a gap is counted in open steps
+    (:meth:`OpenHours.open_steps_between`), so a night or a weekend is no gap, and a step in
+    closed hours is accepted (it moves event time on) but never placed, as training drops it.
+
     >>> w = RollingWindow(lookback=2, n_channels=1, step_ms=10, max_gap=1)
     >>> [w.append(t, np.array([float(t)])).value for t in (0, 10, 10, 40, 0)]
     ['accepted', 'accepted', 'duplicate', 'accepted', 'late']
@@ -639,7 +762,13 @@ class RollingWindow:
     """
 
     def __init__(
-        self, lookback: int, n_channels: int, step_ms: int, max_gap: int, grace_steps: int = 0
+        self,
+        lookback: int,
+        n_channels: int,
+        step_ms: int,
+        max_gap: int,
+        grace_steps: int = 0,
+        open_hours: OpenHours | None = None,
     ) -> None:
         # Every step is written twice, L apart, so the window is always one contiguous slice.
         self._ring = np.zeros((2 * lookback, n_channels), dtype=np.float32)
@@ -648,6 +777,7 @@ class RollingWindow:
         self._step_ms = step_ms
         self._max_gap = max_gap
         self._grace_ms = grace_steps * step_ms
+        self._open_hours = open_hours
         self._held: dict[int, np.ndarray] = {}
         self._newest_ms: int | None = None
         self._placed: list[Step] = []
@@ -692,7 +822,9 @@ class RollingWindow:
 
     def _holds(self, ts_ms: int) -> bool:
         assert self.last_ts_ms is not None
-        back = (self.last_ts_ms - ts_ms) // self._step_ms
+        if self._open_hours is not None and not self._open_hours.is_open_at(ts_ms):
+            return False  # a closed step is never placed
+        back = self._steps_apart(ts_ms, self.last_ts_ms)
         if back >= min(self._count, self._lookback):
             return False
         return bool(self._observed_ts[(self._count - 1 - back) % self._lookback] == ts_ms)
@@ -704,10 +836,21 @@ class RollingWindow:
                 return
             self._place(ts_ms, self._held.pop(ts_ms))
 
+    def _steps_apart(self, earlier_ms: int, later_ms: int) -> int:
+        """Steps from one placed (or placeable) step to a later one: open steps, with open
+        hours; the open-hours count runs only across a gap, not once per record."""
+        apart = (later_ms - earlier_ms) // self._step_ms
+        if self._open_hours is None or apart <= 1:
+            return apart
+        between = self._open_hours.open_steps_between(earlier_ms, later_ms, self._step_ms)
+        return int(between) + 1
+
     def _place(self, ts_ms: int, values: np.ndarray) -> None:
+        if self._open_hours is not None and not self._open_hours.is_open_at(ts_ms):
+            return  # closed steps do not exist: nothing to place, no gap either
         gap = Gap.NONE
         if self.last_ts_ms is not None:
-            missing = (ts_ms - self.last_ts_ms) // self._step_ms - 1
+            missing = self._steps_apart(self.last_ts_ms, ts_ms) - 1
             if 0 < missing <= self._max_gap:
                 self._interpolate(missing, values)
                 gap = Gap.FILLED

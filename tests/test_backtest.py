@@ -15,7 +15,6 @@ from pipeline.backtest import (
     BacktestError,
     BacktestSpec,
     Borders,
-    data_season,
     fit_scaler,
     load_ltsf_csv,
     ltsf_borders,
@@ -182,6 +181,158 @@ def test_seasonal_naive_takes_its_period_from_the_data(freq: str, season: int) -
         frame, "custom", BacktestSpec("S", lookback=96, horizon=8, model="seasonal_naive")
     )
 
-    assert data_season(frame) == season
-    assert result.metrics["model_config"]["season"] == season
+    assert result.metrics["season"] == result.metrics["model_config"]["season"] == season
+    assert result.metrics["season_name"] == ("week" if freq == "D" else "day")
     assert result.metrics["mse"] == pytest.approx(0.0, abs=1e-12)  # the pattern repeats exactly
+
+
+# --- missing values ------------------------------------------------------------------------------
+
+
+def co2_frame() -> pd.DataFrame:
+    """Mauna Loa CO2, weekly from 1958: 59 weeks missing, the longest run 18 weeks."""
+    co2 = pytest.importorskip("statsmodels.datasets.co2")
+    data = co2.load_pandas().data
+    return pd.DataFrame({"date": data.index, "OT": data["co2"].to_numpy()})
+
+
+GAP_MODELS = {
+    "lstm": {
+        "model_overrides": {"hidden_size": 8, "segment_len": 8},
+        "train_overrides": {"max_steps": 5, "batch_size": 32},
+    },
+    "dlinear": {"train_overrides": {"max_steps": 5, "max_epochs": 1}},
+    "seasonal_naive": {},
+    "repeat_last": {},
+}
+
+
+@pytest.mark.parametrize("model", list(GAP_MODELS))
+def test_a_csv_with_missing_weeks_backtests_with_finite_metrics(model: str) -> None:
+    torch.set_num_threads(2)
+    spec = BacktestSpec("S", lookback=64, horizon=8, model=model, **GAP_MODELS[model])
+
+    result = run_backtest(co2_frame(), "co2", spec)
+
+    metrics = result.metrics
+    assert np.isfinite(metrics["mse"]) and np.isfinite(metrics["mae"])
+    assert np.isfinite(result.predictions).all() and len(result.predictions) > 0
+    assert metrics["missing_cells"] == 59
+    assert metrics["interpolated_cells"] == 24  # the runs of up to 3 weeks
+    assert sum(metrics["windows_dropped_by_split"].values()) > 0  # the 18-week run and others
+    assert metrics["windows"] == len(result.predictions)
+
+
+def test_every_model_is_scored_on_the_same_windows_around_gaps() -> None:
+    frame, common = co2_frame(), {"lookback": 64, "horizon": 8}
+
+    naive = run_backtest(frame, "co2", BacktestSpec("S", model="repeat_last", **common))
+    seasonal = run_backtest(frame, "co2", BacktestSpec("S", model="seasonal_naive", **common))
+
+    np.testing.assert_array_equal(naive.first_targets, seasonal.first_targets)
+    assert seasonal.metrics["season_name"] == "year" and seasonal.metrics["season"] == 52
+    dropped = naive.metrics["windows_dropped_by_split"]
+    assert naive.metrics["windows_dropped_for_gaps"] == dropped["test"]
+
+
+def test_short_gaps_are_interpolated_linearly_and_counted() -> None:
+    frame = small_frame()
+    frame.loc[[10, 11, 12], "OT"] = np.nan  # 3 steps: filled
+    full = run_backtest(
+        small_frame(), "slice", BacktestSpec(lookback=4, horizon=2, model="repeat_last")
+    )
+
+    result = run_backtest(frame, "slice", BacktestSpec(lookback=4, horizon=2, model="repeat_last"))
+
+    assert result.metrics["interpolated_cells"] == 3 and result.metrics["missing_cells"] == 3
+    assert result.metrics["windows"] == full.metrics["windows"]
+    assert result.metrics["windows_dropped_by_split"] == {"train": 0, "val": 0, "test": 0}
+
+
+def test_a_file_whose_windows_all_touch_a_long_gap_is_refused_naming_it() -> None:
+    frame = small_frame()
+    frame.loc[frame.index % 5 == 0, "OT"] = np.nan  # fine
+    frame.loc[80:99, "OT"] = np.nan  # the whole test part: 20 steps
+
+    for model in ("repeat_last", "seasonal_naive", "lstm"):
+        spec = BacktestSpec(lookback=4, horizon=2, model=model, season=2)
+        with pytest.raises(BacktestError, match="20 steps of 'OT' from row 80"):
+            run_backtest(frame, "slice", spec)
+
+
+def test_a_channel_with_no_training_value_is_refused() -> None:
+    frame = small_frame()
+    frame.loc[:69, "OT"] = np.nan
+
+    with pytest.raises(BacktestError, match=r"columns \['OT'\] have no value"):
+        run_backtest(frame, "slice", BacktestSpec(lookback=4, horizon=2, model="repeat_last"))
+
+
+def test_the_scaler_ignores_missing_cells() -> None:
+    values = np.array([[1.0, 2.0], [np.nan, 4.0], [3.0, np.nan], [100.0, 100.0]])
+
+    scaler = fit_scaler(values, train_end=3)
+
+    np.testing.assert_allclose(scaler.mean, [2.0, 3.0])
+    np.testing.assert_allclose(scaler.std, [1.0, 1.0])
+
+
+# --- seed ensembles ------------------------------------------------------------------------------
+
+TINY_DLINEAR = {"model": "dlinear", "lookback": 24, "horizon": 8}
+TINY_TRAINING = {"max_steps": 4, "max_epochs": 1}
+
+
+def test_an_ensemble_forecasts_the_mean_of_its_seeds() -> None:
+    torch.set_num_threads(2)
+    frame = seasonal_random_walk(600, seed=2)
+
+    runs = [
+        run_backtest(
+            frame,
+            "synthetic",
+            BacktestSpec(seed=seed, train_overrides=TINY_TRAINING, **TINY_DLINEAR),
+        )
+        for seed in (5, 6)
+    ]
+    ensemble = run_backtest(
+        frame,
+        "synthetic",
+        BacktestSpec(seed=5, ensemble=2, train_overrides=TINY_TRAINING, **TINY_DLINEAR),
+    )
+
+    mean = (runs[0].predictions + runs[1].predictions) / 2
+    np.testing.assert_allclose(ensemble.predictions, mean, rtol=1e-5, atol=1e-6)
+    assert ensemble.metrics["ensemble"] == 2 and ensemble.metrics["ensemble_seeds"] == [5, 6]
+    assert runs[0].metrics["ensemble"] == 1 and "val_mse_single" not in runs[0].metrics
+
+
+def test_auto_ensemble_is_used_only_where_it_wins_on_validation() -> None:
+    torch.set_num_threads(2)
+    spec = BacktestSpec(ensemble="auto", train_overrides=TINY_TRAINING, **TINY_DLINEAR)
+
+    metrics = run_backtest(seasonal_random_walk(600, seed=2), "synthetic", spec).metrics
+
+    wins = metrics["val_mse_ensemble"] < metrics["val_mse_single"]
+    assert metrics["ensemble"] == (3 if wins else 1)
+    assert metrics["ensemble_requested"] == "auto"
+
+
+def test_an_ensemble_of_no_seed_is_refused() -> None:
+    with pytest.raises(BacktestError, match="ensemble must be"):
+        run_backtest(small_frame(), "slice", BacktestSpec(lookback=4, horizon=2, ensemble=0))
+
+
+def test_backtest_command_takes_an_ensemble(tmp_path: Path) -> None:
+    csv = tmp_path / "sales.csv"
+    dates = pd.date_range("2024-01-01", periods=200, freq="h")
+    small_frame(200).assign(date=dates).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    options = ["--model", "dlinear", "--lookback", "24", "--horizon", "8", "--max-steps", "2"]
+
+    code = main(["backtest", "--data", str(csv), *options, "--ensemble", "2", "--out", str(out)])
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and metrics["ensemble"] == 2 and metrics["lookback"] == 24
+    assert np.load(out / "predictions.npy").shape == (33, 8, 2)
+    assert main(["backtest", "--data", str(csv), "--ensemble", "none", "--out", str(out)]) != 0

@@ -13,9 +13,12 @@ import sys
 
 CORE = (
     "contract",
+    "covariates",
     "windows",
+    "open_steps",
     "recipe",
     "model",
+    "cells",
     "files",
     "train",
     "forecast",

@@ -113,3 +113,25 @@ def test_windows_follow_the_models_gap_policy() -> None:
 
     assert placed[-1].window is not None
     np.testing.assert_array_equal(placed[-1].window[:, 0], [1.0, 2.0, 3.0, 4.0])
+
+
+def test_a_model_trained_on_open_hours_keeps_its_window_whole_across_a_weekend() -> None:
+    config = ForecasterConfig(
+        channels=("load",),
+        lookback=LOOKBACK,
+        horizon=HORIZON,
+        architecture="dlinear",
+        max_gap=2,
+        open_hours="mon-fri 09:00-17:00",
+    )
+    friday_16, monday = 4 * 24 + 16, 7 * 24  # hours after Monday 1970-01-05 00:00
+    steps = [s + 4 * 24 for s in (friday_16 - 1, friday_16, monday + 9, monday + 10)]
+
+    latest = latest_windows(history("a", steps), config)
+    every_step = new_window(CONFIG)
+    for s in steps:
+        every_step.append(s * HOUR_MS, np.array([float(s)]))
+
+    assert latest.issued_at_ms == [steps[-1] * HOUR_MS]
+    np.testing.assert_array_equal(latest.windows[0, :, 0], steps)
+    assert not every_step.is_whole  # the weekend is a gap on every step

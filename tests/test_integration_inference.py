@@ -56,15 +56,26 @@ def fleet_with_gaps() -> pd.DataFrame:
     return frame.assign(ts=pd.to_datetime(frame["ts"], unit="ms", utc=True))
 
 
-@pytest.fixture
-def registered(rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> Tracking:
+# The champion's calendar options: none, or the calendar features with a holiday region.
+CALENDARS = {"no-calendar": {}, "calendar": {"calendar": True, "holidays": "GB"}}
+
+
+@pytest.fixture(params=list(CALENDARS))
+def registered(
+    rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Tracking:
     """A champion in the test's own store (from rollcast_env); MLflow's own loaders find it
     through ``MLFLOW_TRACKING_URI``, as a user loading the model points them."""
     tracking = connect(MlflowSettings(), StoreSettings())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.uri)
     torch.manual_seed(0)
     config = ForecasterConfig(
-        channels=("load", "temp"), lookback=LOOKBACK, horizon=HORIZON, hidden_size=16, segment_len=6
+        channels=("load", "temp"),
+        lookback=LOOKBACK,
+        horizon=HORIZON,
+        hidden_size=16,
+        segment_len=6,
+        **CALENDARS[request.param],
     )
     model = build_forecaster(config).eval()
     registry.promote(tracking, runs.register_checkpoint(tracking, model, "test"))

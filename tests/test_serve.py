@@ -117,7 +117,9 @@ def test_the_batch_is_one_model_call(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_predict = serve_module.predict
     monkeypatch.setattr(
-        serve_module, "predict", lambda m, x: calls.append(len(x)) or real_predict(m, x)
+        serve_module,
+        "predict",
+        lambda m, x, origins: calls.append(len(x)) or real_predict(m, x, origins),
     )
 
     serve([record(s, k) for k in range(5) for s in ("a", "b", "c")])

@@ -91,6 +91,39 @@ def test_the_plan_carries_the_datas_contract_into_the_model_config(tmp_path: Pat
     assert step_of(config.freq) == pd.Timedelta(hours=1)
 
 
+def office_hours_store(tmp_path: Path, weeks: int = 4) -> StoreSettings:
+    """A store holding one hourly series recorded 09:00-17:00 on weekdays only."""
+    store = StoreSettings(data_dir=tmp_path)
+    grid = pd.date_range(START, periods=weeks * 7 * 24, freq="1h")  # START is a Monday
+    steps = grid[(grid.day_of_week < 5) & (grid.hour >= 9) & (grid.hour < 17)]
+    frame = pd.DataFrame({"series": "a", "ts": steps, "load": np.sin(np.arange(len(steps)))})
+    open_store(store).append(frame)
+    return store
+
+
+@pytest.mark.parametrize("policy", ["auto", "open_hours"])
+def test_series_with_open_hours_train_a_model_on_its_open_steps(
+    tmp_path: Path, policy: str
+) -> None:
+    store = office_hours_store(tmp_path).model_copy(update={"gap_policy": policy})
+    settings = settings_of(store, horizon=4)
+
+    data = load_data(settings)
+    config = challenger_config(settings, data)
+
+    assert data.contract.open_hours == "mon-fri 09:00-17:00"
+    assert config.open_hours == data.contract.open_hours
+    assert config.contract == data.contract
+    assert len(data.series["a"]) == 4 * 5 * 8
+
+
+def test_on_every_step_series_with_open_hours_cannot_be_trained(tmp_path: Path) -> None:
+    store = office_hours_store(tmp_path).model_copy(update={"gap_policy": "continuous"})
+
+    with pytest.raises(TrainingError, match="no stored series can be trained on"):
+        load_data(settings_of(store, horizon=4))
+
+
 def test_an_empty_store_asks_for_ingest(tmp_path: Path) -> None:
     settings = settings_of(StoreSettings(data_dir=tmp_path))
 

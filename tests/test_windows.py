@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.open_steps import OpenHours
 from pipeline.windows import (
     BATCH_ENDED,
     DISPLACED,
@@ -688,3 +689,91 @@ def test_rolling_window_newest_step_counts_steps_held_for_their_grace() -> None:
     feed(window, [0, 1, 2])
 
     assert (window.newest_ms, window.last_ts_ms) == (2 * STEP_MS, 0)
+
+
+# --- open steps: series with recurring closed periods ---------------------------------------------
+
+OFFICE = OpenHours.from_text("mon-fri 09:00-17:00")  # START, 2024-01-01, is a Monday
+HOUR_MS = 3_600_000
+
+
+def office_steps(days: int) -> list[pd.Timestamp]:
+    """The open hours of ``days`` days from START: 8 steps a weekday, none at weekends."""
+    grid = pd.date_range(START, periods=days * 24, freq="1h")
+    return [t for t in grid if t.day_of_week < 5 and 9 <= t.hour < 17]
+
+
+def office_fleet(days: int, drop: tuple[int, ...] = ()) -> pd.DataFrame:
+    steps = [t for k, t in enumerate(office_steps(days)) if k not in drop]
+    return pd.DataFrame({SERIES: "a", TS: steps, "x": np.arange(len(steps), dtype=float)})
+
+
+def test_regularize_all_on_open_hours_places_rows_on_open_steps_only() -> None:
+    fleet = office_fleet(14)  # two weeks: nights and a weekend between the rows
+
+    regular = regularize_all(LongArrays.from_frame(fleet), HOUR_MS, MAX_GAP, OFFICE)
+    every_step = regularize_all(LongArrays.from_frame(fleet), HOUR_MS, MAX_GAP)
+
+    frame = regular.frame(0)
+    assert list(frame.index) == list(fleet[TS])  # no night, no weekend
+    np.testing.assert_array_equal(frame["x"], fleet["x"])
+    assert every_step.frame(0)["x"].isna().any()  # on every step a night is a long gap
+
+
+def test_on_open_hours_gaps_are_counted_in_open_steps() -> None:
+    # Steps 7 and 8 (Monday 16:00, Tuesday 09:00): 2 open steps missing across a night, filled;
+    # steps 20-23 (Wednesday 13:00-16:00): 4 > MAX_GAP, left missing.
+    fleet = office_fleet(7, drop=(7, 8, 20, 21, 22, 23))
+    closed = pd.DataFrame({SERIES: "a", TS: [START + pd.Timedelta(hours=20)], "x": [99.0]})
+
+    rows = LongArrays.from_frame(pd.concat([fleet, closed]).sort_values(TS))
+    x = regularize_all(rows, HOUR_MS, MAX_GAP, OFFICE).frame(0)["x"].to_numpy()
+
+    assert len(x) == 5 * 8 and 99.0 not in x  # the row at a closed step is dropped
+    np.testing.assert_allclose(x[6:10], [6.0, 6.0 + 1 / 3, 6.0 + 2 / 3, 7.0], rtol=1e-6)
+    assert np.isnan(x[20:24]).all() and not np.isnan(np.delete(x, range(20, 24))).any()
+
+
+def office_window(lookback: int = 10, grace_steps: int = 0) -> RollingWindow:
+    return RollingWindow(lookback, 1, HOUR_MS, MAX_GAP, grace_steps, OFFICE)
+
+
+def feed_times(window: RollingWindow, times: list[pd.Timestamp]) -> list[Append]:
+    return [window.append(t.value // 10**6, np.array([float(k)])) for k, t in enumerate(times)]
+
+
+def test_a_rolling_window_on_open_hours_stays_whole_across_a_night_and_a_weekend() -> None:
+    window = office_window(lookback=10)
+
+    feed_times(window, office_steps(8))  # Monday to the next Monday: 6 days of 8 open steps
+    steps = window.placed()
+
+    assert [s.gap for s in steps] == [Gap.NONE] * len(steps)
+    assert all(s.window is not None for s in steps[9:])
+    np.testing.assert_array_equal(window.window()[:, 0], np.arange(38, 48, dtype=np.float32))
+
+
+def test_a_rolling_window_on_open_hours_fills_a_short_gap_across_a_night() -> None:
+    window = office_window()
+    times = office_steps(2)
+
+    feed_times(window, times[:7] + times[9:])  # Monday 16:00 and Tuesday 09:00 lost
+
+    gaps = [s.gap for s in window.placed()]
+    assert gaps.count(Gap.FILLED) == 1 and Gap.RESTARTED not in gaps
+    assert window.is_whole
+
+
+def test_a_rolling_window_on_open_hours_accepts_but_never_places_a_closed_step() -> None:
+    window = office_window()
+    monday_16, monday_20 = START + pd.Timedelta(hours=16), START + pd.Timedelta(hours=20)
+
+    outcomes = feed_times(window, [monday_16, monday_20])
+
+    assert outcomes == [Append.ACCEPTED, Append.ACCEPTED]
+    assert [s.ts_ms for s in window.placed()] == [monday_16.value // 10**6]
+    tuesday_9 = (START + pd.Timedelta(hours=33)).value // 10**6
+    assert window.append(tuesday_9, np.array([1.0])) is Append.ACCEPTED
+    assert window.placed()[0].gap is Gap.NONE  # the night, and the step in it, are no gap
+    assert window.append(monday_16.value // 10**6, np.array([5.0])) is Append.DUPLICATE
+    assert window.append(monday_20.value // 10**6, np.array([5.0])) is Append.LATE

@@ -48,7 +48,13 @@ from pipeline.forecast import predict
 from pipeline.model import Forecaster, build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.train import EvalStats, TrainResult, fit
-from pipeline.windows import WindowSet, format_timestamp, infer_step_ms, window_starts
+from pipeline.windows import (
+    WindowSet,
+    format_timestamp,
+    infer_step_ms,
+    step_to_freq,
+    window_starts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -253,11 +259,13 @@ def default_lookback(model: str) -> int:
 
 
 def spec_config(
-    spec: BacktestSpec, borders: Borders, channels: tuple[str, ...]
+    spec: BacktestSpec, borders: Borders, channels: tuple[str, ...], freq: str | None = None
 ) -> ForecasterConfig:
     """The model config a spec trains: its shape, the spec's lookback (or the model's default),
     sized to the training rows by the rule training uses (:meth:`ForecasterConfig.fitted`)."""
     shape = {**spec.model_overrides, "horizon": spec.horizon}
+    if freq:
+        shape["freq"] = freq
     if spec.features == "MS" and channels:
         shape["targets"] = (spec.target,)
     lookback = spec.lookback or default_lookback(spec.model)
@@ -352,9 +360,17 @@ def prepare_data(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> Backt
             "drop them or choose --features S with another --target"
         )
     values, interpolated = fill_short_gaps(scaler.transform(raw), spec.max_gap)
-    config = spec_config(spec, borders, columns)
+    times = frame_times(frame)
+    config = spec_config(spec, borders, columns, data_freq(times))
     missing = int(np.isnan(raw).sum())
-    return BacktestData(columns, values, borders, config, frame_times(frame), missing, interpolated)
+    return BacktestData(columns, values, borders, config, times, missing, interpolated)
+
+
+def data_freq(times: np.ndarray | None) -> str | None:
+    """The step of rows at ``times`` as a pandas frequency; None without times: the model's
+    calendar reads each window's times from its last one and this step."""
+    step_ms = None if times is None else infer_step_ms(times)
+    return step_to_freq(step_ms) if step_ms else None
 
 
 def require_windows(

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.backtest import BacktestSpec, run_backtest
 from pipeline.covariates import (
     CalendarError,
     calendar_features,
@@ -175,3 +176,20 @@ def test_a_history_forecast_has_only_the_target_columns() -> None:
 def test_a_target_that_is_not_a_channel_is_refused() -> None:
     with pytest.raises(ValueError, match="targets"):
         build_forecaster(ForecasterConfig(channels=("load",), targets=("temp",), lookback=4))
+
+
+def test_the_backtest_gives_the_calendar_the_datas_own_step() -> None:
+    """A half-hourly file: its windows' calendars must step by 30 minutes, as its rows do
+    (with the default hourly step the test split's calendar was read at twice its pace)."""
+    index = pd.date_range("2024-01-01", periods=2000, freq="30min")
+    frame = pd.DataFrame({"date": index, "OT": np.sin(np.arange(2000) * 2 * np.pi / 48)})
+    spec = BacktestSpec(
+        features="S",
+        horizon=12,
+        lookback=48,
+        model_overrides={"calendar": True, "segment_len": 12, "hidden_size": 8},
+        train_overrides={"max_steps": 2},
+    )
+    result = run_backtest(frame, "halfhourly", spec)
+    config = ForecasterConfig.from_dict(result.metrics["model_config"])
+    assert config.freq == "30min"

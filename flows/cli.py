@@ -292,9 +292,10 @@ def add_model_commands(commands: Commands) -> None:
     backtest.add_argument("--data", type=Path, required=True, help="CSV: a date column, numbers")
     backtest.add_argument(
         "--features",
-        choices=["M", "S"],
+        choices=["M", "S", "MS"],
         default="M",
-        help="M: every column in, every column out; S: --target only (default M)",
+        help="M: every column in, every column out; S: --target only; MS: every column in, "
+        "--target out (default M)",
     )
     backtest.add_argument("--horizon", type=int, default=96, help="steps ahead (default 96)")
     backtest.add_argument("--lookback", type=int, help="default: the model's, cut to the data")
@@ -317,6 +318,15 @@ def add_model_commands(commands: Commands) -> None:
     backtest.add_argument(
         "--max-gap", type=int, help="interpolate gaps of up to this many steps (default 3)"
     )
+    backtest.add_argument(
+        "--calendar",
+        action="store_true",
+        help="give the LSTM the calendar features of its lookback and horizon",
+    )
+    backtest.add_argument(
+        "--holidays", help="a public-holiday region for the calendar, e.g. GB or AU-VIC"
+    )
+    backtest.add_argument("--timezone", help="the IANA zone the calendar is read in (UTC)")
     backtest.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     backtest.set_defaults(handler=cmd_backtest)
     register = commands.add_parser(
@@ -624,6 +634,21 @@ def _unreadable(folder: Path) -> Iterator[None]:
         raise StoreError(f"cannot read the Parquet store {folder}: {err}") from err
 
 
+def _calendar_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The backtest's calendar options as model overrides (a region or zone asks for it)."""
+    asked = {"holidays": args.holidays, "timezone": args.timezone}
+    overrides: dict[str, object] = {k: v for k, v in asked.items() if v is not None}
+    if args.calendar or overrides:
+        from pipeline.covariates import CalendarError, check_calendar
+
+        try:
+            check_calendar(args.holidays, args.timezone or "UTC")
+        except CalendarError as err:
+            raise ConfigurationError(str(err)) from err
+        overrides["calendar"] = True
+    return overrides
+
+
 def cmd_backtest(args: argparse.Namespace) -> None:
     from pipeline.config import MlflowSettings, StoreSettings
 
@@ -642,6 +667,7 @@ def cmd_backtest(args: argparse.Namespace) -> None:
         seed=args.seed,
         target=args.target,
         train_overrides={} if args.max_steps is None else {"max_steps": args.max_steps},
+        model_overrides=_calendar_overrides(args),
         season=args.season,
         ensemble=args.ensemble,
         **({} if args.max_gap is None else {"max_gap": args.max_gap}),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from flows.cli import main
 from pipeline.backtest import BacktestSpec, run_backtest
 from pipeline.covariates import (
     CalendarError,
@@ -193,3 +196,22 @@ def test_the_backtest_gives_the_calendar_the_datas_own_step() -> None:
     result = run_backtest(frame, "halfhourly", spec)
     config = ForecasterConfig.from_dict(result.metrics["model_config"])
     assert config.freq == "30min"
+
+
+def test_the_backtest_command_forecasts_the_target_of_ms_with_a_calendar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "demand.csv"
+    frame = leading_indicator(400).reset_index().rename(columns={"ts": "date", "load": "OT"})
+    frame.to_csv(csv, index=False)
+    options = ["--features", "MS", "--calendar", "--holidays", "GB", "--lookback", "24"]
+    options += ["--horizon", "8", "--max-steps", "3", "--out", str(tmp_path / "out")]
+
+    assert main(["backtest", "--data", str(csv), *options]) == 0
+    predictions = np.load(tmp_path / "out" / "predictions.npy")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert predictions.shape[1:] == (8, 1)  # OT alone, though both columns were read
+    assert metrics["model_config"]["calendar"] and metrics["model_config"]["targets"] == ["OT"]
+    bad = ["--holidays", "XX", "--out", str(tmp_path / "bad")]
+    assert main(["backtest", "--data", str(csv), *bad]) == 2
+    assert "unknown holiday region 'XX'" in capsys.readouterr().err

@@ -29,6 +29,12 @@ BASE = ForecasterConfig(
 VARIANTS: dict[str, dict[str, Any]] = {
     "lstm": {},
     "lstm-gru": {"cell": "gru"},
+    "lstm-peephole": {"cell": "peephole"},
+    "lstm-peephole-bidirectional-2-layers": {
+        "cell": "peephole",
+        "bidirectional": True,
+        "num_layers": 2,
+    },
     "lstm-bidirectional-2-layers": {"bidirectional": True, "num_layers": 2},
     "lstm-linear-decoder": {"decoder": "linear"},
     "lstm-mixed-channels-linear-decoder": {"channel_independent": False, "decoder": "linear"},

@@ -156,7 +156,7 @@ def add_demo(commands: Commands) -> None:
         help="records in all (default: 16000 synthetic ones, or every row of --data)",
     )
     demo.add_argument("--data", type=Path, help="replay this CSV instead of the synthetic fleet")
-    demo.add_argument("--max-steps", type=int, default=100, help="training steps (default 100)")
+    demo.add_argument("--max-steps", type=int, default=300, help="training steps (default 300)")
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     demo.set_defaults(handler=cmd_demo)
 

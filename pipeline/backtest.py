@@ -49,10 +49,14 @@ from pipeline.model import Forecaster, build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.train import EvalStats, TrainResult, fit
 from pipeline.windows import (
+    MAX_VAL_FOLDS,
+    VAL_FOLDS,
     WindowSet,
     format_timestamp,
+    held_out_starts,
     infer_step_ms,
     step_to_freq,
+    validation_blocks,
     window_starts,
 )
 
@@ -79,14 +83,17 @@ class Borders:
     train_end: int
     val_end: int
     test_end: int
+    # The literature's borders (ETT): validation is the one block they name, so figures stay
+    # comparable with published ones; elsewhere it is cut into folds (:func:`val_blocks`).
+    published: bool = False
 
 
 def ltsf_borders(n_rows: int, dataset: str) -> Borders:
     """The fixed borders for ETT files, else a 70/10/20 split of ``n_rows``."""
     if dataset.startswith("ETTh"):
-        return Borders(*ETTH_BORDERS)
+        return Borders(*ETTH_BORDERS, published=True)
     if dataset.startswith("ETTm"):
-        return Borders(*(b * ETTM_STEPS_PER_HOUR for b in ETTH_BORDERS))
+        return Borders(*(b * ETTM_STEPS_PER_HOUR for b in ETTH_BORDERS), published=True)
     n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
     return Borders(n_train, n_rows - n_test, n_rows)
 
@@ -178,23 +185,40 @@ def ltsf_splits(
     lookback: int,
     horizon: int,
     times: np.ndarray | None = None,
+    folds: int = 1,
 ) -> Splits:
     """Stride-1 windows whose targets fall inside each part; inputs may reach back ``lookback``.
 
-    ``times`` ``(T,)`` (epoch ms of each row) gives the windows their calendar features.
+    With ``folds`` over 1 the validation targets are as many rows as the validation part, in
+    blocks spread over the latest training and validation rows (:func:`val_blocks`), and the
+    training targets are the other rows before the test. ``times`` ``(T,)`` (epoch ms of each
+    row) gives the windows their calendar features.
     """
     span = lookback + horizon
 
-    def part(first_target: int, end: int) -> WindowSet:
-        starts = window_starts(values, first_target - lookback, end - span, span)
+    def windows(starts: np.ndarray) -> WindowSet:
         series = np.full(len(starts), "", dtype=object)
         return WindowSet(values, starts, lookback, horizon, series, times)
 
-    return Splits(
-        train=part(lookback, borders.train_end),
-        val=part(borders.train_end, borders.val_end),
-        test=part(borders.val_end, borders.test_end),
-    )
+    blocks = val_blocks(borders, horizon, folds)
+    train, val = held_out_starts(values[: borders.val_end], lookback, horizon, blocks)
+    test = window_starts(values, borders.val_end - lookback, borders.test_end - span, span)
+    return Splits(train=windows(train), val=windows(val), test=windows(test))
+
+
+def val_blocks(borders: Borders, horizon: int, folds: int) -> np.ndarray:
+    """The ``[start, end)`` rows of each validation block: the validation part whole for one
+    fold, else as many rows in ``folds`` blocks (:func:`pipeline.windows.validation_blocks`)."""
+    val_rows = borders.val_end - borders.train_end
+    return validation_blocks(borders.val_end, val_rows, horizon, folds)
+
+
+def spec_folds(spec: BacktestSpec, borders: Borders) -> int:
+    """The validation folds of a spec: its own, else one on published borders and
+    :data:`pipeline.windows.VAL_FOLDS` elsewhere."""
+    if spec.val_folds is not None:
+        return spec.val_folds
+    return 1 if borders.published else VAL_FOLDS
 
 
 def forecasting(splits: Splits, config: ForecasterConfig) -> Splits:
@@ -226,6 +250,7 @@ class BacktestSpec:
     season: int | None = None  # seasonal-naive's period; None: chosen from the training rows
     max_gap: int = DEFAULT_MAX_GAP  # runs of up to this many missing steps are interpolated
     ensemble: int | str = 1  # seeds averaged (seed .. seed + N - 1), or "auto"
+    val_folds: int | None = None  # validation blocks (spec_folds); None: the file's default
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -313,7 +338,10 @@ def run_backtest(
     started = time.perf_counter()
     data = prepare_data(frame, dataset, spec)
     spec = replace(spec, lookback=data.config.lookback)
-    splits = ltsf_splits(data.values, data.borders, spec.lookback or 0, spec.horizon, data.times)
+    spec = replace(spec, val_folds=spec_folds(spec, data.borders))
+    splits = ltsf_splits(
+        data.values, data.borders, spec.lookback or 0, spec.horizon, data.times, spec.val_folds
+    )
     scored = splits.test if spec.split == "test" else splits.val
     require_windows(spec, splits, scored, data)
     if spec.model in NAIVE_MODELS:
@@ -326,6 +354,7 @@ def run_backtest(
         "mse": mse(predictions, targets),
         "mae": mae(predictions, targets),
         "windows": len(scored),
+        "val_blocks": len(val_blocks(data.borders, spec.horizon, spec.val_folds or 1)),
         **_gap_metrics(spec, data, splits),
         **details,
         "wall_s": round(time.perf_counter() - started, 2),
@@ -341,6 +370,8 @@ def check_spec(spec: BacktestSpec) -> None:
         raise BacktestError(
             f"ensemble must be a number of seeds >= 1 or 'auto', not {spec.ensemble!r}"
         )
+    if spec.val_folds is not None and not 1 <= spec.val_folds <= MAX_VAL_FOLDS:
+        raise BacktestError(f"val_folds must be from 1 to {MAX_VAL_FOLDS}, not {spec.val_folds!r}")
 
 
 def prepare_data(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> BacktestData:
@@ -403,12 +434,13 @@ def _spec_metrics(spec: BacktestSpec, dataset: str) -> dict[str, Any]:
         "horizon": spec.horizon,
         "seed": spec.seed,
         "split": spec.split,
+        "val_folds": spec.val_folds,
     }
 
 
 def _gap_metrics(spec: BacktestSpec, data: BacktestData, splits: Splits) -> dict[str, Any]:
     """The cells missing and filled, and the windows each split lost to longer gaps."""
-    dropped = dropped_windows(len(data.values), data.borders, spec, splits)
+    dropped = dropped_windows(data.values.shape, data.borders, spec, splits)
     return {
         "missing_cells": data.missing_cells,
         "interpolated_cells": data.interpolated_cells,
@@ -419,21 +451,22 @@ def _gap_metrics(spec: BacktestSpec, data: BacktestData, splits: Splits) -> dict
 
 
 def dropped_windows(
-    n_rows: int, borders: Borders, spec: BacktestSpec, splits: Splits
+    shape: tuple[int, ...], borders: Borders, spec: BacktestSpec, splits: Splits
 ) -> dict[str, int]:
-    """Per split, the stride-1 windows :func:`ltsf_splits` would give without gaps, less those
-    it gave (the ones that touch a gap over ``max_gap``)."""
-    lookback, span = spec.lookback or 0, (spec.lookback or 0) + spec.horizon
-    parts = {
-        "train": (lookback, borders.train_end, splits.train),
-        "val": (borders.train_end, borders.val_end, splits.val),
-        "test": (borders.val_end, borders.test_end, splits.test),
+    """Per split, the stride-1 windows :func:`ltsf_splits` would give values of ``shape``
+    without gaps, less those it gave (the ones that touch a gap over ``max_gap``)."""
+    whole = ltsf_splits(
+        np.zeros(shape, np.float32),
+        borders,
+        spec.lookback or 0,
+        spec.horizon,
+        None,
+        spec.val_folds or 1,
+    )
+    return {
+        name: len(getattr(whole, name)) - len(getattr(splits, name))
+        for name in ("train", "val", "test")
     }
-    dropped = {}
-    for name, (first_target, end, windows) in parts.items():
-        first, last = max(first_target - lookback, 0), min(end - span, n_rows - span)
-        dropped[name] = max(0, last - first + 1) - len(windows)
-    return dropped
 
 
 def frame_times(frame: pd.DataFrame) -> np.ndarray | None:
@@ -511,6 +544,7 @@ def _trained(
     first = members[0]
     details = {
         "val_loss": first.result.best_val_loss,
+        "val_mse": best_val_mse(first.result),
         "steps": first.result.steps,
         "best_step": first.result.best_step,
         "epochs": round(first.result.history[-1].epoch, 2),
@@ -522,6 +556,12 @@ def _trained(
         "train_config": {**train_config.__dict__},
     }
     return predictions, details
+
+
+def best_val_mse(result: TrainResult) -> float:
+    """The validation MSE of the kept weights (the best validation's)."""
+    kept = [stats.val_mse for stats in result.history if stats.step == result.best_step]
+    return kept[0] if kept else float("nan")
 
 
 def _train_config(spec: BacktestSpec) -> TrainConfig:

@@ -559,6 +559,51 @@ def split_point(n_steps: int, val_fraction: float) -> int:
     return n_steps - max(1, round(n_steps * val_fraction))
 
 
+# Rolling-origin validation: the validation steps are cut into folds spread evenly over the
+# latest VAL_REACH of a series' steps, so early stopping and the tuner judge a model on several
+# stretches of the recent past, not on one (a week of holidays, a heat wave). Blocked
+# validation of this kind is sound for autoregressive forecasters (Bergmeir, Hyndman and Koo,
+# "A note on the validity of cross-validation for evaluating autoregressive time series
+# prediction", Comput. Stat. Data Anal. 120, 2018).
+VAL_REACH = 0.5
+# Folds by default (the train flow's ROLLCAST_VAL_FOLDS, the backtest's --val-folds).
+VAL_FOLDS = 4
+MAX_VAL_FOLDS = 64  # past this a fold is a few origins even on years of history
+# A fold holds at least this many horizons of target steps, so it scores several origins.
+MIN_FOLD_HORIZONS = 2
+
+
+def validation_blocks(n_steps: int, val_steps: int, horizon: int, folds: int) -> np.ndarray:
+    """The ``(K, 2)`` ``[start, end)`` steps of each validation fold, the last ending at
+    ``n_steps``: ``val_steps`` in all, in at most ``folds`` blocks spread evenly over the
+    latest :data:`VAL_REACH` of the steps (fewer where a fold would hold under
+    :data:`MIN_FOLD_HORIZONS` horizons; one block: the last ``val_steps``).
+
+    >>> validation_blocks(100, 20, horizon=2, folds=4).tolist()
+    [[57, 62], [70, 75], [83, 88], [95, 100]]
+    >>> validation_blocks(100, 20, horizon=5, folds=4).tolist()
+    [[65, 75], [90, 100]]
+    """
+    folds = max(1, min(folds, val_steps // (MIN_FOLD_HORIZONS * horizon)))
+    reach = max(val_steps, round(n_steps * VAL_REACH))
+    ends = n_steps - np.round(np.arange(folds - 1, -1, -1) * reach / folds).astype(np.int64)
+    sizes = np.full(folds, val_steps // folds, dtype=np.int64)
+    sizes[-1] += val_steps - sizes.sum()
+    return np.stack([ends - sizes, ends], axis=1)
+
+
+def clear_of(target_starts: np.ndarray, horizon: int, blocks: np.ndarray) -> np.ndarray:
+    """Which windows' targets (``horizon`` steps from ``target_starts``) touch no block.
+
+    >>> clear_of(np.array([0, 3, 5, 9]), 2, np.array([[5, 8]])).tolist()
+    [True, True, False, True]
+    """
+    after = np.searchsorted(blocks[:, 1], target_starts, side="right")  # first block ending later
+    inside = after < len(blocks)
+    starts = blocks[np.minimum(after, len(blocks) - 1), 0]
+    return ~inside | (target_starts + horizon <= starts)
+
+
 def channel_scale(series: Mapping[str, pd.DataFrame], channels: Sequence[str]) -> np.ndarray:
     """Each channel's standard deviation over every series: a fixed unit for comparing errors.
 
@@ -579,19 +624,22 @@ def build_window_sets(
     lookback: int,
     horizon: int,
     val_fraction: float,
+    folds: int = 1,
 ) -> tuple[WindowSet, WindowSet]:
     """Train and validation windows over many regularized series.
 
-    Each series is split in time: training targets end before its last ``val_fraction`` of steps;
-    validation targets lie inside them (their inputs may reach back into the training part).
+    Each series' last ``val_fraction`` of steps, in ``folds`` blocks spread over its latest
+    part (:func:`validation_blocks`), holds the validation targets; training targets touch no
+    block. Inputs of either may reach into the other's steps.
     """
-    span = lookback + horizon
     blocks, times, train, val, offset = [], [], [], [], 0
     for series_id, frame in series_values.items():
         values = frame[list(channels)].to_numpy(dtype=np.float32)
-        cut = split_point(len(values), val_fraction)
-        train.append((series_id, offset + window_starts(values, 0, cut - span, span)))
-        val.append((series_id, offset + window_starts(values, cut - lookback, len(values), span)))
+        val_steps = len(values) - split_point(len(values), val_fraction)
+        held_out = validation_blocks(len(values), val_steps, horizon, folds)
+        fit, check = held_out_starts(values, lookback, horizon, held_out)
+        train.append((series_id, offset + fit))
+        val.append((series_id, offset + check))
         blocks.append(values)
         times.append(_index_ms(frame))
         offset += len(values)
@@ -601,6 +649,18 @@ def build_window_sets(
     return _window_set(stacked, stamps, train, (lookback, horizon)), _window_set(
         stacked, stamps, val, (lookback, horizon)
     )
+
+
+def held_out_starts(
+    values: np.ndarray, lookback: int, horizon: int, blocks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Starts of the training windows (targets clear of every block) and of the validation
+    windows (targets inside one) over ``values``; no window holds a NaN."""
+    span = lookback + horizon
+    every = window_starts(values, 0, len(values) - span, span)
+    fit = every[clear_of(every + lookback, horizon, blocks)]
+    check = [window_starts(values, start - lookback, end - span, span) for start, end in blocks]
+    return fit, np.concatenate(check)
 
 
 def _index_ms(frame: pd.DataFrame) -> np.ndarray | None:

@@ -46,8 +46,8 @@ def test_ett_test_split_has_every_stride_one_window(horizon: int, windows: int) 
 
 
 def test_borders_are_fixed_for_ett_and_70_10_20_otherwise() -> None:
-    assert ltsf_borders(17420, "ETTh2") == Borders(8640, 11520, 14400)
-    assert ltsf_borders(69680, "ETTm1") == Borders(34560, 46080, 57600)
+    assert ltsf_borders(17420, "ETTh2") == Borders(8640, 11520, 14400, published=True)
+    assert ltsf_borders(69680, "ETTm1") == Borders(34560, 46080, 57600, published=True)
     assert ltsf_borders(1000, "sales") == Borders(700, 800, 1000)
 
 

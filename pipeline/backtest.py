@@ -19,7 +19,10 @@ Beyond the protocol (the ETT files have no gap, so their figures do not change):
   rows per open day or week) that forecasts the training rows best
   (:func:`pipeline.evaluate.choose_season`).
 * **Seed ensembles.** ``ensemble=N`` averages N seeds' forecasts; ``"auto"`` trains
-  ``AUTO_MEMBERS`` and keeps the mean only where it beats the first seed on validation.
+  :data:`pipeline.train.AUTO_MEMBERS` and keeps the mean only where it beats the first seed
+  on validation (:func:`pipeline.train.fit_ensemble`, as the train flow does).
+* **Validation folds.** Outside published borders the validation rows are taken in blocks
+  spread over the latest rows before the test (:func:`val_blocks`), as the train flow does.
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ from pipeline.evaluate import (
     seasonal_naive,
 )
 from pipeline.forecast import predict
-from pipeline.model import Forecaster, build_forecaster
+from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
-from pipeline.train import EvalStats, TrainResult, fit
+from pipeline.train import EvalStats, TrainResult, fit_ensemble
 from pipeline.windows import (
     MAX_VAL_FOLDS,
     VAL_FOLDS,
@@ -64,9 +67,6 @@ logger = logging.getLogger(__name__)
 
 ETTH_BORDERS = (8640, 11520, 14400)  # 12, 16 and 20 months of 30 days of hours
 ETTM_STEPS_PER_HOUR = 4
-# Seeds an ``ensemble="auto"`` backtest trains: enough for the mean to differ from one seed,
-# few enough that the validation check costs three trainings, not more.
-AUTO_MEMBERS = 3
 TRAINED_MODELS = ("lstm", "dlinear")
 NAIVE_MODELS = ("repeat_last", "seasonal_naive")
 MODELS = TRAINED_MODELS + NAIVE_MODELS
@@ -93,7 +93,8 @@ def ltsf_borders(n_rows: int, dataset: str) -> Borders:
     if dataset.startswith("ETTh"):
         return Borders(*ETTH_BORDERS, published=True)
     if dataset.startswith("ETTm"):
-        return Borders(*(b * ETTM_STEPS_PER_HOUR for b in ETTH_BORDERS), published=True)
+        train, val, test = (b * ETTM_STEPS_PER_HOUR for b in ETTH_BORDERS)
+        return Borders(train, val, test, published=True)
     n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
     return Borders(n_train, n_rows - n_test, n_rows)
 
@@ -340,7 +341,7 @@ def run_backtest(
     spec = replace(spec, lookback=data.config.lookback)
     spec = replace(spec, val_folds=spec_folds(spec, data.borders))
     splits = ltsf_splits(
-        data.values, data.borders, spec.lookback or 0, spec.horizon, data.times, spec.val_folds
+        data.values, data.borders, spec.lookback or 0, spec.horizon, data.times, spec.val_folds or 1
     )
     scored = splits.test if spec.split == "test" else splits.val
     require_windows(spec, splits, scored, data)
@@ -512,15 +513,6 @@ def _naive(
     }
 
 
-@dataclass(frozen=True)
-class Member:
-    """One seed's trained model and its training's figures."""
-
-    seed: int
-    model: Forecaster
-    result: TrainResult
-
-
 def _trained(
     spec: BacktestSpec,
     config: ForecasterConfig,
@@ -528,30 +520,22 @@ def _trained(
     scored: WindowSet,
     on_eval: Callable[[EvalStats], None] | None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Train the spec's seeds, forecast ``scored`` with the one or the mean that
-    :func:`choose_members` keeps; the first seed's training figures."""
+    """Train the spec's seeds (:func:`pipeline.train.fit_ensemble`) and forecast ``scored``
+    with the one or the mean kept; the first seed's training figures."""
     train_config = _train_config(spec)
-    seeds = range(spec.seed, spec.seed + requested_members(spec.ensemble))
-    members = [
-        _fit_member(config, train_config, splits, seed, on_eval if seed == spec.seed else None)
-        for seed in seeds
-    ]
-    used, ensemble_metrics = choose_members(spec, members, splits.val, train_config.batch_size)
-    predictions = np.mean(
-        [predict(m.model, scored.inputs, scored.origins, train_config.batch_size) for m in used],
-        axis=0,
-    )
-    first = members[0]
+    model = build_forecaster(config, seed=spec.seed)
+    result = fit_ensemble(model, splits.train, splits.val, train_config, spec.ensemble, on_eval)
+    predictions = predict(result.model, scored.inputs, scored.origins, train_config.batch_size)
     details = {
-        "val_loss": first.result.best_val_loss,
-        "val_mse": best_val_mse(first.result),
-        "steps": first.result.steps,
-        "best_step": first.result.best_step,
-        "epochs": round(first.result.history[-1].epoch, 2),
-        "device": first.result.device,
-        "train_samples_per_s": round(first.result.samples_per_s, 1),
-        "parameters": sum(p.numel() for p in first.model.parameters()),
-        **ensemble_metrics,
+        "val_loss": result.best_val_loss,
+        "val_mse": best_val_mse(result),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "epochs": round(result.history[-1].epoch, 2),
+        "device": result.device,
+        "train_samples_per_s": round(result.samples_per_s, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **({"ensemble": 1} if result.ensemble is None else result.ensemble.figures()),
         "model_config": config.to_dict(),
         "train_config": {**train_config.__dict__},
     }
@@ -559,7 +543,7 @@ def _trained(
 
 
 def best_val_mse(result: TrainResult) -> float:
-    """The validation MSE of the kept weights (the best validation's)."""
+    """The validation MSE of the first seed's kept weights (the best validation's)."""
     kept = [stats.val_mse for stats in result.history if stats.step == result.best_step]
     return kept[0] if kept else float("nan")
 
@@ -567,51 +551,6 @@ def best_val_mse(result: TrainResult) -> float:
 def _train_config(spec: BacktestSpec) -> TrainConfig:
     recipe = DLINEAR_TRAINING if spec.model == "dlinear" else {}
     return replace(TrainConfig(seed=spec.seed), **{**recipe, **spec.train_overrides})
-
-
-def _fit_member(
-    config: ForecasterConfig,
-    train_config: TrainConfig,
-    splits: Splits,
-    seed: int,
-    on_eval: Callable[[EvalStats], None] | None,
-) -> Member:
-    model = build_forecaster(config, seed=seed)
-    result = fit(model, splits.train, splits.val, replace(train_config, seed=seed), on_eval)
-    return Member(seed, model, result)
-
-
-def requested_members(ensemble: int | str) -> int:
-    """Seeds to train: ``ensemble`` itself, ``AUTO_MEMBERS`` for ``"auto"``.
-
-    >>> requested_members(1), requested_members(5), requested_members("auto")
-    (1, 5, 3)
-    """
-    return AUTO_MEMBERS if ensemble == "auto" else int(ensemble)
-
-
-def choose_members(
-    spec: BacktestSpec, members: list[Member], val: WindowSet, batch_size: int
-) -> tuple[list[Member], dict[str, Any]]:
-    """The members whose mean forecasts the scored split: all of a fixed ensemble; for
-    ``"auto"``, all only if their mean's validation MSE beats the first seed's alone.
-
-    One member: no validation forecast is made (the default stays one training, one pass).
-    """
-    if len(members) == 1:
-        return members, {"ensemble": 1}
-    forecasts = [predict(m.model, val.inputs, val.origins, batch_size) for m in members]
-    single_mse = mse(forecasts[0], val.targets)
-    ensemble_mse = mse(np.mean(forecasts, axis=0), val.targets)
-    keep_all = spec.ensemble != "auto" or ensemble_mse < single_mse
-    used = members if keep_all else members[:1]
-    return used, {
-        "ensemble": len(used),
-        "ensemble_requested": spec.ensemble,
-        "val_mse_single": single_mse,
-        "val_mse_ensemble": ensemble_mse,
-        "ensemble_seeds": [m.seed for m in members],
-    }
 
 
 def load_ltsf_csv(path: Path) -> pd.DataFrame:

@@ -29,14 +29,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
 from pipeline.covariates import CalendarError, check_calendar
-from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.recipe import MAX_MEMBERS, ForecasterConfig, TrainConfig
 from pipeline.records import (
     DEFAULT_MAX_JUMP_STEPS,
     DEFAULT_MAX_RECORD_BYTES,
     FLOAT32_MAX,
     RecordPolicy,
 )
-from pipeline.windows import freq_to_ms
+from pipeline.windows import MAX_VAL_FOLDS, VAL_FOLDS, freq_to_ms
 
 ENV_PREFIX = "ROLLCAST_"
 
@@ -376,6 +376,12 @@ class TrainSettings(RollcastSettings):
     weight_decay: Annotated[float, Field(ge=0, le=10)] = TRAINING.weight_decay
     grad_clip: Annotated[float, Field(gt=0, le=1e6)] = TRAINING.grad_clip
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # Validation in this many blocks spread over the latest half of each series (rolling
+    # origins, windows.validation_blocks); 1: the last val_fraction in one block.
+    val_folds: Annotated[int, Field(ge=1, le=MAX_VAL_FOLDS)] = VAL_FOLDS
+    # Seeds trained and averaged (a seed ensemble), or "auto": three, averaged only where the
+    # mean beats the first seed on validation. Each seed costs one more training.
+    ensemble: Annotated[int, Field(ge=1, le=MAX_MEMBERS)] | Literal["auto"] = 1
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = TRAINING.seed  # numpy's seed range
     device: Name = TRAINING.device
     schedule: Literal["constant", "cosine", "halving"] = TRAINING.schedule  # type: ignore[assignment]

@@ -32,8 +32,10 @@ from __future__ import annotations
 import math
 import pickle
 import warnings
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -42,7 +44,7 @@ from pipeline import InvalidFileError
 from pipeline.cells import PeepholeLSTM
 from pipeline.covariates import feature_names
 from pipeline.files import MAX_CHECKPOINT_BYTES, one_line, open_regular
-from pipeline.recipe import ForecasterConfig
+from pipeline.recipe import MAX_MEMBERS, ForecasterConfig
 
 # Keeps division safe for a channel that never moved in training.
 MIN_SCALE = 1e-6
@@ -391,10 +393,47 @@ class SeasonalNaive(NaiveForecaster):
         return last_season.repeat(1, repeats, 1)[:, :horizon, :]  # (B, H, C)
 
 
-Forecaster = StackedLSTMForecaster | DLinear | RepeatLast | SeasonalNaive
+class SeedEnsemble(ForecasterModule):
+    """The mean of the point forecasts of ``config.members`` networks of one config, each
+    trained from its own seed: a seed ensemble. Its scale is its first member's, so its
+    validation MSE compares with that member's alone.
+    """
+
+    def __init__(self, config: ForecasterConfig, members: Sequence[Network]) -> None:
+        super().__init__(config, "none")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def networks(self) -> list[Network]:
+        return cast("list[Network]", list(self.members))
+
+    @classmethod
+    def of(cls, models: Sequence[Forecaster]) -> SeedEnsemble:
+        """The ensemble of trained ``models`` of one config (an ensemble among them gives
+        each of its networks)."""
+        networks = [n for m in models for n in (m.networks if isinstance(m, cls) else [m])]
+        config = replace(networks[0].config, members=len(networks))
+        return cls(config, cast("list[Network]", networks))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.networks[0].scale
+
+    def fit_scale(self, inputs: torch.Tensor) -> None:
+        for member in self.networks:
+            member.fit_scale(inputs)
+
+    def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
+        points = [member.point(member(x, calendar)) for member in self.networks]
+        return torch.stack(points).mean(dim=0)
+
+
+# One network; a forecaster is one network or a seed ensemble of them.
+Network = StackedLSTMForecaster | DLinear | RepeatLast | SeasonalNaive
+Forecaster = Network | SeedEnsemble
 
 # Every architecture a config may name, and the forecaster class it builds.
-ARCHITECTURES: dict[str, type[Forecaster]] = {
+ARCHITECTURES: dict[str, type[Network]] = {
     "lstm": StackedLSTMForecaster,
     "dlinear": DLinear,
     "repeat_last": RepeatLast,
@@ -413,6 +452,16 @@ def build_forecaster(config: ForecasterConfig, seed: int | None = None) -> Forec
         raise ValueError(
             f"unknown architecture {config.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
         )
+    if not 1 <= config.members <= MAX_MEMBERS:
+        raise ValueError(f"members must be from 1 to {MAX_MEMBERS}, not {config.members!r}")
+    if config.members > 1:
+        one = replace(config, members=1)
+        seeds = [None if seed is None else seed + k for k in range(config.members)]
+        return SeedEnsemble(config, [_network(one, s) for s in seeds])
+    return _network(config, seed)
+
+
+def _network(config: ForecasterConfig, seed: int | None) -> Network:
     if seed is None:
         return ARCHITECTURES[config.architecture](config)
     with torch.random.fork_rng(devices=[]):

@@ -12,6 +12,9 @@ from typing import Any
 
 from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
 
+# Seeds a seed ensemble may average: past this the mean no longer moves, the cost still does.
+MAX_MEMBERS = 16
+
 
 @dataclass(frozen=True)
 class ForecasterConfig:
@@ -58,6 +61,8 @@ class ForecasterConfig:
     # The channels forecast (LTSF's MS: every channel in, the target out); the others are read
     # as past covariates only. Empty: every channel is forecast.
     targets: tuple[str, ...] = ()
+    # Seeds whose forecasts are averaged (pipeline.model.SeedEnsemble); 1: one network.
+    members: int = 1
 
     @property
     def n_channels(self) -> int:

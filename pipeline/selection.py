@@ -24,10 +24,10 @@ from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.tracking import Tracking
 from pipeline.train import fit
-from pipeline.training import TrainingSettings, challenger_config, load_data
+from pipeline.training import TrainingSettings, challenger_config, config_windows, load_data
 from pipeline.training_data import TrainingData
 from pipeline.tuning import Budget, Candidate, Evaluate, SearchResult, search
-from pipeline.windows import build_window_sets, channel_scale
+from pipeline.windows import channel_scale
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def search_store(settings: TrainingSettings, tracking: Tracking, budget: Budget)
     """Search shapes and training settings on the stored series; write the best as JSON."""
     data = load_data(settings)
     base = challenger_config(settings, data)
-    evaluate = store_objective(data, base, settings.train_config(), settings.train.val_fraction)
+    holdout = (settings.train.val_fraction, settings.train.val_folds)
+    evaluate = store_objective(data, base, settings.train_config(), holdout)
     logger.info("searching %d trials on %d series (%s)", budget.trials, len(data.series), budget)
     with runs.search_run(tracking, "tune", search_params(budget, base, data)) as run_id:
         on_trial = partial(runs.log_trial, tracking, run_id)
@@ -96,9 +97,13 @@ class Selection:
 
 
 def store_objective(
-    data: TrainingData, base: ForecasterConfig, training: TrainConfig, val_fraction: float
+    data: TrainingData,
+    base: ForecasterConfig,
+    training: TrainConfig,
+    holdout: tuple[float, int] = (0.2, 1),
 ) -> Evaluate:
-    """Train a candidate on the store's training windows; its MSE on the validation windows.
+    """Train a candidate on the store's training windows; its MSE on the validation windows
+    (``holdout``: their share of each series and the blocks they lie in).
 
     The MSE is in units of each channel's spread over the stored series, the same for every
     candidate (a model's own scale depends on the windows it was fit on).
@@ -107,11 +112,7 @@ def store_objective(
 
     def evaluate(candidate: Candidate, on_eval: Any) -> tuple[float, None]:
         config = replace(base, **candidate.model)
-        train, val = build_window_sets(
-            data.series, config.channels, config.lookback, config.horizon, val_fraction
-        )
-        columns = config.target_index if config.targets else None
-        train, val = train.forecasting(columns), val.forecasting(columns)
+        train, val = config_windows(data, config, *holdout)
         model = build_forecaster(config, seed=training.seed)
         fit(model, train, val, replace(training, **candidate.train), on_eval=on_eval)
         return mse(predict(model, val.inputs, val.origins), val.targets, scale), None

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch
 
 from pipeline import RollcastError
 from pipeline.covariates import rows_calendar
-from pipeline.model import Forecaster
+from pipeline.model import Forecaster, SeedEnsemble, build_forecaster
 from pipeline.progress import pace
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.windows import WindowSet
@@ -62,6 +62,7 @@ class TrainResult:
     steps: int = 0
     device: str = "cpu"
     samples_per_s: float = 0.0
+    ensemble: EnsembleChoice | None = None  # what validation chose of a seed ensemble
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ def resolve_device(name: str) -> torch.device:
 
 # Training windows sampled to set the model's per-channel scale.
 SCALE_SAMPLE = 4096
+# Seeds an ``ensemble="auto"`` run trains: enough for the mean to differ from one seed, few
+# enough that the validation check costs three trainings, not more.
+AUTO_MEMBERS = 3
 
 
 def fit(
@@ -120,6 +124,85 @@ def fit(
     val_on = OnDevice(val, device, model.config)
     model.to(device).fit_scale(train_on.batch(train_on.sample(SCALE_SAMPLE))[0])
     return _train(model, train_on, val_on, config, on_eval)
+
+
+@dataclass(frozen=True)
+class EnsembleChoice:
+    """What a seed ensemble's validation decided: the mean of every seed, or the first alone."""
+
+    members: int  # the seeds whose mean forecasts (1: the first seed's model alone)
+    requested: int | str  # a number of seeds, or "auto"
+    val_mse_single: float  # the first seed's model, on the validation windows
+    val_mse_ensemble: float  # the mean of every seed's
+    seeds: tuple[int, ...]
+
+    def figures(self) -> dict[str, object]:
+        """What a run records of it."""
+        return {
+            "ensemble": self.members,
+            "ensemble_requested": self.requested,
+            "val_mse_single": self.val_mse_single,
+            "val_mse_ensemble": self.val_mse_ensemble,
+            "ensemble_seeds": list(self.seeds),
+        }
+
+
+def requested_members(ensemble: int | str) -> int:
+    """Seeds to train: ``ensemble`` itself, :data:`AUTO_MEMBERS` for ``"auto"``.
+
+    >>> requested_members(1), requested_members(5), requested_members("auto")
+    (1, 5, 3)
+    """
+    return AUTO_MEMBERS if ensemble == "auto" else int(ensemble)
+
+
+def fit_ensemble(
+    model: Forecaster,
+    train: WindowSet,
+    val: WindowSet,
+    config: TrainConfig,
+    ensemble: int | str = 1,
+    on_eval: Callable[[EvalStats], None] | None = None,
+) -> TrainResult:
+    """:func:`fit` ``model`` (seed ``config.seed``) and, for an ensemble, fresh models of its
+    config from the next seeds; the result's model is the mean of them all, or for ``"auto"``
+    the first alone unless the mean validates better (``ensemble`` says which). The history
+    is the first seed's; ``on_eval`` sees it alone."""
+    first = fit(model, train, val, config, on_eval)
+    extra = range(config.seed + 1, config.seed + requested_members(ensemble))
+    if not extra:
+        return first
+    others = [
+        fit(build_forecaster(model.config, seed), train, val, replace(config, seed=seed))
+        for seed in extra
+    ]
+    chosen, choice = choose_ensemble(
+        [first.model] + [o.model for o in others], val, config, ensemble
+    )
+    return replace(first, model=chosen, ensemble=choice)
+
+
+def choose_ensemble(
+    models: list[Forecaster], val: WindowSet, config: TrainConfig, ensemble: int | str
+) -> tuple[Forecaster, EnsembleChoice]:
+    """The mean of ``models`` (seeds ``config.seed`` on), or for ``"auto"`` the first alone
+    unless the mean has the lower validation MSE."""
+    mean = SeedEnsemble.of(models)
+    windows = OnDevice(val, models[0].scale.device, models[0].config)
+    single_mse = evaluate_loss(models[0], windows, config.batch_size)[1]
+    mean_mse = evaluate_loss(mean, windows, config.batch_size)[1]
+    keep = ensemble != "auto" or mean_mse < single_mse
+    seeds = tuple(range(config.seed, config.seed + len(models)))
+    choice = EnsembleChoice(len(models) if keep else 1, ensemble, single_mse, mean_mse, seeds)
+    logger.info(
+        "seed ensemble of %d: validation MSE %.5f against %.5f for seed %d alone: %s",
+        len(models),
+        mean_mse,
+        single_mse,
+        config.seed,
+        "the mean forecasts" if keep else "the first seed forecasts alone",
+    )
+    return (mean if keep else models[0]), choice
 
 
 def _train(

@@ -44,7 +44,7 @@ from pipeline.model import CheckpointError, Forecaster, build_forecaster, warm_s
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.store import SeriesStore, StoredRows
 from pipeline.tracking import Tracking
-from pipeline.train import TrainingError, TrainResult, fit
+from pipeline.train import TrainingError, TrainResult, fit_ensemble
 from pipeline.training_data import TrainingData, prepare_training_data
 from pipeline.windows import (
     SERIES,
@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 # Train-flow settings that are not the engine's.
 FLOW_ONLY = {
     "val_fraction",
+    "val_folds",
+    "ensemble",
     "promotion_gate",
     "tuned_config",
     "tune_trials",
@@ -219,6 +221,8 @@ class TrainingPlan:
     warm: WarmStart | None = None
     table: TableRead | None = None  # where the data was read, for the run's dataset input
     season_name: str = "given"  # which candidate the season is (SeasonChoice.name)
+    val_folds: int = 1  # validation blocks per series (windows.validation_blocks)
+    ensemble: int | str = 1  # seeds averaged, or "auto" (pipeline.train.fit_ensemble)
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,10 @@ def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPla
     val_fraction = settings.train.val_fraction
     season = plan_season(settings, data, config)
     plan = TrainingPlan(data, config, train_config, val_fraction, season.period, warm, table)
-    return replace(plan, season_name=season.name)
+    train = settings.train
+    return replace(
+        plan, season_name=season.name, val_folds=train.val_folds, ensemble=train.ensemble
+    )
 
 
 def plan_season(
@@ -393,12 +400,20 @@ def warm_start(tracking: Tracking, config: ForecasterConfig) -> WarmStart | None
 def make_windows(plan: TrainingPlan, max_windows: int | None = None) -> tuple[WindowSet, WindowSet]:
     """The training and validation windows; at most ``max_windows`` training ones, drawn
     evenly (seeded) when there are more."""
-    config = plan.config
+    train, val = config_windows(plan.data, plan.config, plan.val_fraction, plan.val_folds)
+    return sample_windows(plan, train, max_windows), val
+
+
+def config_windows(
+    data: TrainingData, config: ForecasterConfig, val_fraction: float, folds: int
+) -> tuple[WindowSet, WindowSet]:
+    """The training and validation windows of ``config``'s shape over the stored series,
+    forecasting its targets (:func:`pipeline.windows.build_window_sets`)."""
     train, val = build_window_sets(
-        plan.data.series, config.channels, config.lookback, config.horizon, plan.val_fraction
+        data.series, config.channels, config.lookback, config.horizon, val_fraction, folds
     )
     columns = config.target_index if config.targets else None
-    return sample_windows(plan, train.forecasting(columns), max_windows), val.forecasting(columns)
+    return train.forecasting(columns), val.forecasting(columns)
 
 
 def sample_windows(plan: TrainingPlan, train: WindowSet, max_windows: int | None) -> WindowSet:
@@ -420,7 +435,7 @@ def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> Tr
         model = plan.warm.model
     else:
         model = build_forecaster(plan.config, seed=plan.train_config.seed)
-    return fit(model, train, val, plan.train_config)
+    return fit_ensemble(model, train, val, plan.train_config, plan.ensemble)
 
 
 def score_challenger(result: TrainResult, val: WindowSet, plan: TrainingPlan) -> Scorecard:
@@ -465,12 +480,22 @@ def log_challenger(
             "train.windows_sampled": challenger.windows_sampled(),
             "season": plan.season,
             "season_name": plan.season_name,
+            **ensemble_params(challenger.result),
         },
     )
     logged = runs.log_training_run(tracking, run)
     if plan.warm is not None:
         registry.tag_version(tracking, logged.version, {"parent_version": plan.warm.version})
     return logged
+
+
+def ensemble_params(result: TrainResult) -> dict[str, object]:
+    """What the run records of a seed ensemble: the seeds kept and both validation MSEs."""
+    if result.ensemble is None:
+        return {"ensemble": 1}
+    figures = result.ensemble.figures()
+    figures["ensemble_seeds"] = ",".join(map(str, result.ensemble.seeds))
+    return figures
 
 
 def data_params(plan: TrainingPlan, challenger: Challenger) -> dict[str, object]:
@@ -485,6 +510,7 @@ def data_params(plan: TrainingPlan, challenger: Challenger) -> dict[str, object]
         "repaired_rows": data.repaired_rows,
         "train_windows": challenger.train_windows,
         "val_windows": len(challenger.val),
+        "val_folds": plan.val_folds,
         "warm_start_from": plan.warm.version if plan.warm else "none",
     }
 

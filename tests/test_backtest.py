@@ -51,6 +51,34 @@ def test_borders_are_fixed_for_ett_and_70_10_20_otherwise() -> None:
     assert ltsf_borders(1000, "sales") == Borders(700, 800, 1000)
 
 
+def test_validation_folds_take_the_validation_rows_from_the_latest_rows_before_the_test() -> None:
+    values = np.arange(1000, dtype=np.float32)[:, None]
+    borders = ltsf_borders(1000, "sales")  # 700 / 800 / 1000
+
+    one = ltsf_splits(values, borders, lookback=24, horizon=10)
+    four = ltsf_splits(values, borders, lookback=24, horizon=10, folds=4)
+
+    held_out = np.unique(four.val.targets)
+    assert len(held_out) == len(np.unique(one.val.targets)) == 100
+    assert held_out.max() == 799 and held_out.min() >= 400
+    assert not np.isin(four.train.targets, held_out).any()
+    assert four.train.targets.max() < 800  # nothing of the test is trained on
+    assert np.array_equal(four.test.starts, one.test.starts)
+
+
+@pytest.mark.parametrize(("dataset", "blocks"), [("ETTh1", 1), ("sales", 4)])
+def test_published_borders_keep_one_validation_block(dataset: str, blocks: int) -> None:
+    frame = small_frame(2000)
+    spec = BacktestSpec(model="dlinear", lookback=24, horizon=8, train_overrides={"max_steps": 2})
+    if dataset == "ETTh1":
+        frame = small_frame(17420)
+
+    metrics = run_backtest(frame, dataset, spec).metrics
+
+    assert metrics["val_blocks"] == blocks
+    assert np.isfinite(metrics["val_mse"])
+
+
 def test_scaler_is_fit_on_training_rows_only() -> None:
     rng = np.random.default_rng(0)
     values = rng.normal(5.0, 2.0, size=(1000, 3))

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from topics import read_topic
 
@@ -303,3 +304,26 @@ def test_a_warm_start_trains_from_the_champion_and_records_its_version(
     first_losses = client.get_metric_history(str(first["run_id"]), "val_loss")
     warm_losses = client.get_metric_history(run.info.run_id, "val_loss")
     assert warm_losses[0].value < first_losses[0].value
+
+
+def test_a_seed_ensemble_champion_forecasts_the_mean_of_its_seeds(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    tiny_model: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stored_fleet(seed=11)
+    monkeypatch.setenv("ROLLCAST_ENSEMBLE", "2")
+
+    trained = train_flow(max_steps=4)
+
+    champion = load_champion(connect_reader(MlflowSettings())).model
+    assert champion.config.members == 2 and len(champion.networks) == 2
+    x = torch.randn(3, LOOKBACK, champion.config.n_channels)
+    with torch.no_grad():
+        mean = torch.stack([network(x) for network in champion.networks]).mean(dim=0)
+        torch.testing.assert_close(champion(x), mean)
+    params = (
+        MlflowClient(MlflowSettings().mlflow_tracking_uri).get_run(trained["run_id"]).data.params
+    )
+    assert params["ensemble"] == "2" and params["ensemble_seeds"] == "0,1"

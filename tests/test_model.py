@@ -16,6 +16,7 @@ from pipeline.model import (
     CheckpointError,
     RepeatLast,
     SeasonalNaive,
+    SeedEnsemble,
     StackedLSTMForecaster,
     build_forecaster,
     load_checkpoint,
@@ -308,3 +309,41 @@ def test_a_warm_start_copies_the_champion_only_when_the_config_is_the_same() -> 
         assert torch.equal(warm.state_dict()[name], value), name
     assert warm_started(champion, dataclasses.replace(config, hidden_size=32)) is None
     assert warm_started(champion, dataclasses.replace(config, freq="30min")) is None
+
+
+# --- seed ensembles ------------------------------------------------------------------------------
+
+
+def test_a_seed_ensemble_forecasts_the_mean_of_its_seeds_networks() -> None:
+    config = small_config(members=3)
+
+    ensemble = build_forecaster(config, seed=7).eval()
+    alone = [build_forecaster(small_config(), seed=s).eval() for s in (7, 8, 9)]
+
+    x = batch(config)
+    mean = torch.stack([model(x) for model in alone]).mean(dim=0)
+    torch.testing.assert_close(ensemble(x), mean)
+    assert isinstance(ensemble, SeedEnsemble) and len(ensemble.networks) == 3
+
+
+def test_a_seed_ensemble_checkpoint_round_trips_and_refuses_a_missing_member(
+    tmp_path: Path,
+) -> None:
+    ensemble = build_forecaster(small_config(members=2), seed=0).eval()
+    path = save_checkpoint(ensemble, tmp_path / "ensemble.pt")
+
+    loaded = load_checkpoint(path)
+
+    x = batch(ensemble.config)
+    torch.testing.assert_close(loaded(x), ensemble(x))
+    assert loaded.config.members == 2
+    state = {k: v for k, v in ensemble.state_dict().items() if not k.startswith("members.1.")}
+    torch.save({"config": ensemble.config.to_dict(), "state_dict": state}, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="do not fit its config"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("members", [0, 17])
+def test_a_seed_ensemble_out_of_range_is_refused(members: int) -> None:
+    with pytest.raises(ValueError, match="members must be from 1 to 16"):
+        build_forecaster(small_config(members=members))

@@ -163,6 +163,9 @@ def check_refusal(cls: type[BaseSettings], name: str, err: ConfigurationError) -
 def check_accepted(cls: type[BaseSettings], name: str, raw: str, value: Any) -> None:
     """An accepted hostile value is in the field's range, or has a meaning written above."""
     kind = base_type(cls.model_fields[name].annotation)
+    if get_origin(kind) in (Union, types.UnionType):  # a number or a word: 3 or "auto"
+        kinds = [base_type(member) for member in get_args(kind)]
+        kind = type(value) if type(value) in kinds else kinds[-1]
     if kind in (int, float):
         assert within(value, bounds_of(cls, name)), (name, raw, value)
         assert value != 0 or name in ZERO_MEANS, (name, raw)

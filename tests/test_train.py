@@ -13,9 +13,17 @@ import torch
 
 from pipeline.evaluate import score_forecaster
 from pipeline.forecast import predict
-from pipeline.model import StackedLSTMForecaster
+from pipeline.model import Forecaster, StackedLSTMForecaster, build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
-from pipeline.train import EvalStats, OnDevice, TrainingError, TrainResult, evaluate_loss, fit
+from pipeline.train import (
+    EvalStats,
+    OnDevice,
+    TrainingError,
+    TrainResult,
+    evaluate_loss,
+    fit,
+    fit_ensemble,
+)
 from pipeline.windows import WindowSet, build_window_sets
 
 LOOKBACK, HORIZON, SEASON = 48, 12, 24
@@ -305,3 +313,28 @@ def test_fit_stops_on_a_non_finite_loss(windows: tuple[WindowSet, WindowSet]) ->
 
     with pytest.raises(TrainingError, match="learning rate"):
         fit(tiny_model(), poisoned, val, train_config(batch_size=len(train)))
+
+
+def test_a_seed_ensemble_trains_each_seed_as_one_run_would_and_averages_them(
+    windows: tuple[WindowSet, WindowSet],
+) -> None:
+    train, val = windows
+    config = dataclasses.replace(BASE_TRAIN, max_steps=2 * STEPS_PER_PASS, seed=3)
+    alone = [
+        fit(tiny_seeded(seed), train, val, dataclasses.replace(config, seed=seed))
+        for seed in (3, 4)
+    ]
+
+    result = fit_ensemble(tiny_seeded(3), train, val, config, ensemble=2)
+
+    mean = np.mean([predict(r.model, val.inputs) for r in alone], axis=0)
+    np.testing.assert_allclose(predict(result.model, val.inputs), mean, rtol=1e-4, atol=1e-5)
+    assert result.ensemble is not None and result.ensemble.members == 2
+    assert result.ensemble.seeds == (3, 4)
+    losses = [(stats.step, stats.val_loss) for stats in result.history]
+    assert losses == [(stats.step, stats.val_loss) for stats in alone[0].history]  # seed 3's
+
+
+def tiny_seeded(seed: int) -> Forecaster:
+    """:func:`tiny_model`'s shape, initialized the way :func:`build_forecaster` seeds it."""
+    return build_forecaster(tiny_model().config, seed=seed)

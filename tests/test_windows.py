@@ -28,6 +28,7 @@ from pipeline.windows import (
     regularize,
     regularize_all,
     step_to_freq,
+    validation_blocks,
     window_starts,
 )
 
@@ -353,6 +354,31 @@ def test_build_window_sets_splits_each_series_in_time() -> None:
     assert train.targets[:, -1, 0].max() == cut - 1
     # Validation inputs may look back into the training part.
     assert val.inputs.min() == cut - lookback
+
+
+def test_validation_folds_hold_the_validation_steps_spread_over_the_latest_half() -> None:
+    n_steps, lookback, horizon, val_fraction = 400, 8, 4, 0.2
+
+    train, val = build_window_sets(
+        {"a": index_series(n_steps)}, ["x"], lookback, horizon, val_fraction, folds=4
+    )
+
+    held_out = np.unique(val.targets)
+    assert len(held_out) == 80  # as many steps as one block of the last fifth
+    assert held_out.max() == n_steps - 1 and held_out.min() >= n_steps // 2
+    assert len(np.flatnonzero(np.diff(held_out) > 1)) == 3  # four blocks, three holes
+    # No training target is a validation target, and the holes between blocks are trained on.
+    assert not np.isin(train.targets, held_out).any()
+    assert np.isin(np.arange(n_steps // 2, n_steps), train.targets).sum() > 80
+    # Validation origins lie in every block, not in the last one alone.
+    first_targets = val.targets[:, 0, 0]
+    assert first_targets.min() < n_steps * 0.65 and first_targets.max() == n_steps - horizon
+
+
+def test_validation_folds_shrink_so_each_holds_two_horizons() -> None:
+    assert len(validation_blocks(1000, 200, horizon=24, folds=4)) == 4
+    assert len(validation_blocks(1000, 200, horizon=50, folds=4)) == 2
+    assert validation_blocks(1000, 200, horizon=150, folds=4).tolist() == [[800, 1000]]
 
 
 def test_build_window_sets_stacks_series_with_labels() -> None:

@@ -48,7 +48,7 @@ from pipeline.evaluate import (
     seasonal_naive,
 )
 from pipeline.forecast import predict
-from pipeline.model import build_forecaster
+from pipeline.model import SeedEnsemble, build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.train import EvalStats, TrainResult, fit_ensemble
 from pipeline.windows import (
@@ -526,6 +526,7 @@ def _trained(
     model = build_forecaster(config, seed=spec.seed)
     result = fit_ensemble(model, splits.train, splits.val, train_config, spec.ensemble, on_eval)
     predictions = predict(result.model, scored.inputs, scored.origins, train_config.batch_size)
+    alone = {} if result.ensemble is None else {"mse_first_seed": _first_seed_mse(result, scored)}
     details = {
         "val_loss": result.best_val_loss,
         "val_mse": best_val_mse(result),
@@ -536,10 +537,17 @@ def _trained(
         "train_samples_per_s": round(result.samples_per_s, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         **({"ensemble": 1} if result.ensemble is None else result.ensemble.figures()),
+        **alone,
         "model_config": config.to_dict(),
         "train_config": {**train_config.__dict__},
     }
     return predictions, details
+
+
+def _first_seed_mse(result: TrainResult, scored: WindowSet) -> float:
+    """The scored split's MSE of the first seed's network alone, beside an ensemble's."""
+    networks = result.model.networks if isinstance(result.model, SeedEnsemble) else [result.model]
+    return mse(predict(networks[0], scored.inputs, scored.origins), scored.targets)
 
 
 def best_val_mse(result: TrainResult) -> float:

@@ -332,6 +332,7 @@ def test_an_ensemble_forecasts_the_mean_of_its_seeds() -> None:
     mean = (runs[0].predictions + runs[1].predictions) / 2
     np.testing.assert_allclose(ensemble.predictions, mean, rtol=1e-5, atol=1e-6)
     assert ensemble.metrics["ensemble"] == 2 and ensemble.metrics["ensemble_seeds"] == [5, 6]
+    assert ensemble.metrics["mse_first_seed"] == pytest.approx(runs[0].metrics["mse"], rel=1e-5)
     assert runs[0].metrics["ensemble"] == 1 and "val_mse_single" not in runs[0].metrics
 
 

@@ -45,6 +45,7 @@ override for smoke runs) is recorded with it, and neither skips nor reports as a
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import statistics
 from collections import defaultdict
@@ -299,6 +300,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         lookback=tuned["model"].get("lookback"),
         model_overrides={k: v for k, v in tuned["model"].items() if k != "lookback"},
         train_overrides={**tuned["train"], **_max_steps(job)},
+        val_folds=job.get("val_folds"),
     )
     metrics = run_backtest(frame, dataset, spec).metrics
     return {**metrics, "model": job["model"], "candidate": tuned, **_tag(job)}
@@ -402,9 +404,37 @@ def key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["dataset"], row["model"], row["horizon"], row["seed"])
 
 
-def same_run(rows: list[dict[str, Any]], max_steps: int | None) -> list[dict[str, Any]]:
-    """The rows of full runs (``max_steps`` None), or of ``--max-steps max_steps`` runs."""
-    return [row for row in rows if row.get("max_steps_override") == max_steps]
+def same_run(
+    rows: list[dict[str, Any]], max_steps: int | None, val_folds: int | None = None
+) -> list[dict[str, Any]]:
+    """The rows of full runs (``max_steps`` None), or of ``--max-steps max_steps`` runs, whose
+    trained models validated on the blocks ``val_folds`` gives (None: the backtest's default)."""
+    return [
+        row
+        for row in rows
+        if row.get("max_steps_override") == max_steps
+        and (
+            row["model"] in BASELINES
+            or row.get("val_blocks", 1) == blocks_for(row["dataset"], row["horizon"], val_folds)
+        )
+    ]
+
+
+def folds_for(dataset: str, requested: int | None) -> int:
+    """The validation folds a backtest of ``dataset`` asks for (``requested``; None: default)."""
+    from pipeline.backtest import BacktestSpec, ltsf_borders, spec_folds
+
+    return spec_folds(BacktestSpec(val_folds=requested), ltsf_borders(0, dataset))
+
+
+@functools.cache
+def blocks_for(dataset: str, horizon: int, requested: int | None) -> int:
+    """The validation blocks those folds give at ``horizon`` (rows older than the folds had
+    one): fewer where a block would hold under two horizons."""
+    from pipeline.backtest import ltsf_borders, val_blocks
+
+    borders = ltsf_borders(len(DATASETS[dataset].load()), dataset)
+    return len(val_blocks(borders, horizon, folds_for(dataset, requested)))
 
 
 def horizons_of(args: argparse.Namespace, dataset: str) -> tuple[int, ...]:
@@ -445,17 +475,20 @@ def plan(
                     reused = reused_rows(rows, search, overrides)
                 else:
                     extra, reused = {}, {}
+                folds = {"val_folds": folds_for(dataset, args.val_folds)}
                 for seed in seeds:
                     job = {"dataset": dataset, "model": model, "horizon": horizon, "seed": seed}
                     if key(job) not in done:
-                        jobs.append({**job, **extra, **overrides, "reuse": reused.get(seed)})
+                        jobs.append(
+                            {**job, **extra, **overrides, **folds, "reuse": reused.get(seed)}
+                        )
     return [job for job in jobs if key(job) not in done]
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the plan until nothing is left (searches first unlock the tuned runs)."""
     stale = len(read_figures(args.results)) if args.rerun_baselines else 0
-    while jobs := plan(args, same_run(read_figures(args.results), args.max_steps), stale):
+    while jobs := plan(args, same_run(read_figures(args.results), *_run_of(args)), stale):
         logger.info("%d jobs to run", len(jobs))
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(run_job, dict(job)): job for job in jobs}
@@ -472,6 +505,10 @@ def run(args: argparse.Namespace) -> None:
         stale = 0
 
 
+def _run_of(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    return args.max_steps, args.val_folds
+
+
 def season_of(row: dict[str, Any]) -> str:
     """The seasonal-naive period a row used: its name and steps where the metrics carry them."""
     season = row.get("season", row.get("model_config", {}).get("season"))
@@ -486,6 +523,7 @@ def report(
     datasets: list[str],
     horizons: list[int] | None,
     max_steps: int | None = None,
+    val_folds: int | None = None,
 ) -> str:
     """Test MSE per dataset and horizon (mean ± std over seeds), each row's best in bold.
 
@@ -494,7 +532,8 @@ def report(
     ETTh (features M) the best published MSE and whether the LSTM met it. Horizons: ``horizons``,
     else those of ``HORIZONS`` and any others the results hold.
     """
-    latest = {key(row): row for row in same_run(rows, max_steps) if row.get("split") == "test"}
+    runs = same_run(rows, max_steps, val_folds)
+    latest = {key(row): row for row in runs if row.get("split") == "test"}
     cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     periods: dict[tuple[str, int], str] = {}
     for row in latest.values():
@@ -590,6 +629,11 @@ def main() -> None:
         action="store_true",
         help="run the naive models again (after a change to the backtest's seasonal naive)",
     )
+    parser.add_argument(
+        "--val-folds",
+        type=int,
+        help="validation blocks of the trained models (default: the backtest's, 1 on ETT)",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--report", action="store_true", help="print the table and exit")
@@ -609,7 +653,7 @@ def main() -> None:
         return
     if args.report:
         rows = read_figures(args.results)
-        print(report(rows, args.datasets, args.horizons, args.max_steps))
+        print(report(rows, args.datasets, args.horizons, *_run_of(args)))
         return
     run(args)
 

@@ -224,7 +224,7 @@ def spec_folds(spec: BacktestSpec, borders: Borders) -> int:
 
 def forecasting(splits: Splits, config: ForecasterConfig) -> Splits:
     """The splits with ``config``'s targets as the forecast columns."""
-    columns = config.target_index if config.targets else None
+    columns = config.forecast_columns
     return Splits(*(part.forecasting(columns) for part in (splits.train, splits.val, splits.test)))
 
 

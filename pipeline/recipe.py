@@ -83,6 +83,12 @@ class ForecasterConfig:
         return tuple(self.channels.index(name) for name in self.target_names)
 
     @property
+    def forecast_columns(self) -> tuple[int, ...] | None:
+        """The columns of the inputs a window set forecasts (:meth:`WindowSet.forecasting`);
+        None when every channel is a target."""
+        return self.target_index if self.targets else None
+
+    @property
     def covariate_index(self) -> tuple[int, ...]:
         """Where each inputs-only channel is among ``channels``."""
         return tuple(i for i, name in enumerate(self.channels) if name not in self.target_names)

@@ -412,8 +412,7 @@ def config_windows(
     train, val = build_window_sets(
         data.series, config.channels, config.lookback, config.horizon, val_fraction, folds
     )
-    columns = config.target_index if config.targets else None
-    return train.forecasting(columns), val.forecasting(columns)
+    return train.forecasting(config.forecast_columns), val.forecasting(config.forecast_columns)
 
 
 def sample_windows(plan: TrainingPlan, train: WindowSet, max_windows: int | None) -> WindowSet:

@@ -592,16 +592,22 @@ def validation_blocks(n_steps: int, val_steps: int, horizon: int, folds: int) ->
     return np.stack([ends - sizes, ends], axis=1)
 
 
-def clear_of(target_starts: np.ndarray, horizon: int, blocks: np.ndarray) -> np.ndarray:
-    """Which windows' targets (``horizon`` steps from ``target_starts``) touch no block.
+def block_overlap(
+    target_starts: np.ndarray, horizon: int, blocks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which windows' targets (``horizon`` steps from ``target_starts``) touch no block, and
+    which lie inside one: two ``(N,)`` masks.
 
-    >>> clear_of(np.array([0, 3, 5, 9]), 2, np.array([[5, 8]])).tolist()
-    [True, True, False, True]
+    >>> clear, inside = block_overlap(np.array([0, 3, 5, 7, 9]), 2, np.array([[5, 8]]))
+    >>> clear.tolist(), inside.tolist()
+    ([True, True, False, False, True], [False, False, True, False, False])
     """
     after = np.searchsorted(blocks[:, 1], target_starts, side="right")  # first block ending later
-    inside = after < len(blocks)
-    starts = blocks[np.minimum(after, len(blocks) - 1), 0]
-    return ~inside | (target_starts + horizon <= starts)
+    block = blocks[np.minimum(after, len(blocks) - 1)]
+    before_end = after < len(blocks)
+    clear = ~before_end | (target_starts + horizon <= block[:, 0])
+    inside = before_end & (target_starts >= block[:, 0]) & (target_starts + horizon <= block[:, 1])
+    return clear, inside
 
 
 def channel_scale(series: Mapping[str, pd.DataFrame], channels: Sequence[str]) -> np.ndarray:
@@ -658,9 +664,8 @@ def held_out_starts(
     windows (targets inside one) over ``values``; no window holds a NaN."""
     span = lookback + horizon
     every = window_starts(values, 0, len(values) - span, span)
-    fit = every[clear_of(every + lookback, horizon, blocks)]
-    check = [window_starts(values, start - lookback, end - span, span) for start, end in blocks]
-    return fit, np.concatenate(check)
+    clear, inside = block_overlap(every + lookback, horizon, blocks)
+    return every[clear], every[inside]
 
 
 def _index_ms(frame: pd.DataFrame) -> np.ndarray | None:

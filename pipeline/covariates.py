@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from pipeline.open_steps import OpenHours, read_open_hours, steps_from
 from pipeline.recipe import ForecasterConfig
 from pipeline.windows import freq_to_ms
 
@@ -64,26 +65,30 @@ def calendar_features(
     week = (local.dayofweek.to_numpy() + day) / 7.0
     year = (local.dayofyear.to_numpy() - 1 + day) / DAYS_PER_YEAR
     angles = 2 * np.pi * np.stack([day, week, year], axis=-1)  # (N, 3)
-    columns = [np.sin(angles[:, 0]), np.cos(angles[:, 0])]
-    columns += [np.sin(angles[:, 1]), np.cos(angles[:, 1])]
-    columns += [np.sin(angles[:, 2]), np.cos(angles[:, 2])]
+    columns = [wave(angles[:, k]) for k in range(len(CYCLES)) for wave in (np.sin, np.cos)]
     if holidays:
         columns.append(_holiday_flags(local, holidays))
     features = np.stack(columns, axis=-1).astype(np.float32)  # (N, F)
     return features.reshape(*np.shape(ts_ms), features.shape[-1])
 
 
-def window_times(origins_ms: np.ndarray, step_ms: int, lookback: int, horizon: int) -> np.ndarray:
+def window_times(
+    origins_ms: np.ndarray,
+    step_ms: int,
+    lookback: int,
+    horizon: int,
+    hours: OpenHours | None = None,
+) -> np.ndarray:
     """The timestamps of each window's lookback and horizon, from its last observed step.
 
     ``origins_ms`` ``(N,)`` gives ``(N, lookback + horizon)``: the window ends at its origin,
-    and the horizon's steps follow it.
+    and the horizon's steps follow it; on open steps only, with ``hours``.
 
     >>> window_times(np.array([100]), step_ms=10, lookback=3, horizon=2).tolist()
     [[80, 90, 100, 110, 120]]
     """
-    offsets = np.arange(-(lookback - 1), horizon + 1, dtype=np.int64) * step_ms
-    return np.asarray(origins_ms, dtype=np.int64)[:, None] + offsets
+    offsets = np.arange(-(lookback - 1), horizon + 1, dtype=np.int64)
+    return steps_from(origins_ms, step_ms, offsets, hours)
 
 
 def window_calendar(
@@ -92,11 +97,13 @@ def window_calendar(
     span: tuple[int, int],
     holidays: str | None = None,
     timezone: str = "UTC",
+    hours: OpenHours | None = None,
 ) -> np.ndarray:
     """Calendar features ``(N, L + H, F)`` of windows ending at ``origins_ms`` ``(N,)``, where
-    ``span`` is ``(lookback, horizon)``: what serve and the pyfunc give a model."""
+    ``span`` is ``(lookback, horizon)``, on open steps with ``hours``: what serve and the
+    pyfunc give a model."""
     unique, index = np.unique(np.asarray(origins_ms, dtype=np.int64), return_inverse=True)
-    times = window_times(unique, step_ms, *span)  # a fleet's windows mostly share an origin
+    times = window_times(unique, step_ms, *span, hours)  # a fleet's windows mostly share one
     return calendar_features(times, holidays, timezone)[index.reshape(-1)]
 
 
@@ -159,6 +166,5 @@ def windows_calendar(config: ForecasterConfig, origins_ms: np.ndarray | None) ->
     if origins_ms is None:
         raise CalendarError("this model reads calendar features: give each window's last time")
     span = (config.lookback, config.horizon)
-    return window_calendar(
-        origins_ms, freq_to_ms(config.freq), span, config.holidays, config.timezone
-    )
+    step_ms, hours = freq_to_ms(config.freq), read_open_hours(config.open_hours)
+    return window_calendar(origins_ms, step_ms, span, config.holidays, config.timezone, hours)

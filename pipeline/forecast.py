@@ -20,7 +20,7 @@ import torch
 from pipeline import RollcastError
 from pipeline.covariates import windows_calendar
 from pipeline.model import Forecaster
-from pipeline.open_steps import read_open_hours
+from pipeline.open_steps import read_open_hours, steps_from
 from pipeline.recipe import ForecasterConfig
 from pipeline.windows import SERIES, TS, RollingWindow, format_timestamp, freq_to_ms
 
@@ -143,30 +143,38 @@ def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
     """
     config = model.config
     latest = latest_windows(history, config)
-    preds = predict(model, latest.windows, np.array(latest.issued_at_ms, np.int64))  # (S, H, C)
-    step_ms = freq_to_ms(config.freq)
+    issued_at_ms = np.array(latest.issued_at_ms, np.int64)
+    preds = predict(model, latest.windows, issued_at_ms)  # (S, H, C)
+    times = model_steps(config, issued_at_ms, np.arange(1, config.horizon + 1))  # (S, H)
     rows = [
         {
             SERIES: series_id,
-            TS: format_timestamp(issued_at_ms + (h + 1) * step_ms),
+            TS: format_timestamp(ts_ms),
             "step": h + 1,
             **dict(zip(config.target_names, pred[h], strict=True)),
         }
-        for series_id, issued_at_ms, pred in zip(
-            latest.series, latest.issued_at_ms, preds, strict=True
-        )
-        for h in range(config.horizon)
+        for series_id, step_times, pred in zip(latest.series, times.tolist(), preds, strict=True)
+        for h, ts_ms in enumerate(step_times)
     ]
     return pd.DataFrame(rows, columns=[SERIES, TS, "step", *config.target_names])
 
 
+def model_steps(
+    config: ForecasterConfig, origins_ms: np.ndarray, offsets: np.ndarray
+) -> np.ndarray:
+    """The times ``(N, K)`` of the steps ``offsets`` from each origin on ``config``'s steps:
+    on its open steps when it was trained on open hours."""
+    step_ms, hours = freq_to_ms(config.freq), read_open_hours(config.open_hours)
+    return steps_from(origins_ms, step_ms, offsets, hours)
+
+
 def example_history(config: ForecasterConfig) -> pd.DataFrame:
     """One series of ``lookback`` flat steps: the smallest history :func:`forecast_frame` takes."""
-    step_ms = freq_to_ms(config.freq)
+    times = model_steps(config, np.zeros(1, np.int64), np.arange(config.lookback))[0]
     return pd.DataFrame(
         {
             SERIES: "example",
-            TS: [format_timestamp(k * step_ms) for k in range(config.lookback)],
+            TS: [format_timestamp(ts_ms) for ts_ms in times.tolist()],
             **{channel: 0.0 for channel in config.channels},
         }
     )

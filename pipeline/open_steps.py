@@ -217,6 +217,50 @@ class OpenHours:
         return self.open_time(first[..., None] + np.arange(horizon), step_ms, phase)
 
 
+def steps_from(
+    origins_ms: np.ndarray, step_ms: int, offsets: np.ndarray, hours: OpenHours | None = None
+) -> np.ndarray:
+    """The times of the steps ``offsets`` away from each origin on its grid (0: the origin's
+    own step, 1: the next): ``(N, K)`` for ``N`` origins and ``K`` offsets. With ``hours`` the
+    steps are open steps, so a forecast issued on Friday evening runs into Monday morning. The
+    one place a model's step times come from: its forecasts' and its calendar's.
+
+    >>> steps_from(np.array([100]), 10, np.array([-1, 0, 1])).tolist()
+    [[90, 100, 110]]
+    >>> hours = OpenHours.from_text("mon-fri 00:00-24:00")
+    >>> (steps_from(np.array([8 * DAY_MS]), DAY_MS, np.arange(-1, 3), hours) // DAY_MS).tolist()
+    [[7, 8, 11, 12]]
+    """
+    origins = np.asarray(origins_ms, dtype=np.int64).reshape(-1)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if hours is None:
+        return origins[:, None] + offsets * step_ms
+    times = np.empty((len(origins), len(offsets)), dtype=np.int64)
+    phases = origins % step_ms
+    for phase in np.unique(phases).tolist():  # a fleet's series mostly share one grid
+        on_grid = phases == phase
+        first = hours.open_index(origins[on_grid], step_ms, phase)
+        times[on_grid] = hours.open_time(first[:, None] + offsets, step_ms, phase)
+    return times
+
+
+def steps_ahead(issued_at_ms: int, ts_ms: int, step_ms: int, hours: OpenHours | None) -> int:
+    """How many steps after ``issued_at_ms`` the step of ``ts_ms`` is (1: the next step);
+    open steps only with ``hours``. What scores a forecast's steps against their actuals.
+
+    >>> steps_ahead(0, 30, 10, None)
+    3
+    >>> friday, monday = 8 * DAY_MS, 11 * DAY_MS
+    >>> steps_ahead(friday, monday, DAY_MS, OpenHours.from_text("mon-fri 00:00-24:00"))
+    1
+    """
+    if hours is None:
+        return (ts_ms - issued_at_ms) // step_ms
+    phase = issued_at_ms % step_ms
+    index = hours.open_index(np.array([issued_at_ms, ts_ms]), step_ms, phase)
+    return int(index[1] - index[0])
+
+
 @functools.lru_cache(maxsize=16)
 def read_open_hours(text: str | None) -> OpenHours | None:
     """:meth:`OpenHours.from_text` of a model config's ``open_hours`` (None: None), read once

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 
 from pipeline import RollcastError
+from pipeline.open_steps import OpenHours, steps_from
 from pipeline.windows import JumpRule, format_timestamp
 
 logger = logging.getLogger(__name__)
@@ -189,6 +191,7 @@ class Forecast:
     step_ms: int
     channels: tuple[str, ...]
     values: list[list[float]]  # (horizon, channels)
+    open_hours: OpenHours | None = None  # set: the steps are the open steps after issued_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +369,9 @@ def observation_to_bytes(obs: Observation) -> bytes:
 
 
 def forecast_to_dict(forecast: Forecast) -> dict[str, Any]:
-    times = _step_times(forecast.issued_at_ms, forecast.step_ms, len(forecast.values))
+    times = _step_times(
+        forecast.issued_at_ms, forecast.step_ms, len(forecast.values), forecast.open_hours
+    )
     channels = forecast.channels
     if len(channels) == 1:  # the common case, twice as fast without the zip
         (channel,) = channels
@@ -393,8 +398,13 @@ _timestamp = functools.lru_cache(maxsize=4096)(format_timestamp)
 
 
 @functools.lru_cache(maxsize=4096)
-def _step_times(issued_at_ms: int, step_ms: int, horizon: int) -> tuple[str, ...]:
-    return tuple(format_timestamp(issued_at_ms + (h + 1) * step_ms) for h in range(horizon))
+def _step_times(
+    issued_at_ms: int, step_ms: int, horizon: int, hours: OpenHours | None
+) -> tuple[str, ...]:
+    if hours is None:
+        return tuple(format_timestamp(issued_at_ms + (h + 1) * step_ms) for h in range(horizon))
+    times = steps_from(np.array([issued_at_ms]), step_ms, np.arange(1, horizon + 1), hours)[0]
+    return tuple(map(format_timestamp, times.tolist()))
 
 
 def forecast_to_bytes(forecast: Forecast) -> bytes:

@@ -49,6 +49,7 @@ import numpy as np
 
 from pipeline.forecast import LoadedForecaster, new_window, predict
 from pipeline.model import Forecaster
+from pipeline.open_steps import read_open_hours
 from pipeline.progress import Progress, by_reason
 from pipeline.records import (
     DEFAULT_POLICY,
@@ -190,6 +191,8 @@ class RollingForecaster:
         self.unrepeated: OrderedDict[str, None] = OrderedDict()
         self.sightings = Sightings(max_series + self.max_new_series)
         self.step_ms = freq_to_ms(self.model.config.freq)
+        # The week's open hours the model's steps are on (a swap never changes them).
+        self.open_hours = read_open_hours(self.model.config.open_hours)
         self.jumps = policy.jump_rule()
         self._holding: list[SeriesState] = []  # series that held a far step in this batch
         self._refused_jumps: list[DeadLetter] = []  # held records refused in this batch
@@ -420,6 +423,7 @@ class RollingForecaster:
                     step_ms=self.step_ms,
                     channels=config.target_names,
                     values=values,
+                    open_hours=self.open_hours,
                 )
             )
         return forecasts
@@ -591,6 +595,7 @@ def new_stats(rolling: RollingForecaster) -> ServeStats:
             model_scale(rolling),
             rolling.forecaster.version,
             rolling.model.target_columns,
+            rolling.open_hours,
         ),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from pipeline.open_steps import OpenHours, steps_ahead
+
 if TYPE_CHECKING:
     from pipeline.windows import Step
 
@@ -122,8 +124,10 @@ class OnlineError:
         scale: np.ndarray | None = None,
         version: str = "",
         targets: list[int] | None = None,
+        hours: OpenHours | None = None,
     ) -> None:
         self.step_ms = step_ms
+        self.hours = hours  # set: a forecast's steps are open steps
         # Where the forecast channels are in an observed step's values (None: all of them).
         self.targets = targets
         self.abs_error_sum = np.zeros(horizon)
@@ -142,7 +146,10 @@ class OnlineError:
     def score(self, scoring: Scoring, ts_ms: int, actual: np.ndarray) -> bool:
         """Score the actual of step ``ts_ms``; return whether the forecast has steps left."""
         issued_at_ms, predicted = scoring
-        ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
+        if self.hours is None:  # the hot path: one division
+            ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
+        else:
+            ahead = steps_ahead(issued_at_ms, ts_ms, self.step_ms, self.hours) - 1
         if ahead < len(predicted):
             observed = actual if self.targets is None else actual[self.targets]
             self._scored.append((ahead, predicted[ahead], observed))

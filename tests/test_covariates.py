@@ -98,6 +98,20 @@ def test_training_and_serving_compute_the_same_features_for_a_window() -> None:
     np.testing.assert_array_equal(gathered, from_origins)
 
 
+def test_serving_reads_an_open_hours_windows_calendar_at_its_open_steps() -> None:
+    every_hour = hourly_series(24 * 28)
+    index = every_hour.index
+    business = every_hour[(index.dayofweek < 5) & (index.hour >= 8) & (index.hour < 18)]
+    config = replace(CONFIG, open_hours="mon-fri 08:00-18:00")
+    train, _ = build_window_sets({"a": business}, ["load"], 24, 12, 0.25)
+    rows = rows_calendar(config, train.times)
+    assert rows is not None
+    gathered = rows[train.starts[:, None] + np.arange(24 + 12)]  # the rows' own times
+    np.testing.assert_array_equal(gathered, windows_calendar(config, train.origins))
+    # Without the open hours the horizon would be read at night: the features differ.
+    assert not np.array_equal(gathered, windows_calendar(CONFIG, train.origins))
+
+
 def test_a_calendar_model_reads_the_horizons_calendar() -> None:
     model = build_forecaster(CONFIG, seed=0).eval()
     x = torch.zeros(1, CONFIG.lookback, 1)

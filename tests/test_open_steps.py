@@ -14,6 +14,7 @@ from pipeline.open_steps import (
     detect_open_hours,
     read_open_hours,
 )
+from pipeline.stats import OnlineError
 
 MONDAY_MS = int(pd.Timestamp("2024-01-01", tz="UTC").value // 10**6)  # a Monday
 HOUR_MS = 3_600_000
@@ -232,3 +233,14 @@ def test_detection_pools_the_series_of_a_fleet() -> None:
 
     assert alone is not None and alone.to_text() == "mon-tue 08:00-22:00; thu-fri 08:00-22:00"
     assert pooled is not None and pooled.to_text() == BUSINESS
+
+
+def test_a_forecast_issued_on_friday_is_scored_against_mondays_actuals() -> None:
+    hours = OpenHours.from_text("mon-fri 00:00-24:00")
+    online = OnlineError(horizon=2, step_ms=DAY_MS, hours=hours)
+    friday, monday, tuesday = 8 * DAY_MS, 11 * DAY_MS, 12 * DAY_MS  # 1970-01-09, -12, -13
+    scoring = (friday, np.array([[1.0], [2.0]]))
+    assert online.score(scoring, monday, np.array([1.5]))  # the first step: one left
+    assert not online.score(scoring, tuesday, np.array([2.0]))  # the second: fully scored
+    online.settle()
+    assert online.mae() == [0.5, 0.0]

@@ -100,7 +100,7 @@ def store_objective(
     data: TrainingData,
     base: ForecasterConfig,
     training: TrainConfig,
-    holdout: tuple[float, int] = (0.2, 1),
+    holdout: tuple[float, int],
 ) -> Evaluate:
     """Train a candidate on the store's training windows; its MSE on the validation windows
     (``holdout``: their share of each series and the blocks they lie in).

@@ -348,7 +348,9 @@ def run_backtest(
     if spec.model in NAIVE_MODELS:
         predictions, details = _naive(spec, data, scored)
     else:
-        predictions, details = _trained(spec, data.config, splits, scored, on_eval)
+        config, season = trained_config(spec, data)
+        predictions, details = _trained(spec, config, splits, scored, on_eval)
+        details.update(season)
     targets = scored.targets
     metrics = {
         **_spec_metrics(spec, dataset),
@@ -495,6 +497,17 @@ def backtest_season(spec: BacktestSpec, data: BacktestData) -> SeasonChoice:
     times = None if data.times is None else data.times[:train_end]
     step_ms = None if data.times is None else infer_step_ms(data.times)
     return choose_season(data.values[:train_end], step_ms, spec.horizon, times, lookback)
+
+
+def trained_config(
+    spec: BacktestSpec, data: BacktestData
+) -> tuple[ForecasterConfig, dict[str, Any]]:
+    """The config a trained model backtests with, and what its metrics record of the season:
+    a network that reads one (``norm`` "season") carries :func:`backtest_season`'s period."""
+    if not data.config.reads_season:
+        return data.config, {}
+    choice = backtest_season(spec, data)
+    return data.config.with_season(choice.period), choice.as_metrics()
 
 
 def _naive(

@@ -325,7 +325,9 @@ class ModelSettings(RollcastSettings):
     num_layers: Annotated[int, Field(ge=1, le=16)] = SHAPE.num_layers  # deeper: untrainable
     dropout: Annotated[float, Field(ge=0, lt=1)] = SHAPE.dropout
     bidirectional: bool = SHAPE.bidirectional
-    norm: Literal["last", "mean", "none"] = SHAPE.norm  # type: ignore[assignment]
+    # What each window's level is: "season" forecasts the residual over seasonal-naive, of
+    # ROLLCAST_SEASON's period (or the one chosen from the data). DLinear reads no norm.
+    norm: Literal["last", "mean", "none", "season"] = SHAPE.norm  # type: ignore[assignment]
     channel_independent: bool = SHAPE.channel_independent
     # Steps per input and output segment; lookback is cut to a multiple of it.
     segment_len: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.segment_len  # the lookback's cap

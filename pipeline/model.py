@@ -3,7 +3,9 @@
 :class:`StackedLSTMForecaster` is a stacked LSTM built the way recurrent forecasters became
 competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every technique an option:
 
-* instance normalization: the window's last value (or mean) is removed and restored;
+* instance normalization: the window's last value (or mean) is removed and restored, or
+  (``norm="season"``) the last value is removed and the seasonal-naive forecast added, so
+  the network forecasts the residual over seasonal-naive;
 * channel independence: each channel is its own sequence through shared weights, told
   apart by a learned channel embedding;
 * segment-wise input: the lookback is cut into segments of ``segment_len`` steps, each embedded,
@@ -104,7 +106,7 @@ class ForecasterModule(nn.Module):
         super().__init__()
         self.config = config
         self.output_head = output_head(config.loss)
-        self.norm = InstanceNorm(config.n_channels, norm)
+        self.norm = InstanceNorm(config.n_channels, norm, config.horizon, config.season)
         # Where the forecast channels are among the inputs; None: every channel is forecast.
         self.target_columns = list(config.target_index) if config.targets else None
 
@@ -130,36 +132,76 @@ class ForecasterModule(nn.Module):
         """Set the per-channel scale from training values ``(..., C)`` (a no-op by default)."""
 
 
-class InstanceNorm(nn.Module):
-    """Removes each window's level and a per-channel training scale; restores both on output."""
+# What InstanceNorm removes from each window and adds back to the network's output.
+NORMS = ("last", "mean", "none", "season")
 
-    def __init__(self, n_channels: int, mode: str) -> None:
+
+class InstanceNorm(nn.Module):
+    """Removes each window's level and a per-channel training scale; restores both on output.
+
+    ``mode`` "last" removes the window's last value, "mean" its mean, "none" nothing; each adds
+    it back. "season" removes the last value too, but adds back the seasonal-naive forecast of
+    the window (:func:`seasonal_repeat` of ``season`` steps to ``horizon``), so the network
+    forecasts the residual over seasonal-naive. Raises ``ValueError`` for another mode.
+    """
+
+    def __init__(self, n_channels: int, mode: str, horizon: int = 1, season: int = 1) -> None:
         super().__init__()
-        if mode not in ("last", "mean", "none"):
-            raise ValueError(f"norm must be 'last', 'mean' or 'none', not {mode!r}")
-        self.mode = mode
+        if mode not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, not {mode!r}")
+        self.mode, self.horizon, self.season = mode, horizon, season
         # Per-channel spread of the training data; set by `fit_scale`, saved with the weights.
         self.scale: torch.Tensor
         self.register_buffer("scale", torch.ones(n_channels))
 
     def level(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-window level: ``(B, 1, C)``."""
-        if self.mode == "last":
+        """The per-window level removed from the input: ``(B, 1, C)``."""
+        if self.mode in ("last", "season"):
             return x[:, -1:, :]
         if self.mode == "mean":
             return x.mean(dim=1, keepdim=True)
         return torch.zeros_like(x[:, -1:, :])
 
+    def baseline(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """What :meth:`restore` adds back: the level ``(B, 1, C)``, or in "season" mode the
+        seasonal-naive forecast ``(B, H, C)``."""
+        if self.mode == "season":
+            return seasonal_repeat(x, self.horizon, self.season)
+        return level
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalized windows ``(B, L, C)`` and the baseline :meth:`restore` adds back."""
         level = self.level(x)
-        return (x - level) / self.scale, level
+        return (x - level) / self.scale, self.baseline(x, level)
 
     def restore(
-        self, z: torch.Tensor, level: torch.Tensor, columns: list[int] | None = None
+        self, z: torch.Tensor, baseline: torch.Tensor, columns: list[int] | None = None
     ) -> torch.Tensor:
         """``z`` ``(B, H, C_out)`` back in the data's units; ``columns``: the channels it holds."""
         scale = self.scale if columns is None else self.scale[columns]
-        return z.float() * scale + (level if columns is None else level[..., columns])
+        return z.float() * scale + (baseline if columns is None else baseline[..., columns])
+
+
+def seasonal_repeat(x: torch.Tensor, horizon: int, season: int) -> torch.Tensor:
+    """The seasonal-naive forecast ``(B, H, C)`` of windows ``(B, L, C)``: their last ``season``
+    steps, repeated to ``horizon`` steps. The caller checks ``season <= L``
+    (:func:`check_season`).
+
+    >>> seasonal_repeat(torch.tensor([[[1.0], [2.0], [3.0]]]), 5, 2)[0, :, 0].tolist()
+    [2.0, 3.0, 2.0, 3.0, 2.0]
+    """
+    last_season = x[:, -season:, :]  # (B, S, C)
+    return last_season.repeat(1, math.ceil(horizon / season), 1)[:, :horizon, :]
+
+
+def check_season(config: ForecasterConfig, forecaster: str) -> None:
+    """``ValueError`` when ``config.season`` is longer than its lookback: ``forecaster`` (what
+    repeats the last season) would have no whole season to repeat."""
+    if config.lookback < config.season:
+        raise ValueError(
+            f"{forecaster} needs lookback >= season, got lookback {config.lookback} "
+            f"and season {config.season}: lengthen the lookback or shorten the season"
+        )
 
 
 # The recurrent cells ForecasterConfig.cell may name; each is called as nn.LSTM is.
@@ -208,7 +250,7 @@ class StackedLSTMForecaster(ForecasterModule):
     def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
         """Forecasts ``(B, H, C)`` of windows ``x`` ``(B, L, C)``; with a calendar config,
         ``calendar`` ``(B, L + H, F)`` holds the lookback's and the horizon's features."""
-        z, level = self.norm(x)  # (B, L, C)
+        z, baseline = self.norm(x)  # (B, L, C); (B, 1, C), or (B, H, C) for norm "season"
         sequences = self._to_sequences(self.forecast_channels(z))  # (B*C', L, 1) or (B, L, C')
         segments = sequences.reshape(len(sequences), self.n_in, -1)  # (N, n_in, width)
         per_window = len(sequences) // len(x)
@@ -222,7 +264,8 @@ class StackedLSTMForecaster(ForecasterModule):
             out = self._decode_parallel(state, len(sequences), future)  # (N, n_out*width)
         else:
             out = self.head(self.dropout(_last_layer(state)))  # (N, H*width/w)
-        return self.norm.restore(self._from_sequences(out, x.shape[0]), level, self.target_columns)
+        out = self._from_sequences(out, x.shape[0])  # (B, H, C_out)
+        return self.norm.restore(out, baseline, self.target_columns)
 
     def _covariate_segments(self, z: torch.Tensor, per_window: int) -> torch.Tensor | None:
         """The inputs-only channels per segment, ``(N, n_in, seg*K)``, for each sequence."""
@@ -308,6 +351,8 @@ def _check_shape(config: ForecasterConfig) -> None:
         )
     if config.cell not in CELLS or config.decoder not in ("pmf", "linear"):
         raise ValueError(f"unknown cell {config.cell!r} or decoder {config.decoder!r}")
+    if config.norm == "season":
+        check_season(config, 'norm "season"')
 
 
 def _last_layer(state: Any) -> torch.Tensor:
@@ -379,18 +424,12 @@ class SeasonalNaive(NaiveForecaster):
     """
 
     def __init__(self, config: ForecasterConfig) -> None:
-        if config.lookback < config.season:
-            raise ValueError(
-                f"seasonal naive needs lookback >= season, got lookback {config.lookback} "
-                f"and season {config.season}: lengthen the lookback or shorten the season"
-            )
+        check_season(config, "seasonal naive")
         super().__init__(config)
 
     def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
-        horizon, season = self.config.horizon, self.config.season
-        last_season = self.forecast_channels(x[:, -season:, :].float())  # (B, S, C_out)
-        repeats = math.ceil(horizon / season)
-        return last_season.repeat(1, repeats, 1)[:, :horizon, :]  # (B, H, C)
+        last_seasons = seasonal_repeat(x, self.config.horizon, self.config.season)  # (B, H, C)
+        return self.forecast_channels(last_seasons.float())  # (B, H, C_out)
 
 
 class SeedEnsemble(ForecasterModule):

@@ -40,11 +40,16 @@ class ForecasterConfig:
     num_layers: int = 1
     dropout: float = 0.5
     bidirectional: bool = False
-    norm: str = "last"  # "last": subtract the window's last value; "mean": its mean; "none"
+    # "last": subtract the window's last value and add it back; "mean": its mean; "none";
+    # "season": subtract the last value, add back the seasonal-naive forecast of ``season``
+    # (the network forecasts the residual over seasonal-naive; StackedLSTMForecaster only).
+    norm: str = "last"
     channel_independent: bool = True
     segment_len: int = 48  # steps per input/output segment; 1 = step by step
     decoder: str = "pmf"  # "pmf": parallel multi-step decoding; "linear": one head on the state
-    season: int = 24  # the seasonal-naive period in steps
+    # The seasonal-naive period in steps: the seasonal_naive architecture's, and the baseline of
+    # norm "season" (training and backtests set it to the period they choose: with_season).
+    season: int = 24
     # The gap policy the training windows were built with; inference fills gaps the same way.
     max_gap: int = DEFAULT_MAX_GAP
     # The weekly open hours the series live on (pipeline.open_steps.OpenHours.to_text, e.g.
@@ -101,6 +106,25 @@ class ForecasterConfig:
     def segmented(self) -> bool:
         """Whether the lookback is read in segments (and must be a multiple of one)."""
         return self.architecture == "lstm"
+
+    @property
+    def reads_season(self) -> bool:
+        """Whether the network forecasts from ``season``: the seasonal naive, or an LSTM
+        forecasting the residual over it (``norm="season"``). Elsewhere the season is the
+        promotion gate's baseline only."""
+        return self.architecture == "seasonal_naive" or (
+            self.architecture == "lstm" and self.norm == "season"
+        )
+
+    def with_season(self, season: int) -> ForecasterConfig:
+        """This config with ``season`` when its network reads one (:attr:`reads_season`),
+        else unchanged, so a shape that ignores the season keeps one config for any period.
+
+        >>> base = ForecasterConfig(channels=("x",), lookback=336)
+        >>> base.with_season(168).season, replace(base, norm="season").with_season(168).season
+        (24, 168)
+        """
+        return replace(self, season=season) if self.reads_season else self
 
     def fitted(self, train_steps: int) -> ForecasterConfig:
         """This config with the lookback (and segment) cut so that a window (lookback plus

@@ -311,7 +311,8 @@ def challenger_config(settings: TrainingSettings, data: TrainingData) -> Forecas
     """The model settings on the data's contract, sized to the longest series' training part."""
     if not data.channels:
         raise TrainingError("the stored series share no channel: one model cannot serve them all")
-    # The season is the baseline's, not the model's; the targets are checked first.
+    # The season is chosen from the data once the lookback is sized (plan_season), and only
+    # a network that reads it carries it (seasoned); the targets are checked first.
     shape = settings.model.model_dump(exclude={"season", "targets"})
     missing = [name for name in settings.model.targets if name not in data.channels]
     if missing:
@@ -345,6 +346,8 @@ def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPla
     require_device(settings.train.device, "ROLLCAST_DEVICE:")
     data, table = load_table(settings)
     config = challenger_config(settings, data)
+    season = plan_season(settings, data, config)
+    config = seasoned(config, season)
     registry.require_contract(tracking, config.contract)
     train_config = settings.train_config()
     warm = warm_start(tracking, config) if settings.train.warm_start else None
@@ -352,7 +355,6 @@ def plan_training(settings: TrainingSettings, tracking: Tracking) -> TrainingPla
         budget = min(train_config.max_steps, settings.train.warm_start_steps)
         train_config = replace(train_config, max_steps=budget)
     val_fraction = settings.train.val_fraction
-    season = plan_season(settings, data, config)
     plan = TrainingPlan(data, config, train_config, val_fraction, season.period, warm, table)
     train = settings.train
     return replace(
@@ -376,6 +378,23 @@ def plan_season(
         "seasonal-naive period %d steps (%s): %s", choice.period, choice.name, choice.scores
     )
     return choice
+
+
+def seasoned(config: ForecasterConfig, season: SeasonChoice) -> ForecasterConfig:
+    """The model config carrying the gate's period where its network reads one (``norm``
+    "season": the LSTM forecasts the residual over that seasonal-naive), so the checkpoint,
+    serve and the pyfunc all use it.
+
+    Raises :class:`ConfigurationError` for a given ``ROLLCAST_SEASON`` longer than the lookback
+    sized to the data (a chosen period never is).
+    """
+    if config.reads_season and season.period > config.lookback:
+        raise ConfigurationError(
+            f"ROLLCAST_SEASON={season.period} is longer than the lookback {config.lookback} "
+            "the stored series allow, and ROLLCAST_NORM=season repeats a whole season: "
+            "shorten the season, unset it to choose one from the data, or use another norm"
+        )
+    return config.with_season(season.period)
 
 
 def warm_start(tracking: Tracking, config: ForecasterConfig) -> WarmStart | None:

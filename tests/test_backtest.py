@@ -365,3 +365,36 @@ def test_backtest_command_takes_an_ensemble(tmp_path: Path) -> None:
     assert code == 0 and metrics["ensemble"] == 2 and metrics["lookback"] == 24
     assert np.load(out / "predictions.npy").shape == (33, 8, 2)
     assert main(["backtest", "--data", str(csv), "--ensemble", "none", "--out", str(out)]) != 0
+
+
+def weekly_frame(weeks: int = 8) -> pd.DataFrame:
+    """Hourly rows whose weekends run at half the weekdays' daily profile: a week of steps
+    forecasts them better than a day."""
+    dates = pd.date_range("2024-01-01", periods=weeks * 7 * 24, freq="h")
+    load = np.where(dates.dayofweek < 5, 1.0, 0.5) * (2 + np.sin(2 * np.pi * dates.hour / 24))
+    return pd.DataFrame({"date": dates, "OT": load})
+
+
+def season_spec(season: int | None = None) -> BacktestSpec:
+    """A two-step LSTM backtest whose network forecasts the residual over seasonal-naive."""
+    return BacktestSpec(
+        "S",
+        lookback=192,
+        horizon=24,
+        split="val",
+        season=season,
+        model_overrides={"norm": "season", "hidden_size": 8, "segment_len": 24},
+        train_overrides={"max_steps": 2},
+    )
+
+
+def test_a_norm_season_lstm_backtests_with_the_season_chosen_from_the_data() -> None:
+    metrics = run_backtest(weekly_frame(), "weekly", season_spec()).metrics
+
+    assert metrics["model_config"]["season"] == metrics["season"] == 168
+    assert metrics["season_name"] == "week"
+
+
+def test_a_norm_season_lstm_refuses_a_season_longer_than_the_lookback() -> None:
+    with pytest.raises(BacktestError, match="season 336 is longer than the lookback 192"):
+        run_backtest(weekly_frame(), "weekly", season_spec(season=336))

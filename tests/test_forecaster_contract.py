@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lstm-norm-mean": {"norm": "mean"},
     "lstm-norm-mean-bidirectional-gru": {"norm": "mean", "bidirectional": True, "cell": "gru"},
     "lstm-norm-none": {"norm": "none"},
+    "lstm-norm-season": {"norm": "season"},
     "dlinear": {"architecture": "dlinear"},
     "repeat_last": {"architecture": "repeat_last"},
     "seasonal_naive": {"architecture": "seasonal_naive"},

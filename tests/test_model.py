@@ -62,9 +62,9 @@ def test_invalid_norm_is_refused() -> None:
         StackedLSTMForecaster(small_config(norm="zscore"))
 
 
-@pytest.mark.parametrize("norm", ["last", "mean"])
+@pytest.mark.parametrize("norm", ["last", "mean", "season"])
 def test_forecasts_follow_the_level_of_the_input(norm: str) -> None:
-    config = small_config(norm=norm)
+    config = small_config(norm=norm, season=6)
     model = build(config)
     x = batch(config)
     shift = 50.0
@@ -214,8 +214,8 @@ def test_garbage_checkpoint_raises_checkpoint_error(tmp_path: Path, content: byt
 
 @pytest.mark.parametrize(
     "change",
-    [{"hidden_size": 16}, {"norm": "zscore"}],
-    ids=["weights-of-another-shape", "unknown-norm"],
+    [{"hidden_size": 16}, {"norm": "zscore"}, {"norm": "season", "season": 13}],
+    ids=["weights-of-another-shape", "unknown-norm", "season-longer-than-the-lookback"],
 )
 def test_checkpoint_whose_config_does_not_fit_raises_checkpoint_error(
     trained_like: tuple[StackedLSTMForecaster, Path], tmp_path: Path, change: dict[str, Any]
@@ -277,6 +277,44 @@ def test_seasonal_naive_refuses_a_lookback_shorter_than_a_season() -> None:
     config = small_config(lookback=12, season=24, architecture="seasonal_naive")
 
     with pytest.raises(ValueError, match=r"lookback >= season.*lookback 12 and season 24"):
+        build_forecaster(config)
+
+
+# --- norm "season": a residual over seasonal-naive -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"horizon": 16}, id="seasons"),
+        pytest.param({"horizon": 5, "channel_independent": False}, id="mixed-channels"),
+        pytest.param({"horizon": 6, "targets": ("temp",)}, id="one-target"),
+        pytest.param({"horizon": 9, "decoder": "linear", "segment_len": 3}, id="linear-decoder"),
+    ],
+)
+def test_norm_season_with_a_zeroed_head_forecasts_exactly_the_seasonal_naive(
+    change: dict[str, Any],
+) -> None:
+    config = small_config(norm="season", season=6, **change)
+    model = build(config)
+    model.fit_scale(batch(config, size=32, seed=2))  # a scale that is not 1
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    x = batch(config)
+
+    with torch.no_grad():
+        forecast = model(x)
+
+    seasonal = SeasonalNaive(dataclasses.replace(config, architecture="seasonal_naive"))(x)
+    assert torch.equal(forecast, seasonal)
+    assert not torch.equal(forecast, model.forecast_channels(x[:, -1:]).expand_as(forecast))
+
+
+def test_norm_season_refuses_a_season_longer_than_the_lookback() -> None:
+    config = small_config(lookback=12, season=13, norm="season")
+
+    with pytest.raises(ValueError, match=r'norm "season" needs lookback >= season.*season 13'):
         build_forecaster(config)
 
 

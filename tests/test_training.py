@@ -10,12 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import InvalidFileError
+from pipeline import ConfigurationError, InvalidFileError
 from pipeline.backtest import BacktestSpec, Borders, spec_config
-from pipeline.config import ModelSettings, Settings, StoreSettings, TrainSettings
+from pipeline.config import MlflowSettings, ModelSettings, Settings, StoreSettings, TrainSettings
 from pipeline.contract import step_of
+from pipeline.model import load_checkpoint, save_checkpoint
+from pipeline.tracking import Tracking, connect
 from pipeline.train import TrainingError
-from pipeline.training import TrainingSettings, challenger_config, load_data
+from pipeline.training import (
+    TrainingSettings,
+    challenger_config,
+    load_data,
+    make_windows,
+    plan_training,
+    train_challenger,
+)
 from pipeline.tuning import Budget, Candidate, search
 from pipeline.windows import split_point
 from pipeline.wiring import open_store
@@ -157,3 +166,56 @@ def test_a_tuned_config_rollcast_cannot_use_is_an_invalid_file(tmp_path: Path, t
 
     with pytest.raises(InvalidFileError, match="tuned config"):
         settings_of(StoreSettings(data_dir=tmp_path)).tuned(path)
+
+
+def weekly_store(tmp_path: Path, weeks: int = 8) -> StoreSettings:
+    """A store holding one hourly series whose weekends run at half the weekdays' daily profile:
+    a week of steps forecasts it better than a day."""
+    store = StoreSettings(data_dir=tmp_path)
+    ts = pd.date_range(START, periods=weeks * 7 * 24, freq="1h")
+    load = np.where(ts.day_of_week < 5, 1.0, 0.5) * (2 + np.sin(2 * np.pi * ts.hour / 24))
+    open_store(store).append(pd.DataFrame({"series": "a", "ts": ts, "load": load}))
+    return store
+
+
+def weekly_training(tmp_path: Path, **model: object) -> tuple[TrainingSettings, Tracking]:
+    """Settings of a two-step training on :func:`weekly_store`, and a real MLflow store."""
+    mlflow = MlflowSettings(mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = TrainingSettings.of(
+        Settings(
+            store=weekly_store(tmp_path),
+            mlflow=mlflow,
+            model=ModelSettings(horizon=24, hidden_size=8, **model),
+            train=TrainSettings(max_steps=2, batch_size=16),
+        )
+    )
+    return settings, connect(settings.mlflow, settings.store)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("norm", "model_season"), [("season", 168), ("last", 24)])
+def test_a_norm_season_model_is_trained_and_saved_with_the_chosen_season(
+    tmp_path: Path, norm: str, model_season: int
+) -> None:
+    settings, tracking = weekly_training(tmp_path, norm=norm)
+
+    plan = plan_training(settings, tracking)
+    model = train_challenger(plan, *make_windows(plan)).model
+    saved = load_checkpoint(save_checkpoint(model, tmp_path / "model.pt"))
+
+    assert (plan.season, plan.season_name) == (168, "week")
+    # Only a network that forecasts from the season carries it; "last" keeps the default.
+    assert model.config.season == saved.config.season == model_season
+    assert saved.config == plan.config
+
+
+@pytest.mark.integration
+def test_a_given_season_longer_than_the_lookback_is_refused_for_norm_season(
+    tmp_path: Path,
+) -> None:
+    settings, tracking = weekly_training(tmp_path, norm="season", lookback=96, season=168)
+
+    with pytest.raises(
+        ConfigurationError, match="ROLLCAST_SEASON=168 is longer than the lookback 96"
+    ):
+        plan_training(settings, tracking)

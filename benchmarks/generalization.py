@@ -11,6 +11,8 @@ defaults and no per-dataset settings. Per dataset and horizon it runs:
 * ``lstm_tuned`` (opt-in, ``--models ...,lstm_tuned``: hours on a CPU): an Optuna search
   (``pipeline/tuning.py``) on the validation split, then the best candidate trained with every
   seed and scored on the test split.
+* ``lstm_auto`` (opt-in): the defaults with ``norm="auto"``, the window's last value or the
+  residual over seasonal-naive, whichever validates better (twice the training).
 
 The series ship inside packages on PyPI (``pip install -e '.[bench]'``: pmdarima, statsmodels,
 vega_datasets, pvlib; nothing is downloaded); ETTh1/ETTh2 are read from ``../shared/data``.
@@ -65,7 +67,9 @@ DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "generalization.jsonl"
 SEEDS = (0, 1, 2)
 TUNE_TRIALS = 8
 BASELINES = ("repeat_last", "seasonal_naive")
-MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm", "lstm_tuned")
+MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm", "lstm_tuned", "lstm_auto")
+# Opt-in variants of the LSTM: their backtest model and the shape they change.
+VARIANTS = {"lstm_tuned": ("lstm", {}), "lstm_auto": ("lstm", {"norm": "auto"})}
 DEFAULT_MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm")  # lstm_tuned is opt-in
 LTSF_HORIZONS = (96, 192, 336, 720)
 # Published test MSE (features M) at LTSF_HORIZONS: best of SegRNN, PatchTST/64 and TimeMixer,
@@ -290,8 +294,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     frame, dataset = DATASETS[job["dataset"]].load(), job["dataset"]
     if job["model"] == "search":
         return search_job(frame, dataset, job)
-    model = "lstm" if job["model"] == "lstm_tuned" else job["model"]
-    tuned = job.get("candidate", {"model": {}, "train": {}})
+    model, variant = VARIANTS.get(job["model"], (job["model"], {}))
+    tuned = job.get("candidate", {"model": dict(variant), "train": {}})
     spec = BacktestSpec(
         features="M",
         horizon=job["horizon"],

@@ -48,9 +48,9 @@ from pipeline.evaluate import (
     seasonal_naive,
 )
 from pipeline.forecast import predict
-from pipeline.model import SeedEnsemble, build_forecaster
+from pipeline.model import SeedEnsemble
 from pipeline.recipe import ForecasterConfig, TrainConfig
-from pipeline.train import EvalStats, TrainResult, fit_ensemble
+from pipeline.train import EvalStats, TrainResult, best_val_mse, fit_config
 from pipeline.windows import (
     MAX_VAL_FOLDS,
     VAL_FOLDS,
@@ -536,8 +536,8 @@ def _trained(
     """Train the spec's seeds (:func:`pipeline.train.fit_ensemble`) and forecast ``scored``
     with the one or the mean kept; the first seed's training figures."""
     train_config = _train_config(spec)
-    model = build_forecaster(config, seed=spec.seed)
-    result = fit_ensemble(model, splits.train, splits.val, train_config, spec.ensemble, on_eval)
+    result = fit_config(config, splits.train, splits.val, train_config, spec.ensemble, on_eval)
+    model = result.model
     predictions = predict(result.model, scored.inputs, scored.origins, train_config.batch_size)
     alone = {} if result.ensemble is None else {"mse_first_seed": _first_seed_mse(result, scored)}
     details = {
@@ -551,7 +551,8 @@ def _trained(
         "parameters": sum(p.numel() for p in model.parameters()),
         **({"ensemble": 1} if result.ensemble is None else result.ensemble.figures()),
         **alone,
-        "model_config": config.to_dict(),
+        **({} if result.norms is None else {"norm_val_mse": result.norms}),
+        "model_config": model.config.to_dict(),
         "train_config": {**train_config.__dict__},
     }
     return predictions, details
@@ -561,12 +562,6 @@ def _first_seed_mse(result: TrainResult, scored: WindowSet) -> float:
     """The scored split's MSE of the first seed's network alone, beside an ensemble's."""
     networks = result.model.networks if isinstance(result.model, SeedEnsemble) else [result.model]
     return mse(predict(networks[0], scored.inputs, scored.origins), scored.targets)
-
-
-def best_val_mse(result: TrainResult) -> float:
-    """The validation MSE of the first seed's kept weights (the best validation's)."""
-    kept = [stats.val_mse for stats in result.history if stats.step == result.best_step]
-    return kept[0] if kept else float("nan")
 
 
 def _train_config(spec: BacktestSpec) -> TrainConfig:

@@ -326,8 +326,9 @@ class ModelSettings(RollcastSettings):
     dropout: Annotated[float, Field(ge=0, lt=1)] = SHAPE.dropout
     bidirectional: bool = SHAPE.bidirectional
     # What each window's level is: "season" forecasts the residual over seasonal-naive, of
-    # ROLLCAST_SEASON's period (or the one chosen from the data). DLinear reads no norm.
-    norm: Literal["last", "mean", "none", "season"] = SHAPE.norm  # type: ignore[assignment]
+    # ROLLCAST_SEASON's period (or the one chosen from the data); "auto" trains "last" and
+    # "season" and keeps the better on validation (twice the training). DLinear reads no norm.
+    norm: Literal["last", "mean", "none", "season", "auto"] = SHAPE.norm  # type: ignore[assignment]
     channel_independent: bool = SHAPE.channel_independent
     # Steps per input and output segment; lookback is cut to a multiple of it.
     segment_len: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.segment_len  # the lookback's cap

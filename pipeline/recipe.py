@@ -42,7 +42,9 @@ class ForecasterConfig:
     bidirectional: bool = False
     # "last": subtract the window's last value and add it back; "mean": its mean; "none";
     # "season": subtract the last value, add back the seasonal-naive forecast of ``season``
-    # (the network forecasts the residual over seasonal-naive; StackedLSTMForecaster only).
+    # (the network forecasts the residual over seasonal-naive; StackedLSTMForecaster only);
+    # "auto", before training only: "last" and "season" each trained, the better on
+    # validation kept (pipeline.train.fit_config).
     norm: str = "last"
     channel_independent: bool = True
     segment_len: int = 48  # steps per input/output segment; 1 = step by step
@@ -113,7 +115,7 @@ class ForecasterConfig:
         forecasting the residual over it (``norm="season"``). Elsewhere the season is the
         promotion gate's baseline only."""
         return self.architecture == "seasonal_naive" or (
-            self.architecture == "lstm" and self.norm == "season"
+            self.architecture == "lstm" and self.norm in ("season", "auto")
         )
 
     def with_season(self, season: int) -> ForecasterConfig:

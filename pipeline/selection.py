@@ -20,11 +20,17 @@ from typing import Any
 from pipeline import runs
 from pipeline.evaluate import mse
 from pipeline.forecast import predict
-from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.tracking import Tracking
-from pipeline.train import fit
-from pipeline.training import TrainingSettings, challenger_config, config_windows, load_data
+from pipeline.train import fit_config
+from pipeline.training import (
+    TrainingSettings,
+    challenger_config,
+    config_windows,
+    load_data,
+    plan_season,
+    seasoned,
+)
 from pipeline.training_data import TrainingData
 from pipeline.tuning import Budget, Candidate, Evaluate, SearchResult, search
 from pipeline.windows import channel_scale
@@ -54,6 +60,7 @@ def search_store(settings: TrainingSettings, tracking: Tracking, budget: Budget)
     """Search shapes and training settings on the stored series; write the best as JSON."""
     data = load_data(settings)
     base = challenger_config(settings, data)
+    base = seasoned(base, plan_season(settings, data, base))  # norm "season" reads the data's
     holdout = (settings.train.val_fraction, settings.train.val_folds)
     evaluate = store_objective(data, base, settings.train_config(), holdout)
     logger.info("searching %d trials on %d series (%s)", budget.trials, len(data.series), budget)
@@ -113,8 +120,8 @@ def store_objective(
     def evaluate(candidate: Candidate, on_eval: Any) -> tuple[float, None]:
         config = replace(base, **candidate.model)
         train, val = config_windows(data, config, *holdout)
-        model = build_forecaster(config, seed=training.seed)
-        fit(model, train, val, replace(training, **candidate.train), on_eval=on_eval)
+        trained = fit_config(config, train, val, replace(training, **candidate.train), 1, on_eval)
+        model = trained.model
         return mse(predict(model, val.inputs, val.origins), val.targets, scale), None
 
     return evaluate

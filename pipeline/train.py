@@ -63,6 +63,8 @@ class TrainResult:
     device: str = "cpu"
     samples_per_s: float = 0.0
     ensemble: EnsembleChoice | None = None  # what validation chose of a seed ensemble
+    # norm "auto": each norm tried and its validation MSE (the model has the lower one's)
+    norms: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ SCALE_SAMPLE = 4096
 # Seeds an ``ensemble="auto"`` run trains: enough for the mean to differ from one seed, few
 # enough that the validation check costs three trainings, not more.
 AUTO_MEMBERS = 3
+# What norm "auto" tries, keeping the one with the lower validation MSE: the window's last value,
+# and the residual over seasonal-naive (which wins on strongly seasonal series, loses on ETT).
+AUTO_NORMS = ("last", "season")
 
 
 def fit(
@@ -180,6 +185,52 @@ def fit_ensemble(
         [first.model] + [o.model for o in others], val, config, ensemble
     )
     return replace(first, model=chosen, ensemble=choice)
+
+
+def fit_config(
+    config: ForecasterConfig,
+    train: WindowSet,
+    val: WindowSet,
+    training: TrainConfig,
+    ensemble: int | str = 1,
+    on_eval: Callable[[EvalStats], None] | None = None,
+) -> TrainResult:
+    """:func:`fit_ensemble` a fresh model of ``config`` (seed ``training.seed``); for norm
+    ``"auto"``, one of each of :data:`AUTO_NORMS`, keeping the lower validation MSE (the
+    result's ``norms`` says what each scored). ``on_eval`` sees the first norm's run alone."""
+    norms = AUTO_NORMS if config.norm == "auto" else (config.norm,)
+    results = {
+        norm: fit_ensemble(
+            build_forecaster(replace(config, norm=norm), training.seed),
+            train,
+            val,
+            training,
+            ensemble,
+            on_eval if i == 0 else None,
+        )
+        for i, norm in enumerate(norms)
+    }
+    if len(results) == 1:
+        return results[config.norm]
+    scores = {norm: chosen_val_mse(result) for norm, result in results.items()}
+    best = min(scores, key=lambda norm: scores[norm])
+    logger.info("norm auto: %s (validation MSE %s)", best, scores)
+    return replace(results[best], norms=scores)
+
+
+def chosen_val_mse(result: TrainResult) -> float:
+    """The validation MSE of the model a result keeps: its seed ensemble's choice, else the
+    first seed's best validation."""
+    if result.ensemble is not None:
+        choice = result.ensemble
+        return choice.val_mse_ensemble if choice.members > 1 else choice.val_mse_single
+    return best_val_mse(result)
+
+
+def best_val_mse(result: TrainResult) -> float:
+    """The validation MSE of the first seed's kept weights (the best validation's)."""
+    kept = [stats.val_mse for stats in result.history if stats.step == result.best_step]
+    return kept[0] if kept else float("nan")
 
 
 def choose_ensemble(

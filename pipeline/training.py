@@ -40,11 +40,11 @@ from pipeline.evaluate import (
 )
 from pipeline.files import one_line, read_json_object
 from pipeline.forecast import example_history
-from pipeline.model import CheckpointError, Forecaster, build_forecaster, warm_started
+from pipeline.model import CheckpointError, Forecaster, warm_started
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.store import SeriesStore, StoredRows
 from pipeline.tracking import Tracking
-from pipeline.train import TrainingError, TrainResult, fit_ensemble
+from pipeline.train import TrainingError, TrainResult, fit_config, fit_ensemble
 from pipeline.training_data import TrainingData, prepare_training_data
 from pipeline.windows import (
     SERIES,
@@ -450,10 +450,8 @@ def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> Tr
     """Train from the warm start's weights when there is one, else from a fresh model."""
     logger.info("training on %d windows, validating on %d", len(train), len(val))
     if plan.warm is not None:
-        model = plan.warm.model
-    else:
-        model = build_forecaster(plan.config, seed=plan.train_config.seed)
-    return fit_ensemble(model, train, val, plan.train_config, plan.ensemble)
+        return fit_ensemble(plan.warm.model, train, val, plan.train_config, plan.ensemble)
+    return fit_config(plan.config, train, val, plan.train_config, plan.ensemble)
 
 
 def score_challenger(result: TrainResult, val: WindowSet, plan: TrainingPlan) -> Scorecard:

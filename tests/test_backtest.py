@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +399,16 @@ def test_a_norm_season_lstm_backtests_with_the_season_chosen_from_the_data() -> 
 def test_a_norm_season_lstm_refuses_a_season_longer_than_the_lookback() -> None:
     with pytest.raises(BacktestError, match="season 336 is longer than the lookback 192"):
         run_backtest(weekly_frame(), "weekly", season_spec(season=336))
+
+
+def test_norm_auto_keeps_the_norm_that_validates_better() -> None:
+    # A weekly pattern repeating exactly: the residual over seasonal-naive is zero, so with the
+    # output head near zero after two steps, "season" validates far better than "last".
+    spec = replace(season_spec(), model_overrides={**season_spec().model_overrides, "norm": "auto"})
+    metrics = run_backtest(weekly_frame(), "weekly", spec).metrics
+
+    scores = metrics["norm_val_mse"]
+    assert set(scores) == {"last", "season"}
+    assert metrics["model_config"]["norm"] == min(scores, key=scores.get) == "season"
+    assert metrics["model_config"]["season"] == 168
+    assert metrics["val_mse"] == pytest.approx(scores["season"])

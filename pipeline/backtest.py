@@ -48,7 +48,7 @@ from pipeline.evaluate import (
     seasonal_naive,
 )
 from pipeline.forecast import predict
-from pipeline.model import SeedEnsemble
+from pipeline.model import Forecaster, SeedEnsemble
 from pipeline.recipe import ForecasterConfig, TrainConfig
 from pipeline.train import EvalStats, TrainResult, best_val_mse, fit_config
 from pipeline.windows import (
@@ -548,7 +548,7 @@ def _trained(
         "epochs": round(result.history[-1].epoch, 2),
         "device": result.device,
         "train_samples_per_s": round(result.samples_per_s, 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in _one_network(model).parameters()),
         **({"ensemble": 1} if result.ensemble is None else result.ensemble.figures()),
         **alone,
         **({} if result.norms is None else {"norm_val_mse": result.norms}),
@@ -556,6 +556,11 @@ def _trained(
         "train_config": {**train_config.__dict__},
     }
     return predictions, details
+
+
+def _one_network(model: Forecaster) -> Forecaster:
+    """One network of a kept model: a seed ensemble's first member (its size is one seed's)."""
+    return model.members[0] if isinstance(model, SeedEnsemble) else model  # type: ignore[return-value]
 
 
 def _first_seed_mse(result: TrainResult, scored: WindowSet) -> float:

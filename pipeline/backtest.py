@@ -49,7 +49,7 @@ from pipeline.evaluate import (
 )
 from pipeline.forecast import predict
 from pipeline.model import Forecaster, SeedEnsemble
-from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.recipe import TRAINING_NORM, ForecasterConfig, TrainConfig
 from pipeline.train import EvalStats, TrainResult, best_val_mse, fit_config
 from pipeline.windows import (
     MAX_VAL_FOLDS,
@@ -289,7 +289,7 @@ def spec_config(
 ) -> ForecasterConfig:
     """The model config a spec trains: its shape, the spec's lookback (or the model's default),
     sized to the training rows by the rule training uses (:meth:`ForecasterConfig.fitted`)."""
-    shape = {**spec.model_overrides, "horizon": spec.horizon}
+    shape = {"norm": TRAINING_NORM, **spec.model_overrides, "horizon": spec.horizon}
     if freq:
         shape["freq"] = freq
     if spec.features == "MS" and channels:

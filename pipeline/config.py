@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
 from pipeline.covariates import CalendarError, check_calendar
-from pipeline.recipe import MAX_MEMBERS, ForecasterConfig, TrainConfig
+from pipeline.recipe import MAX_MEMBERS, TRAINING_NORM, ForecasterConfig, TrainConfig
 from pipeline.records import (
     DEFAULT_MAX_JUMP_STEPS,
     DEFAULT_MAX_RECORD_BYTES,
@@ -328,7 +328,7 @@ class ModelSettings(RollcastSettings):
     # What each window's level is: "season" forecasts the residual over seasonal-naive, of
     # ROLLCAST_SEASON's period (or the one chosen from the data); "auto" trains "last" and
     # "season" and keeps the better on validation (twice the training). DLinear reads no norm.
-    norm: Literal["last", "mean", "none", "season", "auto"] = SHAPE.norm  # type: ignore[assignment]
+    norm: Literal["last", "mean", "none", "season", "auto"] = TRAINING_NORM  # type: ignore[assignment]
     channel_independent: bool = SHAPE.channel_independent
     # Steps per input and output segment; lookback is cut to a multiple of it.
     segment_len: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.segment_len  # the lookback's cap

@@ -509,11 +509,12 @@ def _network(config: ForecasterConfig, seed: int | None) -> Network:
 
 
 def warm_started(champion: Forecaster, config: ForecasterConfig) -> Forecaster | None:
-    """A trainable copy of ``champion`` to start a challenger from; None unless its config is
-    ``config`` exactly (same channels, step, shape and options)."""
-    if champion.config != config:
+    """A trainable copy of ``champion`` to start a challenger from; None unless ``config``
+    admits its config (:meth:`ForecasterConfig.admits`: the same channels, step, shape and
+    options, the norm "auto" resolved as the champion's was)."""
+    if not config.admits(champion.config):
         return None
-    model = build_forecaster(config)
+    model = build_forecaster(champion.config)
     model.load_state_dict(champion.state_dict())
     return model
 

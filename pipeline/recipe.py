@@ -14,6 +14,12 @@ from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
 
 # Seeds a seed ensemble may average: past this the mean no longer moves, the cost still does.
 MAX_MEMBERS = 16
+# What norm "auto" tries, keeping the one with the lower validation MSE: the window's last value,
+# and the residual over seasonal-naive (which wins on strongly seasonal series, loses on ETT).
+AUTO_NORMS = ("last", "season")
+# The norm training runs and backtests use when none is set ("auto": both of AUTO_NORMS, twice
+# the training). ForecasterConfig's own default stays "last", a norm a network is built with.
+TRAINING_NORM = "auto"
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,23 @@ class ForecasterConfig:
         return self.architecture == "seasonal_naive" or (
             self.architecture == "lstm" and self.norm in ("season", "auto")
         )
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        """The norms training tries for this config: :data:`AUTO_NORMS` for an LSTM of norm
+        ``"auto"``, else its own (the other architectures read none)."""
+        return AUTO_NORMS if self.norm == "auto" and self.architecture == "lstm" else (self.norm,)
+
+    def admits(self, trained: ForecasterConfig) -> bool:
+        """Whether a model ``trained`` with a config can stand for this one: the same config,
+        or, for norm ``"auto"``, the same with one of the norms it tries (what that model's
+        validation chose). A warm start keeps the champion's choice.
+
+        >>> auto = ForecasterConfig(channels=("x",), norm="auto")
+        >>> auto.admits(replace(auto, norm="season")), auto.admits(replace(auto, norm="mean"))
+        (True, False)
+        """
+        return trained.norm in self.norms and replace(self, norm=trained.norm) == trained
 
     def with_season(self, season: int) -> ForecasterConfig:
         """This config with ``season`` when its network reads one (:attr:`reads_season`),

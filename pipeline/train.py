@@ -102,9 +102,6 @@ SCALE_SAMPLE = 4096
 # Seeds an ``ensemble="auto"`` run trains: enough for the mean to differ from one seed, few
 # enough that the validation check costs three trainings, not more.
 AUTO_MEMBERS = 3
-# What norm "auto" tries, keeping the one with the lower validation MSE: the window's last value,
-# and the residual over seasonal-naive (which wins on strongly seasonal series, loses on ETT).
-AUTO_NORMS = ("last", "season")
 
 
 def fit(
@@ -196,9 +193,10 @@ def fit_config(
     on_eval: Callable[[EvalStats], None] | None = None,
 ) -> TrainResult:
     """:func:`fit_ensemble` a fresh model of ``config`` (seed ``training.seed``); for norm
-    ``"auto"``, one of each of :data:`AUTO_NORMS`, keeping the lower validation MSE (the
-    result's ``norms`` says what each scored). ``on_eval`` sees the first norm's run alone."""
-    norms = AUTO_NORMS if config.norm == "auto" else (config.norm,)
+    ``"auto"``, one of each of its :attr:`~ForecasterConfig.norms`, keeping the lower
+    validation MSE (the result's ``norms`` says what each scored). ``on_eval`` sees the first
+    norm's run alone."""
+    norms = config.norms
     results = {
         norm: fit_ensemble(
             build_forecaster(replace(config, norm=norm), training.seed),

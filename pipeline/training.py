@@ -497,6 +497,7 @@ def log_challenger(
             "season": plan.season,
             "season_name": plan.season_name,
             **ensemble_params(challenger.result),
+            **norm_params(challenger.result),
         },
     )
     logged = runs.log_training_run(tracking, run)
@@ -512,6 +513,12 @@ def ensemble_params(result: TrainResult) -> dict[str, object]:
     figures = result.ensemble.figures()
     figures["ensemble_seeds"] = ",".join(map(str, result.ensemble.seeds))
     return figures
+
+
+def norm_params(result: TrainResult) -> dict[str, object]:
+    """What the run records of a norm "auto" choice: each norm's validation MSE (the model
+    config holds the norm kept); nothing for a single norm."""
+    return {f"norm_val_mse.{norm}": mse for norm, mse in (result.norms or {}).items()}
 
 
 def data_params(plan: TrainingPlan, challenger: Challenger) -> dict[str, object]:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.backtest import BacktestSpec, run_backtest
 from pipeline.config import MlflowSettings, ModelSettings, Settings, TrainSettings
-from pipeline.recipe import ForecasterConfig, TrainConfig
+from pipeline.recipe import AUTO_NORMS, TRAINING_NORM, ForecasterConfig, TrainConfig
 from pipeline.training import FLOW_ONLY, TrainingSettings
 
 SHAPE = ForecasterConfig(channels=())
@@ -28,7 +28,8 @@ def no_rollcast_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_model_settings_default_to_the_forecaster_config() -> None:
     settings = ModelSettings().model_dump(exclude={"season"})
 
-    assert settings == {name: getattr(SHAPE, name) for name in settings}
+    # The norm is the one exception: training's "auto" resolves to one a network is built with.
+    assert settings == {name: getattr(SHAPE, name) for name in settings} | {"norm": TRAINING_NORM}
 
 
 def test_train_settings_give_the_train_configs_defaults() -> None:
@@ -51,8 +52,10 @@ def test_the_backtest_trains_the_same_defaults() -> None:
     metrics = run_backtest(frame, "synthetic", spec).metrics
 
     model, train = metrics["model_config"], metrics["train_config"]
-    for name in ("hidden_size", "num_layers", "dropout", "segment_len", "norm", "decoder", "cell"):
+    for name in ("hidden_size", "num_layers", "dropout", "segment_len", "decoder", "cell"):
         assert model[name] == getattr(SHAPE, name)
+    assert set(metrics["norm_val_mse"]) == set(AUTO_NORMS)  # "auto", as the train flow
+    assert model["norm"] == min(metrics["norm_val_mse"], key=metrics["norm_val_mse"].get)
     # 600 rows: 420 train, a window takes at most half: 210 - 24 = 186, cut to segments of 48.
     assert metrics["lookback"] == 144
     assert (

@@ -22,6 +22,7 @@ from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
 from pipeline.datasets import FleetSpec, frame_to_observations, synthetic_fleet
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import CheckpointError
+from pipeline.recipe import AUTO_NORMS
 from pipeline.records import parse_timestamp
 from pipeline.registry import ContractError, load_champion
 from pipeline.tracking import connect_reader
@@ -327,3 +328,6 @@ def test_a_seed_ensemble_champion_forecasts_the_mean_of_its_seeds(
         MlflowClient(MlflowSettings().mlflow_tracking_uri).get_run(trained["run_id"]).data.params
     )
     assert params["ensemble"] == "2" and params["ensemble_seeds"] == "0,1"
+    # The default norm "auto" trained both norms (each an ensemble) and kept the better one.
+    scores = {norm: float(params[f"norm_val_mse.{norm}"]) for norm in AUTO_NORMS}
+    assert champion.config.norm == min(scores, key=lambda norm: scores[norm])

@@ -349,6 +349,22 @@ def test_a_warm_start_copies_the_champion_only_when_the_config_is_the_same() -> 
     assert warm_started(champion, dataclasses.replace(config, freq="30min")) is None
 
 
+def test_a_warm_start_under_norm_auto_keeps_the_norm_the_champion_chose() -> None:
+    auto = ForecasterConfig(
+        ("load",), lookback=48, horizon=12, hidden_size=16, segment_len=24, norm="auto"
+    ).with_season(24)
+    champion = build_forecaster(dataclasses.replace(auto, norm="season"), seed=1)
+
+    warm = warm_started(champion, auto)
+
+    assert warm is not None and warm.config.norm == "season"
+    history = torch.randn(3, 48, 1)
+    with torch.no_grad():
+        assert torch.equal(warm.eval()(history), champion.eval()(history))
+    mean_champion = build_forecaster(dataclasses.replace(auto, norm="mean"), seed=1)
+    assert warm_started(mean_champion, auto) is None
+
+
 # --- seed ensembles ------------------------------------------------------------------------------
 
 

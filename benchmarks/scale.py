@@ -67,6 +67,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -861,6 +862,7 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rss_imports = rss_mb()
     shape = ModelSettings().model_dump(exclude={"season"})  # the train flow's model settings
     config = ForecasterConfig(channels=(CHANNEL,), **shape)
+    config = replace(config, norm=config.norms[0])  # a served model's norm: "auto" is resolved
     model = LoadedForecaster("scale", "1", build_forecaster(config, seed=0).eval())
     serve, policy = ServeSettings(), RecordSettings().policy()
     max_series = max(serve.max_series, n_series)

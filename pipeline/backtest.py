@@ -338,11 +338,10 @@ def run_backtest(
     check_spec(spec)
     started = time.perf_counter()
     data = prepare_data(frame, dataset, spec)
-    spec = replace(spec, lookback=data.config.lookback)
-    spec = replace(spec, val_folds=spec_folds(spec, data.borders))
-    splits = ltsf_splits(
-        data.values, data.borders, spec.lookback or 0, spec.horizon, data.times, spec.val_folds or 1
-    )
+    folds = spec_folds(spec, data.borders)
+    spec = replace(spec, lookback=data.config.lookback, val_folds=folds)
+    lookback = data.config.lookback
+    splits = ltsf_splits(data.values, data.borders, lookback, spec.horizon, data.times, folds)
     scored = splits.test if spec.split == "test" else splits.val
     require_windows(spec, splits, scored, data)
     if spec.model in NAIVE_MODELS:
@@ -357,7 +356,7 @@ def run_backtest(
         "mse": mse(predictions, targets),
         "mae": mae(predictions, targets),
         "windows": len(scored),
-        "val_blocks": len(val_blocks(data.borders, spec.horizon, spec.val_folds or 1)),
+        "val_blocks": len(val_blocks(data.borders, spec.horizon, folds)),
         **_gap_metrics(spec, data, splits),
         **details,
         "wall_s": round(time.perf_counter() - started, 2),
@@ -443,7 +442,7 @@ def _spec_metrics(spec: BacktestSpec, dataset: str) -> dict[str, Any]:
 
 def _gap_metrics(spec: BacktestSpec, data: BacktestData, splits: Splits) -> dict[str, Any]:
     """The cells missing and filled, and the windows each split lost to longer gaps."""
-    dropped = dropped_windows(data.values.shape, data.borders, spec, splits)
+    dropped = dropped_windows(len(data.values), data.borders, spec, splits)
     return {
         "missing_cells": data.missing_cells,
         "interpolated_cells": data.interpolated_cells,
@@ -454,17 +453,13 @@ def _gap_metrics(spec: BacktestSpec, data: BacktestData, splits: Splits) -> dict
 
 
 def dropped_windows(
-    shape: tuple[int, ...], borders: Borders, spec: BacktestSpec, splits: Splits
+    rows: int, borders: Borders, spec: BacktestSpec, splits: Splits
 ) -> dict[str, int]:
-    """Per split, the stride-1 windows :func:`ltsf_splits` would give values of ``shape``
-    without gaps, less those it gave (the ones that touch a gap over ``max_gap``)."""
+    """Per split, the stride-1 windows :func:`ltsf_splits` would give ``rows`` rows without
+    gaps, less those it gave (the ones that touch a gap over ``max_gap``)."""
+    folds, lookback = spec.val_folds or 1, spec.lookback or 0
     whole = ltsf_splits(
-        np.zeros(shape, np.float32),
-        borders,
-        spec.lookback or 0,
-        spec.horizon,
-        None,
-        spec.val_folds or 1,
+        np.zeros((rows, 1), np.float32), borders, lookback, spec.horizon, None, folds
     )
     return {
         name: len(getattr(whole, name)) - len(getattr(splits, name))

@@ -7,12 +7,15 @@ defaults and no per-dataset settings. Per dataset and horizon it runs:
 * ``repeat_last`` and ``seasonal_naive``: the backtest's own seasonal naive, whose period the
   backtest chooses from the data (reported as "best seasonal-naive", with its period);
 * ``dlinear`` with its paper's recipe (``--seeds``, default 0, 1, 2);
-* ``lstm``: Rollcast's defaults (``--seeds``);
+* ``lstm``: Rollcast's defaults (``--seeds``); since issue 21 they include ``norm="auto"``:
+  the window's last value or the residual over seasonal-naive, whichever validates better
+  (twice the training);
 * ``lstm_tuned`` (opt-in, ``--models ...,lstm_tuned``: hours on a CPU): an Optuna search
   (``pipeline/tuning.py``) on the validation split, then the best candidate trained with every
   seed and scored on the test split.
-* ``lstm_auto`` (opt-in): the defaults with ``norm="auto"``, the window's last value or the
-  residual over seasonal-naive, whichever validates better (twice the training).
+* ``lstm_last`` (opt-in): the defaults with ``norm="last"``, the defaults before issue 21 (rows
+  of ``lstm`` recorded before then are read as ``lstm_last``, and those of the opt-in
+  ``lstm_auto`` variant, which ran today's defaults, as ``lstm``: ``labelled_rows``).
 
 The series ship inside packages on PyPI (``pip install -e '.[bench]'``: pmdarima, statsmodels,
 vega_datasets, pvlib; nothing is downloaded); ETTh1/ETTh2 are read from ``../shared/data``.
@@ -67,9 +70,9 @@ DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "generalization.jsonl"
 SEEDS = (0, 1, 2)
 TUNE_TRIALS = 8
 BASELINES = ("repeat_last", "seasonal_naive")
-MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm", "lstm_tuned", "lstm_auto")
+MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm_last", "lstm", "lstm_tuned")
 # Opt-in variants of the LSTM: their backtest model and the shape they change.
-VARIANTS = {"lstm_tuned": ("lstm", {}), "lstm_auto": ("lstm", {"norm": "auto"})}
+VARIANTS = {"lstm_tuned": ("lstm", {}), "lstm_last": ("lstm", {"norm": "last"})}
 DEFAULT_MODELS = ("repeat_last", "seasonal_naive", "dlinear", "lstm")  # lstm_tuned is opt-in
 LTSF_HORIZONS = (96, 192, 336, 720)
 # Published test MSE (features M) at LTSF_HORIZONS: best of SegRNN, PatchTST/64 and TimeMixer,
@@ -404,6 +407,21 @@ def reused_rows(
     }
 
 
+def labelled_rows(path: Path) -> list[dict[str, Any]]:
+    """The results' rows, named by what they ran: ``lstm`` rows without ``norm_val_mse`` ran
+    the defaults before norm "auto" became one (issue 21), so they are ``lstm_last``; rows of
+    the old opt-in ``lstm_auto`` ran today's defaults, so they are ``lstm``."""
+    return [{**row, "model": _norm_label(row)} for row in read_figures(path)]
+
+
+def _norm_label(row: dict[str, Any]) -> str:
+    if row["model"] == "lstm_auto":
+        return "lstm"
+    if row["model"] == "lstm" and "norm_val_mse" not in row:
+        return "lstm_last"
+    return str(row["model"])
+
+
 def key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["dataset"], row["model"], row["horizon"], row["seed"])
 
@@ -491,8 +509,8 @@ def plan(
 
 def run(args: argparse.Namespace) -> None:
     """Run the plan until nothing is left (searches first unlock the tuned runs)."""
-    stale = len(read_figures(args.results)) if args.rerun_baselines else 0
-    while jobs := plan(args, same_run(read_figures(args.results), *_run_of(args)), stale):
+    stale = len(labelled_rows(args.results)) if args.rerun_baselines else 0
+    while jobs := plan(args, same_run(labelled_rows(args.results), *_run_of(args)), stale):
         logger.info("%d jobs to run", len(jobs))
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(run_job, dict(job)): job for job in jobs}
@@ -656,7 +674,7 @@ def main() -> None:
         print(describe(args.datasets))
         return
     if args.report:
-        rows = read_figures(args.results)
+        rows = labelled_rows(args.results)
         print(report(rows, args.datasets, args.horizons, *_run_of(args)))
         return
     run(args)

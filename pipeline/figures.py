@@ -7,6 +7,7 @@ them. Each function returns a new figure; the caller closes it.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -40,7 +41,9 @@ def loss_figure(result: TrainResult) -> plt.Figure:
     ax.plot(steps, [s.train_loss for s in result.history], label="train")
     ax.plot(steps, [s.val_loss for s in result.history], label="validation")
     ax.axvline(result.best_step, color="grey", linestyle=":", label="best validation")
-    ax.set(xlabel="optimizer step", ylabel="loss (scaled)", yscale="log", title="Training loss")
+    losses = [v for s in result.history for v in (s.train_loss, s.val_loss) if math.isfinite(v)]
+    scale = "log" if losses and min(losses) > 0 else "linear"  # a perfect fit's zero loss
+    ax.set(xlabel="optimizer step", ylabel="loss (scaled)", yscale=scale, title="Training loss")
     ax.legend()
     fig.tight_layout()
     return fig

@@ -241,6 +241,9 @@ class StackedLSTMForecaster(ForecasterModule):
         per_step = width // config.segment_len  # 1, or C when channels are mixed
         out_width = width if config.decoder == "pmf" else config.horizon * per_step
         self.head = nn.Linear(hidden, out_width)
+        if config.norm == "season":  # a zero residual: the untrained model is seasonal-naive
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def fit_scale(self, inputs: torch.Tensor) -> None:
         """Set the per-channel scale from training values ``(..., C)``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -317,6 +318,7 @@ def _history(result: TrainResult) -> list[Metric]:
             ("val_loss", stats.val_loss),
             ("learning_rate", stats.learning_rate),
         )
+        if math.isfinite(value)  # the start's train_loss: no step taken yet
     ]
 
 

@@ -261,7 +261,8 @@ def _train(
     config: TrainConfig,
     on_eval: Callable[[EvalStats], None] | None,
 ) -> TrainResult:
-    """The step loop: validate every ``eval_every`` steps, keep the best, stop when stale."""
+    """The step loop: validate the starting weights and then every ``eval_every`` steps, keep
+    the best, stop when stale."""
     device = train_on.starts.device
     plan = StepPlan.of(len(train_on), config)
     result, best = TrainResult(model=model, device=str(device)), BestWeights(model)
@@ -269,6 +270,12 @@ def _train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
+    start = _validate(model, val_on, config, (0, 0.0, config.learning_rate), [], tic)
+    result.history.append(start)
+    best.stale_after(start)  # a start training never beats is kept: a warm start's, seasonal-naive
+    logger.info("step 0/%d  val %.4f  (the starting weights)", plan.total, start.val_loss)
+    if on_eval is not None:
+        on_eval(start)
     for step, loss in _optimizer_steps(model, optimizer, train_on, config, plan):
         losses.append(loss)
         out_of_time = _past(started, config.time_limit_s)
@@ -317,7 +324,8 @@ def _validate(
     val_loss, val_mse = evaluate_loss(model, val, config.batch_size)
     step, epoch, rate = at
     seconds = time.perf_counter() - since
-    return EvalStats(step, epoch, float(np.mean(train_losses)), val_loss, val_mse, seconds, rate)
+    train_loss = float(np.mean(train_losses)) if train_losses else math.nan  # nan: no step yet
+    return EvalStats(step, epoch, train_loss, val_loss, val_mse, seconds, rate)
 
 
 def _optimizer_steps(

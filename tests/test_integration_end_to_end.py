@@ -92,8 +92,8 @@ def _assert_mlflow_holds_the_run_and_champion(trained: dict) -> None:
     assert run.data.params["model.lookback"] == str(LOOKBACK)
     assert "val_mse" in run.data.metrics and "val_seasonal_naive_mse" in run.data.metrics
     losses = client.get_metric_history(run.info.run_id, "val_loss")
-    # A validation every 25 optimizer steps, and one at the end of the budget.
-    assert [m.step for m in losses] == [25, 40] == [*range(25, trained["steps"], 25), 40]
+    # The starting weights', a validation every 25 optimizer steps, one at the budget's end.
+    assert [m.step for m in losses] == [0, 25, 40] == [*range(0, trained["steps"], 25), 40]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/loss.png", "plots/validation_forecast.png"}
     champion = client.get_model_version_by_alias(settings.model_name, "champion")

@@ -105,7 +105,7 @@ def test_the_train_flow_searches_first_when_asked(
 def test_a_capped_candidate_stops_at_once_and_the_defaults_stay_best(
     small_search: None, prefect_api: None
 ) -> None:
-    # A cap no candidate can meet: the second trial validates after one step and stops there.
+    # A cap no candidate can meet: the second trial stops at the starting weights' validation.
     tuned = tune_flow(trials=2, trial_timeout_s=1e-9)
 
     client = MlflowClient(MlflowSettings().mlflow_tracking_uri)
@@ -117,5 +117,5 @@ def test_a_capped_candidate_stops_at_once_and_the_defaults_stay_best(
     states = [child.data.tags["rollcast.trial_state"] for child in children]
     assert states == ["complete", "capped"]
     capped = client.get_metric_history(children[1].info.run_id, "val_mse")
-    assert [m.step for m in capped] == [1]
+    assert [m.step for m in capped] == [0]  # no optimizer step was taken past the cap
     assert tuned["best"]["lookback"] == 48  # the defaults (ROLLCAST_LOOKBACK) won

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,8 +98,10 @@ def trained(windows: tuple[WindowSet, WindowSet]) -> TrainResult:
 
 
 def test_training_loss_falls(trained: TrainResult) -> None:
-    losses = [stats.train_loss for stats in trained.history]
+    start, *later = trained.history
+    losses = [stats.train_loss for stats in later]
 
+    assert (start.step, math.isnan(start.train_loss)) == (0, True)  # validated before any step
     assert len(losses) == 6
     # At this rate the loss wanders once it is low (the last pass can be worse than the best,
     # by CPU kernels), so the test is that training reached well below where it began.
@@ -158,7 +161,7 @@ def test_fit_reports_each_validation(windows: tuple[WindowSet, WindowSet]) -> No
     result = fit(tiny_model(), train, val, config, on_eval=reported.append)
 
     assert reported == result.history
-    assert [stats.step for stats in reported] == [10, 20, 25]  # the budget's end is validated
+    assert [stats.step for stats in reported] == [0, 10, 20, 25]  # the start, the budget's end
     assert reported[-1].epoch == pytest.approx(25 / STEPS_PER_PASS)
     assert result.steps == 25
     assert result.device == "cpu"
@@ -188,9 +191,9 @@ def test_each_validation_reports_the_rate_its_schedule_gave(
 
     rates = [stats.learning_rate for stats in result.history]
     if schedule == "constant":
-        assert rates == [config.learning_rate] * 4
-    else:  # annealed over the budget: a quarter of the way, half, three quarters, zero
-        expected = [config.learning_rate * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)]
+        assert rates == [config.learning_rate] * 5
+    else:  # annealed over the budget: from the start, a quarter of the way, ..., zero
+        expected = [config.learning_rate * (1 + np.cos(np.pi * k / 4)) / 2 for k in range(5)]
         np.testing.assert_allclose(rates, expected, atol=1e-12)
 
 
@@ -200,7 +203,7 @@ def test_max_epochs_caps_the_budget(windows: tuple[WindowSet, WindowSet]) -> Non
     result = fit(tiny_model(), train, val, train_config(max_steps=1000, max_epochs=2))
 
     assert result.steps == 2 * STEPS_PER_PASS
-    assert [stats.step for stats in result.history] == [STEPS_PER_PASS, 2 * STEPS_PER_PASS]
+    assert [stats.step for stats in result.history] == [0, STEPS_PER_PASS, 2 * STEPS_PER_PASS]
 
 
 def test_each_validation_reports_mse_whatever_the_training_loss(
@@ -220,7 +223,7 @@ def test_each_validation_reports_mse_whatever_the_training_loss(
 def test_early_stopping_when_validation_cannot_improve(
     windows: tuple[WindowSet, WindowSet], patience: int
 ) -> None:
-    # With a zero learning rate the weights never move, so the first validation stays the best.
+    # With a zero learning rate the weights never move, so the start's validation stays the best.
     train, val = windows
     model = tiny_model()
     # The scale buffer is set from the data at the start of fit; the weights are what must not move.
@@ -230,7 +233,7 @@ def test_early_stopping_when_validation_cannot_improve(
     result = fit(model, train, val, config)
 
     assert len(result.history) == 1 + patience
-    assert result.best_step == STEPS_PER_PASS
+    assert result.best_step == 0
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -244,8 +247,9 @@ def test_a_time_limit_ends_training_with_a_validation_between_the_scheduled_ones
     result = fit(tiny_model(), train, val, config)
 
     assert result.steps == 1  # not the first scheduled validation at STEPS_PER_PASS
-    assert [stats.step for stats in result.history] == [1]
-    assert result.best_step == 1
+    assert [stats.step for stats in result.history] == [0, 1]
+    best = min(result.history, key=lambda stats: stats.val_loss)
+    assert result.best_step == best.step
 
 
 def test_seeded_runs_are_reproducible(windows: tuple[WindowSet, WindowSet]) -> None:

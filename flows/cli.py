@@ -325,6 +325,20 @@ def add_model_commands(commands: Commands) -> None:
         "--max-gap", type=int, help="interpolate gaps of up to this many steps (default 3)"
     )
     backtest.add_argument(
+        "--levels",
+        type=_levels,
+        default=None,
+        help="interval coverage levels, comma-separated (default 0.8,0.95); intervals.npz holds "
+        "their bounds",
+    )
+    backtest.add_argument(
+        "--interval-gain",
+        type=float,
+        default=None,
+        help="the intervals' online adaptation step, a share of the calibrated half-width "
+        "(default 0.05; 0: split conformal alone)",
+    )
+    backtest.add_argument(
         "--calendar",
         action="store_true",
         help="give the LSTM the calendar features of its lookback and horizon",
@@ -678,14 +692,27 @@ def cmd_backtest(args: argparse.Namespace) -> None:
         ensemble=args.ensemble,
         val_folds=args.val_folds,
         **({} if args.max_gap is None else {"max_gap": args.max_gap}),
+        **({} if args.levels is None else {"levels": args.levels}),
+        **({} if args.interval_gain is None else {"interval_gain": args.interval_gain}),
     )
     result = run_backtest(load_ltsf_csv(args.data), args.data.stem, spec)
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "predictions.npy", result.predictions)
+    if result.intervals is not None:
+        bounds = result.intervals
+        np.savez(args.out / "intervals.npz", levels=bounds.levels, lo=bounds.lo, hi=bounds.hi)
     (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     if tracked is not None:
         _log_backtest(settings, tracked, result.metrics, args.out)
     print(json.dumps({k: result.metrics[k] for k in ("mse", "mae", "lookback", "horizon")}))
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    """``--levels``: comma-separated coverage levels (the backtest checks each is in (0, 1))."""
+    try:
+        return tuple(float(level) for level in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels such as 0.8,0.95, not {text!r}") from None
 
 
 def _fold_count(text: str) -> int:

@@ -48,6 +48,16 @@ from pipeline.evaluate import (
     seasonal_naive,
 )
 from pipeline.forecast import predict
+from pipeline.intervals import (
+    DEFAULT_GAIN,
+    DEFAULT_LEVELS,
+    IntervalError,
+    calibrate,
+    check_gain,
+    check_levels,
+    interval_metrics,
+    replay,
+)
 from pipeline.model import Forecaster, SeedEnsemble
 from pipeline.recipe import TRAINING_NORM, ForecasterConfig, TrainConfig
 from pipeline.train import EvalStats, TrainResult, best_val_mse, fit_config
@@ -254,6 +264,17 @@ class BacktestSpec:
     val_folds: int | None = None  # validation blocks (spec_folds); None: the file's default
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    levels: tuple[float, ...] = DEFAULT_LEVELS  # interval coverage levels (pipeline.intervals)
+    interval_gain: float = DEFAULT_GAIN  # the online adaptation's step (0: split conformal only)
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """The bounds serve would have published around the scored split's forecasts."""
+
+    levels: tuple[float, ...]
+    lo: np.ndarray  # (L, N, H, C), normalized like the predictions
+    hi: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -262,6 +283,7 @@ class BacktestResult:
     targets: np.ndarray  # (N, H, C), the same windows' actual values
     first_targets: np.ndarray  # (N,) the row of each window's first target
     metrics: dict[str, Any]
+    intervals: Intervals | None = None
 
 
 # The DLinear paper's ETTh recipe, a baseline's own: L=336, Adam at lr 0.005 halved every pass,
@@ -345,12 +367,13 @@ def run_backtest(
     scored = splits.test if spec.split == "test" else splits.val
     require_windows(spec, splits, scored, data)
     if spec.model in NAIVE_MODELS:
-        predictions, details = _naive(spec, data, scored)
+        forecast, details = _naive(spec, data)
     else:
         config, season = trained_config(spec, data)
-        predictions, details = _trained(spec, config, splits, scored, on_eval)
+        forecast, details = _trained(spec, config, splits, on_eval)
         details.update(season)
-    targets = scored.targets
+    predictions, targets = forecast(scored), scored.targets
+    intervals, interval_figures = _intervals(spec, forecast, splits.val, scored, predictions)
     metrics = {
         **_spec_metrics(spec, dataset),
         "mse": mse(predictions, targets),
@@ -358,10 +381,36 @@ def run_backtest(
         "windows": len(scored),
         "val_blocks": len(val_blocks(data.borders, spec.horizon, folds)),
         **_gap_metrics(spec, data, splits),
+        **interval_figures,
         **details,
         "wall_s": round(time.perf_counter() - started, 2),
     }
-    return BacktestResult(predictions, targets, scored.starts + data.config.lookback, metrics)
+    first_targets = scored.starts + data.config.lookback
+    return BacktestResult(predictions, targets, first_targets, metrics, intervals)
+
+
+def _intervals(
+    spec: BacktestSpec,
+    forecast: Callable[[WindowSet], np.ndarray],
+    val: WindowSet,
+    scored: WindowSet,
+    predictions: np.ndarray,
+) -> tuple[Intervals, dict[str, Any]]:
+    """Intervals around ``predictions``: calibrated on the validation windows' forecasts
+    (split conformal), then adapted as the scored split's actuals arrive in stream order
+    (:func:`pipeline.intervals.replay`); the metrics of both."""
+    calibration = calibrate(forecast(val), val.targets, spec.levels)
+    offline = calibration.bounds(predictions)
+    origins = scored.starts + scored.lookback - 1
+    lo, hi = replay(predictions, scored.targets, origins, calibration, spec.interval_gain)
+    levels, targets = calibration.levels, scored.targets
+    figures = {
+        "interval_levels": list(levels),
+        "interval_gain": spec.interval_gain,
+        **interval_metrics(lo, hi, targets, levels),
+        **interval_metrics(*offline, targets, levels, suffix=".offline"),
+    }
+    return Intervals(levels, lo, hi), figures
 
 
 def check_spec(spec: BacktestSpec) -> None:
@@ -374,6 +423,11 @@ def check_spec(spec: BacktestSpec) -> None:
         )
     if spec.val_folds is not None and not 1 <= spec.val_folds <= MAX_VAL_FOLDS:
         raise BacktestError(f"val_folds must be from 1 to {MAX_VAL_FOLDS}, not {spec.val_folds!r}")
+    try:
+        check_levels(spec.levels)
+        check_gain(spec.interval_gain)
+    except IntervalError as err:
+        raise BacktestError(str(err)) from err
 
 
 def prepare_data(frame: pd.DataFrame, dataset: str, spec: BacktestSpec) -> BacktestData:
@@ -505,17 +559,19 @@ def trained_config(
     return data.config.with_season(choice.period), choice.as_metrics()
 
 
-def _naive(
-    spec: BacktestSpec, data: BacktestData, scored: WindowSet
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A naive model's forecasts of ``scored`` and what its metrics record."""
+Forecast = Callable[[WindowSet], np.ndarray]  # windows -> their forecasts (N, H, C)
+
+
+def _naive(spec: BacktestSpec, data: BacktestData) -> tuple[Forecast, dict[str, Any]]:
+    """A naive model's forecasts of any windows, and what its metrics record."""
     details: dict[str, Any] = {"steps": 0, "device": "cpu", "ensemble": 1}
+    horizon = spec.horizon
     if spec.model == "repeat_last":
         details["model_config"] = {"architecture": spec.model}
-        return repeat_last(scored.inputs, spec.horizon), details
+        return lambda windows: repeat_last(windows.inputs, horizon), details
     choice = backtest_season(spec, data)
     details["model_config"] = {"architecture": spec.model, "season": choice.period}
-    return seasonal_naive(scored.inputs, spec.horizon, choice.period), {
+    return lambda windows: seasonal_naive(windows.inputs, horizon, choice.period), {
         **details,
         **choice.as_metrics(),
     }
@@ -525,15 +581,18 @@ def _trained(
     spec: BacktestSpec,
     config: ForecasterConfig,
     splits: Splits,
-    scored: WindowSet,
     on_eval: Callable[[EvalStats], None] | None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Train the spec's seeds (:func:`pipeline.train.fit_ensemble`) and forecast ``scored``
-    with the one or the mean kept; the first seed's training figures."""
+) -> tuple[Forecast, dict[str, Any]]:
+    """Train the spec's seeds (:func:`pipeline.train.fit_ensemble`); the forecasts of the one
+    or the mean kept, and the first seed's training figures."""
     train_config = _train_config(spec)
     result = fit_config(config, splits.train, splits.val, train_config, spec.ensemble, on_eval)
     model = result.model
-    predictions = predict(result.model, scored.inputs, scored.origins, train_config.batch_size)
+    scored = splits.test if spec.split == "test" else splits.val
+
+    def forecast(windows: WindowSet) -> np.ndarray:
+        return predict(model, windows.inputs, windows.origins, train_config.batch_size)
+
     alone = {} if result.ensemble is None else {"mse_first_seed": _first_seed_mse(result, scored)}
     details = {
         "val_loss": result.best_val_loss,
@@ -550,7 +609,7 @@ def _trained(
         "model_config": model.config.to_dict(),
         "train_config": {**train_config.__dict__},
     }
-    return predictions, details
+    return forecast, details
 
 
 def _one_network(model: Forecaster) -> Forecaster:

@@ -174,6 +174,38 @@ def test_backtest_command_writes_predictions_and_metrics(tmp_path: Path) -> None
     for key in ("mse", "mae", "lookback", "horizon", "features", "model_config", "steps"):
         assert key in metrics
     assert metrics["wall_s"] > 0 and metrics["device"] == "cpu"
+    intervals = np.load(out / "intervals.npz")
+    assert intervals["levels"].tolist() == [0.8, 0.95]
+    assert intervals["lo"].shape == intervals["hi"].shape == (2, *predictions.shape)
+    assert (intervals["lo"] <= predictions).all() and (predictions <= intervals["hi"]).all()
+    for key in ("coverage.0.8", "width.0.95", "winkler.0.8", "pinball", "coverage.0.95.offline"):
+        assert np.isfinite(metrics[key]), key
+
+
+def test_intervals_cover_the_test_split_at_their_levels_online_and_offline() -> None:
+    # Seasonal-naive on a daily cycle in white noise: its errors are as wide in test as in
+    # validation, so both the split-conformal and the adapted bands hold their levels.
+    rng, t = np.random.default_rng(3), np.arange(6000)
+    frame = pd.DataFrame({"x": np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.3, len(t))})
+    spec = BacktestSpec(model="seasonal_naive", lookback=96, horizon=24, levels=(0.8, 0.95))
+
+    result = run_backtest(frame, "synthetic", spec)
+
+    metrics = result.metrics
+    for level in ("0.8", "0.95"):
+        nominal = float(level)
+        assert metrics[f"coverage.{level}"] == pytest.approx(nominal, abs=0.03)
+        assert metrics[f"coverage.{level}.offline"] == pytest.approx(nominal, abs=0.03)
+    assert metrics["width.0.95"] > metrics["width.0.8"] > 0
+    assert result.intervals is not None and result.intervals.lo.shape[:2] == (2, 1177)
+
+
+@pytest.mark.parametrize(
+    "change", [{"levels": (1.2,)}, {"levels": ()}, {"interval_gain": -0.1}], ids=str
+)
+def test_interval_settings_out_of_range_are_refused(change: dict) -> None:
+    with pytest.raises(BacktestError, match="interval"):
+        run_backtest(small_frame(), "slice", replace(BacktestSpec(lookback=4, horizon=2), **change))
 
 
 def test_backtest_is_logged_to_mlflow_when_a_tracking_uri_is_set(
@@ -198,7 +230,7 @@ def test_backtest_is_logged_to_mlflow_when_a_tracking_uri_is_set(
     assert run.data.metrics["mse"] == pytest.approx(metrics["mse"])
     assert run.data.params["model"] == "repeat_last"
     files = {a.path for a in client.list_artifacts(run.info.run_id, "backtest")}
-    assert files == {"backtest/metrics.json", "backtest/predictions.npy"}
+    assert files == {"backtest/metrics.json", "backtest/predictions.npy", "backtest/intervals.npz"}
 
 
 @pytest.mark.parametrize(("freq", "season"), [("h", 24), ("30min", 48), ("D", 7)])

@@ -23,6 +23,7 @@ CORE = (
     "train",
     "forecast",
     "evaluate",
+    "intervals",
     "backtest",
     "stats",
     "training_data",

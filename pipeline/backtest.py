@@ -57,6 +57,7 @@ from pipeline.intervals import (
     check_levels,
     interval_metrics,
     replay,
+    spread,
 )
 from pipeline.model import Forecaster, SeedEnsemble
 from pipeline.recipe import TRAINING_NORM, ForecasterConfig, TrainConfig
@@ -399,10 +400,11 @@ def _intervals(
     """Intervals around ``predictions``: calibrated on the validation windows' forecasts
     (split conformal), then adapted as the scored split's actuals arrive in stream order
     (:func:`pipeline.intervals.replay`); the metrics of both."""
-    calibration = calibrate(forecast(val), val.targets, spec.levels)
-    offline = calibration.bounds(predictions)
+    calibration = calibrate(forecast(val), val.targets, spread(val.inputs), spec.levels)
+    spreads = spread(scored.inputs)
+    offline = calibration.bounds(predictions, spreads)
     origins = scored.starts + scored.lookback - 1
-    lo, hi = replay(predictions, scored.targets, origins, calibration, spec.interval_gain)
+    lo, hi = replay(predictions, scored.targets, spreads, origins, calibration, spec.interval_gain)
     levels, targets = calibration.levels, scored.targets
     figures = {
         "interval_levels": list(levels),

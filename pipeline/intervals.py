@@ -1,11 +1,14 @@
 """Prediction intervals around point forecasts: calibrated offline, kept calibrated online.
 
 **Offline** (:func:`calibrate`): split conformal prediction per horizon step and channel. The
-absolute errors of the validation windows' forecasts are the conformity scores; the radius of
-level ``l`` is their ``ceil((n + 1) l) / n`` empirical quantile, so that on exchangeable data
-an interval ``point ± radius`` covers at least ``l`` of new values (Vovk, Gammerman & Shafer
-2005; Lei et al. 2018). One radius per step: a 24-steps-ahead forecast gets a wider interval
-than the next step's.
+conformity score of a validation forecast is its absolute error over its window's
+:func:`spread` (the mean absolute step-to-step change of its lookback), so one global model's
+intervals are as wide as each series' own movement, whatever its scale (normalized conformal
+scores: Papadopoulos et al. 2008; Lei et al. 2018). The radius of level ``l`` is the scores'
+``ceil((n + 1) l) / n`` empirical quantile, so that on exchangeable data an interval
+``point ± radius * spread`` covers at least ``l`` of new values (Vovk, Gammerman & Shafer
+2005). One radius per step: a 24-steps-ahead forecast gets a wider interval than the next
+step's.
 
 **Online** (:class:`OnlineRadius`): each radius tracks the misses it sees as the actuals arrive,
 ``radius += gain * calibrated * (miss - (1 - l))``: quantile tracking, the proportional part of
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -36,8 +38,26 @@ DEFAULT_LEVELS = (0.8, 0.95)
 DEFAULT_GAIN = 0.05
 
 
+# A window's spread is at least this share of its mean absolute level (and at least
+# MIN_SPREAD), so a flat lookback still gets an interval the online step can widen.
+FLAT_SPREAD = 1e-3
+MIN_SPREAD = 1e-6
+
+
 class IntervalError(ValueError):
     """Levels, a gain or a calibration that cannot give intervals; the message says which."""
+
+
+def spread(inputs: np.ndarray) -> np.ndarray:
+    """``(N, 1, C)``: each window's mean absolute change from step to step over its lookback
+    ``(N, L, C)`` (NaNs left out), the unit its interval's radius is in.
+
+    >>> spread(np.array([[[0.0], [2.0], [1.0]]]))[0, 0].tolist()
+    [1.5]
+    """
+    change = np.nanmean(np.abs(np.diff(inputs, axis=1)), axis=1, keepdims=True)
+    level = np.nanmean(np.abs(inputs), axis=1, keepdims=True)
+    return np.maximum(np.nan_to_num(change), np.maximum(FLAT_SPREAD * level, MIN_SPREAD))
 
 
 def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
@@ -66,49 +86,34 @@ def check_gain(gain: float) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per level, horizon step and channel, the half-width of the interval around a forecast."""
+    """Per level, horizon step and channel, the interval's half-width in window spreads."""
 
     levels: tuple[float, ...]
-    radius: np.ndarray  # (L, H, C), in the forecasts' units
+    radius: np.ndarray  # (L, H, C), in units of each window's spread
     windows: int  # validation windows it was calibrated on
 
-    def bounds(self, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The lower and upper bounds ``(L, N, H, C)`` around forecasts ``(N, H, C)``."""
-        radius = self.radius[:, None]
-        return point[None] - radius, point[None] + radius
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "levels": list(self.levels),
-            "radius": self.radius.tolist(),
-            "windows": self.windows,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        levels = check_levels(tuple(data["levels"]))
-        radius = np.asarray(data["radius"], dtype=np.float64)
-        if radius.ndim != 3 or len(radius) != len(levels) or not np.isfinite(radius).all():
-            raise IntervalError(
-                f"a calibration needs finite radii (levels, H, C), got {radius.shape}"
-            )
-        return cls(levels, radius, int(data["windows"]))
+    def bounds(self, point: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lower and upper bounds ``(L, N, H, C)`` around forecasts ``(N, H, C)`` of
+        windows of ``spreads`` ``(N, 1, C)``."""
+        half = self.radius[:, None] * spreads[None]
+        return point[None] - half, point[None] + half
 
 
 def calibrate(
-    predictions: np.ndarray, targets: np.ndarray, levels: tuple[float, ...]
+    predictions: np.ndarray, targets: np.ndarray, spreads: np.ndarray, levels: tuple[float, ...]
 ) -> Calibration:
-    """Split-conformal radii from validation forecasts and actuals ``(N, H, C)``.
+    """Split-conformal radii from validation forecasts and actuals ``(N, H, C)`` of windows
+    of ``spreads`` ``(N, 1, C)``.
 
     NaN actuals are left out. With fewer windows than a level needs (``ceil((n + 1) l) > n``)
-    the largest error is the radius, and the interval may cover less than ``l``.
+    the largest score is the radius, and the interval may cover less than ``l``.
 
     >>> preds, actual = np.zeros((9, 1, 1)), np.arange(1.0, 10.0).reshape(9, 1, 1)
-    >>> calibrate(preds, actual, (0.5, 0.8)).radius[:, 0, 0].tolist()
+    >>> calibrate(preds, actual, np.ones((9, 1, 1)), (0.5, 0.8)).radius[:, 0, 0].tolist()
     [5.0, 8.0]
     """
     levels = check_levels(levels)
-    scores = np.abs(targets - predictions)  # (N, H, C)
+    scores = np.abs(targets - predictions) / spreads  # (N, H, C)
     n = np.sum(~np.isnan(scores), axis=0)  # (H, C)
     if not n.all():
         raise IntervalError("no validation value to calibrate some horizon step on")
@@ -150,14 +155,16 @@ class OnlineRadius:
 def replay(
     predictions: np.ndarray,
     targets: np.ndarray,
+    spreads: np.ndarray,
     origins: np.ndarray,
     calibration: Calibration,
     gain: float = DEFAULT_GAIN,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The bounds ``(L, N, H, C)`` a stream would have published for windows ``(N, H, C)``
-    issued at ``origins`` (N,) (the step index of each window's last input, ascending), with
-    the radii adapted online: window ``j``'s step ``h`` (0-based) is observed at step
-    ``origins[j] + h + 1``, and counts for every window issued then or later."""
+    """The bounds ``(L, N, H, C)`` a stream would have published for forecasts ``(N, H, C)``
+    of windows of ``spreads`` ``(N, 1, C)`` issued at ``origins`` (N,) (the step index of each
+    window's last input, ascending), with the radii adapted online: window ``j``'s step ``h``
+    (0-based) is observed at step ``origins[j] + h + 1``, and counts for every window issued
+    then or later."""
     horizon = predictions.shape[1]
     online = OnlineRadius(calibration, gain)
     lo = np.empty((len(calibration.levels), *predictions.shape))
@@ -172,8 +179,9 @@ def replay(
             actual = targets[windows, steps]  # (K, C)
             missed = (actual < lo[:, windows, steps]) | (actual > hi[:, windows, steps])
             online.observe(steps, missed & ~np.isnan(actual))
-        lo[:, i] = predictions[i] - online.radius
-        hi[:, i] = predictions[i] + online.radius
+        half = online.radius * spreads[i]  # (L, H, C)
+        lo[:, i] = predictions[i] - half
+        hi[:, i] = predictions[i] + half
     return lo, hi
 
 

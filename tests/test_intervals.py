@@ -13,9 +13,11 @@ from pipeline.intervals import (
     check_levels,
     interval_metrics,
     replay,
+    spread,
 )
 
 LEVELS = (0.8, 0.95)
+ONE = np.ones((1, 1, 1))  # every window's spread: errors in the data's own units
 
 
 def residuals(n: int, scales: list[float], seed: int) -> np.ndarray:
@@ -31,10 +33,10 @@ def coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def test_split_conformal_covers_each_step_at_its_level_with_a_wider_band_further_ahead() -> None:
     scales = [0.5, 1.0, 2.0]
-    calibration = calibrate(np.zeros((2000, 3, 1)), residuals(2000, scales, seed=0), LEVELS)
+    calibration = calibrate(np.zeros((2000, 3, 1)), residuals(2000, scales, seed=0), ONE, LEVELS)
     actual = residuals(20_000, scales, seed=1)
 
-    lo, hi = calibration.bounds(np.zeros_like(actual))
+    lo, hi = calibration.bounds(np.zeros_like(actual), np.ones((20_000, 1, 1)))
 
     for step in range(3):
         np.testing.assert_allclose(
@@ -47,13 +49,16 @@ def test_split_conformal_covers_each_step_at_its_level_with_a_wider_band_further
 
 def test_online_radii_bring_coverage_back_after_the_errors_double() -> None:
     # Calibrated on errors of spread 1; the stream's errors have spread 2 from window 1,000.
-    calibration = calibrate(np.zeros((1000, 2, 1)), residuals(1000, [1.0, 1.0], seed=2), LEVELS)
+    calibration = calibrate(
+        np.zeros((1000, 2, 1)), residuals(1000, [1.0, 1.0], seed=2), ONE, LEVELS
+    )
     stream = residuals(4000, [1.0, 1.0], seed=3)
     stream[1000:] *= 2
     predictions, origins = np.zeros_like(stream), np.arange(len(stream))
+    spreads = np.ones((len(stream), 1, 1))
 
-    offline = calibration.bounds(predictions)
-    online = replay(predictions, stream, origins, calibration)
+    offline = calibration.bounds(predictions, spreads)
+    online = replay(predictions, stream, spreads, origins, calibration)
 
     last = slice(-500, None)
     stale = coverage(offline[0][:, last], offline[1][:, last], stream[last])
@@ -72,8 +77,9 @@ def test_a_window_interval_uses_only_actuals_observed_by_its_origin() -> None:
     changed = stream.copy()
     changed[29, 2] = 100.0
 
-    lo, hi = replay(predictions, stream, origins, calibration)
-    lo2, hi2 = replay(predictions, changed, origins, calibration)
+    spreads = np.ones((50, 1, 1))
+    lo, hi = replay(predictions, stream, spreads, origins, calibration)
+    lo2, hi2 = replay(predictions, changed, spreads, origins, calibration)
 
     np.testing.assert_array_equal(lo[:, :32], lo2[:, :32])
     np.testing.assert_array_equal(hi[:, :32], hi2[:, :32])
@@ -110,13 +116,24 @@ def test_the_metrics_score_coverage_width_winkler_and_pinball() -> None:
     assert metrics["pinball"] == pytest.approx((0.25 + 0.95) / 2)
 
 
-def test_a_calibration_round_trips_and_refuses_a_broken_one() -> None:
-    calibration = calibrate(np.zeros((50, 2, 1)), residuals(50, [1.0, 2.0], seed=5), LEVELS)
+def test_radii_are_in_units_of_each_window_spread() -> None:
+    # Two series of one shape at scales 1 and 100: one radius, intervals 100 times wider.
+    rng = np.random.default_rng(6)
+    inputs = np.cumsum(rng.normal(size=(500, 48, 1)), axis=1)
+    errors = rng.normal(size=(500, 4, 1))
+    both = np.concatenate([inputs, 100 * inputs])
+    spreads = spread(both)
+    calibration = calibrate(
+        np.zeros((1000, 4, 1)), np.concatenate([errors, 100 * errors]), spreads, (0.8,)
+    )
 
-    again = Calibration.from_dict(calibration.to_dict())
+    lo, hi = calibration.bounds(np.zeros((1000, 4, 1)), spreads)
 
-    np.testing.assert_array_equal(again.radius, calibration.radius)
-    assert again.levels == LEVELS
-    broken = {**calibration.to_dict(), "radius": [[[float("nan")]]]}
-    with pytest.raises(IntervalError, match="finite"):
-        Calibration.from_dict(broken)
+    width = (hi - lo)[0, :, 0, 0]
+    np.testing.assert_allclose(width[500:], 100 * width[:500], rtol=1e-9)
+
+
+def test_a_flat_lookback_still_gets_an_interval() -> None:
+    flat = np.full((1, 24, 1), 7.0)
+
+    assert spread(flat)[0, 0, 0] == pytest.approx(7e-3)

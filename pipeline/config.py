@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
 from pipeline.covariates import CalendarError, check_calendar
+from pipeline.intervals import MAX_LEVELS, IntervalError, check_levels
 from pipeline.recipe import MAX_MEMBERS, TRAINING_NORM, ForecasterConfig, TrainConfig
 from pipeline.records import (
     DEFAULT_MAX_JUMP_STEPS,
@@ -347,6 +348,20 @@ class ModelSettings(RollcastSettings):
     # The channels forecast, as JSON (["load"]); the other channels are read as inputs only.
     # Empty: every channel is forecast.
     targets: tuple[Name, ...] = Field(default=SHAPE.targets, max_length=1000)
+    # The coverage levels of the prediction intervals, as JSON ([0.8, 0.95]): each between 0
+    # and 1; training calibrates them on validation, serve publishes and adapts them.
+    interval_levels: tuple[float, ...] = Field(
+        default=SHAPE.interval_levels, min_length=1, max_length=MAX_LEVELS
+    )
+
+    @field_validator("interval_levels")
+    @classmethod
+    def _levels(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        """Sorted levels, each strictly between 0 and 1, none twice."""
+        try:
+            return check_levels(levels)
+        except IntervalError as err:
+            raise ValueError(str(err)) from None
 
     @field_validator("holidays")
     @classmethod

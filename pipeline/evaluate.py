@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from pipeline.forecast import predict
+from pipeline.intervals import Calibration, calibrate, interval_metrics, spread
 from pipeline.model import Forecaster
 from pipeline.windows import WindowSet, channel_scale, split_point
 
@@ -77,6 +78,9 @@ class Scorecard:
     repeat_last_mse: float
     mse_by_horizon: tuple[float, ...] = ()
     seasonal_naive_mse_by_horizon: tuple[float, ...] = ()
+    # The intervals' coverage, width, Winkler and pinball scores (pipeline.intervals); empty
+    # for a model without calibrated intervals.
+    intervals: dict[str, float] = field(default_factory=dict)
 
     def as_metrics(self, prefix: str = "val_") -> dict[str, float]:
         return {
@@ -84,6 +88,7 @@ class Scorecard:
             f"{prefix}mae": self.mae,
             f"{prefix}seasonal_naive_mse": self.seasonal_naive_mse,
             f"{prefix}repeat_last_mse": self.repeat_last_mse,
+            **{f"{prefix}{name}": value for name, value in self.intervals.items()},
         }
 
     def by_horizon(self, prefix: str = "val_") -> dict[str, tuple[float, ...]]:
@@ -222,10 +227,27 @@ def score(
 
 
 def score_forecaster(model: Forecaster, windows: WindowSet, season: int) -> Scorecard:
-    """Forecast every window with ``model`` and score it beside the baselines."""
+    """Forecast every window with ``model`` and score it beside the baselines; with its
+    intervals' figures when it is calibrated."""
     pred = predict(model, windows.inputs, windows.origins)
     scale = model.scale.detach().cpu().numpy()
-    return score(pred, windows.target_inputs, windows.targets, scale, season)
+    card = score(pred, windows.target_inputs, windows.targets, scale, season)
+    calibration = model.calibration
+    if calibration is None:
+        return card
+    lo, hi = calibration.bounds(pred, spread(windows.target_inputs))
+    figures = interval_metrics(lo, hi, windows.targets, calibration.levels)
+    return replace(card, intervals=figures)
+
+
+def calibrate_forecaster(model: Forecaster, windows: WindowSet) -> Calibration:
+    """Calibrate ``model``'s intervals on its forecasts of ``windows`` (split conformal per
+    horizon step and channel, :func:`pipeline.intervals.calibrate`) and keep them in it."""
+    pred = predict(model, windows.inputs, windows.origins)
+    spreads = spread(windows.target_inputs)
+    calibration = calibrate(pred, windows.targets, spreads, model.config.interval_levels)
+    model.calibrate_intervals(calibration)
+    return calibration
 
 
 # --- choosing the seasonal-naive period from the data ---------------------------------------------

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline.forecast import predict
+from pipeline.intervals import spread
 from pipeline.model import Forecaster
 from pipeline.train import TrainResult
 from pipeline.windows import WindowSet
@@ -58,17 +59,51 @@ def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
     picks = np.linspace(0, len(val) - 1, num=min(PLOTTED_WINDOWS, len(val))).astype(int)
     shown = val.subset(picks)
     preds = predict(model.cpu(), shown.inputs, shown.origins)
+    bands = _bands(model, preds, shown)
     fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.4 * len(picks)), squeeze=False)
     for ax, i, pred in zip(axes[:, 0], range(len(picks)), preds, strict=True):
+        _draw_bands(ax, bands, i)
         _draw_window(ax, shown.target_inputs[i, :, 0], shown.targets[i, :, 0], pred[:, 0])
         ax.set_title(f"{shown.series[i]}: validation window {picks[i]}", fontsize=9)
         ax.set_ylabel(model.config.channels[0])
     axes[-1, 0].set_xlabel(f"steps from the last observed value (1 step = {model.config.freq})")
     fig.suptitle(f"Validation forecasts, {val.horizon} steps ahead")
     handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend, above the panels
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.96), ncol=4)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.96), ncol=len(labels))
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
+
+
+Bands = tuple[tuple[float, ...], np.ndarray, np.ndarray] | None  # levels, lo, hi (L, N, H, C)
+
+
+def _bands(model: Forecaster, preds: np.ndarray, shown: WindowSet) -> Bands:
+    """The intervals around ``preds`` when the model is calibrated (a fan chart), else None."""
+    calibration = model.calibration
+    if calibration is None:
+        return None
+    lo, hi = calibration.bounds(preds, spread(shown.target_inputs))
+    return calibration.levels, lo, hi
+
+
+def _draw_bands(ax: plt.Axes, bands: Bands, i: int) -> None:
+    """Window ``i``'s intervals, first channel, widest (palest) first."""
+    if bands is None:
+        return
+    levels, lo, hi = bands
+    steps = np.arange(1, lo.shape[2] + 1)
+    for k in reversed(range(len(levels))):
+        alpha = 0.15 + 0.2 * k / max(len(levels) - 1, 1)
+        label = f"{levels[k]:.0%} interval"
+        ax.fill_between(
+            steps,
+            lo[k, i, :, 0],
+            hi[k, i, :, 0],
+            color="tab:orange",
+            alpha=alpha,
+            lw=0,
+            label=label,
+        )
 
 
 def _draw_window(ax: plt.Axes, history: np.ndarray, actual: np.ndarray, pred: np.ndarray) -> None:

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The coverage levels of the intervals published beside each forecast.
+# The coverage levels of the intervals published beside each forecast, and the most a model
+# may have (each is an array in every forecast message).
 DEFAULT_LEVELS = (0.8, 0.95)
+MAX_LEVELS = 8
 # The online step, as a share of the calibrated radius: at 0.05 a level-0.95 radius doubles
 # after about 21 misses in a row, and moves by 0.25% of itself per covered value.
 DEFAULT_GAIN = 0.05
@@ -90,7 +92,6 @@ class Calibration:
 
     levels: tuple[float, ...]
     radius: np.ndarray  # (L, H, C), in units of each window's spread
-    windows: int  # validation windows it was calibrated on
 
     def bounds(self, point: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lower and upper bounds ``(L, N, H, C)`` around forecasts ``(N, H, C)`` of
@@ -119,7 +120,7 @@ def calibrate(
         raise IntervalError("no validation value to calibrate some horizon step on")
     ordered = np.sort(scores, axis=0)  # NaNs last
     radius = np.stack([_score_of_rank(ordered, np.ceil((n + 1) * level), n) for level in levels])
-    return Calibration(levels, radius, len(predictions))
+    return Calibration(levels, radius)
 
 
 def _score_of_rank(ordered: np.ndarray, rank: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -131,7 +132,7 @@ def _score_of_rank(ordered: np.ndarray, rank: np.ndarray, n: np.ndarray) -> np.n
 class OnlineRadius:
     """Radii that follow the misses of the forecasts they were published with.
 
-    >>> online = OnlineRadius(Calibration((0.8,), np.ones((1, 2, 1)), 10), gain=0.1)
+    >>> online = OnlineRadius(Calibration((0.8,), np.ones((1, 2, 1))), gain=0.1)
     >>> online.observe(np.array([0]), np.array([[[True]]]))  # step 1 missed: widen it
     >>> online.radius[0, :, 0].round(3).tolist()
     [1.08, 1.0]

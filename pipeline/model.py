@@ -46,6 +46,7 @@ from pipeline import InvalidFileError
 from pipeline.cells import PeepholeLSTM
 from pipeline.covariates import feature_names
 from pipeline.files import MAX_CHECKPOINT_BYTES, one_line, open_regular
+from pipeline.intervals import Calibration
 from pipeline.recipe import MAX_MEMBERS, ForecasterConfig
 
 # Keeps division safe for a channel that never moved in training.
@@ -109,6 +110,20 @@ class ForecasterModule(nn.Module):
         self.norm = InstanceNorm(config.n_channels, norm, config.horizon, config.season)
         # Where the forecast channels are among the inputs; None: every channel is forecast.
         self.target_columns = list(config.target_index) if config.targets else None
+        # The intervals' split-conformal radii per level, horizon step and forecast channel, in
+        # window spreads (pipeline.intervals); negative (UNCALIBRATED) until training sets them.
+        radii = (len(config.interval_levels), config.horizon, len(config.target_names))
+        self.register_buffer(RADIUS, torch.full(radii, UNCALIBRATED))
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The intervals' calibration (None before :meth:`calibrate_intervals`)."""
+        radius = getattr(self, RADIUS).detach().cpu().double().numpy()
+        return None if (radius < 0).any() else Calibration(self.config.interval_levels, radius)
+
+    def calibrate_intervals(self, calibration: Calibration) -> None:
+        """Keep ``calibration``'s radii: the checkpoint, serve and the pyfunc read them."""
+        getattr(self, RADIUS).copy_(torch.from_numpy(calibration.radius))
 
     @property
     def scale(self) -> torch.Tensor:
@@ -203,6 +218,11 @@ def check_season(config: ForecasterConfig, forecaster: str) -> None:
             f"and season {config.season}: lengthen the lookback or shorten the season"
         )
 
+
+# The buffer holding a forecaster's interval radii (ForecasterModule.calibration), and its
+# value until they are calibrated (a radius is never negative).
+RADIUS = "interval_radius"
+UNCALIBRATED = -1.0
 
 # The recurrent cells ForecasterConfig.cell may name; each is called as nn.LSTM is.
 CELLS: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}
@@ -547,6 +567,7 @@ def load_checkpoint(
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 blob = torch.load(file, map_location="cpu", weights_only=True)
             config, state = _checkpoint_parts(blob)
+            state = _with_radii(config, state)
             _check_state(config, state)
             model = build_forecaster(config)
             model.load_state_dict(state)
@@ -567,6 +588,18 @@ def _checkpoint_parts(blob: Any) -> tuple[ForecasterConfig, dict[str, torch.Tens
     if not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError("its 'state_dict' holds something other than tensors")
     return ForecasterConfig.from_dict(config), state
+
+
+def _with_radii(
+    config: ForecasterConfig, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with uncalibrated interval radii where it has none (a checkpoint written
+    before intervals existed loads, with no intervals)."""
+    with torch.device("meta"):
+        names = [name for name in build_forecaster(config).state_dict() if name.endswith(RADIUS)]
+    radii = (len(config.interval_levels), config.horizon, len(config.target_names))
+    missing = {name: torch.full(radii, UNCALIBRATED) for name in names if name not in state}
+    return {**state, **missing}
 
 
 def _check_state(config: ForecasterConfig, state: dict[str, torch.Tensor]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pipeline.contract import DEFAULT_FREQ, DEFAULT_MAX_GAP, DataContract
+from pipeline.intervals import DEFAULT_LEVELS
 
 # Seeds a seed ensemble may average: past this the mean no longer moves, the cost still does.
 MAX_MEMBERS = 16
@@ -76,6 +77,9 @@ class ForecasterConfig:
     targets: tuple[str, ...] = ()
     # Seeds whose forecasts are averaged (pipeline.model.SeedEnsemble); 1: one network.
     members: int = 1
+    # The coverage levels of the prediction intervals around each forecast (pipeline.intervals;
+    # the model holds their calibrated radii).
+    interval_levels: tuple[float, ...] = DEFAULT_LEVELS
 
     @property
     def n_channels(self) -> int:
@@ -185,12 +189,16 @@ class ForecasterConfig:
         return shape + self.contract.differences(other.contract)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "channels": list(self.channels), "targets": list(self.targets)}
+        lists = {
+            name: list(getattr(self, name)) for name in ("channels", "targets", "interval_levels")
+        }
+        return {**asdict(self), **lists}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForecasterConfig:
-        targets = tuple(data.get("targets", ()))
-        return cls(**{**data, "channels": tuple(data["channels"]), "targets": targets})
+        names = ("channels", "targets", "interval_levels")
+        tuples: dict[str, tuple[Any, ...]] = {n: tuple(data[n]) for n in names if n in data}
+        return cls(**{**data, **tuples})
 
 
 def cut_lookback(lookback: int, segment_len: int) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from pipeline.evaluate import (
     Scorecard,
     SeasonChoice,
     Verdict,
+    calibrate_forecaster,
     judge,
     score_forecaster,
     series_season,
@@ -455,6 +456,8 @@ def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> Tr
 
 
 def score_challenger(result: TrainResult, val: WindowSet, plan: TrainingPlan) -> Scorecard:
+    """Calibrate the challenger's intervals on the validation windows, then score it there."""
+    calibrate_forecaster(result.model, val)
     return score_forecaster(result.model, val, plan.season)
 
 

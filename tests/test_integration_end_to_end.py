@@ -91,6 +91,15 @@ def _assert_mlflow_holds_the_run_and_champion(trained: dict) -> None:
     assert run.info.artifact_uri.startswith(StoreSettings().data_dir.resolve().as_uri())
     assert run.data.params["model.lookback"] == str(LOOKBACK)
     assert "val_mse" in run.data.metrics and "val_seasonal_naive_mse" in run.data.metrics
+    # Intervals calibrated on the validation windows (split conformal) cover them at their level.
+    for level in (0.8, 0.95):
+        assert run.data.metrics[f"val_coverage.{level}"] >= level
+        assert run.data.metrics[f"val_width.{level}"] > 0
+    champion_model = load_champion(connect_reader(settings)).model
+    calibration = champion_model.calibration
+    assert calibration is not None and calibration.levels == (0.8, 0.95)
+    targets = len(champion_model.config.target_names)
+    assert calibration.radius.shape == (2, champion_model.config.horizon, targets)
     losses = client.get_metric_history(run.info.run_id, "val_loss")
     # The starting weights', a validation every 25 optimizer steps, one at the budget's end.
     assert [m.step for m in losses] == [0, 25, 40] == [*range(0, trained["steps"], 25), 40]

@@ -68,7 +68,7 @@ def test_online_radii_bring_coverage_back_after_the_errors_double() -> None:
 
 
 def test_a_window_interval_uses_only_actuals_observed_by_its_origin() -> None:
-    calibration = Calibration(LEVELS, np.ones((2, 3, 1)), windows=100)
+    calibration = Calibration(LEVELS, np.ones((2, 3, 1)))
     stream = residuals(50, [1.0, 1.0, 1.0], seed=4)
     predictions, origins = np.zeros_like(stream), np.arange(50)
     # Window 29's step 3 is the value of step 32, covered in one stream and missed in the
@@ -87,7 +87,7 @@ def test_a_window_interval_uses_only_actuals_observed_by_its_origin() -> None:
 
 
 def test_gaps_between_origins_deliver_each_actual_once() -> None:
-    calibration = Calibration((0.8,), np.ones((1, 2, 1)), windows=100)
+    calibration = Calibration((0.8,), np.ones((1, 2, 1)))
     online = OnlineRadius(calibration, gain=0.1)
     # Two misses of step 1 arrive together, as after a gap in the origins.
     online.observe(np.array([0, 0]), np.ones((1, 2, 1), dtype=bool))

@@ -526,6 +526,9 @@ class ServeSettings(RollcastSettings):
     # Established series are never evicted by new keys: these are held apart, least recently
     # seen dropped first, until their window fills (a key flood churns only this pool).
     max_new_series: Annotated[int, Field(ge=1, le=MAX_SERIES_CAP)] = 10_000
+    # The forecasts' wire format: "v1", a list of steps each with its time; "v2", one array
+    # per channel with the model's prediction intervals (README: Forecast messages).
+    forecast_format: Literal["v1", "v2"] = "v1"
 
 
 class RecordSettings(RollcastSettings):

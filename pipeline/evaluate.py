@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from pipeline.forecast import predict
+from pipeline.forecast import interval_bounds, predict
 from pipeline.intervals import Calibration, calibrate, interval_metrics, spread
 from pipeline.model import Forecaster
 from pipeline.windows import WindowSet, channel_scale, split_point
@@ -235,7 +235,7 @@ def score_forecaster(model: Forecaster, windows: WindowSet, season: int) -> Scor
     calibration = model.calibration
     if calibration is None:
         return card
-    lo, hi = calibration.bounds(pred, spread(windows.target_inputs))
+    lo, hi = interval_bounds(model, calibration, windows.inputs, pred)
     figures = interval_metrics(lo, hi, windows.targets, calibration.levels)
     return replace(card, intervals=figures)
 

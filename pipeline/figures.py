@@ -17,8 +17,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.forecast import predict
-from pipeline.intervals import spread
+from pipeline.forecast import interval_bounds, predict
 from pipeline.model import Forecaster
 from pipeline.train import TrainResult
 from pipeline.windows import WindowSet
@@ -82,7 +81,7 @@ def _bands(model: Forecaster, preds: np.ndarray, shown: WindowSet) -> Bands:
     calibration = model.calibration
     if calibration is None:
         return None
-    lo, hi = calibration.bounds(preds, spread(shown.target_inputs))
+    lo, hi = interval_bounds(model, calibration, shown.inputs, preds)
     return calibration.levels, lo, hi
 
 

@@ -19,6 +19,7 @@ import torch
 
 from pipeline import RollcastError
 from pipeline.covariates import windows_calendar
+from pipeline.intervals import Calibration, spread
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours, steps_from
 from pipeline.recipe import ForecasterConfig
@@ -42,6 +43,17 @@ class LoadedForecaster:
 
 
 @torch.inference_mode()
+def interval_bounds(
+    model: Forecaster, calibration: Calibration, inputs: np.ndarray, preds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The intervals ``(L, N, H, C)`` around ``model``'s forecasts ``preds`` ``(N, H, C)`` of
+    windows ``inputs`` ``(N, L, C_in)``: the calibrated radii in units of each window's
+    target channels' spread (:func:`pipeline.intervals.spread`). Serve, the pyfunc, training
+    and the plots all take them from here."""
+    targets = inputs if model.target_columns is None else inputs[..., model.target_columns]
+    return calibration.bounds(preds, spread(targets))
+
+
 def predict(
     model: Forecaster,
     inputs: np.ndarray,
@@ -62,7 +74,8 @@ def predict(
         origins = None if origins_ms is None else origins_ms[i : i + batch_size]
         calendar = windows_calendar(model.config, origins)
         known = None if calendar is None else torch.from_numpy(calendar).to(device)
-        outputs.append(model.point(model(x, known)))
+        with torch.no_grad():  # forecasts, never trained through
+            outputs.append(model.point(model(x, known)))
     if not outputs:
         outputs_shape = (0, model.config.horizon, len(model.config.target_names))
         return np.empty(outputs_shape, dtype=np.float32)

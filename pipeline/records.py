@@ -82,6 +82,12 @@ DEFAULT_MAX_JUMP_STEPS = 12
 # request limit (1 MiB by default) whatever a producer sent; the headers say by how much.
 DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
 DEAD_LETTER_MAX_KEY_BYTES = 1024
+# The wire formats of a forecast: "v1", a list of steps each with its time (the first format);
+# "v2", one array per channel and interval bound (forecast_to_dict_v2).
+FORECAST_FORMATS = ("v1", "v2")
+# Digits a version-2 message keeps of each number: a relative precision of 1e-6, far below
+# any forecast's error, at about 8 characters a number.
+SIGNIFICANT_DIGITS = 6
 
 
 class RecordError(RollcastError):
@@ -192,6 +198,11 @@ class Forecast:
     channels: tuple[str, ...]
     values: list[list[float]]  # (horizon, channels)
     open_hours: OpenHours | None = None  # set: the steps are the open steps after issued_at
+    message: str = "v1"  # the wire format (FORECAST_FORMATS)
+    # The prediction intervals (version 2 only): their levels and bounds (L, horizon, channels).
+    interval_levels: tuple[float, ...] = ()
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,8 +419,66 @@ def _step_times(
 
 
 def forecast_to_bytes(forecast: Forecast) -> bytes:
-    """The forecast's JSON (orjson: the serve loop writes one per record)."""
+    """The forecast's JSON in its format (orjson: the serve loop writes one per record)."""
+    if forecast.message == "v2":
+        return orjson.dumps(forecast_to_dict_v2(forecast), option=orjson.OPT_SERIALIZE_NUMPY)
     return orjson.dumps(forecast_to_dict(forecast))
+
+
+def forecast_to_dict_v2(forecast: Forecast) -> dict[str, Any]:
+    """Version 2: the first step's time and the step once, then one array per channel for the
+    point forecast and for each bound of each interval level, numbers to
+    :data:`SIGNIFICANT_DIGITS` digits::
+
+        {"v": 2, "series": "t1", "issued_at": "...", "start": "...", "step": "1h",
+         "model": {"name": "rollcast", "version": "3"}, "values": {"OT": [30.5, ...]},
+         "intervals": {"0.8": {"lo": {"OT": [...]}, "hi": {"OT": [...]}}, "0.95": ...}}
+
+    For series with open hours, ``open_hours`` holds the weekly schedule and the steps are the
+    open steps from ``start`` on.
+    """
+    hours = forecast.open_hours
+    start = _step_times(forecast.issued_at_ms, forecast.step_ms, 1, hours)[0]
+    message: dict[str, Any] = {
+        "v": 2,
+        "series": forecast.series,
+        "issued_at": _timestamp(forecast.issued_at_ms),
+        "start": start,
+        "step": forecast.freq,
+        "model": {"name": forecast.model_name, "version": forecast.model_version},
+    }
+    if hours is not None:
+        message["open_hours"] = hours.to_text()
+    message["values"] = _by_channel(forecast.channels, np.asarray(forecast.values))
+    if forecast.lo is not None and forecast.hi is not None:
+        message["intervals"] = {
+            f"{level:g}": {
+                "lo": _by_channel(forecast.channels, forecast.lo[k]),
+                "hi": _by_channel(forecast.channels, forecast.hi[k]),
+            }
+            for k, level in enumerate(forecast.interval_levels)
+        }
+    return message
+
+
+def _by_channel(channels: tuple[str, ...], values: np.ndarray) -> dict[str, np.ndarray]:
+    """``{channel: its (horizon,) values}`` of ``values`` ``(horizon, channels)``, each a
+    contiguous float32 array of :func:`significant` numbers (orjson writes them short)."""
+    columns = np.ascontiguousarray(significant(values.T), dtype=np.float32)  # (C, H)
+    return dict(zip(channels, columns, strict=True))
+
+
+def significant(values: np.ndarray, digits: int = 0) -> np.ndarray:
+    """``values`` rounded to ``digits`` (default :data:`SIGNIFICANT_DIGITS`) significant digits.
+
+    >>> rounded = significant(np.array([30.5312371, 0.000123456789, 0.0])).astype(np.float32)
+    >>> orjson.dumps(rounded, option=orjson.OPT_SERIALIZE_NUMPY)
+    b'[30.5312,0.000123457,0.0]'
+    """
+    digits = digits or SIGNIFICANT_DIGITS
+    magnitude = np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
+    unit = 10.0 ** (magnitude - (digits - 1))
+    return np.round(values / unit) * unit
 
 
 def triage(

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.forecast import LoadedForecaster, new_window, predict
+from pipeline.forecast import LoadedForecaster, interval_bounds, new_window, predict
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours
 from pipeline.progress import Progress, by_reason
@@ -181,8 +181,10 @@ class RollingForecaster:
         max_series: int,
         policy: RecordPolicy = DEFAULT_POLICY,
         max_new_series: int | None = None,
+        message: str = "v1",
     ) -> None:
         self.forecaster = forecaster
+        self.message = message  # the forecasts' wire format (records.FORECAST_FORMATS)
         self.max_series, self.policy = max_series, policy
         self.max_new_series = max_series if max_new_series is None else max_new_series
         self.series: OrderedDict[str, SeriesState] = OrderedDict()  # established
@@ -409,10 +411,13 @@ class RollingForecaster:
         return predict(self.model, windows, origins)
 
     def forecasts(self, requests: list[ForecastRequest], preds: np.ndarray) -> list[Forecast]:
-        """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``."""
+        """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``; in
+        version 2 with the model's intervals around them."""
         config, name, version = self.model.config, self.forecaster.name, self.forecaster.version
+        lo, hi = self._bounds(requests, preds)
+        levels = config.interval_levels if lo is not None else ()
         forecasts = []
-        for request, values in zip(requests, preds.tolist(), strict=True):
+        for i, (request, values) in enumerate(zip(requests, preds.tolist(), strict=True)):
             forecasts.append(
                 Forecast(
                     series=request.series,
@@ -424,9 +429,24 @@ class RollingForecaster:
                     channels=config.target_names,
                     values=values,
                     open_hours=self.open_hours,
+                    message=self.message,
+                    interval_levels=levels,
+                    lo=None if lo is None else lo[:, i],
+                    hi=None if hi is None else hi[:, i],
                 )
             )
         return forecasts
+
+    def _bounds(
+        self, requests: list[ForecastRequest], preds: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """The intervals ``(L, B, H, C)`` around ``preds`` for a version-2 message from a
+        calibrated model (:func:`pipeline.forecast.interval_bounds`), else none."""
+        calibration = self.model.calibration
+        if self.message != "v2" or calibration is None or not requests:
+            return None, None
+        windows = np.stack([r.window for r in requests])
+        return interval_bounds(self.model, calibration, windows, preds)
 
 
 def serve_batch(

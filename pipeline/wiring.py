@@ -99,7 +99,9 @@ def serve_from_settings(
     local_copy = LocalCopy(store.data_dir / "champion", mlflow_settings.model_name)
     champion = start_champion(mlflow_settings, local_copy)
     logger.info("serving %s version %s", champion.name, champion.version)
-    rolling = RollingForecaster(champion, serve.max_series, records.policy(), serve.max_new_series)
+    rolling = RollingForecaster(
+        champion, serve.max_series, records.policy(), serve.max_new_series, serve.forecast_format
+    )
     stats = new_stats(rolling)
     if serve.metrics_port:
         serve_metrics(stats, serve.metrics_port, serve.metrics_host)

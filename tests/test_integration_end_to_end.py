@@ -9,10 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from pandas.tseries.frequencies import to_offset
 from topics import read_topic
 
 from flows.ingest import ingest_flow
@@ -340,3 +342,56 @@ def test_a_seed_ensemble_champion_forecasts_the_mean_of_its_seeds(
     # The default norm "auto" trained both norms (each an ensemble) and kept the better one.
     scores = {norm: float(params[f"norm_val_mse.{norm}"]) for norm in AUTO_NORMS}
     assert champion.config.norm == min(scores, key=lambda norm: scores[norm])
+
+
+def test_version_2_forecasts_carry_intervals_that_hold_most_actuals(
+    rollcast_env: KafkaSettings,
+    prefect_api: None,
+    tiny_model: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = synthetic_fleet(FleetSpec(n_series=SERIES, n_steps=STEPS, gaps_per_series=0, seed=4))
+    produced, _ = stream_and_ingest(rollcast_env, fleet)
+    train_flow(max_steps=40)
+    monkeypatch.setenv("ROLLCAST_FORECAST_FORMAT", "v2")
+
+    serve_flow(max_records=produced)
+
+    expected = SERIES * (STEPS - LOOKBACK + 1)
+    messages = [
+        json.loads(m.value)
+        for m in read_topic(rollcast_env, rollcast_env.topic_forecasts, expected=expected)
+    ]
+    actual = {
+        (series, ts): row
+        for series, rows in fleet.groupby("series")
+        for ts, row in zip(
+            rows["ts"].to_numpy(dtype="datetime64[ms]").astype("int64"),
+            rows[["load", "temp"]].to_numpy(),
+            strict=True,
+        )
+    }
+    inside: dict[str, list[bool]] = defaultdict(list)
+    for message in messages:
+        assert message["v"] == 2 and pd.Timedelta(to_offset(message["step"])) == pd.Timedelta("1h")
+        start = parse_timestamp(message["start"])
+        assert start == parse_timestamp(message["issued_at"]) + HOUR_MS
+        wide, narrow = message["intervals"]["0.95"], message["intervals"]["0.8"]
+        for channel, point in message["values"].items():
+            point = np.array(point)
+            assert (np.array(wide["lo"][channel]) <= np.array(narrow["lo"][channel])).all()
+            assert (np.array(narrow["lo"][channel]) <= point).all()
+            assert (point <= np.array(narrow["hi"][channel])).all()
+            assert (np.array(narrow["hi"][channel]) <= np.array(wide["hi"][channel])).all()
+            column = ("load", "temp").index(channel)
+            for h in range(HORIZON):
+                row = actual.get((message["series"], start + h * HOUR_MS))
+                if row is None:
+                    continue  # past the stream's end
+                for level, bounds in (("0.8", narrow), ("0.95", wide)):
+                    inside[level].append(
+                        bounds["lo"][channel][h] <= row[column] <= bounds["hi"][channel][h]
+                    )
+    # Calibrated on the validation windows, the bands hold about their share of the actuals.
+    assert np.mean(inside["0.8"]) > 0.65 and np.mean(inside["0.95"]) > 0.85
+    assert np.mean(inside["0.8"]) < np.mean(inside["0.95"])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from pipeline import ConfigurationError
 from pipeline.config import RecordSettings, ServeSettings, StoreSettings
+from pipeline.open_steps import OpenHours
 from pipeline.records import (
     BAD_CHANNEL,
     BAD_SERIES,
@@ -33,6 +36,7 @@ from pipeline.records import (
     RecordError,
     RecordPolicy,
     channel_problem,
+    forecast_to_bytes,
     forecast_to_dict,
     observation_to_bytes,
     parse_observation,
@@ -236,6 +240,66 @@ def test_forecast_step_timestamps_are_issued_at_plus_k_steps() -> None:
 
     expected = [forecast.issued_at_ms + k * HOUR_MS for k in range(1, 25)]
     assert [parse_observation_ts(step["ts"]) for step in steps] == expected
+
+
+# --- version 2: one array per channel, with intervals ---------------------------------------------
+
+
+def with_intervals(forecast: Forecast, message: str = "v2") -> Forecast:
+    """``forecast`` with 80% and 95% bounds 1 and 2 (times the step ahead) around its values."""
+    values = np.array(forecast.values)  # (H, C)
+    ahead = np.arange(1, len(values) + 1)[:, None]
+    half = np.stack([ahead * 1.0, ahead * 2.0])[:, :, :1] * np.ones(values.shape)  # (L, H, C)
+    return dataclasses.replace(
+        forecast,
+        message=message,
+        interval_levels=(0.8, 0.95),
+        lo=values - half,
+        hi=values + half,
+    )
+
+
+def test_a_version_2_message_holds_start_step_and_one_array_per_channel_and_bound() -> None:
+    forecast = with_intervals(make_forecast(horizon=3))
+
+    body = json.loads(forecast_to_bytes(forecast))
+
+    assert (body["v"], body["start"], body["step"]) == (2, "2016-07-01T13:00:00Z", "1h")
+    assert body["issued_at"] == "2016-07-01T12:00:00Z"
+    assert body["model"] == {"name": "rollcast-forecaster", "version": "7"}
+    assert body["values"] == {"HUFL": [0.0, 1.0, 2.0], "OT": [10.0, 11.0, 12.0]}
+    assert body["intervals"]["0.8"]["lo"] == {"HUFL": [-1.0, -1.0, -1.0], "OT": [9.0, 9.0, 9.0]}
+    assert body["intervals"]["0.95"]["hi"]["OT"] == [12.0, 15.0, 18.0]
+    assert "open_hours" not in body
+
+
+def test_a_version_2_message_with_two_levels_is_smaller_than_a_version_1_point_forecast() -> None:
+    rng = np.random.default_rng(0)
+    point = dataclasses.replace(
+        make_forecast(horizon=24),
+        channels=("load",),
+        values=(30 + rng.normal(size=(24, 1))).astype(np.float32).tolist(),  # as serve's
+    )
+
+    v1 = forecast_to_bytes(point)
+    v2 = forecast_to_bytes(with_intervals(point))
+
+    assert len(v2) < len(v1)
+    loaded = json.loads(v2)["values"]["load"]
+    np.testing.assert_allclose(loaded, np.array(point.values)[:, 0], rtol=1e-5)  # 6 digits
+
+
+def test_a_version_2_message_of_an_open_hours_series_starts_at_the_next_open_step() -> None:
+    hours = OpenHours.from_text("mon-fri 08:00-18:00")
+    friday_5pm = epoch_ms(datetime(2016, 7, 1, 17, tzinfo=UTC))  # a Friday
+    forecast = dataclasses.replace(
+        make_forecast(), issued_at_ms=friday_5pm, open_hours=hours, message="v2"
+    )
+
+    body = json.loads(forecast_to_bytes(forecast))
+
+    assert body["start"] == "2016-07-04T08:00:00Z"  # Monday morning
+    assert body["open_hours"] == hours.to_text() and "intervals" not in body
 
 
 # --- dead letters and triage --------------------------------------------------------------------

@@ -165,3 +165,8 @@ def _gpus() -> str:
         if line.startswith("GPU ")
     )
     return ", ".join(f"{count}x {name}" for name, count in names.items()) or "no GPU"
+
+
+# Read once, when a benchmark starts: a row records the commit of the code that ran, not the
+# one checked out when it finished (a commit made while a long benchmark runs is not its code).
+checkout()

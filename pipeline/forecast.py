@@ -151,8 +151,10 @@ def _replay(
 def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
     """Forecast every series of a history frame: a row per series and step ahead.
 
-    Columns out: ``series``, ``ts`` (ISO-8601 text), ``step`` (1..horizon) and the channels
-    forecast (the model's targets).
+    Columns out: ``series``, ``ts`` (ISO-8601 text), ``step`` (1..horizon), the channels
+    forecast (the model's targets) and, for a model with calibrated intervals, each channel's
+    bounds at each level: ``<channel>_lo_<level>`` and ``<channel>_hi_<level>`` (``OT_lo_0.8``),
+    the ones serve publishes for the same history.
     """
     config = model.config
     latest = latest_windows(history, config)
@@ -169,7 +171,16 @@ def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
         for series_id, step_times, pred in zip(latest.series, times.tolist(), preds, strict=True)
         for h, ts_ms in enumerate(step_times)
     ]
-    return pd.DataFrame(rows, columns=[SERIES, TS, "step", *config.target_names])
+    frame = pd.DataFrame(rows, columns=[SERIES, TS, "step", *config.target_names])
+    calibration = model.calibration
+    if calibration is None:
+        return frame
+    lo, hi = interval_bounds(model, calibration, latest.windows, preds)  # (L, S, H, C)
+    for k, level in enumerate(calibration.levels):
+        for c, channel in enumerate(config.target_names):
+            frame[f"{channel}_lo_{level:g}"] = lo[k, :, :, c].ravel()  # series, then step
+            frame[f"{channel}_hi_{level:g}"] = hi[k, :, :, c].ravel()
+    return frame
 
 
 def model_steps(

@@ -20,6 +20,7 @@ from pipeline import registry, runs
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
 from pipeline.datasets import frame_to_observations
 from pipeline.forecast import ForecastError
+from pipeline.intervals import Calibration
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig
@@ -83,14 +84,14 @@ def registered(
 
 
 def served_last_forecasts(
-    tracking: Tracking, kafka: KafkaSettings, fleet: pd.DataFrame
+    tracking: Tracking, kafka: KafkaSettings, fleet: pd.DataFrame, message: str = "v1"
 ) -> dict[str, dict]:
     """Stream the fleet through the serve loop; each series' newest forecast, as published."""
     transport = KafkaTransport(kafka)
     sink = transport.sink()
     try:
         replay(sink, frame_to_observations(fleet))
-        rolling = RollingForecaster(registry.load_champion(tracking), max_series=100)
+        rolling = RollingForecaster(registry.load_champion(tracking), 100, message=message)
         source = transport.source(transport.topics.observations, ServeSettings().serve_group)
         try:
             stop = stop_rule(None, IDLE_S, threading.Event())
@@ -130,6 +131,43 @@ def test_the_pyfunc_forecasts_what_the_serve_loop_published(
             np.testing.assert_allclose(rows[channel].to_numpy(), published, rtol=1e-6)
     issued = {sid: forecast["issued_at"] for sid, forecast in served.items()}
     assert issued["short-gaps"] == format_timestamp(59 * HOUR_MS)
+
+
+def test_the_pyfunc_gives_the_intervals_the_serve_loop_published(
+    rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking = connect(MlflowSettings(), StoreSettings())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.uri)
+    torch.manual_seed(0)
+    config = ForecasterConfig(("load", "temp"), LOOKBACK, HORIZON, hidden_size=16, segment_len=6)
+    model = build_forecaster(config).eval()
+    # Radii that grow with the step ahead and differ by channel, as calibrated ones do.
+    steps = np.arange(1, HORIZON + 1)[None, :, None]
+    model.calibrate_intervals(
+        Calibration((0.8, 0.95), np.array([1.0, 2.0])[:, None, None] * steps * [1.0, 3.0])
+    )
+    registry.promote(tracking, runs.register_checkpoint(tracking, model, "test"))
+    fleet = fleet_with_gaps()
+    history = fleet.assign(ts=fleet["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{tracking.settings.model_name}@champion")
+    from_pyfunc = pyfunc.predict(history)
+    served = served_last_forecasts(tracking, rollcast_env, fleet, message="v2")
+
+    assert set(served) == {"whole", "short-gaps", "long-gap"}
+    for series_id, forecast in served.items():
+        rows = from_pyfunc[from_pyfunc["series"] == series_id].sort_values("step")
+        assert rows["ts"].iloc[0] == forecast["start"]
+        for channel in ("load", "temp"):
+            # 6 significant digits on the wire (records.SIGNIFICANT_DIGITS).
+            np.testing.assert_allclose(rows[channel], forecast["values"][channel], rtol=1e-5)
+            for level in ("0.8", "0.95"):
+                bounds = forecast["intervals"][level]
+                for side in ("lo", "hi"):
+                    column = rows[f"{channel}_{side}_{level}"].to_numpy()
+                    np.testing.assert_allclose(column, bounds[side][channel], rtol=1e-5, atol=1e-6)
+        width = rows["temp_hi_0.95"] - rows["temp_lo_0.95"]
+        assert (np.diff(width) > 0).all()  # further ahead, wider
 
 
 def test_a_long_gap_in_the_last_window_stops_both_from_forecasting(

@@ -47,11 +47,17 @@ def interval_bounds(
     model: Forecaster, calibration: Calibration, inputs: np.ndarray, preds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The intervals ``(L, N, H, C)`` around ``model``'s forecasts ``preds`` ``(N, H, C)`` of
-    windows ``inputs`` ``(N, L, C_in)``: the calibrated radii in units of each window's
-    target channels' spread (:func:`pipeline.intervals.spread`). Serve, the pyfunc, training
-    and the plots all take them from here."""
+    windows ``inputs`` ``(N, L, C_in)``, of its calibrated radii. The pyfunc, training and the
+    plots take them from here; serve, whose radii move online, from :func:`half_widths`."""
+    half = half_widths(model, calibration.radius, inputs)
+    return preds[None] - half, preds[None] + half
+
+
+def half_widths(model: Forecaster, radius: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """``(L, N, H, C)``: radii ``(L, H, C)`` in units of each window's target channels'
+    spread (:func:`pipeline.intervals.spread`) over windows ``inputs`` ``(N, L, C_in)``."""
     targets = inputs if model.target_columns is None else inputs[..., model.target_columns]
-    return calibration.bounds(preds, spread(targets))
+    return radius[:, None] * spread(targets)[None]
 
 
 def predict(

@@ -55,6 +55,7 @@ class ServeCollector(Collector):
         info.add_metric([self._stats.model_name, self._stats.model_version], 1.0)
         yield info
         yield _online_error(self._stats.online_error)
+        yield _online_coverage(self._stats.online_error)
 
 
 def _family(item: Declared) -> Metric:
@@ -118,3 +119,18 @@ def _port_error(host: str, port: int, err: OSError) -> MetricsPortError:
         "ROLLCAST_METRICS_PORT to a free port (0 turns the endpoint off), or "
         "ROLLCAST_METRICS_HOST to an address of this machine"
     )
+
+
+def _online_coverage(online: OnlineError) -> Metric:
+    family = GaugeMetricFamily(
+        PREFIX + "interval_coverage",
+        "Share of actuals inside the interval published with their forecast, by level and "
+        "steps ahead (version-2 messages of a calibrated model)",
+        labels=["level", "steps_ahead"],
+    )
+    covered, scored = online.covered.copy(), online.interval_scored.copy()
+    for k, level in enumerate(online.levels):
+        for step, count in enumerate(scored, start=1):
+            if count:
+                family.add_metric([f"{level:g}", str(step)], float(covered[k, step - 1] / count))
+    return family

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.forecast import LoadedForecaster, interval_bounds, new_window, predict
+from pipeline.forecast import LoadedForecaster, half_widths, new_window, predict
+from pipeline.intervals import Calibration, OnlineRadius
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours
 from pipeline.progress import Progress, by_reason
@@ -410,12 +411,15 @@ class RollingForecaster:
         origins = np.array([r.issued_at_ms for r in requests], dtype=np.int64)
         return predict(self.model, windows, origins)
 
-    def forecasts(self, requests: list[ForecastRequest], preds: np.ndarray) -> list[Forecast]:
-        """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``; in
-        version 2 with the model's intervals around them."""
+    def forecasts(
+        self, requests: list[ForecastRequest], preds: np.ndarray, halves: np.ndarray | None = None
+    ) -> list[Forecast]:
+        """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``, with
+        intervals of half-widths ``halves`` ``(L, B, H, C)`` around them if given."""
         config, name, version = self.model.config, self.forecaster.name, self.forecaster.version
-        lo, hi = self._bounds(requests, preds)
-        levels = config.interval_levels if lo is not None else ()
+        lo = None if halves is None else preds[None] - halves
+        hi = None if halves is None else preds[None] + halves
+        levels = config.interval_levels if halves is not None else ()
         forecasts = []
         for i, (request, values) in enumerate(zip(requests, preds.tolist(), strict=True)):
             forecasts.append(
@@ -437,16 +441,19 @@ class RollingForecaster:
             )
         return forecasts
 
-    def _bounds(
-        self, requests: list[ForecastRequest], preds: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-        """The intervals ``(L, B, H, C)`` around ``preds`` for a version-2 message from a
-        calibrated model (:func:`pipeline.forecast.interval_bounds`), else none."""
-        calibration = self.model.calibration
-        if self.message != "v2" or calibration is None or not requests:
-            return None, None
+    def half_widths(
+        self, requests: list[ForecastRequest], radius: OnlineRadius | None
+    ) -> np.ndarray | None:
+        """The intervals' half-widths ``(L, B, H, C)`` for ``requests`` from the radii being
+        adapted online (:func:`pipeline.forecast.half_widths`); None without radii."""
+        if radius is None or not requests:
+            return None
         windows = np.stack([r.window for r in requests])
-        return interval_bounds(self.model, calibration, windows, preds)
+        return half_widths(self.model, radius.radius, windows)
+
+    def calibration(self) -> Calibration | None:
+        """The intervals to publish and adapt: the model's, in a version-2 message only."""
+        return self.model.calibration if self.message == "v2" else None
 
 
 def serve_batch(
@@ -479,8 +486,9 @@ def serve_batch(
             sink.send_dead_letter(letter)
             stats.dead_letters[letter.reason] += 1
     preds = rolling.predict(requests)  # (B, H, C)
-    scorer.forecasts_issued(requests, preds)
-    for forecast in rolling.forecasts(requests, preds):
+    halves = rolling.half_widths(requests, stats.online_error.radius)  # (L, B, H, C) or None
+    scorer.forecasts_issued(requests, preds, halves)
+    for forecast in rolling.forecasts(requests, preds, halves):
         sink.send_forecast(forecast)
     sink.flush()
     _count(records, requests, stats, started)
@@ -542,7 +550,8 @@ def swap_if_offered(
     rolling.swap(loaded)
     stats.swaps += 1
     stats.model_version = loaded.version
-    (scorer or OnlineScorer(stats, rolling)).model_swapped(loaded.version, model_scale(rolling))
+    scorer = scorer or OnlineScorer(stats, rolling)
+    scorer.model_swapped(loaded.version, model_scale(rolling), rolling.calibration())
     return loaded
 
 
@@ -616,6 +625,7 @@ def new_stats(rolling: RollingForecaster) -> ServeStats:
             rolling.forecaster.version,
             rolling.model.target_columns,
             rolling.open_hours,
+            rolling.calibration(),
         ),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from pipeline.intervals import DEFAULT_GAIN, Calibration, OnlineRadius
 from pipeline.open_steps import OpenHours, steps_ahead
 
 if TYPE_CHECKING:
@@ -98,8 +99,9 @@ class LatencyRecorder:
         return float(np.quantile(held, q)) if len(held) else 0.0
 
 
-# A forecast being scored against actuals as they arrive: (issued_at_ms, (H, C) values).
-Scoring = tuple[int, np.ndarray]
+# A forecast being scored against actuals as they arrive: when it was issued, its values
+# (H, C) and the half-widths of the intervals published with it (L, H, C), None without.
+Scoring = tuple[int, np.ndarray, np.ndarray | None]
 
 
 class OnlineError:
@@ -110,7 +112,7 @@ class OnlineError:
     one vectorised step.
 
     >>> online = OnlineError(horizon=2, step_ms=10)
-    >>> scoring = (0, np.array([[1.0], [2.0]]))  # issued at t=0: 1.0 at t=10, 2.0 at t=20
+    >>> scoring = (0, np.array([[1.0], [2.0]]), None)  # at t=0: 1.0 at t=10, 2.0 at t=20
     >>> online.score(scoring, 10, np.array([1.5])), online.score(scoring, 20, np.array([2.0]))
     (True, False)
     >>> online.settle(); online.mae()
@@ -125,6 +127,8 @@ class OnlineError:
         version: str = "",
         targets: list[int] | None = None,
         hours: OpenHours | None = None,
+        calibration: Calibration | None = None,
+        gain: float = DEFAULT_GAIN,
     ) -> None:
         self.step_ms = step_ms
         self.hours = hours  # set: a forecast's steps are open steps
@@ -136,31 +140,50 @@ class OnlineError:
         # values scored). The units of the version's validation MSE.
         self.by_version: dict[str, tuple[float, int]] = {}
         self.version, self.scale = version, scale
-        self._scored: list[tuple[int, np.ndarray, np.ndarray]] = []  # (ahead, predicted, actual)
+        self.gain = gain
+        self._start_intervals(calibration)
+        # (ahead, predicted, actual, the published half-widths (L, C) or None)
+        self._scored: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
 
-    def switch(self, version: str, scale: np.ndarray) -> None:
-        """Score the forecasts of another model version from now on (after a swap)."""
+    def _start_intervals(self, calibration: Calibration | None) -> None:
+        """Radii to publish from now on, adapted online (:class:`OnlineRadius`), and the
+        coverage of the intervals scored, per level and steps ahead."""
+        self.radius = None if calibration is None else OnlineRadius(calibration, self.gain)
+        levels, horizon = (calibration.levels if calibration else ()), len(self.abs_error_sum)
+        self.levels = levels
+        self.covered = np.zeros((len(levels), horizon))  # values inside, averaged over channels
+        self.interval_scored = np.zeros(horizon, np.int64)
+
+    def switch(
+        self, version: str, scale: np.ndarray, calibration: Calibration | None = None
+    ) -> None:
+        """Score the forecasts of another model version from now on (after a swap); its
+        intervals start from its own calibration."""
         self.settle()
         self.version, self.scale = version, scale
+        self._start_intervals(calibration)
 
     def score(self, scoring: Scoring, ts_ms: int, actual: np.ndarray) -> bool:
         """Score the actual of step ``ts_ms``; return whether the forecast has steps left."""
-        issued_at_ms, predicted = scoring
+        issued_at_ms, predicted, half = scoring
         if self.hours is None:  # the hot path: one division
             ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
         else:
             ahead = steps_ahead(issued_at_ms, ts_ms, self.step_ms, self.hours) - 1
         if ahead < len(predicted):
             observed = actual if self.targets is None else actual[self.targets]
-            self._scored.append((ahead, predicted[ahead], observed))
+            self._scored.append(
+                (ahead, predicted[ahead], observed, None if half is None else half[:, ahead])
+            )
         return ahead < len(predicted) - 1  # else fully scored (or overtaken)
 
     def settle(self) -> None:
         if not self._scored:
             return
-        ahead = np.fromiter((a for a, _, _ in self._scored), np.int64, len(self._scored))
-        predicted = np.stack([p for _, p, _ in self._scored])
-        actual = np.stack([v for _, _, v in self._scored])
+        ahead = np.fromiter((a for a, _, _, _ in self._scored), np.int64, len(self._scored))
+        predicted = np.stack([p for _, p, _, _ in self._scored])
+        actual = np.stack([v for _, _, v, _ in self._scored])
+        self._score_intervals(ahead, predicted, actual)
         np.add.at(self.abs_error_sum, ahead, np.abs(predicted - actual).mean(axis=1))
         np.add.at(self.abs_error_count, ahead, 1)
         scaled = (predicted - actual) / (self.scale if self.scale is not None else 1.0)
@@ -170,6 +193,30 @@ class OnlineError:
             count + len(self._scored),
         )
         self._scored.clear()
+
+    def _score_intervals(
+        self, ahead: np.ndarray, predicted: np.ndarray, actual: np.ndarray
+    ) -> None:
+        """Count which published intervals held their actual, and move the radii by it."""
+        kept = [(i, half) for i, (_, _, _, half) in enumerate(self._scored) if half is not None]
+        if not kept or self.radius is None:
+            return
+        index = np.array([i for i, _ in kept])
+        halves = np.stack([half for _, half in kept])  # (K, L, C)
+        steps = ahead[index]
+        error = np.abs(predicted[index] - actual[index])[:, None, :]  # (K, 1, C)
+        missed = error > halves  # (K, L, C)
+        self.radius.observe(steps, missed.transpose(1, 0, 2))
+        np.add.at(self.covered.T, steps, 1 - missed.mean(axis=2))
+        np.add.at(self.interval_scored, steps, 1)
+
+    def coverage(self) -> dict[float, float | None]:
+        """The share of actuals inside their published interval so far, per level."""
+        scored = int(self.interval_scored.sum())
+        return {
+            level: float(self.covered[k].sum() / scored) if scored else None
+            for k, level in enumerate(self.levels)
+        }
 
     def mae(self) -> list[float | None]:
         """Mean absolute error by steps ahead; None where none was scored."""
@@ -237,15 +284,21 @@ class OnlineScorer:
         """Add up what a batch scored: one vectorised sum (after its records are placed)."""
         self._stats.online_error.settle()
 
-    def forecasts_issued(self, requests: Sequence[IssuedForecast], preds: np.ndarray) -> None:
-        """Score from now on the forecasts ``preds`` ``(B, H, C)`` made for ``requests``, where
+    def forecasts_issued(
+        self,
+        requests: Sequence[IssuedForecast],
+        preds: np.ndarray,
+        halves: np.ndarray | None = None,
+    ) -> None:
+        """Score from now on the forecasts ``preds`` ``(B, H, C)`` made for ``requests`` (and
+        the intervals of half-widths ``halves`` ``(L, B, H, C)`` published with them), where
         their series has none being scored; count the series given their first forecast.
 
         Newest first: a batch may hold several steps of a series, and only the newest
         forecast's actuals are all still to come. A series evicted in the batch is skipped.
         """
         stats, series = self._stats, self._series
-        for request, pred in zip(reversed(requests), preds[::-1], strict=True):
+        for i, (request, pred) in enumerate(zip(reversed(requests), preds[::-1], strict=True)):
             state = series.series_state(request.series)
             if state is None:
                 continue
@@ -253,15 +306,18 @@ class OnlineScorer:
                 state.forecast_before = True
                 stats.series_forecast += 1
             if state.scoring is None:
-                state.scoring = (request.issued_at_ms, pred.copy())  # not a view: frees the batch
+                half = None if halves is None else halves[:, len(requests) - 1 - i]
+                state.scoring = (request.issued_at_ms, pred.copy(), half)  # copies: free the batch
 
-    def model_swapped(self, version: str, scale: np.ndarray) -> None:
+    def model_swapped(
+        self, version: str, scale: np.ndarray, calibration: Calibration | None = None
+    ) -> None:
         """Score the forecasts of ``version`` (channel scale ``scale``) from now on.
 
         Forecasts of the old version still being scored are dropped: the online error of the
         new version counts its own forecasts only.
         """
-        self._stats.online_error.switch(version, scale)
+        self._stats.online_error.switch(version, scale, calibration)
         for state in self._series.states():
             state.scoring = None
 

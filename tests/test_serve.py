@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 
 from pipeline.forecast import LoadedForecaster, predict
 from pipeline.inmemory import MemoryTransport
+from pipeline.intervals import Calibration
 from pipeline.metrics import serve_metrics
 from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig
@@ -576,3 +577,48 @@ def test_a_member_still_joining_is_not_idle() -> None:
     stats = new_stats(RollingForecaster(repeat_last(), max_series=10))
     stop = stop_rule(None, idle_s=0.05, stopping=threading.Event(), join_grace_s=60)
     assert not _stopped_within(stop, stats, 0.5)
+
+
+# --- intervals, published in version 2 and adapted online -----------------------------------------
+
+
+def calibrated_repeat_last() -> LoadedForecaster:
+    """:func:`repeat_last` with intervals of 1.5 window spreads at 80%, 3.5 at 95%."""
+    forecaster = repeat_last()
+    radius = np.array([1.5, 3.5])[:, None, None] * np.ones((2, HORIZON, 1))
+    forecaster.model.calibrate_intervals(Calibration((0.8, 0.95), radius))
+    return forecaster
+
+
+def test_intervals_widen_online_when_the_actuals_leave_them_and_say_their_coverage() -> None:
+    rolling = RollingForecaster(calibrated_repeat_last(), max_series=100, message="v2")
+    transport, stats = MemoryTransport(), new_stats(rolling)
+    # A series rising by 1 a step: repeat-last is h off h steps ahead, and a window's spread
+    # is 1, so the 80% band (+-1.5) holds step 1 and misses steps 2 and 3 of every forecast.
+    for step in range(40):
+        serve_batch([record("a", step)], rolling, transport.sink(), stats)
+
+    published = forecasts(transport)
+    first, last = published[0], published[-1]
+    assert first["v"] == 2 and first["intervals"]["0.8"]["hi"]["load"] == [4.5, 4.5, 4.5]
+    width = {
+        f["issued_at"]: np.subtract(
+            f["intervals"]["0.8"]["hi"]["load"], f["intervals"]["0.8"]["lo"]["load"]
+        )
+        for f in (first, last)
+    }
+    first_width, last_width = width[first["issued_at"]], width[last["issued_at"]]
+    assert last_width[0] < first_width[0]  # step 1 always covered: narrower
+    assert (last_width[1:] > first_width[1:]).all()  # steps 2, 3 missed: wider
+    coverage = stats.online_error.coverage()
+    assert coverage[0.8] == pytest.approx(1 / 3) and coverage[0.95] == 1
+    scraped = generate_latest(serve_metrics(stats, port=None)).decode()
+    assert 'rollcast_interval_coverage{level="0.8",steps_ahead="1"} 1.0' in scraped
+
+
+def test_version_1_forecasts_carry_no_intervals_and_keep_no_radii() -> None:
+    rolling = RollingForecaster(calibrated_repeat_last(), max_series=100)
+    transport, stats, _ = serve([record("a", s) for s in range(8)], rolling)
+
+    assert all("intervals" not in f and "forecast" in f for f in forecasts(transport))
+    assert stats.online_error.radius is None and stats.online_error.coverage() == {}

@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from pipeline import ConfigurationError
 from pipeline.contract import DEFAULT_MAX_GAP
 from pipeline.covariates import CalendarError, check_calendar
-from pipeline.intervals import MAX_LEVELS, IntervalError, check_levels
+from pipeline.intervals import DEFAULT_GAIN, MAX_LEVELS, IntervalError, check_levels
 from pipeline.recipe import MAX_MEMBERS, TRAINING_NORM, ForecasterConfig, TrainConfig
 from pipeline.records import (
     DEFAULT_MAX_JUMP_STEPS,
@@ -529,6 +529,11 @@ class ServeSettings(RollcastSettings):
     # The forecasts' wire format: "v1", a list of steps each with its time; "v2", one array
     # per channel with the model's prediction intervals (README: Forecast messages).
     forecast_format: Literal["v1", "v2"] = "v1"
+    # How fast the published intervals follow their misses: each miss widens a radius by this
+    # share of its calibrated value, each hit narrows it by a (1 - level) share of that.
+    interval_gain: Annotated[float, Field(ge=0, le=1, description="0: never adapted")] = (
+        DEFAULT_GAIN
+    )
 
 
 class RecordSettings(RollcastSettings):

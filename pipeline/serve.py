@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.forecast import LoadedForecaster, half_widths, new_window, predict
-from pipeline.intervals import Calibration, OnlineRadius
+from pipeline.intervals import DEFAULT_GAIN, Calibration, OnlineRadius
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours
 from pipeline.progress import Progress, by_reason
@@ -616,7 +616,7 @@ def model_scale(rolling: RollingForecaster) -> np.ndarray:
     return np.asarray(rolling.model.scale.detach().cpu().numpy(), dtype=np.float64)
 
 
-def new_stats(rolling: RollingForecaster) -> ServeStats:
+def new_stats(rolling: RollingForecaster, interval_gain: float = DEFAULT_GAIN) -> ServeStats:
     return ServeStats(
         OnlineError(
             rolling.model.config.horizon,
@@ -626,6 +626,7 @@ def new_stats(rolling: RollingForecaster) -> ServeStats:
             rolling.model.target_columns,
             rolling.open_hours,
             rolling.calibration(),
+            interval_gain,
         ),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,

@@ -102,7 +102,7 @@ def serve_from_settings(
     rolling = RollingForecaster(
         champion, serve.max_series, records.policy(), serve.max_new_series, serve.forecast_format
     )
-    stats = new_stats(rolling)
+    stats = new_stats(rolling, serve.interval_gain)
     if serve.metrics_port:
         serve_metrics(stats, serve.metrics_port, serve.metrics_host)
         logger.info(

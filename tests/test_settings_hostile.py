@@ -76,6 +76,7 @@ HOSTILE = (
 # Accepted hostile numbers and what they mean.
 ZERO_MEANS = {
     "metrics_port": "0 turns the Prometheus endpoint off",
+    "interval_gain": "0: serve publishes the calibrated intervals, never adapted",
     "online_report_s": "0: serve never reports its online error",
     "tune_trials": "0: no search before training",
     "rewind_records": "0: a gained partition is not re-read",

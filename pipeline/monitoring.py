@@ -22,20 +22,29 @@ logger = logging.getLogger(__name__)
 # Serve's MSE of published forecasts, in the units of the training run's val_mse.
 ONLINE_MSE = "online_mse"
 ONLINE_VALUES = "online_values"  # forecast values (steps ahead x channels) behind it
+ONLINE_COVERAGE = "online_coverage"  # .<level>: the share of actuals inside their interval
 DRIFT_TAG = "rollcast.drift"
 # A longer reason is cut: well inside MLflow's limit on a run tag's value (8000 characters).
 MAX_REASON_CHARS = 5000
 
 
 def log_online_error(
-    tracking: Tracking, version: str, mse: float, values: int, scored: int
+    tracking: Tracking,
+    version: str,
+    mse: float,
+    values: int,
+    scored: int,
+    coverage: dict[float, float] | None = None,
 ) -> None:
     """Serve's online MSE of ``version`` (validation units) over ``values`` forecast values,
+    and the coverage of its published intervals over the same stretch (``online_coverage.<level>``),
     on the run that trained it. The step is how many values of the version had been scored.
     """
     run_id = _run_of(tracking, version)
     tracking.client.log_metric(run_id, ONLINE_MSE, mse, step=scored)
     tracking.client.log_metric(run_id, ONLINE_VALUES, values, step=scored)
+    for level, share in (coverage or {}).items():
+        tracking.client.log_metric(run_id, f"{ONLINE_COVERAGE}.{level:g}", share, step=scored)
 
 
 def online_error(

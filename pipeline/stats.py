@@ -402,13 +402,15 @@ class OnlineErrorReporter(threading.Thread):
     def __init__(
         self,
         stats: ServeStats,
-        report: Callable[[str, float, int, int], None],
+        report: Callable[[str, float, int, int, dict[float, float]], None],
         interval_s: float,
     ) -> None:
         super().__init__(name="online-error-reporter", daemon=True)
         self._stats, self._report, self._interval_s = stats, report, interval_s
         self._stopped = threading.Event()
         self._reported: dict[str, tuple[float, int]] = {}  # totals at the last good report
+        # The interval totals (values inside per level, values) of a version at its last report.
+        self._covered: dict[str, tuple[np.ndarray, int]] = {}
 
     def run(self) -> None:
         while not self._stopped.wait(self._interval_s):
@@ -426,9 +428,28 @@ class OnlineErrorReporter(threading.Thread):
             if count <= done_count:
                 continue
             new = count - done_count
+            coverage, totals = self._coverage_since(version)
             try:
-                self._report(version, (squared - done_squared) / new, new, count)
+                self._report(version, (squared - done_squared) / new, new, count, coverage)
             except Exception as err:  # the registry being down must not stop serving
                 logger.warning("cannot report the online error of version %s: %s", version, err)
                 continue
             self._reported[version] = (squared, count)
+            if totals is not None:
+                self._covered[version] = totals
+
+    def _coverage_since(
+        self, version: str
+    ) -> tuple[dict[float, float], tuple[np.ndarray, int] | None]:
+        """Per level, the share of the actuals scored since ``version``'s last report that
+        were inside their published interval (empty unless it is the version serving, with
+        intervals), and the totals to count the next report from."""
+        online = self._stats.online_error
+        if version != online.version or not online.levels:
+            return {}, None
+        covered, scored = online.covered.sum(axis=1), int(online.interval_scored.sum())
+        done_covered, done_scored = self._covered.get(version, (np.zeros_like(covered), 0))
+        if scored <= done_scored:
+            return {}, None
+        share = (covered - done_covered) / (scored - done_scored)
+        return dict(zip(online.levels, share.tolist(), strict=True)), (covered, scored)

@@ -138,8 +138,11 @@ def online_error_reporter(
     if not interval_s:
         return None
 
-    def report(version: str, mse: float, values: int, scored: int) -> None:
-        monitoring.log_online_error(connect_reader(settings), version, mse, values, scored)
+    def report(
+        version: str, mse: float, values: int, scored: int, coverage: dict[float, float]
+    ) -> None:
+        tracking = connect_reader(settings)
+        monitoring.log_online_error(tracking, version, mse, values, scored, coverage)
 
     reporter = OnlineErrorReporter(stats, report, interval_s)
     reporter.start()

@@ -40,7 +40,7 @@ from pipeline.serve import (
     stop_rule,
     swap_if_offered,
 )
-from pipeline.stats import LatencyRecorder, ServeStats
+from pipeline.stats import LatencyRecorder, OnlineErrorReporter, ServeStats
 from pipeline.swap import (
     INCOMPATIBLE,
     UNLOADABLE,
@@ -622,3 +622,25 @@ def test_version_1_forecasts_carry_no_intervals_and_keep_no_radii() -> None:
 
     assert all("intervals" not in f and "forecast" in f for f in forecasts(transport))
     assert stats.online_error.radius is None and stats.online_error.coverage() == {}
+
+
+def test_the_online_report_gives_the_coverage_of_the_intervals_scored_since_the_last() -> None:
+    rolling = RollingForecaster(calibrated_repeat_last(), max_series=100, message="v2")
+    transport, stats = MemoryTransport(), new_stats(rolling, interval_gain=0.0)  # fixed radii
+    reports: list[tuple] = []
+    reporter = OnlineErrorReporter(stats, lambda *report: reports.append(report), 3600)
+    for step in range(20):
+        serve_batch([record("a", step)], rolling, transport.sink(), stats)
+    reporter.report_once()
+    for step in range(20, 30):
+        serve_batch([record("a", step)], rolling, transport.sink(), stats)
+    reporter.report_once()
+
+    (_, _, n_first, _, first), (_, _, n_second, _, second) = reports
+    # Fixed radii: 1.5 holds step 1 of 3 (errors 1, 2, 3), 3.5 holds all three; a report may
+    # fall between a forecast's steps, so a short stretch holds more or less than a third.
+    assert first[0.95] == second[0.95] == 1.0
+    assert 0 < first[0.8] < 1 and 0 < second[0.8] < 1
+    assert n_second < n_first  # the second covers only the values since the first
+    overall = (first[0.8] * n_first + second[0.8] * n_second) / (n_first + n_second)
+    assert overall == pytest.approx(stats.online_error.coverage()[0.8])

@@ -42,9 +42,17 @@ def drift_flow(
         reason = f"no online error of v{version} yet"
         logger.info("nothing to compare: %s", reason)
         return {"version": version, "retrain": False, "reason": reason}
-    check = DriftCheck(*figures, drift.drift_ratio, drift.drift_min_scored)
+    coverage = monitoring.online_coverage(tracking, version, drift.drift_min_scored)
+    check = DriftCheck(
+        *figures,
+        drift.drift_ratio,
+        drift.drift_min_scored,
+        coverage,
+        drift.drift_coverage_drop,
+    )
     logger.info("version %s: %s", version, check.reason())
     metrics = {"drift_ratio": check.ratio, "drift_online_mse": check.online_mse}
+    metrics |= {f"drift_coverage.{level:g}": share for level, share in coverage.items()}
     monitoring.record_drift(tracking, version, metrics, check.reason())
     outcome: dict[str, object] = {
         "version": version,

@@ -462,6 +462,9 @@ class DriftSettings(RollcastSettings):
     drift_ratio: Annotated[float, Field(gt=0, le=1000)] = 2.0
     # ...measured over at least this many forecast values (steps ahead x channels x forecasts).
     drift_min_scored: Annotated[int, Field(ge=1, le=1_000_000_000)] = 1000
+    # ...or when the published intervals' online coverage falls this far below a level (0.15:
+    # an 80% interval holding under 65% of the actuals), over as many values.
+    drift_coverage_drop: Annotated[float, Field(gt=0, le=1)] = 0.15
 
 
 class StackSettings(RollcastSettings):

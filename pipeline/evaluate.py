@@ -127,6 +127,9 @@ class DriftCheck:
     (True, 4.5)
     >>> DriftCheck(0.2, 0.9, scored=50, max_ratio=2.0, min_scored=100).retrain
     False
+    >>> collapsed = DriftCheck(0.2, 0.3, 500, 2.0, 100, {0.8: 0.55}, max_coverage_drop=0.15)
+    >>> collapsed.retrain, collapsed.collapsed
+    (True, [0.8])
     """
 
     val_mse: float
@@ -134,20 +137,33 @@ class DriftCheck:
     scored: int  # forecast values behind online_mse
     max_ratio: float
     min_scored: int
+    # The published intervals' online coverage per level, over about the same values; retrain
+    # when one is more than ``max_coverage_drop`` below its level.
+    coverage: Mapping[float, float] = field(default_factory=dict)
+    max_coverage_drop: float = 1.0
 
     @property
     def ratio(self) -> float:
         return self.online_mse / self.val_mse if self.val_mse > 0 else math.inf
 
     @property
+    def collapsed(self) -> list[float]:
+        """The levels whose coverage fell more than ``max_coverage_drop`` below them."""
+        return [lvl for lvl, share in self.coverage.items() if share < lvl - self.max_coverage_drop]
+
+    @property
     def retrain(self) -> bool:
-        return self.scored >= self.min_scored and self.ratio > self.max_ratio
+        drifted = self.ratio > self.max_ratio or bool(self.collapsed)
+        return self.scored >= self.min_scored and drifted
 
     def reason(self) -> str:
         figures = (
             f"online MSE {self.online_mse:.4g} over {self.scored} values is {self.ratio:.2f}x "
             f"the validation MSE {self.val_mse:.4g} (retrain above {self.max_ratio:g}x)"
         )
+        if self.coverage:
+            shares = ", ".join(f"{share:.0%} at {lvl:.0%}" for lvl, share in self.coverage.items())
+            figures += f"; intervals cover {shares} (retrain {self.max_coverage_drop:.0%} below)"
         if self.scored < self.min_scored:
             return f"too few values scored to judge ({self.min_scored} needed): {figures}"
         return f"{'drift: retraining' if self.retrain else 'no drift'}: {figures}"

@@ -67,6 +67,28 @@ def online_error(
     return client.get_run(run_id).data.metrics["val_mse"], squared / values, values
 
 
+def online_coverage(tracking: Tracking, version: str, min_values: int = 1) -> dict[float, float]:
+    """Per level, the coverage of ``version``'s published intervals in serve's latest reports,
+    merged from the newest back until they cover ``min_values`` values, as :func:`online_error`
+    merges the MSE; empty without intervals."""
+    client = tracking.client
+    run_id = _run_of(tracking, version)
+    counts = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_VALUES)}
+    prefix = f"{ONLINE_COVERAGE}."
+    levels = [name for name in client.get_run(run_id).data.metrics if name.startswith(prefix)]
+    coverage = {}
+    for name in levels:
+        shares = {m.step: m.value for m in client.get_metric_history(run_id, name)}
+        inside, values = 0.0, 0
+        for step in sorted(shares.keys() & counts.keys(), reverse=True):
+            inside, values = inside + shares[step] * counts[step], values + int(counts[step])
+            if values >= min_values:
+                break
+        if values:
+            coverage[float(name.removeprefix(prefix))] = inside / values
+    return coverage
+
+
 def record_drift(tracking: Tracking, version: str, figures: dict[str, float], why: str) -> None:
     """A drift check's figures (metrics) and decision (a tag) on the champion's training run."""
     run_id = _run_of(tracking, version)

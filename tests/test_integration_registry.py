@@ -11,8 +11,9 @@ import mlflow
 import pytest
 from serve_harness import register, tiny_model
 
-from pipeline import registry, runs
-from pipeline.config import KafkaSettings, MlflowSettings, StoreSettings
+from pipeline import monitoring, registry, runs
+from pipeline.config import DriftSettings, KafkaSettings, MlflowSettings, StoreSettings
+from pipeline.evaluate import DriftCheck
 from pipeline.swap import LocalCopy
 from pipeline.tracking import connect, connect_reader
 from pipeline.wiring import start_champion
@@ -136,3 +137,23 @@ def test_a_reader_logs_no_runs(rollcast_env: KafkaSettings) -> None:
 
 def _uri_variables() -> tuple[str | None, str | None]:
     return os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
+
+
+def test_a_collapse_of_the_online_coverage_asks_for_a_retrain(rollcast_env: KafkaSettings) -> None:
+    tracking = connect(MlflowSettings(), StoreSettings())
+    version = runs.register_checkpoint(tracking, tiny_model(), "test")
+    run_id = tracking.client.get_model_version(tracking.settings.model_name, version).run_id
+    tracking.client.log_metric(str(run_id), "val_mse", 0.2)
+    # Two reports of serve: the MSE no worse than validation, the 80% interval holding 60%
+    # then 50% of the actuals (400 values each).
+    monitoring.log_online_error(tracking, version, 0.2, 400, 400, {0.8: 0.6, 0.95: 0.9})
+    monitoring.log_online_error(tracking, version, 0.2, 400, 800, {0.8: 0.5, 0.95: 0.9})
+
+    coverage = monitoring.online_coverage(tracking, version, min_values=800)
+    figures = monitoring.online_error(tracking, version, 800)
+
+    assert coverage == pytest.approx({0.8: 0.55, 0.95: 0.9})
+    assert figures is not None
+    check = DriftCheck(*figures, 2.0, 800, coverage, DriftSettings().drift_coverage_drop)
+    assert check.ratio == pytest.approx(1.0) and check.collapsed == [0.8] and check.retrain
+    assert "intervals cover 55% at 80%" in check.reason()

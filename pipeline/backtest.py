@@ -364,7 +364,8 @@ def run_backtest(
     folds = spec_folds(spec, data.borders)
     spec = replace(spec, lookback=data.config.lookback, val_folds=folds)
     lookback = data.config.lookback
-    splits = ltsf_splits(data.values, data.borders, lookback, spec.horizon, data.times, folds)
+    whole = ltsf_splits(data.values, data.borders, lookback, spec.horizon, data.times, folds)
+    splits = forecasting(whole, data.config)  # MS: the target alone is forecast and scored
     scored = splits.test if spec.split == "test" else splits.val
     require_windows(spec, splits, scored, data)
     if spec.model in NAIVE_MODELS:
@@ -400,8 +401,8 @@ def _intervals(
     """Intervals around ``predictions``: calibrated on the validation windows' forecasts
     (split conformal), then adapted as the scored split's actuals arrive in stream order
     (:func:`pipeline.intervals.replay`); the metrics of both."""
-    calibration = calibrate(forecast(val), val.targets, spread(val.inputs), spec.levels)
-    spreads = spread(scored.inputs)
+    calibration = calibrate(forecast(val), val.targets, spread(val.target_inputs), spec.levels)
+    spreads = spread(scored.target_inputs)
     offline = calibration.bounds(predictions, spreads)
     origins = scored.starts + scored.lookback - 1
     lo, hi = replay(predictions, scored.targets, spreads, origins, calibration, spec.interval_gain)
@@ -547,7 +548,9 @@ def backtest_season(spec: BacktestSpec, data: BacktestData) -> SeasonChoice:
     train_end = data.borders.train_end
     times = None if data.times is None else data.times[:train_end]
     step_ms = None if data.times is None else infer_step_ms(data.times)
-    return choose_season(data.values[:train_end], step_ms, spec.horizon, times, lookback)
+    columns = data.config.forecast_columns  # MS: the target's season
+    values = data.values[:train_end] if columns is None else data.values[:train_end, list(columns)]
+    return choose_season(values, step_ms, spec.horizon, times, lookback)
 
 
 def trained_config(
@@ -570,10 +573,10 @@ def _naive(spec: BacktestSpec, data: BacktestData) -> tuple[Forecast, dict[str, 
     horizon = spec.horizon
     if spec.model == "repeat_last":
         details["model_config"] = {"architecture": spec.model}
-        return lambda windows: repeat_last(windows.inputs, horizon), details
+        return lambda windows: repeat_last(windows.target_inputs, horizon), details
     choice = backtest_season(spec, data)
     details["model_config"] = {"architecture": spec.model, "season": choice.period}
-    return lambda windows: seasonal_naive(windows.inputs, horizon, choice.period), {
+    return lambda windows: seasonal_naive(windows.target_inputs, horizon, choice.period), {
         **details,
         **choice.as_metrics(),
     }

@@ -444,3 +444,20 @@ def test_norm_auto_keeps_the_norm_that_validates_better() -> None:
     assert metrics["model_config"]["norm"] == min(scores, key=scores.get) == "season"
     assert metrics["model_config"]["season"] == 168
     assert metrics["val_mse"] == pytest.approx(scores["season"])
+
+
+def test_an_ms_backtest_scores_the_target_alone() -> None:
+    # Two columns in, OT out: the other column (ten times larger) must not enter the score.
+    rng, t = np.random.default_rng(4), np.arange(600)
+    frame = pd.DataFrame(
+        {"x": 10 * rng.normal(size=len(t)), "OT": np.sin(t / 7) + 0.1 * rng.normal(size=len(t))}
+    )
+    spec = BacktestSpec(features="MS", target="OT", model="repeat_last", lookback=24, horizon=6)
+
+    result = run_backtest(frame, "synthetic", spec)
+
+    assert result.predictions.shape[-1] == result.targets.shape[-1] == 1
+    ot = result.targets[..., 0]  # scaled OT of each test window
+    last = np.repeat(result.predictions[:, :1, 0], 6, axis=1)  # repeat-last is flat
+    assert result.metrics["mse"] == pytest.approx(float(np.mean((ot - last) ** 2)), rel=1e-6)
+    assert result.intervals is not None and result.intervals.lo.shape[-1] == 1

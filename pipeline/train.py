@@ -273,7 +273,7 @@ def _train(
     start = _validate(model, val_on, config, (0, 0.0, config.learning_rate), [], tic)
     result.history.append(start)
     best.stale_after(start)  # a start training never beats is kept: a warm start's, seasonal-naive
-    logger.info("step 0/%d  val %.4f  (the starting weights)", plan.total, start.val_loss)
+    logger.info("validation of the starting weights: %.4f", start.val_loss)
     if on_eval is not None:
         on_eval(start)
     for step, loss in _optimizer_steps(model, optimizer, train_on, config, plan):

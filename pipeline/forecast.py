@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import RollcastError
+from pipeline import RollcastError, intervals
 from pipeline.covariates import windows_calendar
-from pipeline.intervals import Calibration, spread
+from pipeline.intervals import Calibration
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours, steps_from
 from pipeline.recipe import ForecasterConfig
@@ -49,15 +49,20 @@ def interval_bounds(
     """The intervals ``(L, N, H, C)`` around ``model``'s forecasts ``preds`` ``(N, H, C)`` of
     windows ``inputs`` ``(N, L, C_in)``, of its calibrated radii. The pyfunc, training and the
     plots take them from here; serve, whose radii move online, from :func:`half_widths`."""
-    half = half_widths(model, calibration.radius, inputs)
-    return preds[None] - half, preds[None] + half
+    return calibration.bounds(preds, target_spreads(model, inputs))
 
 
 def half_widths(model: Forecaster, radius: np.ndarray, inputs: np.ndarray) -> np.ndarray:
     """``(L, N, H, C)``: radii ``(L, H, C)`` in units of each window's target channels'
-    spread (:func:`pipeline.intervals.spread`) over windows ``inputs`` ``(N, L, C_in)``."""
+    spread over windows ``inputs`` ``(N, L, C_in)``."""
+    return intervals.half_widths(radius, target_spreads(model, inputs))
+
+
+def target_spreads(model: Forecaster, inputs: np.ndarray) -> np.ndarray:
+    """``(N, 1, C)``: the spread (:func:`pipeline.intervals.spread`) of the forecast channels
+    of windows ``inputs`` ``(N, L, C_in)``."""
     targets = inputs if model.target_columns is None else inputs[..., model.target_columns]
-    return radius[:, None] * spread(targets)[None]
+    return intervals.spread(targets)
 
 
 def predict(

@@ -96,8 +96,13 @@ class Calibration:
     def bounds(self, point: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lower and upper bounds ``(L, N, H, C)`` around forecasts ``(N, H, C)`` of
         windows of ``spreads`` ``(N, 1, C)``."""
-        half = self.radius[:, None] * spreads[None]
+        half = half_widths(self.radius, spreads)
         return point[None] - half, point[None] + half
+
+
+def half_widths(radius: np.ndarray, spreads: np.ndarray) -> np.ndarray:
+    """``(L, N, H, C)``: radii ``(L, H, C)`` in units of the spreads ``(N, 1, C)`` of N windows."""
+    return radius[:, None] * spreads[None]
 
 
 def calibrate(

@@ -10,6 +10,7 @@ values of the version had been scored; the drift check merges its latest reports
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from pipeline.registry import RegistryError
@@ -57,14 +58,23 @@ def online_error(
     run_id = _run_of(tracking, version)
     mses = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_MSE)}
     counts = {m.step: m.value for m in client.get_metric_history(run_id, ONLINE_VALUES)}
-    squared, values = 0.0, 0
-    for step in sorted(mses.keys() & counts.keys(), reverse=True):
-        squared, values = squared + mses[step] * counts[step], values + int(counts[step])
-        if values >= min_values:
-            break
+    mse, values = _newest_mean(mses, counts, min_values)
     if not values:
         return None
-    return client.get_run(run_id).data.metrics["val_mse"], squared / values, values
+    return client.get_run(run_id).data.metrics["val_mse"], mse, values
+
+
+def _newest_mean(
+    means: dict[int, float], counts: dict[int, float], min_values: int
+) -> tuple[float, int]:
+    """The mean of serve's reports ``means`` (by step), each weighted by the values behind it
+    (``counts``), from the newest back until they cover ``min_values``; and how many values."""
+    total, values = 0.0, 0
+    for step in sorted(means.keys() & counts.keys(), reverse=True):
+        total, values = total + means[step] * counts[step], values + int(counts[step])
+        if values >= min_values:
+            break
+    return (total / values if values else math.nan), values
 
 
 def online_coverage(tracking: Tracking, version: str, min_values: int = 1) -> dict[float, float]:
@@ -79,13 +89,9 @@ def online_coverage(tracking: Tracking, version: str, min_values: int = 1) -> di
     coverage = {}
     for name in levels:
         shares = {m.step: m.value for m in client.get_metric_history(run_id, name)}
-        inside, values = 0.0, 0
-        for step in sorted(shares.keys() & counts.keys(), reverse=True):
-            inside, values = inside + shares[step] * counts[step], values + int(counts[step])
-            if values >= min_values:
-                break
+        share, values = _newest_mean(shares, counts, min_values)
         if values:
-            coverage[float(name.removeprefix(prefix))] = inside / values
+            coverage[float(name.removeprefix(prefix))] = share
     return coverage
 
 

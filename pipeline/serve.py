@@ -402,14 +402,16 @@ class RollingForecaster:
         """The state held for a series, established or new."""
         return self.series.get(series_id) or self.newcomers.get(series_id)
 
-    def predict(self, requests: list[ForecastRequest]) -> np.ndarray:
-        """One batched model call for every request: the forecasts, ``(B, H, C)``."""
+    def predict(self, requests: list[ForecastRequest]) -> tuple[np.ndarray, np.ndarray]:
+        """One batched model call for every request: the windows ``(B, L, C)`` stacked once
+        (the intervals' spreads read them too) and the forecasts ``(B, H, C)``."""
+        config = self.model.config
         if not requests:
-            config = self.model.config
-            return np.empty((0, config.horizon, len(config.target_names)), dtype=np.float32)
+            windows = np.empty((0, config.lookback, config.n_channels))
+            return windows, np.empty((0, config.horizon, len(config.target_names)), np.float32)
         windows = np.stack([r.window for r in requests])
         origins = np.array([r.issued_at_ms for r in requests], dtype=np.int64)
-        return predict(self.model, windows, origins)
+        return windows, predict(self.model, windows, origins)
 
     def forecasts(
         self, requests: list[ForecastRequest], preds: np.ndarray, halves: np.ndarray | None = None
@@ -441,14 +443,12 @@ class RollingForecaster:
             )
         return forecasts
 
-    def half_widths(
-        self, requests: list[ForecastRequest], radius: OnlineRadius | None
-    ) -> np.ndarray | None:
-        """The intervals' half-widths ``(L, B, H, C)`` for ``requests`` from the radii being
-        adapted online (:func:`pipeline.forecast.half_widths`); None without radii."""
-        if radius is None or not requests:
+    def half_widths(self, windows: np.ndarray, radius: OnlineRadius | None) -> np.ndarray | None:
+        """The intervals' half-widths ``(L, B, H, C)`` around the forecasts of ``windows``
+        ``(B, L, C)`` from the radii being adapted online (:func:`pipeline.forecast.half_widths`);
+        None without radii."""
+        if radius is None or not len(windows):
             return None
-        windows = np.stack([r.window for r in requests])
         return half_widths(self.model, radius.radius, windows)
 
     def calibration(self) -> Calibration | None:
@@ -485,8 +485,8 @@ def serve_batch(
         if not letter.record.rewound:
             sink.send_dead_letter(letter)
             stats.dead_letters[letter.reason] += 1
-    preds = rolling.predict(requests)  # (B, H, C)
-    halves = rolling.half_widths(requests, stats.online_error.radius)  # (L, B, H, C) or None
+    windows, preds = rolling.predict(requests)  # (B, L, C), (B, H, C)
+    halves = rolling.half_widths(windows, stats.online_error.radius)  # (L, B, H, C) or None
     scorer.forecasts_issued(requests, preds, halves)
     for forecast in rolling.forecasts(requests, preds, halves):
         sink.send_forecast(forecast)

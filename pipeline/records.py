@@ -463,8 +463,11 @@ def forecast_to_dict_v2(forecast: Forecast) -> dict[str, Any]:
 
 def _by_channel(channels: tuple[str, ...], values: np.ndarray) -> dict[str, np.ndarray]:
     """``{channel: its (horizon,) values}`` of ``values`` ``(horizon, channels)``, each a
-    contiguous float32 array of :func:`significant` numbers (orjson writes them short)."""
-    columns = np.ascontiguousarray(significant(values.T), dtype=np.float32)  # (C, H)
+    contiguous float32 array of :func:`significant` numbers (orjson writes them short). A bound
+    past float32's range (an interval around values near it) is written as that range's end,
+    a number, not the ``null`` an infinity would become."""
+    rounded = np.clip(significant(values.T), -FLOAT32_MAX, FLOAT32_MAX)
+    columns = np.ascontiguousarray(rounded, dtype=np.float32)  # (C, H)
     return dict(zip(channels, columns, strict=True))
 
 

@@ -19,6 +19,7 @@ from pipeline.records import (
     BAD_TIMESTAMP,
     DEAD_LETTER_MAX_KEY_BYTES,
     DEAD_LETTER_MAX_VALUE_BYTES,
+    FLOAT32_MAX,
     FUTURE,
     KEY_MISMATCH,
     MALFORMED_JSON,
@@ -535,3 +536,24 @@ def test_serve_and_store_settings_refuse_what_would_break_the_loops(
 
     with pytest.raises((ValidationError, ConfigurationError)):
         settings()
+
+
+def test_a_version_2_interval_around_the_largest_values_stays_numbers() -> None:
+    # Values the record policy accepts (finite in float32), with an interval past that range.
+    edge = 3.4e38
+    values = np.array([[edge, -edge]] * 3)
+    forecast = dataclasses.replace(
+        make_forecast(horizon=3),
+        message="v2",
+        values=values.tolist(),
+        interval_levels=(0.8,),
+        lo=(values - 1e39)[None],
+        hi=(values + 1e39)[None],
+    )
+
+    body = json.loads(forecast_to_bytes(forecast))
+
+    bounds = body["intervals"]["0.8"]
+    numbers = [*bounds["lo"]["HUFL"], *bounds["hi"]["OT"], *body["values"]["OT"]]
+    assert all(isinstance(n, float) and np.isfinite(n) for n in numbers)
+    assert bounds["hi"]["HUFL"][0] == pytest.approx(FLOAT32_MAX, rel=1e-5)

@@ -36,6 +36,9 @@ SERIES, LOOKBACK, HORIZON, BATCH = 1000, 96, 24, 2000
 
 
 class NullSink:
+    def send_forecasts(self, batch: object) -> None:
+        pass
+
     def send_forecast(self, forecast: object) -> None:
         pass
 

@@ -47,11 +47,12 @@ from pipeline.evaluate import (
     repeat_last,
     seasonal_naive,
 )
-from pipeline.forecast import predict
+from pipeline.forecast import interval_units, point_forecasts, predict, predict_outputs
 from pipeline.intervals import (
     DEFAULT_GAIN,
     DEFAULT_LEVELS,
     IntervalError,
+    Units,
     calibrate,
     check_gain,
     check_levels,
@@ -313,6 +314,7 @@ def spec_config(
     """The model config a spec trains: its shape, the spec's lookback (or the model's default),
     sized to the training rows by the rule training uses (:meth:`ForecasterConfig.fitted`)."""
     shape = {"norm": TRAINING_NORM, **spec.model_overrides, "horizon": spec.horizon}
+    shape["interval_levels"] = spec.levels  # a quantile head learns their quantiles
     if freq:
         shape["freq"] = freq
     if spec.features == "MS" and channels:
@@ -374,8 +376,11 @@ def run_backtest(
         config, season = trained_config(spec, data)
         forecast, details = _trained(spec, config, splits, on_eval)
         details.update(season)
-    predictions, targets = forecast(scored), scored.targets
-    intervals, interval_figures = _intervals(spec, forecast, splits.val, scored, predictions)
+    forecasted = forecast(scored)
+    predictions, targets = forecasted.points, scored.targets
+    intervals, interval_figures = _intervals(
+        spec, forecast(splits.val), splits.val, scored, forecasted
+    )
     metrics = {
         **_spec_metrics(spec, dataset),
         "mse": mse(predictions, targets),
@@ -392,20 +397,17 @@ def run_backtest(
 
 
 def _intervals(
-    spec: BacktestSpec,
-    forecast: Callable[[WindowSet], np.ndarray],
-    val: WindowSet,
-    scored: WindowSet,
-    predictions: np.ndarray,
-) -> tuple[Intervals, dict[str, Any]]:
-    """Intervals around ``predictions``: calibrated on the validation windows' forecasts
-    (split conformal), then adapted as the scored split's actuals arrive in stream order
-    (:func:`pipeline.intervals.replay`); the metrics of both."""
-    calibration = calibrate(forecast(val), val.targets, spread(val.target_inputs), spec.levels)
-    spreads = spread(scored.target_inputs)
-    offline = calibration.bounds(predictions, spreads)
+    spec: BacktestSpec, val_forecast: Forecasted, val: WindowSet, scored: WindowSet,
+    forecasted: Forecasted,
+) -> tuple[Intervals, dict[str, Any]]:  # fmt: skip
+    """Intervals around the scored split's forecasts: calibrated on the validation windows'
+    forecasts (split conformal), then adapted as the scored split's actuals arrive in stream
+    order (:func:`pipeline.intervals.replay`); the metrics of both."""
+    calibration = calibrate(val_forecast.points, val.targets, val_forecast.units, spec.levels)
+    predictions, units = forecasted.points, forecasted.units
+    offline = calibration.bounds(predictions, units)
     origins = scored.starts + scored.lookback - 1
-    lo, hi = replay(predictions, scored.targets, spreads, origins, calibration, spec.interval_gain)
+    lo, hi = replay(predictions, scored.targets, units, origins, calibration, spec.interval_gain)
     levels, targets = calibration.levels, scored.targets
     figures = {
         "interval_levels": list(levels),
@@ -564,7 +566,20 @@ def trained_config(
     return data.config.with_season(choice.period), choice.as_metrics()
 
 
-Forecast = Callable[[WindowSet], np.ndarray]  # windows -> their forecasts (N, H, C)
+@dataclass(frozen=True)
+class Forecasted:
+    """A model's forecasts of some windows ``(N, H, C)`` and their intervals' units."""
+
+    points: np.ndarray
+    units: Units
+
+
+Forecast = Callable[[WindowSet], Forecasted]
+
+
+def symmetric(points: np.ndarray, windows: WindowSet) -> Forecasted:
+    """Point forecasts of ``windows``, with intervals as wide as each window's spread."""
+    return Forecasted(points, spread(windows.target_inputs))
 
 
 def _naive(spec: BacktestSpec, data: BacktestData) -> tuple[Forecast, dict[str, Any]]:
@@ -573,10 +588,16 @@ def _naive(spec: BacktestSpec, data: BacktestData) -> tuple[Forecast, dict[str, 
     horizon = spec.horizon
     if spec.model == "repeat_last":
         details["model_config"] = {"architecture": spec.model}
-        return lambda windows: repeat_last(windows.target_inputs, horizon), details
+        return lambda windows: symmetric(
+            repeat_last(windows.target_inputs, horizon), windows
+        ), details
     choice = backtest_season(spec, data)
     details["model_config"] = {"architecture": spec.model, "season": choice.period}
-    return lambda windows: seasonal_naive(windows.target_inputs, horizon, choice.period), {
+
+    def forecast(windows: WindowSet) -> Forecasted:
+        return symmetric(seasonal_naive(windows.target_inputs, horizon, choice.period), windows)
+
+    return forecast, {
         **details,
         **choice.as_metrics(),
     }
@@ -595,8 +616,10 @@ def _trained(
     model = result.model
     scored = splits.test if spec.split == "test" else splits.val
 
-    def forecast(windows: WindowSet) -> np.ndarray:
-        return predict(model, windows.inputs, windows.origins, train_config.batch_size)
+    def forecast(windows: WindowSet) -> Forecasted:
+        outputs = predict_outputs(model, windows.inputs, windows.origins, train_config.batch_size)
+        points = point_forecasts(model, outputs)
+        return Forecasted(points, interval_units(model, windows.inputs, outputs))
 
     alone = {} if result.ensemble is None else {"mse_first_seed": _first_seed_mse(result, scored)}
     details = {

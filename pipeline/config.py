@@ -335,7 +335,7 @@ class ModelSettings(RollcastSettings):
     segment_len: Annotated[int, Field(ge=1, le=100_000)] = SHAPE.segment_len  # the lookback's cap
     decoder: Literal["pmf", "linear"] = SHAPE.decoder  # type: ignore[assignment]
     # The output head and its training loss (pipeline.model.HEADS).
-    loss: Literal["mse", "l1"] = SHAPE.loss  # type: ignore[assignment]
+    loss: Literal["mse", "l1", "pinball"] = SHAPE.loss  # type: ignore[assignment]
     # Period of the seasonal-naive baseline, in steps. None: a day of steps at the store's
     # frequency (24 for hourly data, 48 half-hourly), a week for daily data.
     season: Annotated[int, Field(ge=1, le=100_000)] | None = None  # the lookback's cap
@@ -514,6 +514,11 @@ class ServeSettings(RollcastSettings):
     # Records per poll: one batch. Also the bound on records forecast twice after a crash
     # (at most a million: the batch is held in memory).
     max_poll_records: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    # Within a poll, the forecasts due are made and published (and acknowledged) at this many,
+    # or this long after the first of them, so a record waits for its own batch, not the
+    # poll's (pipeline.serve.BatchCap). Offsets are still committed once per poll.
+    batch_forecasts: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    batch_ms: Annotated[float, Field(ge=0, le=60_000, description="0: one forecast a batch")] = 20.0
     # Live series held; the least recently seen is dropped beyond this.
     max_series: Annotated[int, Field(ge=1, le=MAX_SERIES_CAP)] = 100_000
     # Records re-read per gained partition to rebuild windows after a restart or rebalance

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from pipeline.forecast import interval_bounds, predict
-from pipeline.intervals import Calibration, calibrate, interval_metrics, spread
+from pipeline.forecast import interval_bounds, interval_units, point_forecasts, predict_outputs
+from pipeline.intervals import calibrate, interval_metrics
 from pipeline.model import Forecaster
 from pipeline.windows import WindowSet, channel_scale, split_point
 
@@ -242,28 +242,34 @@ def score(
     )
 
 
-def score_forecaster(model: Forecaster, windows: WindowSet, season: int) -> Scorecard:
-    """Forecast every window with ``model`` and score it beside the baselines; with its
-    intervals' figures when it is calibrated."""
-    pred = predict(model, windows.inputs, windows.origins)
+def score_forecaster(
+    model: Forecaster, windows: WindowSet, season: int, outputs: np.ndarray | None = None
+) -> Scorecard:
+    """Score ``model``'s forecasts of every window beside the baselines; with its intervals'
+    figures when it is calibrated. ``outputs``: its outputs for the windows, if already made."""
+    if outputs is None:
+        outputs = predict_outputs(model, windows.inputs, windows.origins)
+    pred = point_forecasts(model, outputs)
     scale = model.scale.detach().cpu().numpy()
     card = score(pred, windows.target_inputs, windows.targets, scale, season)
     calibration = model.calibration
     if calibration is None:
         return card
-    lo, hi = interval_bounds(model, calibration, windows.inputs, pred)
+    lo, hi = interval_bounds(model, calibration, windows.inputs, outputs)
     figures = interval_metrics(lo, hi, windows.targets, calibration.levels)
     return replace(card, intervals=figures)
 
 
-def calibrate_forecaster(model: Forecaster, windows: WindowSet) -> Calibration:
+def calibrate_forecaster(model: Forecaster, windows: WindowSet) -> np.ndarray:
     """Calibrate ``model``'s intervals on its forecasts of ``windows`` (split conformal per
-    horizon step and channel, :func:`pipeline.intervals.calibrate`) and keep them in it."""
-    pred = predict(model, windows.inputs, windows.origins)
-    spreads = spread(windows.target_inputs)
-    calibration = calibrate(pred, windows.targets, spreads, model.config.interval_levels)
+    horizon step and channel, :func:`pipeline.intervals.calibrate`) and keep them in it;
+    returns its outputs for the windows (:func:`pipeline.forecast.predict_outputs`)."""
+    outputs = predict_outputs(model, windows.inputs, windows.origins)
+    units = interval_units(model, windows.inputs, outputs)
+    pred = point_forecasts(model, outputs)
+    calibration = calibrate(pred, windows.targets, units, model.config.interval_levels)
     model.calibrate_intervals(calibration)
-    return calibration
+    return outputs
 
 
 # --- choosing the seasonal-naive period from the data ---------------------------------------------

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.forecast import interval_bounds, predict
+from pipeline.forecast import interval_bounds, point_forecasts, predict_outputs
 from pipeline.model import Forecaster
 from pipeline.train import TrainResult
 from pipeline.windows import WindowSet
@@ -57,8 +57,9 @@ def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
     """
     picks = np.linspace(0, len(val) - 1, num=min(PLOTTED_WINDOWS, len(val))).astype(int)
     shown = val.subset(picks)
-    preds = predict(model.cpu(), shown.inputs, shown.origins)
-    bands = _bands(model, preds, shown)
+    outputs = predict_outputs(model.cpu(), shown.inputs, shown.origins)
+    preds = point_forecasts(model, outputs)
+    bands = _bands(model, outputs, shown)
     fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.4 * len(picks)), squeeze=False)
     for ax, i, pred in zip(axes[:, 0], range(len(picks)), preds, strict=True):
         _draw_bands(ax, bands, i)
@@ -76,12 +77,13 @@ def forecast_figure(model: Forecaster, val: WindowSet) -> plt.Figure:
 Bands = tuple[tuple[float, ...], np.ndarray, np.ndarray] | None  # levels, lo, hi (L, N, H, C)
 
 
-def _bands(model: Forecaster, preds: np.ndarray, shown: WindowSet) -> Bands:
-    """The intervals around ``preds`` when the model is calibrated (a fan chart), else None."""
+def _bands(model: Forecaster, outputs: np.ndarray, shown: WindowSet) -> Bands:
+    """The intervals of the model's ``outputs`` when it is calibrated (a fan chart), else
+    None."""
     calibration = model.calibration
     if calibration is None:
         return None
-    lo, hi = interval_bounds(model, calibration, shown.inputs, preds)
+    lo, hi = interval_bounds(model, calibration, shown.inputs, outputs)
     return calibration.levels, lo, hi
 
 

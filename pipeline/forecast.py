@@ -19,7 +19,7 @@ import torch
 
 from pipeline import RollcastError, intervals
 from pipeline.covariates import windows_calendar
-from pipeline.intervals import Calibration
+from pipeline.intervals import Calibration, Units
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours, steps_from
 from pipeline.recipe import ForecasterConfig
@@ -42,20 +42,21 @@ class LoadedForecaster:
     model: Forecaster
 
 
-@torch.inference_mode()
 def interval_bounds(
-    model: Forecaster, calibration: Calibration, inputs: np.ndarray, preds: np.ndarray
+    model: Forecaster, calibration: Calibration, inputs: np.ndarray, outputs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The intervals ``(L, N, H, C)`` around ``model``'s forecasts ``preds`` ``(N, H, C)`` of
-    windows ``inputs`` ``(N, L, C_in)``, of its calibrated radii. The pyfunc, training and the
-    plots take them from here; serve, whose radii move online, from :func:`half_widths`."""
-    return calibration.bounds(preds, target_spreads(model, inputs))
+    """The intervals ``(L, N, H, C)`` of ``model``'s calibrated radii around its forecasts of
+    windows ``inputs`` ``(N, L, C_in)``, from its outputs (:func:`predict_outputs`). The pyfunc,
+    training and the plots take them from here; serve, whose radii move online, from
+    :func:`pipeline.intervals.bounds` of :func:`interval_units`."""
+    points = point_forecasts(model, outputs)
+    return calibration.bounds(points, interval_units(model, inputs, outputs))
 
 
-def half_widths(model: Forecaster, radius: np.ndarray, inputs: np.ndarray) -> np.ndarray:
-    """``(L, N, H, C)``: radii ``(L, H, C)`` in units of each window's target channels'
-    spread over windows ``inputs`` ``(N, L, C_in)``."""
-    return intervals.half_widths(radius, target_spreads(model, inputs))
+def interval_units(model: Forecaster, inputs: np.ndarray, outputs: np.ndarray) -> Units:
+    """How far below and above each forecast one unit of radius reaches (its head says:
+    :meth:`pipeline.model.PointHead.units`), for windows ``inputs`` ``(N, L, C_in)``."""
+    return model.units(outputs, target_spreads(model, inputs))
 
 
 def target_spreads(model: Forecaster, inputs: np.ndarray) -> np.ndarray:
@@ -74,9 +75,25 @@ def predict(
     """Point forecasts ``(N, H, C)`` for inputs ``(N, L, C)``, on the model's device.
 
     ``origins_ms`` ``(N,)`` is the time of each window's last step: a model that reads calendar
-    features gets them from it (:func:`pipeline.covariates.windows_calendar`). The one place an
-    output becomes points: the model's head says how.
+    features gets them from it (:func:`pipeline.covariates.windows_calendar`).
     """
+    return point_forecasts(model, predict_outputs(model, inputs, origins_ms, batch_size))
+
+
+def point_forecasts(model: Forecaster, outputs: np.ndarray) -> np.ndarray:
+    """The point forecasts ``(N, H, C)`` of outputs of :func:`predict_outputs`: the one place an
+    output becomes points (the model's head says how)."""
+    return model.point(torch.from_numpy(outputs)).numpy()
+
+
+def predict_outputs(
+    model: Forecaster,
+    inputs: np.ndarray,
+    origins_ms: np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """The model's outputs for inputs ``(N, L, C)``, as :func:`predict` takes them: points
+    ``(N, H, C)``, or a quantile head's quantiles ``(N, H, C, Q)``."""
     model.eval()
     device = next(model.parameters(), model.scale).device
     outputs = []
@@ -85,11 +102,12 @@ def predict(
         origins = None if origins_ms is None else origins_ms[i : i + batch_size]
         calendar = windows_calendar(model.config, origins)
         known = None if calendar is None else torch.from_numpy(calendar).to(device)
-        with torch.no_grad():  # forecasts, never trained through
-            outputs.append(model.point(model(x, known)))
+        with torch.inference_mode():  # forecasts, never trained through
+            outputs.append(model(x, known))
     if not outputs:
-        outputs_shape = (0, model.config.horizon, len(model.config.target_names))
-        return np.empty(outputs_shape, dtype=np.float32)
+        config = model.config
+        shape = (0, config.horizon, len(config.target_names), model.output_head.n_outputs)
+        return np.empty(shape[:3] if shape[3] == 1 else shape, dtype=np.float32)
     return torch.cat(outputs).float().cpu().numpy()
 
 
@@ -170,7 +188,8 @@ def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
     config = model.config
     latest = latest_windows(history, config)
     issued_at_ms = np.array(latest.issued_at_ms, np.int64)
-    preds = predict(model, latest.windows, issued_at_ms)  # (S, H, C)
+    outputs = predict_outputs(model, latest.windows, issued_at_ms)
+    preds = point_forecasts(model, outputs)  # (S, H, C)
     times = model_steps(config, issued_at_ms, np.arange(1, config.horizon + 1))  # (S, H)
     rows = [
         {
@@ -186,7 +205,7 @@ def forecast_frame(model: Forecaster, history: pd.DataFrame) -> pd.DataFrame:
     calibration = model.calibration
     if calibration is None:
         return frame
-    lo, hi = interval_bounds(model, calibration, latest.windows, preds)  # (L, S, H, C)
+    lo, hi = interval_bounds(model, calibration, latest.windows, outputs)  # (L, S, H, C)
     for k, level in enumerate(calibration.levels):
         for c, channel in enumerate(config.target_names):
             frame[f"{channel}_lo_{level:g}"] = lo[k, :, :, c].ravel()  # series, then step

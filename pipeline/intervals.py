@@ -1,14 +1,18 @@
 """Prediction intervals around point forecasts: calibrated offline, kept calibrated online.
 
 **Offline** (:func:`calibrate`): split conformal prediction per horizon step and channel. The
-conformity score of a validation forecast is its absolute error over its window's
-:func:`spread` (the mean absolute step-to-step change of its lookback), so one global model's
-intervals are as wide as each series' own movement, whatever its scale (normalized conformal
-scores: Papadopoulos et al. 2008; Lei et al. 2018). The radius of level ``l`` is the scores'
-``ceil((n + 1) l) / n`` empirical quantile, so that on exchangeable data an interval
-``point ± radius * spread`` covers at least ``l`` of new values (Vovk, Gammerman & Shafer
-2005). One radius per step: a 24-steps-ahead forecast gets a wider interval than the next
-step's.
+conformity score of a validation forecast is its error in its interval's *units*: how far
+below and above the point one unit of radius reaches. For a point forecast both are the
+window's :func:`spread` (the mean absolute step-to-step change of its lookback), so the score
+is the absolute error over it and one global model's intervals are as wide as each series'
+own movement, whatever its scale (normalized conformal scores: Papadopoulos et al. 2008; Lei
+et al. 2018). For a quantile head they are each level's quantiles' distances from the median,
+so the interval is the quantiles' band stretched or shrunk by the radius (a scaled form of
+conformalized quantile regression: Romano, Patterson & Candès 2019). The radius of level
+``l`` is the scores' ``ceil((n + 1) l) / n`` empirical quantile, so that on exchangeable data
+an interval ``[point - radius * below, point + radius * above]`` covers at least ``l`` of new
+values (Vovk, Gammerman & Shafer 2005). One radius per step: a 24-steps-ahead forecast gets a
+wider interval than the next step's.
 
 **Online** (:class:`OnlineRadius`): each radius tracks the misses it sees as the actuals arrive,
 ``radius += gain * calibrated * (miss - (1 - l))``: quantile tracking, the proportional part of
@@ -21,7 +25,8 @@ deliver their actuals: a window's interval uses only the errors of targets obser
 origin.
 
 numpy only; the shapes are ``L`` levels, ``N`` windows, ``H`` horizon steps, ``C`` target
-channels.
+channels. *Units* are a pair ``(below, above)`` broadcastable to ``(L, N, H, C)``, or the
+window spreads ``(N, 1, C)`` alone for intervals symmetric around a point.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# How far below and above the point one unit of radius reaches: (below, above), each
+# broadcastable to (L, N, H, C); or the spreads (N, 1, C) of symmetric intervals.
+Units = tuple[np.ndarray, np.ndarray] | np.ndarray
 
 # The coverage levels of the intervals published beside each forecast, and the most a model
 # may have (each is an array in every forecast message).
@@ -86,30 +95,38 @@ def check_gain(gain: float) -> float:
     return float(gain)
 
 
+def both_ways(units: Units) -> tuple[np.ndarray, np.ndarray]:
+    """``(below, above)`` of ``units``, each broadcastable to ``(L, N, H, C)``."""
+    if isinstance(units, np.ndarray):
+        return units[None], units[None]
+    return units
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Per level, horizon step and channel, the interval's half-width in window spreads."""
+    """Per level, horizon step and channel, the interval's radius in its units."""
 
     levels: tuple[float, ...]
-    radius: np.ndarray  # (L, H, C), in units of each window's spread
+    radius: np.ndarray  # (L, H, C)
 
-    def bounds(self, point: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def bounds(self, point: np.ndarray, units: Units) -> tuple[np.ndarray, np.ndarray]:
         """The lower and upper bounds ``(L, N, H, C)`` around forecasts ``(N, H, C)`` of
-        windows of ``spreads`` ``(N, 1, C)``."""
-        half = half_widths(self.radius, spreads)
-        return point[None] - half, point[None] + half
+        intervals of ``units``."""
+        return bounds(self.radius, point, units)
 
 
-def half_widths(radius: np.ndarray, spreads: np.ndarray) -> np.ndarray:
-    """``(L, N, H, C)``: radii ``(L, H, C)`` in units of the spreads ``(N, 1, C)`` of N windows."""
-    return radius[:, None] * spreads[None]
+def bounds(radius: np.ndarray, point: np.ndarray, units: Units) -> tuple[np.ndarray, np.ndarray]:
+    """``(L, N, H, C)`` each: the bounds of radii ``(L, H, C)`` around points ``(N, H, C)``."""
+    below, above = both_ways(units)
+    reach = radius[:, None]
+    return point[None] - reach * below, point[None] + reach * above
 
 
 def calibrate(
-    predictions: np.ndarray, targets: np.ndarray, spreads: np.ndarray, levels: tuple[float, ...]
+    predictions: np.ndarray, targets: np.ndarray, units: Units, levels: tuple[float, ...]
 ) -> Calibration:
-    """Split-conformal radii from validation forecasts and actuals ``(N, H, C)`` of windows
-    of ``spreads`` ``(N, 1, C)``.
+    """Split-conformal radii from validation forecasts and actuals ``(N, H, C)`` and their
+    intervals' ``units``.
 
     NaN actuals are left out. With fewer windows than a level needs (``ceil((n + 1) l) > n``)
     the largest score is the radius, and the interval may cover less than ``l``.
@@ -119,12 +136,17 @@ def calibrate(
     [5.0, 8.0]
     """
     levels = check_levels(levels)
-    scores = np.abs(targets - predictions) / spreads  # (N, H, C)
-    n = np.sum(~np.isnan(scores), axis=0)  # (H, C)
+    below, above = both_ways(units)
+    error = targets - predictions  # (N, H, C)
+    scores = np.maximum(-error / below, error / above)  # (1 or L, N, H, C)
+    scores = np.broadcast_to(scores, (len(levels), *error.shape))
+    n = np.sum(~np.isnan(error), axis=0)  # (H, C)
     if not n.all():
         raise IntervalError("no validation value to calibrate some horizon step on")
-    ordered = np.sort(scores, axis=0)  # NaNs last
-    radius = np.stack([_score_of_rank(ordered, np.ceil((n + 1) * level), n) for level in levels])
+    ordered = np.sort(scores, axis=1)  # NaNs last
+    radius = np.stack(
+        [_score_of_rank(ordered[k], np.ceil((n + 1) * level), n) for k, level in enumerate(levels)]
+    )
     return Calibration(levels, radius)
 
 
@@ -161,17 +183,18 @@ class OnlineRadius:
 def replay(
     predictions: np.ndarray,
     targets: np.ndarray,
-    spreads: np.ndarray,
+    units: Units,
     origins: np.ndarray,
     calibration: Calibration,
     gain: float = DEFAULT_GAIN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The bounds ``(L, N, H, C)`` a stream would have published for forecasts ``(N, H, C)``
-    of windows of ``spreads`` ``(N, 1, C)`` issued at ``origins`` (N,) (the step index of each
-    window's last input, ascending), with the radii adapted online: window ``j``'s step ``h``
+    with intervals of ``units``, issued at ``origins`` (N,) (the step index of each window's
+    last input, ascending), with the radii adapted online: window ``j``'s step ``h``
     (0-based) is observed at step ``origins[j] + h + 1``, and counts for every window issued
     then or later."""
     horizon = predictions.shape[1]
+    below, above = both_ways(units)
     online = OnlineRadius(calibration, gain)
     lo = np.empty((len(calibration.levels), *predictions.shape))
     hi = np.empty_like(lo)
@@ -185,9 +208,8 @@ def replay(
             actual = targets[windows, steps]  # (K, C)
             missed = (actual < lo[:, windows, steps]) | (actual > hi[:, windows, steps])
             online.observe(steps, missed & ~np.isnan(actual))
-        half = online.radius * spreads[i]  # (L, H, C)
-        lo[:, i] = predictions[i] - half
-        hi[:, i] = predictions[i] + half
+        lo[:, i] = predictions[i] - online.radius * below[:, i]
+        hi[:, i] = predictions[i] + online.radius * above[:, i]
     return lo, hi
 
 

@@ -21,10 +21,11 @@ competitive on long horizons (SegRNN, Lin et al. 2023, arXiv:2308.11200), every 
 Every forecaster maps ``(B, L, C)`` recent values (and, when its config asks for a calendar,
 the calendar features ``(B, L + H, F)`` of :mod:`pipeline.covariates`) to its output head's
 output, in the data's own units, and has a per-channel ``scale`` buffer and a ``fit_scale``
-method. The head (:class:`PointHead`, named by ``ForecasterConfig.loss``) owns the training
-loss and turns an output into point forecasts ``(B, H, C)``; the trainer asks the model for its
-loss, and :func:`pipeline.forecast.predict` for its points, so a head with another output shape
-(quantiles) changes this module and ``forecast.py`` only.
+method. The head, named by ``ForecasterConfig.loss``, owns the training loss, turns an output
+into point forecasts ``(B, H, C)`` and gives the intervals' units: :class:`PointHead`
+(``"mse"``, ``"l1"``) outputs the points, :class:`QuantileHead` (``"pinball"``, the LSTM only)
+quantiles ``(B, H, C, Q)`` at the interval levels' tails around the median, which never cross.
+The trainer asks the model for its loss, and :func:`pipeline.forecast.predict` for its points.
 A checkpoint holds the config beside the weights, so a model can be rebuilt from the file alone,
 and it is loaded with ``weights_only=True``: no arbitrary code is unpickled.
 """
@@ -39,8 +40,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.functional import softplus
 
 from pipeline import InvalidFileError
 from pipeline.cells import PeepholeLSTM
@@ -75,9 +78,12 @@ class CheckpointError(InvalidFileError):
 
 class PointHead:
     """Point forecasts ``(B, H, C)``, trained on errors divided by each channel's scale, so every
-    channel weighs the same: their mean square (``"mse"``) or mean absolute value (``"l1"``)."""
+    channel weighs the same: their mean square (``"mse"``) or mean absolute value (``"l1"``).
+    It ignores the interval levels: the intervals are the conformal radii alone."""
 
-    def __init__(self, loss: str) -> None:
+    n_outputs = 1
+
+    def __init__(self, loss: str, levels: tuple[float, ...] = ()) -> None:
         self.name = loss
 
     def loss(self, output: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -87,26 +93,108 @@ class PointHead:
     def point(self, output: torch.Tensor) -> torch.Tensor:
         return output
 
+    def order(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw
+
+    def units(self, output: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How far below and above the point each interval reaches per unit of radius: the
+        window spreads ``(N, 1, C)`` of :func:`pipeline.intervals.spread`, as ``(1, N, 1, C)``."""
+        unit = spreads[None]
+        return unit, unit
+
+
+def quantile_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
+    """The quantiles (ascending) bounding the central intervals of ``levels`` (ascending),
+    around the median.
+
+    >>> quantile_levels((0.8, 0.95))
+    (0.025, 0.1, 0.5, 0.9, 0.975)
+    """
+    # Rounded so that 0.95 gives 0.025, not 0.025000000000000022.
+    lower = tuple(round((1 - level) / 2, 12) for level in reversed(levels))
+    upper = tuple(round((1 + level) / 2, 12) for level in levels)
+    return (*lower, 0.5, *upper)
+
+
+# A quantile interval's unit is at least this share of the window's spread: a radius then
+# always widens it, even where the quantiles have collapsed onto the median.
+MIN_UNIT = 1e-3
+
+
+class QuantileHead:
+    """Quantiles ``(B, H, C, Q)`` of :func:`quantile_levels` of the interval levels (ascending
+    along the last axis, the median at index ``L``, ``Q = 2L + 1``), trained with the mean
+    pinball loss of errors divided by each channel's scale (``"pinball"``). They never cross:
+    :meth:`order` builds them as the median plus or minus sums of positive gaps."""
+
+    def __init__(self, loss: str, levels: tuple[float, ...]) -> None:
+        self.name = loss
+        self.taus = quantile_levels(levels)
+        self.median = len(levels)
+        self.n_outputs = len(self.taus)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The mean pinball loss of quantiles ``(B, H, C, Q)`` against targets ``(B, H, C)``."""
+        error = (target[..., None] - output.float()) / scale[:, None]  # (B, H, C, Q)
+        taus = torch.tensor(self.taus, device=error.device)
+        return torch.mean(torch.maximum(taus * error, (taus - 1) * error))
+
+    def point(self, output: torch.Tensor) -> torch.Tensor:
+        """The medians ``(B, H, C)`` of quantiles ``(B, H, C, Q)``."""
+        return output[..., self.median]
+
+    def order(self, raw: torch.Tensor) -> torch.Tensor:
+        """Ascending quantiles ``(..., Q)`` of raw outputs ``(..., Q)``: ``raw[..., L]`` is the
+        median, and the softplus of each other output the gap to its neighbour nearer it."""
+        median = raw[..., self.median : self.median + 1]
+        above = torch.cumsum(softplus(raw[..., self.median + 1 :]), dim=-1)
+        below = torch.cumsum(softplus(raw[..., : self.median].flip(-1)), dim=-1).flip(-1)
+        return torch.cat([median - below, median, median + above], dim=-1)
+
+    def units(self, output: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How far below and above the median each level's interval reaches per unit of
+        radius, ``(L, N, H, C)`` each, for an output of quantiles ``(N, H, C, Q)``: the level's
+        quantiles' distances from the median, at least :data:`MIN_UNIT` of the window spreads
+        ``(N, 1, C)``."""
+        median = output[..., self.median]  # (N, H, C)
+        below = median - np.moveaxis(output[..., : self.median][..., ::-1], -1, 0)
+        above = np.moveaxis(output[..., self.median + 1 :], -1, 0) - median
+        floor = spreads[None] * MIN_UNIT
+        return np.maximum(below, floor), np.maximum(above, floor)
+
+
+Head = PointHead | QuantileHead
 
 # Every head a config's ``loss`` may name.
-HEADS = {"mse": PointHead, "l1": PointHead}
+HEADS: dict[str, type[Head]] = {"mse": PointHead, "l1": PointHead, "pinball": QuantileHead}
 
 
-def output_head(loss: str) -> PointHead:
-    """The head ``loss`` names; ``ValueError`` for a name not in :data:`HEADS`."""
+def output_head(loss: str, levels: tuple[float, ...]) -> Head:
+    """The head ``loss`` names, for intervals of ``levels`` (ascending); ``ValueError`` for a
+    name not in :data:`HEADS`."""
     if loss not in HEADS:
         raise ValueError(f"loss must be one of {', '.join(HEADS)}, not {loss!r}")
-    return HEADS[loss](loss)
+    return HEADS[loss](loss, levels)
 
 
 class ForecasterModule(nn.Module):
     """What every forecaster has: its config, the output head it names, and the channel scale
-    (an :class:`InstanceNorm` in ``norm`` mode)."""
+    (an :class:`InstanceNorm` in ``norm`` mode).
+
+    Raises ``ValueError`` for a quantile head on a forecaster that gives points only."""
+
+    # Whether the network can give a quantile head's output.
+    quantiles = False
 
     def __init__(self, config: ForecasterConfig, norm: str) -> None:
         super().__init__()
         self.config = config
-        self.output_head = output_head(config.loss)
+        self.output_head = output_head(config.loss, config.interval_levels)
+        if isinstance(self.output_head, QuantileHead) and not self.quantiles:
+            raise ValueError(
+                f"the {config.loss} loss (a quantile head) needs the lstm architecture, not "
+                f"{type(self).__name__}: use loss mse or l1"
+            )
         self.norm = InstanceNorm(config.n_channels, norm, config.horizon, config.season)
         # Where the forecast channels are among the inputs; None: every channel is forecast.
         self.target_columns = list(config.target_index) if config.targets else None
@@ -142,6 +230,11 @@ class ForecasterModule(nn.Module):
     def point(self, output: torch.Tensor) -> torch.Tensor:
         """The point forecasts ``(B, H, C)`` of an output."""
         return self.output_head.point(output)
+
+    def units(self, output: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head's interval units (below, above) of an output, for windows of ``spreads``
+        ``(N, 1, C)``: :meth:`PointHead.units`, :meth:`QuantileHead.units`."""
+        return self.output_head.units(output, spreads)
 
     def fit_scale(self, inputs: torch.Tensor) -> None:
         """Set the per-channel scale from training values ``(..., C)`` (a no-op by default)."""
@@ -231,6 +324,8 @@ CELLS: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole":
 class StackedLSTMForecaster(ForecasterModule):
     """Segment-wise, channel-independent stacked LSTM with parallel multi-step decoding."""
 
+    quantiles = True
+
     def __init__(self, config: ForecasterConfig) -> None:
         _check_shape(config)
         super().__init__(config, config.norm)
@@ -260,8 +355,9 @@ class StackedLSTMForecaster(ForecasterModule):
         # pmf: one segment per decoder step; linear: the whole horizon from the final state.
         per_step = width // config.segment_len  # 1, or C when channels are mixed
         out_width = width if config.decoder == "pmf" else config.horizon * per_step
-        self.head = nn.Linear(hidden, out_width)
-        if config.norm == "season":  # a zero residual: the untrained model is seasonal-naive
+        self.head = nn.Linear(hidden, out_width * self.output_head.n_outputs)
+        # A zero residual: the untrained model's median is seasonal-naive.
+        if config.norm == "season":
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
@@ -271,8 +367,9 @@ class StackedLSTMForecaster(ForecasterModule):
         self.norm.scale.copy_(spread.clamp_min(MIN_SCALE))
 
     def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
-        """Forecasts ``(B, H, C)`` of windows ``x`` ``(B, L, C)``; with a calendar config,
-        ``calendar`` ``(B, L + H, F)`` holds the lookback's and the horizon's features."""
+        """Forecasts ``(B, H, C)`` of windows ``x`` ``(B, L, C)``, or with a quantile head
+        their quantiles ``(B, H, C, Q)``; with a calendar config, ``calendar`` ``(B, L + H, F)``
+        holds the lookback's and the horizon's features."""
         z, baseline = self.norm(x)  # (B, L, C); (B, 1, C), or (B, H, C) for norm "season"
         sequences = self._to_sequences(self.forecast_channels(z))  # (B*C', L, 1) or (B, L, C')
         segments = sequences.reshape(len(sequences), self.n_in, -1)  # (N, n_in, width)
@@ -284,11 +381,13 @@ class StackedLSTMForecaster(ForecasterModule):
         _, state = self.encoder(self.embed(segments))
         state = self._merge_directions(state)
         if self.config.decoder == "pmf":
-            out = self._decode_parallel(state, len(sequences), future)  # (N, n_out*width)
+            out = self._decode_parallel(state, len(sequences), future)  # (N, n_out*width*Q)
         else:
-            out = self.head(self.dropout(_last_layer(state)))  # (N, H*width/w)
-        out = self._from_sequences(out, x.shape[0])  # (B, H, C_out)
-        return self.norm.restore(out, baseline, self.target_columns)
+            out = self.head(self.dropout(_last_layer(state)))  # (N, H*width/w*Q)
+        raw = self._from_sequences(out, x.shape[0])  # (B, H, C_out, Q)
+        quantiles = self.output_head.order(raw.float()).movedim(-1, 0)  # (Q, B, H, C_out)
+        out = self.norm.restore(quantiles, baseline, self.target_columns)
+        return out[0] if self.output_head.n_outputs == 1 else out.movedim(0, -1)
 
     def _covariate_segments(self, z: torch.Tensor, per_window: int) -> torch.Tensor | None:
         """The inputs-only channels per segment, ``(N, n_in, seg*K)``, for each sequence."""
@@ -322,11 +421,14 @@ class StackedLSTMForecaster(ForecasterModule):
         return z.permute(0, 2, 1).reshape(batch * channels, lookback, 1)  # (B*C, L, 1)
 
     def _from_sequences(self, out: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(B, H, C_out, Q)`` of the head's outputs for each sequence, each step's ``Q``
+        outputs side by side."""
         horizon, channels = self.config.horizon, len(self.config.target_names)
+        n_outputs = self.output_head.n_outputs
         if self.config.channel_independent:
-            out = out.reshape(batch, channels, -1)[:, :, :horizon]  # (B, C, H)
-            return out.permute(0, 2, 1)  # (B, H, C)
-        return out.reshape(batch, -1, channels)[:, :horizon, :]  # (B, H, C)
+            out = out.reshape(batch, channels, -1, n_outputs)[:, :, :horizon]  # (B, C, H, Q)
+            return out.permute(0, 2, 1, 3)  # (B, H, C, Q)
+        return out.reshape(batch, -1, channels, n_outputs)[:, :horizon]  # (B, H, C, Q)
 
     def _merge_directions(self, state: Any) -> Any:
         if not self.config.bidirectional:
@@ -353,8 +455,8 @@ class StackedLSTMForecaster(ForecasterModule):
         queries = queries.reshape(-1, 1, hidden)  # (N*n_out, 1, d)
         start = _repeat_state(state, self.n_out)  # (layers, N*n_out, d)
         decoded, _ = self.decoder(queries, start)  # (N*n_out, 1, d)
-        out = self.head(self.dropout(decoded))  # (N*n_out, 1, width)
-        return out.reshape(n_sequences, -1)  # (N, n_out*width)
+        out = self.head(self.dropout(decoded))  # (N*n_out, 1, width*Q)
+        return out.reshape(n_sequences, -1)  # (N, n_out*width*Q)
 
 
 def n_calendar(config: ForecasterConfig) -> int:
@@ -456,10 +558,13 @@ class SeasonalNaive(NaiveForecaster):
 
 
 class SeedEnsemble(ForecasterModule):
-    """The mean of the point forecasts of ``config.members`` networks of one config, each
-    trained from its own seed: a seed ensemble. Its scale is its first member's, so its
-    validation MSE compares with that member's alone.
+    """The mean of the outputs (point forecasts, or ascending quantiles, whose mean stays
+    ascending) of ``config.members`` networks of one config, each trained from its own seed:
+    a seed ensemble. Its scale is its first member's, so its validation MSE compares with that
+    member's alone.
     """
+
+    quantiles = True
 
     def __init__(self, config: ForecasterConfig, members: Sequence[Network]) -> None:
         super().__init__(config, "none")
@@ -486,8 +591,8 @@ class SeedEnsemble(ForecasterModule):
             member.fit_scale(inputs)
 
     def forward(self, x: torch.Tensor, calendar: torch.Tensor | None = None) -> torch.Tensor:
-        points = [member.point(member(x, calendar)) for member in self.networks]
-        return torch.stack(points).mean(dim=0)
+        outputs = [member(x, calendar) for member in self.networks]
+        return torch.stack(outputs).mean(dim=0)
 
 
 # One network; a forecaster is one network or a seed ensemble of them.

@@ -65,7 +65,8 @@ class ForecasterConfig:
     # "mon-fri 08:00-22:00", UTC): windows hold open steps only. None: every step exists.
     open_hours: str | None = None
     # The output head and its training loss: "mse" or "l1" (point forecasts; l1 is less
-    # swayed by spikes). See HEADS.
+    # swayed by spikes), or "pinball" (quantiles at the interval levels' tails; lstm only).
+    # See pipeline.model.HEADS.
     loss: str = "mse"
     # Future-known calendar features (pipeline.covariates: time of day, day of week, day of
     # year) of the lookback and of the horizon, fed to the encoder and the decoder.

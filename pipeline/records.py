@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -203,6 +203,56 @@ class Forecast:
     interval_levels: tuple[float, ...] = ()
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ForecastBatch:
+    """The forecasts of one serve batch, as arrays until their bytes are written
+    (:meth:`messages`); :meth:`forecast` is one of them as a :class:`Forecast`."""
+
+    series: list[str]
+    issued_at_ms: np.ndarray  # (B,)
+    model_name: str
+    model_version: str
+    freq: str
+    step_ms: int
+    channels: tuple[str, ...]
+    values: np.ndarray  # (B, horizon, channels)
+    open_hours: OpenHours | None = None
+    message: str = "v1"
+    interval_levels: tuple[float, ...] = ()
+    lo: np.ndarray | None = None  # (L, B, horizon, channels)
+    hi: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def forecast(self, i: int, values: list[list[float]] | None = None) -> Forecast:
+        """The ``i``-th forecast (``values``: its rows as Python floats, if already made)."""
+        return Forecast(
+            self.series[i],
+            int(self.issued_at_ms[i]),
+            self.model_name,
+            self.model_version,
+            self.freq,
+            self.step_ms,
+            self.channels,
+            self.values[i].tolist() if values is None else values,
+            self.open_hours,
+            self.message,
+            self.interval_levels,
+            None if self.lo is None else self.lo[:, i],
+            None if self.hi is None else self.hi[:, i],
+        )
+
+    def messages(self) -> Iterator[tuple[bytes, bytes]]:
+        """Each forecast's key and value, the bytes :func:`forecast_to_bytes` writes."""
+        if self.message == "v2":
+            yield from _v2_messages(self)
+            return
+        rows = self.values.tolist()  # one conversion for the batch
+        for i, series in enumerate(self.series):
+            yield series.encode(), forecast_to_bytes(self.forecast(i, rows[i]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,9 +516,50 @@ def _by_channel(channels: tuple[str, ...], values: np.ndarray) -> dict[str, np.n
     contiguous float32 array of :func:`significant` numbers (orjson writes them short). A bound
     past float32's range (an interval around values near it) is written as that range's end,
     a number, not the ``null`` an infinity would become."""
-    rounded = np.clip(significant(values.T), -FLOAT32_MAX, FLOAT32_MAX)
-    columns = np.ascontiguousarray(rounded, dtype=np.float32)  # (C, H)
-    return dict(zip(channels, columns, strict=True))
+    return dict(zip(channels, _channel_rows(values), strict=True))
+
+
+def _v2_messages(batch: ForecastBatch) -> Iterator[tuple[bytes, bytes]]:
+    """Version-2 messages of a batch: its numbers rounded and laid out per channel at once,
+    the parts every message shares made once."""
+    values = _channel_rows(batch.values)  # (B, C, H)
+    bounds = None
+    if batch.lo is not None and batch.hi is not None:
+        bounds = _channel_rows(batch.lo), _channel_rows(batch.hi)  # (L, B, C, H) each
+    model = {"name": batch.model_name, "version": batch.model_version}
+    hours = batch.open_hours
+    schedule = None if hours is None else hours.to_text()
+    levels = [f"{level:g}" for level in batch.interval_levels]
+    channels = batch.channels
+    issued = batch.issued_at_ms.tolist()
+    for i, (series, issued_at_ms) in enumerate(zip(batch.series, issued, strict=True)):
+        message: dict[str, Any] = {
+            "v": 2,
+            "series": series,
+            "issued_at": _timestamp(issued_at_ms),
+            "start": _step_times(issued_at_ms, batch.step_ms, 1, hours)[0],
+            "step": batch.freq,
+            "model": model,
+        }
+        if schedule is not None:
+            message["open_hours"] = schedule
+        message["values"] = dict(zip(channels, values[i], strict=True))
+        if bounds is not None:
+            lo, hi = bounds
+            message["intervals"] = {
+                level: {
+                    "lo": dict(zip(channels, lo[k, i], strict=True)),
+                    "hi": dict(zip(channels, hi[k, i], strict=True)),
+                }
+                for k, level in enumerate(levels)
+            }
+        yield series.encode(), orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _channel_rows(values: np.ndarray) -> np.ndarray:
+    """``(..., C, H)``: values ``(..., H, C)`` as :func:`_by_channel` writes them, contiguous."""
+    rounded = np.clip(significant(values.astype(np.float64)), -FLOAT32_MAX, FLOAT32_MAX)
+    return np.ascontiguousarray(rounded.swapaxes(-1, -2), dtype=np.float32)
 
 
 def significant(values: np.ndarray, digits: int = 0) -> np.ndarray:

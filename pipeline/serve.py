@@ -47,7 +47,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.forecast import LoadedForecaster, half_widths, new_window, predict
+from pipeline import intervals
+from pipeline.forecast import (
+    LoadedForecaster,
+    interval_units,
+    new_window,
+    point_forecasts,
+    predict_outputs,
+)
 from pipeline.intervals import DEFAULT_GAIN, Calibration, OnlineRadius
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours
@@ -59,7 +66,7 @@ from pipeline.records import (
     LATE,
     MISSING_CHANNEL,
     DeadLetter,
-    Forecast,
+    ForecastBatch,
     Observation,
     RawRecord,
     RecordPolicy,
@@ -95,8 +102,19 @@ NO_REQUESTS: tuple[ForecastRequest, ...] = ()
 class ForecastRequest:
     series: str
     issued_at_ms: int
-    window: np.ndarray  # (L, C)
+    step: Step  # its window (L, C), a view of the ring until the series moves on
     produced_at_ms: int  # the input record's timestamp, for latency
+
+
+@dataclass(frozen=True)
+class BatchCap:
+    """When the forecasts due so far in a poll are made and published, before the poll ends:
+    at ``forecasts`` of them, or ``seconds`` after the first. A record's forecast is then
+    acknowledged within about ``seconds`` of its turn, however large the poll; offsets are
+    still committed once per poll, so the duplicate bound stays one poll per member."""
+
+    forecasts: int = 1000
+    seconds: float = 0.02
 
 
 @dataclass(slots=True)
@@ -199,6 +217,7 @@ class RollingForecaster:
         self.jumps = policy.jump_rule()
         self._holding: list[SeriesState] = []  # series that held a far step in this batch
         self._refused_jumps: list[DeadLetter] = []  # held records refused in this batch
+        self._windows = np.empty((0, 0, 0), np.float32)  # a batch's windows, gathered (predict)
         # Told of the steps each record placed, with its series' state (the online scorer).
         self.on_placed: Callable[[SeriesState, list[Step]], None] | None = None
 
@@ -329,7 +348,7 @@ class RollingForecaster:
             stats.gaps_filled += step.gap is Gap.FILLED
             stats.restarts += step.gap is Gap.RESTARTED
             if step.window is not None:
-                due.append(ForecastRequest(series_id, step.ts_ms, step.window, record.timestamp_ms))
+                due.append(ForecastRequest(series_id, step.ts_ms, step, record.timestamp_ms))
         if not state.established and state.window.is_whole:
             self._establish(series_id, state, stats)
         return due
@@ -403,53 +422,60 @@ class RollingForecaster:
         return self.series.get(series_id) or self.newcomers.get(series_id)
 
     def predict(self, requests: list[ForecastRequest]) -> tuple[np.ndarray, np.ndarray]:
-        """One batched model call for every request: the windows ``(B, L, C)`` stacked once
-        (the intervals' spreads read them too) and the forecasts ``(B, H, C)``."""
+        """One batched model call for every request: the windows ``(B, L, C)``, gathered
+        straight from the rings into one array kept between batches (the intervals read them
+        too), and the model's outputs (:func:`pipeline.forecast.predict_outputs`)."""
+        windows = self._gathered(len(requests))
+        for row, request in zip(windows, requests, strict=True):
+            row[:] = request.step.window
+        origins = np.fromiter((r.issued_at_ms for r in requests), np.int64, len(requests))
+        return windows, predict_outputs(self.model, windows, origins)
+
+    def _gathered(self, batch: int) -> np.ndarray:
+        """``(batch, L, C)`` of the array the batches' windows are gathered into."""
         config = self.model.config
-        if not requests:
-            windows = np.empty((0, config.lookback, config.n_channels))
-            return windows, np.empty((0, config.horizon, len(config.target_names)), np.float32)
-        windows = np.stack([r.window for r in requests])
-        origins = np.array([r.issued_at_ms for r in requests], dtype=np.int64)
-        return windows, predict(self.model, windows, origins)
+        shape = (config.lookback, config.n_channels)
+        if len(self._windows) < batch or self._windows.shape[1:] != shape:
+            self._windows = np.empty((max(batch, 2 * len(self._windows)), *shape), np.float32)
+        return self._windows[:batch]
 
     def forecasts(
-        self, requests: list[ForecastRequest], preds: np.ndarray, halves: np.ndarray | None = None
-    ) -> list[Forecast]:
+        self, requests: list[ForecastRequest], preds: np.ndarray, bounds: np.ndarray | None = None
+    ) -> ForecastBatch:
         """The messages of the forecasts ``preds`` (``(B, H, C)``) made for ``requests``, with
-        intervals of half-widths ``halves`` ``(L, B, H, C)`` around them if given."""
-        config, name, version = self.model.config, self.forecaster.name, self.forecaster.version
-        lo = None if halves is None else preds[None] - halves
-        hi = None if halves is None else preds[None] + halves
-        levels = config.interval_levels if halves is not None else ()
-        forecasts = []
-        for i, (request, values) in enumerate(zip(requests, preds.tolist(), strict=True)):
-            forecasts.append(
-                Forecast(
-                    series=request.series,
-                    issued_at_ms=request.issued_at_ms,
-                    model_name=name,
-                    model_version=version,
-                    freq=config.freq,
-                    step_ms=self.step_ms,
-                    channels=config.target_names,
-                    values=values,
-                    open_hours=self.open_hours,
-                    message=self.message,
-                    interval_levels=levels,
-                    lo=None if lo is None else lo[:, i],
-                    hi=None if hi is None else hi[:, i],
-                )
-            )
-        return forecasts
+        the intervals ``bounds`` (lower and upper, ``(2, L, B, H, C)``) if given; arrays until
+        their bytes are written."""
+        config = self.model.config
+        return ForecastBatch(
+            series=[r.series for r in requests],
+            issued_at_ms=np.fromiter((r.issued_at_ms for r in requests), np.int64, len(requests)),
+            model_name=self.forecaster.name,
+            model_version=self.forecaster.version,
+            freq=config.freq,
+            step_ms=self.step_ms,
+            channels=config.target_names,
+            values=preds,
+            open_hours=self.open_hours,
+            message=self.message,
+            interval_levels=config.interval_levels if bounds is not None else (),
+            lo=None if bounds is None else bounds[0],
+            hi=None if bounds is None else bounds[1],
+        )
 
-    def half_widths(self, windows: np.ndarray, radius: OnlineRadius | None) -> np.ndarray | None:
-        """The intervals' half-widths ``(L, B, H, C)`` around the forecasts of ``windows``
-        ``(B, L, C)`` from the radii being adapted online (:func:`pipeline.forecast.half_widths`);
-        None without radii."""
+    def interval_bounds(
+        self,
+        windows: np.ndarray,
+        outputs: np.ndarray,
+        preds: np.ndarray,
+        radius: OnlineRadius | None,
+    ) -> np.ndarray | None:
+        """The intervals, lower and upper ``(2, L, B, H, C)``, of the radii being adapted online
+        around the forecasts ``preds`` of ``windows`` (their outputs ``outputs``); None without
+        radii."""
         if radius is None or not len(windows):
             return None
-        return half_widths(self.model, radius.radius, windows)
+        units = interval_units(self.model, windows, outputs)
+        return np.stack(intervals.bounds(radius.radius, preds, units))
 
     def calibration(self) -> Calibration | None:
         """The intervals to publish and adapt: the model's, in a version-2 message only."""
@@ -462,36 +488,60 @@ def serve_batch(
     sink: Sink,
     stats: ServeStats,
     scorer: OnlineScorer | None = None,
+    cap: BatchCap = BatchCap(),
 ) -> None:
     """Handle one poll; on return every output it caused is acknowledged by the broker.
 
-    ``scorer`` is told what was observed and forecast; by default one over ``stats`` and
-    ``rolling`` (a scorer keeps nothing of its own, so any one of them scores the same).
+    The forecasts due are made and published in batches of at most ``cap``, each one
+    acknowledged before the next is made. ``scorer`` is told what was observed and forecast;
+    by default one over ``stats`` and ``rolling`` (a scorer keeps nothing of its own, so any
+    one of them scores the same).
     """
     started = time.perf_counter()
     scorer = scorer or OnlineScorer(stats, rolling)
     rolling.on_placed = scorer.placed
     accepted, dead = triage(records, rolling.policy)
     requests: list[ForecastRequest] = []
+    since = started
     for record, obs in accepted:
         outcome = observe_safely(rolling, record, obs, stats)
         if isinstance(outcome, DeadLetter):
             dead.append(outcome)
         elif outcome:
             requests += outcome
+            if len(requests) >= cap.forecasts or time.perf_counter() - since >= cap.seconds:
+                publish(requests, rolling, sink, stats, scorer)
+                requests, since = [], time.perf_counter()
     dead += rolling.refuse_unconfirmed()
-    scorer.settle()
     for letter in dead:
         if not letter.record.rewound:
             sink.send_dead_letter(letter)
             stats.dead_letters[letter.reason] += 1
-    windows, preds = rolling.predict(requests)  # (B, L, C), (B, H, C)
-    halves = rolling.half_widths(windows, stats.online_error.radius)  # (L, B, H, C) or None
-    scorer.forecasts_issued(requests, preds, halves)
-    for forecast in rolling.forecasts(requests, preds, halves):
-        sink.send_forecast(forecast)
+    publish(requests, rolling, sink, stats, scorer)
+    _count(records, stats, started)
+
+
+def publish(
+    requests: list[ForecastRequest],
+    rolling: RollingForecaster,
+    sink: Sink,
+    stats: ServeStats,
+    scorer: OnlineScorer,
+) -> None:
+    """Score what arrived, make the forecasts due in one model call, send them with their
+    intervals and wait for the broker to acknowledge everything sent so far."""
+    scorer.settle()
+    windows, outputs = rolling.predict(requests)  # (B, L, C), the model's outputs
+    preds = point_forecasts(rolling.model, outputs)  # (B, H, C)
+    bounds = rolling.interval_bounds(windows, outputs, preds, stats.online_error.radius)
+    scorer.forecasts_issued(requests, preds, bounds)
+    if requests:
+        sink.send_forecasts(rolling.forecasts(requests, preds, bounds))
     sink.flush()
-    _count(records, requests, stats, started)
+    acked_ms = time.time() * 1000
+    produced_ms = np.fromiter((r.produced_at_ms for r in requests), np.float64, len(requests))
+    stats.record_latency.record((acked_ms - produced_ms) / 1000)
+    stats.forecasts_out += len(requests)
 
 
 def observe_safely(
@@ -507,17 +557,11 @@ def observe_safely(
         return invalid_letter(record, err)
 
 
-def _count(
-    records: list[RawRecord], requests: list[ForecastRequest], stats: ServeStats, started: float
-) -> None:
-    acked_ms = time.time() * 1000
-    produced_ms = np.fromiter((r.produced_at_ms for r in requests), np.float64, len(requests))
-    stats.record_latency.record((acked_ms - produced_ms) / 1000)
+def _count(records: list[RawRecord], stats: ServeStats, started: float) -> None:
     stats.batch_latency.record(np.array([time.perf_counter() - started]))
     rewound = sum(r.rewound for r in records)
     stats.records_rewound += rewound
     stats.records_in += len(records) - rewound
-    stats.forecasts_out += len(requests)
 
 
 def swap_if_offered(
@@ -571,9 +615,11 @@ def run_serve(
     should_stop: Callable[[ServeStats, bool], bool],
     live_swap: LiveSwap | None = None,
     stats: ServeStats | None = None,
+    cap: BatchCap = BatchCap(),
 ) -> ServeStats:
     """Serve until ``should_stop(stats, last_poll_was_empty)`` says so; without ``live_swap``,
-    with the one model ``rolling`` has."""
+    with the one model ``rolling`` has; the forecasts of a poll are published in batches of
+    at most ``cap``."""
     stats = stats or new_stats(rolling)
     scorer = OnlineScorer(stats, rolling)
     progress = Progress("serve", logger=logger)
@@ -583,7 +629,7 @@ def run_serve(
         records = source.poll(POLL_TIMEOUT_S)
         if records:
             try:
-                serve_batch(records, rolling, sink, stats, scorer)
+                serve_batch(records, rolling, sink, stats, scorer, cap)
             except StopRequestedError as stop:  # a stop during an outage: read again later
                 logger.warning("%s: %d records left uncommitted", stop, len(records))
                 break

@@ -100,7 +100,7 @@ class LatencyRecorder:
 
 
 # A forecast being scored against actuals as they arrive: when it was issued, its values
-# (H, C) and the half-widths of the intervals published with it (L, H, C), None without.
+# (H, C) and the intervals published with it, lower and upper (2, L, H, C), None without.
 Scoring = tuple[int, np.ndarray, np.ndarray | None]
 
 
@@ -142,7 +142,7 @@ class OnlineError:
         self.version, self.scale = version, scale
         self.gain = gain
         self._start_intervals(calibration)
-        # (ahead, predicted, actual, the published half-widths (L, C) or None)
+        # (ahead, predicted, actual, the published intervals (2, L, C) or None)
         self._scored: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
 
     def _start_intervals(self, calibration: Calibration | None) -> None:
@@ -165,7 +165,7 @@ class OnlineError:
 
     def score(self, scoring: Scoring, ts_ms: int, actual: np.ndarray) -> bool:
         """Score the actual of step ``ts_ms``; return whether the forecast has steps left."""
-        issued_at_ms, predicted, half = scoring
+        issued_at_ms, predicted, bounds = scoring
         if self.hours is None:  # the hot path: one division
             ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
         else:
@@ -173,7 +173,7 @@ class OnlineError:
         if ahead < len(predicted):
             observed = actual if self.targets is None else actual[self.targets]
             self._scored.append(
-                (ahead, predicted[ahead], observed, None if half is None else half[:, ahead])
+                (ahead, predicted[ahead], observed, None if bounds is None else bounds[:, :, ahead])
             )
         return ahead < len(predicted) - 1  # else fully scored (or overtaken)
 
@@ -198,14 +198,14 @@ class OnlineError:
         self, ahead: np.ndarray, predicted: np.ndarray, actual: np.ndarray
     ) -> None:
         """Count which published intervals held their actual, and move the radii by it."""
-        kept = [(i, half) for i, (_, _, _, half) in enumerate(self._scored) if half is not None]
+        kept = [(i, b) for i, (_, _, _, b) in enumerate(self._scored) if b is not None]
         if not kept or self.radius is None:
             return
         index = np.array([i for i, _ in kept])
-        halves = np.stack([half for _, half in kept])  # (K, L, C)
+        bounds = np.stack([b for _, b in kept])  # (K, 2, L, C)
         steps = ahead[index]
-        error = np.abs(predicted[index] - actual[index])[:, None, :]  # (K, 1, C)
-        missed = error > halves  # (K, L, C)
+        observed = actual[index][:, None, :]  # (K, 1, C)
+        missed = (observed < bounds[:, 0]) | (observed > bounds[:, 1])  # (K, L, C)
         self.radius.observe(steps, missed.transpose(1, 0, 2))
         np.add.at(self.covered.T, steps, 1 - missed.mean(axis=2))
         np.add.at(self.interval_scored, steps, 1)
@@ -288,10 +288,10 @@ class OnlineScorer:
         self,
         requests: Sequence[IssuedForecast],
         preds: np.ndarray,
-        halves: np.ndarray | None = None,
+        bounds: np.ndarray | None = None,
     ) -> None:
         """Score from now on the forecasts ``preds`` ``(B, H, C)`` made for ``requests`` (and
-        the intervals of half-widths ``halves`` ``(L, B, H, C)`` published with them), where
+        the intervals ``bounds`` ``(2, L, B, H, C)`` published with them), where
         their series has none being scored; count the series given their first forecast.
 
         Newest first: a batch may hold several steps of a series, and only the newest
@@ -306,8 +306,9 @@ class OnlineScorer:
                 state.forecast_before = True
                 stats.series_forecast += 1
             if state.scoring is None:
-                half = None if halves is None else halves[:, len(requests) - 1 - i]
-                state.scoring = (request.issued_at_ms, pred.copy(), half)  # copies: free the batch
+                j = len(requests) - 1 - i
+                published = None if bounds is None else bounds[:, :, j].copy()
+                state.scoring = (request.issued_at_ms, pred.copy(), published)  # free the batch
 
     def model_swapped(
         self, version: str, scale: np.ndarray, calibration: Calibration | None = None

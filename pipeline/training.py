@@ -456,9 +456,10 @@ def train_challenger(plan: TrainingPlan, train: WindowSet, val: WindowSet) -> Tr
 
 
 def score_challenger(result: TrainResult, val: WindowSet, plan: TrainingPlan) -> Scorecard:
-    """Calibrate the challenger's intervals on the validation windows, then score it there."""
-    calibrate_forecaster(result.model, val)
-    return score_forecaster(result.model, val, plan.season)
+    """Calibrate the challenger's intervals on the validation windows, then score it there
+    (from the same forecasts)."""
+    outputs = calibrate_forecaster(result.model, val)
+    return score_forecaster(result.model, val, plan.season, outputs)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pipeline.progress import Progress
 from pipeline.records import (
     DeadLetter,
     Forecast,
+    ForecastBatch,
     Observation,
     RawRecord,
     forecast_to_bytes,
@@ -81,6 +82,7 @@ class Sink(Protocol):
     """Sends forecasts, dead letters and observations to their topics."""
 
     def send_forecast(self, forecast: Forecast) -> None: ...
+    def send_forecasts(self, batch: ForecastBatch) -> None: ...
     def send_dead_letter(self, dead: DeadLetter) -> None: ...
     def send_observation(self, obs: Observation) -> None: ...
     def send_raw(
@@ -104,6 +106,10 @@ class TopicSink(ABC):
     def send_forecast(self, forecast: Forecast) -> None:
         key, value = forecast.series.encode(), forecast_to_bytes(forecast)
         self.send_raw(self.topics.forecasts, key, value, self.forecast_headers)
+
+    def send_forecasts(self, batch: ForecastBatch) -> None:
+        for key, value in batch.messages():
+            self.send_raw(self.topics.forecasts, key, value, self.forecast_headers)
 
     def send_dead_letter(self, dead: DeadLetter) -> None:
         self.send_raw(self.topics.deadletter, dead.key(), dead.value(), dead.headers())

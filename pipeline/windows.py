@@ -795,17 +795,32 @@ class Gap(enum.Enum):
     RESTARTED = "restarted"  # a long gap before it emptied the window
 
 
-@dataclass(frozen=True, slots=True)
 class Step:
     """One observed step placed in a rolling window, and the whole window ending at it.
 
-    ``window`` is None while fewer than ``lookback`` steps are held.
+    ``window`` ``(L, C)`` is None while fewer than ``lookback`` steps are held. While the step
+    is its window's newest, ``window`` is a view of the ring (no copy: the serve loop gathers a
+    batch straight from the rings); before the ring is written again, the step keeps a copy.
+    So it is always this step's window when read; copy it to hold on to it.
     """
 
-    ts_ms: int
-    values: np.ndarray  # (C,) as observed
-    gap: Gap
-    window: np.ndarray | None
+    __slots__ = ("_ring", "_window", "gap", "ts_ms", "values")
+
+    def __init__(self, ts_ms: int, values: np.ndarray, gap: Gap, ring: np.ndarray | None) -> None:
+        self.ts_ms = ts_ms
+        self.values = values  # (C,) as observed
+        self.gap = gap
+        self._ring = ring  # the ring's view of the window, while it is the newest
+        self._window: np.ndarray | None = None
+
+    @property
+    def window(self) -> np.ndarray | None:
+        return self._ring if self._ring is not None else self._window
+
+    def keep(self) -> None:
+        """Copy the window out of the ring, which is about to be written."""
+        if self._ring is not None:
+            self._window, self._ring = self._ring.copy(), None
 
 
 class RollingWindow:
@@ -846,6 +861,7 @@ class RollingWindow:
         self._held: dict[int, np.ndarray] = {}
         self._newest_ms: int | None = None
         self._placed: list[Step] = []
+        self._newest: Step | None = None  # the newest placed step, whose window is the ring's
         self._count = 0  # steps written since the last restart
         self.last_ts_ms: int | None = None  # the newest placed step
 
@@ -882,8 +898,11 @@ class RollingWindow:
 
     def window(self) -> np.ndarray:
         """The newest ``lookback`` steps, oldest first, as a new ``(L, C)`` array."""
+        return self._view().copy()
+
+    def _view(self) -> np.ndarray:
         start = self._count % self._lookback
-        return self._ring[start : start + self._lookback].copy()
+        return self._ring[start : start + self._lookback]
 
     def _holds(self, ts_ms: int) -> bool:
         assert self.last_ts_ms is not None
@@ -913,6 +932,8 @@ class RollingWindow:
     def _place(self, ts_ms: int, values: np.ndarray) -> None:
         if self._open_hours is not None and not self._open_hours.is_open_at(ts_ms):
             return  # closed steps do not exist: nothing to place, no gap either
+        if self._newest is not None:
+            self._newest.keep()  # the ring is about to move on from its window
         gap = Gap.NONE
         if self.last_ts_ms is not None:
             missing = self._steps_apart(self.last_ts_ms, ts_ms) - 1
@@ -923,7 +944,9 @@ class RollingWindow:
                 self._count, gap = 0, Gap.RESTARTED
         self._push(values, ts_ms)
         self.last_ts_ms = ts_ms
-        self._placed.append(Step(ts_ms, values, gap, self.window() if self.is_whole else None))
+        step = Step(ts_ms, values, gap, self._view() if self.is_whole else None)
+        self._placed.append(step)
+        self._newest = step
 
     def _interpolate(self, missing: int, values: np.ndarray) -> None:
         # A copy: with max_gap > lookback the ring wraps onto the row being read.

@@ -24,6 +24,7 @@ from pipeline.ingest import FlushPolicy, IngestPlan, IngestReport, run_ingest
 from pipeline.maintenance import migrate_if_found
 from pipeline.metrics import serve_metrics
 from pipeline.serve import (
+    BatchCap,
     LiveSwap,
     RollingForecaster,
     freeze_heap,
@@ -121,7 +122,9 @@ def serve_from_settings(
     with shutdown.stop_on_sigterm() as stopping:
         try:
             stop = stop_rule(max_records, serve.serve_idle_s, stopping, serve.join_grace_s)
-            run_serve(source, sink, rolling, stop, LiveSwap(slot, keep_copy(local_copy)), stats)
+            swap = LiveSwap(slot, keep_copy(local_copy))
+            cap = BatchCap(serve.batch_forecasts, serve.batch_ms / 1000)
+            run_serve(source, sink, rolling, stop, swap, stats, cap)
         finally:
             watcher.stop()
             if reporter is not None:

@@ -461,3 +461,30 @@ def test_an_ms_backtest_scores_the_target_alone() -> None:
     last = np.repeat(result.predictions[:, :1, 0], 6, axis=1)  # repeat-last is flat
     assert result.metrics["mse"] == pytest.approx(float(np.mean((ot - last) ** 2)), rel=1e-6)
     assert result.intervals is not None and result.intervals.lo.shape[-1] == 1
+
+
+def test_a_quantile_head_narrows_the_intervals_where_the_noise_is_low() -> None:
+    # Noise ten times louder in the first half of each day than in the second. A window's
+    # spread is the same whatever its hour, so intervals around a point are as wide at night
+    # as by day; the quantile head learns the hour's noise from the cycle's phase.
+    rng, t = np.random.default_rng(0), np.arange(4000)
+    noise = np.where(t % 24 < 12, 0.5, 0.05) * rng.normal(size=len(t))
+    frame = pd.DataFrame({"x": np.sin(2 * np.pi * t / 24) + noise})
+    common = {
+        "lookback": 48,
+        "horizon": 12,
+        "levels": (0.8,),
+        "train_overrides": {"max_steps": 300, "batch_size": 64, "learning_rate": 3e-3},
+    }
+    shape = {"hidden_size": 32, "segment_len": 12, "dropout": 0.0, "norm": "last"}
+
+    point = run_backtest(frame, "noisy", BacktestSpec(model_overrides=shape, **common))
+    quantiles = run_backtest(
+        frame, "noisy", BacktestSpec(model_overrides={**shape, "loss": "pinball"}, **common)
+    )
+
+    assert quantiles.metrics["coverage.0.8"] == pytest.approx(0.8, abs=0.05)
+    assert quantiles.metrics["winkler.0.8"] < 0.9 * point.metrics["winkler.0.8"]  # 0.78 measured
+    assert quantiles.intervals is not None
+    lo, hi = quantiles.intervals.lo, quantiles.intervals.hi
+    assert (lo <= quantiles.predictions).all() and (quantiles.predictions <= hi).all()

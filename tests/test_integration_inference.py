@@ -133,13 +133,15 @@ def test_the_pyfunc_forecasts_what_the_serve_loop_published(
     assert issued["short-gaps"] == format_timestamp(59 * HOUR_MS)
 
 
+@pytest.mark.parametrize("loss", ["mse", "pinball"])  # a point head, a quantile head
 def test_the_pyfunc_gives_the_intervals_the_serve_loop_published(
-    rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    rollcast_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch, loss: str
 ) -> None:
     tracking = connect(MlflowSettings(), StoreSettings())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.uri)
     torch.manual_seed(0)
-    config = ForecasterConfig(("load", "temp"), LOOKBACK, HORIZON, hidden_size=16, segment_len=6)
+    shape = {"hidden_size": 16, "segment_len": 6, "loss": loss}
+    config = ForecasterConfig(("load", "temp"), LOOKBACK, HORIZON, **shape)
     model = build_forecaster(config).eval()
     # Radii that grow with the step ahead and differ by channel, as calibrated ones do.
     steps = np.arange(1, HORIZON + 1)[None, :, None]
@@ -166,8 +168,10 @@ def test_the_pyfunc_gives_the_intervals_the_serve_loop_published(
                 for side in ("lo", "hi"):
                     column = rows[f"{channel}_{side}_{level}"].to_numpy()
                     np.testing.assert_allclose(column, bounds[side][channel], rtol=1e-5, atol=1e-6)
-        width = rows["temp_hi_0.95"] - rows["temp_lo_0.95"]
-        assert (np.diff(width) > 0).all()  # further ahead, wider
+        inner, outer = (rows[f"temp_hi_{v}"] - rows[f"temp_lo_{v}"] for v in ("0.8", "0.95"))
+        assert (outer > inner).all()
+        if loss == "mse":  # around a point, the radii alone: further ahead, wider
+            assert (np.diff(outer) > 0).all()
 
 
 def test_a_long_gap_in_the_last_window_stops_both_from_forecasting(

@@ -19,21 +19,25 @@ import torch
 from prometheus_client import generate_latest
 
 from pipeline.forecast import LoadedForecaster, predict
-from pipeline.inmemory import MemoryTransport
+from pipeline.inmemory import MemorySink, MemoryTransport
 from pipeline.intervals import Calibration
 from pipeline.metrics import serve_metrics
 from pipeline.model import build_forecaster
+from pipeline.open_steps import OpenHours
 from pipeline.recipe import ForecasterConfig
 from pipeline.records import (
     FUTURE,
     LATE,
     MISSING_CHANNEL,
+    ForecastBatch,
     Observation,
     RawRecord,
     RecordPolicy,
+    forecast_to_bytes,
     parse_timestamp,
 )
 from pipeline.serve import (
+    BatchCap,
     RollingForecaster,
     new_stats,
     serve_batch,
@@ -116,10 +120,10 @@ def test_the_batch_is_one_model_call(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     import pipeline.serve as serve_module
 
-    real_predict = serve_module.predict
+    real_predict = serve_module.predict_outputs
     monkeypatch.setattr(
         serve_module,
-        "predict",
+        "predict_outputs",
         lambda m, x, origins: calls.append(len(x)) or real_predict(m, x, origins),
     )
 
@@ -644,3 +648,110 @@ def test_the_online_report_gives_the_coverage_of_the_intervals_scored_since_the_
     assert n_second < n_first  # the second covers only the values since the first
     overall = (first[0.8] * n_first + second[0.8] * n_second) / (n_first + n_second)
     assert overall == pytest.approx(stats.online_error.coverage()[0.8])
+
+
+# --- batches within a poll ------------------------------------------------------------------
+
+
+class CountingSink(MemorySink):
+    """A memory sink that remembers how many forecasts each flush acknowledged."""
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        super().__init__(transport)
+        self.acknowledged: list[int] = []
+
+    def flush(self, timeout_s: float = 0.0) -> int:
+        pending = [p for p in self._pending if p[0] == self.topics.forecasts]
+        self.acknowledged.append(len(pending))
+        return super().flush(timeout_s)
+
+
+def serve_capped(records, cap: BatchCap) -> tuple[MemoryTransport, CountingSink]:
+    rolling = RollingForecaster(repeat_last(), max_series=100)
+    transport = MemoryTransport()
+    sink = CountingSink(transport)
+    serve_batch(records, rolling, sink, new_stats(rolling), cap=cap)
+    return transport, sink
+
+
+def test_every_step_of_a_series_in_one_poll_is_forecast_from_its_own_window() -> None:
+    transport, _ = serve_capped([record("a", s) for s in range(10)], BatchCap())
+
+    # Repeat-last forecasts its window's newest value: each forecast saw its own step, not the
+    # poll's last (the windows are gathered from the ring after the whole poll was placed).
+    assert [f["forecast"][0]["load"] for f in forecasts(transport)] == list(range(3, 10))
+
+
+def test_a_poll_is_published_in_batches_of_the_cap() -> None:
+    records = [record(s, k) for k in range(8) for s in ("a", "b", "c")]  # 15 forecasts due
+
+    transport, sink = serve_capped(records, BatchCap(forecasts=4, seconds=60))
+
+    assert sink.acknowledged == [4, 4, 4, 3]  # the first ones acknowledged long before the last
+    assert len(forecasts(transport)) == 15
+
+
+def test_a_time_cap_of_zero_publishes_each_forecast_as_soon_as_it_is_due() -> None:
+    transport, sink = serve_capped([record("a", s) for s in range(6)], BatchCap(seconds=0))
+
+    assert sink.acknowledged == [1, 1, 1, 0]  # steps 3, 4, 5; the poll's end has none left
+    assert [f["forecast"][0]["load"] for f in forecasts(transport)] == [3.0, 4.0, 5.0]
+
+
+def test_the_cap_does_not_change_what_is_published() -> None:
+    records = [record(s, k, value=float(k * k % 7)) for k in range(12) for s in ("a", "b")]
+
+    capped, _ = serve_capped(records, BatchCap(forecasts=3, seconds=0.001))
+    whole, _ = serve_capped(records, BatchCap(forecasts=10_000, seconds=60))
+
+    assert forecasts(capped) == forecasts(whole)
+
+
+@pytest.mark.parametrize("message", ["v1", "v2"])
+@pytest.mark.parametrize("hours", [None, "mon-fri 08:00-18:00"])
+def test_a_batch_writes_the_bytes_of_each_of_its_forecasts(message: str, hours: str | None) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, HORIZON, 2)).astype(np.float32) * 1000
+    half = np.abs(rng.normal(size=(2, 3, HORIZON, 2)))
+    batch = ForecastBatch(
+        series=["a", "b", "c"],
+        issued_at_ms=np.array([0, STEP_MS, 5 * STEP_MS]),
+        model_name="m",
+        model_version="7",
+        freq="1h",
+        step_ms=STEP_MS,
+        channels=("load", "temp"),
+        values=values,
+        open_hours=None if hours is None else OpenHours.from_text(hours),
+        message=message,
+        interval_levels=(0.8, 0.95) if message == "v2" else (),
+        lo=values[None] - half if message == "v2" else None,
+        hi=values[None] + half if message == "v2" else None,
+    )
+
+    messages = list(batch.messages())
+
+    assert [key for key, _ in messages] == [b"a", b"b", b"c"]
+    assert [value for _, value in messages] == [
+        forecast_to_bytes(batch.forecast(i)) for i in range(3)
+    ]
+    if message == "v2":
+        first = json.loads(messages[0][1])
+        np.testing.assert_allclose(
+            first["intervals"]["0.8"]["hi"]["temp"], values[0, :, 1] + half[0, 0, :, 1], rtol=1e-5
+        )
+
+
+def test_intervals_are_published_from_the_batch_arrays() -> None:
+    model = repeat_last()
+    config = model.model.config
+    radius = np.ones((len(config.interval_levels), HORIZON, 1))
+    model.model.calibrate_intervals(Calibration(config.interval_levels, radius))
+    rolling = RollingForecaster(model, max_series=10, message="v2")
+    transport = MemoryTransport()
+    serve_batch([record("a", s) for s in range(6)], rolling, transport.sink(), new_stats(rolling))
+
+    published = forecasts(transport)
+    # Window 2, 3, 4, 5 changes by 1 a step: a spread of 1, so each bound is 1 from the point.
+    assert published[-1]["intervals"]["0.8"]["lo"]["load"] == [4.0] * HORIZON
+    assert published[-1]["intervals"]["0.95"]["hi"]["load"] == [6.0] * HORIZON

@@ -75,6 +75,7 @@ HOSTILE = (
 )
 # Accepted hostile numbers and what they mean.
 ZERO_MEANS = {
+    "batch_ms": "0: each forecast is published as soon as it is due",
     "metrics_port": "0 turns the Prometheus endpoint off",
     "interval_gain": "0: serve publishes the calibrated intervals, never adapted",
     "online_report_s": "0: serve never reports its online error",

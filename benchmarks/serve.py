@@ -137,6 +137,7 @@ def forecaster(architecture: str, shape: str) -> LoadedForecaster:
 class ServeBench:
     def __init__(self, kafka: KafkaSettings, model: LoadedForecaster) -> None:
         self.kafka = kafka
+        self.options: dict[str, Any] = {}  # more arguments of run_serve (a batch cap, say)
         self.rolling = RollingForecaster(model, max_series=100_000)
         self.stats = new_stats(self.rolling)
         transport = KafkaTransport(kafka)
@@ -147,13 +148,16 @@ class ServeBench:
     def run_until(self, records: int) -> float:
         """Serve until ``records`` are in; return the seconds it took."""
         started = time.perf_counter()
-        run_serve(self.source, self.publisher, self.rolling, until(records), stats=self.stats)
+        run_serve(
+            self.source, self.publisher, self.rolling, until(records), stats=self.stats,
+            **self.options,
+        )  # fmt: skip
         return time.perf_counter() - started
 
     def run_for(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         stop = lambda stats, idle: time.monotonic() >= deadline  # noqa: E731
-        run_serve(self.source, self.publisher, self.rolling, stop, stats=self.stats)
+        run_serve(self.source, self.publisher, self.rolling, stop, stats=self.stats, **self.options)
 
     def close(self) -> None:
         self.source.close()

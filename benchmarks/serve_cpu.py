@@ -50,13 +50,20 @@ from typing import Any
 import numpy as np
 import torch
 from results import add_results_option, append_if_asked
-from serve import MAX_POLL_RECORDS, ServeBench, forecaster, latency_at, produce_steps
+from serve import (
+    MAX_POLL_RECORDS,
+    ServeBench,
+    forecaster,
+    latency_at,
+    produce_steps,
+    transport_latency,
+)
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.config import KafkaSettings
 from pipeline.forecast import LoadedForecaster
 from pipeline.kafka_io import KafkaTransport
-from pipeline.serve import RollingForecaster, new_stats
+from pipeline.serve import RollingForecaster, new_stats, run_serve
 
 logger = logging.getLogger("benchmarks.serve_cpu")
 
@@ -82,12 +89,19 @@ def model_for(args: argparse.Namespace) -> LoadedForecaster:
     return loaded
 
 
-def rolling_forecaster(model: LoadedForecaster, message: str) -> RollingForecaster:
-    """ServeBench's forecaster, in the message format ``message``; ``message=`` is passed only
-    for v2, so a commit whose RollingForecaster predates it runs v1."""
-    if message == "v1":
-        return RollingForecaster(model, max_series=MAX_SERIES)
-    return RollingForecaster(model, max_series=MAX_SERIES, message=message)
+def rolling_forecaster(model: LoadedForecaster, message: str, precision: str) -> RollingForecaster:
+    """ServeBench's forecaster, in the message format ``message`` and the arithmetic
+    ``precision``; each is passed only where this commit's RollingForecaster takes it (an old
+    one writes v1 in float32)."""
+    takes = inspect.signature(RollingForecaster).parameters
+    options: dict[str, Any] = {"message": message} if "message" in takes else {}
+    if precision != "float32":
+        if "precision" not in takes:
+            raise SystemExit("this pipeline's RollingForecaster has no precision=")
+        from pipeline.forecast import resolve_precision
+
+        options["precision"] = resolve_precision(precision, torch.device("cpu"))
+    return RollingForecaster(model, max_series=MAX_SERIES, **options)
 
 
 def check_format(message: str) -> None:
@@ -99,10 +113,22 @@ def check_format(message: str) -> None:
 class CpuBench(ServeBench):
     """serve.py's ServeBench in ``--format``; :meth:`measure` adds the CPU time."""
 
-    def __init__(self, kafka: KafkaSettings, model: LoadedForecaster, message: str) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, model: LoadedForecaster, message: str, precision: str
+    ) -> None:
         super().__init__(kafka, model)
-        self.rolling = rolling_forecaster(model, message)
+        self.rolling = rolling_forecaster(model, message, precision)
         self.stats = new_stats(self.rolling)
+
+    def cap_batches(self, batch_ms: float | None) -> None:
+        """Publish a poll's forecasts at least every ``batch_ms`` (None: the loop's default)."""
+        if batch_ms is None:
+            return
+        if "cap" not in inspect.signature(run_serve).parameters:
+            raise SystemExit("this pipeline's run_serve takes no batch cap")
+        from pipeline.serve import BatchCap
+
+        self.options["cap"] = BatchCap(seconds=batch_ms / 1000)
 
     def measure(self, records: int) -> dict[str, float]:
         """Serve ``records`` more (to the poll that reaches them): CPU µs and wall s."""
@@ -179,7 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps = lookback + timed_steps + 1
         logger.info("producing %d records", steps * args.series)
         produce_steps(kafka, args.series, range(steps))
-        bench = CpuBench(kafka, model, args.format)
+        bench = CpuBench(kafka, model, args.format, args.precision)
+        bench.cap_batches(args.batch_ms)
         passthrough = None
         try:
             bench.run_until(warm)
@@ -198,6 +225,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             latency = {}
             if args.latency_s > 0:
                 latency = latency_at(bench, serve_rps / 2, args, first_step=steps)
+            if args.latency_s > 0 and args.floor:
+                after = steps + math.ceil(serve_rps * (args.latency_s + 4) / args.series) + 1
+                latency.update(transport_latency(kafka, serve_rps / 2, args, after))
         finally:
             bench.close()
             if passthrough is not None:
@@ -233,6 +263,8 @@ def figures(args: argparse.Namespace, rounds: list[dict[str, Any]], latency: dic
         "records_per_round": args.records_per_round,
         "format": args.format,
         "intervals": args.intervals,
+        "precision": args.precision,
+        "batch_ms": args.batch_ms,
         "forecast_bytes": forecast_bytes,
         "shape": args.shape,
         "series": args.series,
@@ -249,6 +281,9 @@ def main() -> None:
     parser.add_argument("--shape", choices=["issue4", "default"], default="issue4")
     parser.add_argument("--format", choices=["v1", "v2"], default="v1", help="forecast messages")
     parser.add_argument("--intervals", action="store_true", help="calibrated intervals (v2 only)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "auto"], default="float32")
+    parser.add_argument("--batch-ms", type=float, help="the loop's time cap on a batch")
+    parser.add_argument("--floor", action="store_true", help="and the pass-through's latency")
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--latency-s", type=float, default=20.0, help="0: no latency phase")
     parser.add_argument("--core", type=int, default=0, help="the core this process runs on")

@@ -536,7 +536,17 @@ class ServeSettings(RollcastSettings):
     max_new_series: Annotated[int, Field(ge=1, le=MAX_SERIES_CAP)] = 10_000
     # The forecasts' wire format: "v1", a list of steps each with its time; "v2", one array
     # per channel with the model's prediction intervals (README: Forecast messages).
-    forecast_format: Literal["v1", "v2"] = "v1"
+    forecast_format: Literal["v1", "v2"] = "v2"
+    # The published intervals adapt apart in each group of series: the first this many fields
+    # of a series key split at the separator ("eu/site-4" of "eu/site-4/meter-2", 2 fields of
+    # "/"), at most 1,000 groups (pipeline.stats.SeriesGroups); 0: one group for every series.
+    interval_group_fields: Annotated[int, Field(ge=0, le=16, description="0: one group")] = 0
+    interval_group_separator: Annotated[
+        str, Field(min_length=1, max_length=8), AfterValidator(_printable_name)
+    ] = "/"
+    # The model's arithmetic in serve: "auto" is bfloat16 where the chip computes it natively
+    # (about twice as fast, the same MSE to five digits), float32 elsewhere (pipeline.forecast).
+    inference_precision: Literal["float32", "bfloat16", "auto"] = "auto"
     # How fast the published intervals follow their misses: each miss widens a radius by this
     # share of its calibrated value, each hit narrows it by a (1 - level) share of that.
     interval_gain: Annotated[float, Field(ge=0, le=1, description="0: never adapted")] = (

@@ -27,6 +27,10 @@ from pipeline.windows import SERIES, TS, RollingWindow, format_timestamp, freq_t
 
 # Series id given to a history frame that has no ``series`` column.
 SINGLE_SERIES = "series"
+# The number formats a model may forecast in: bfloat16 halves the cost of a forecast on a chip
+# with native bfloat16 arithmetic (weights and sums stay float32; BENCHMARKS.md: the same MSE to
+# five digits); "auto" takes it where the chip has it.
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 class ForecastError(RollcastError):
@@ -91,9 +95,11 @@ def predict_outputs(
     inputs: np.ndarray,
     origins_ms: np.ndarray | None = None,
     batch_size: int = 1024,
+    precision: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """The model's outputs for inputs ``(N, L, C)``, as :func:`predict` takes them: points
-    ``(N, H, C)``, or a quantile head's quantiles ``(N, H, C, Q)``."""
+    ``(N, H, C)``, or a quantile head's quantiles ``(N, H, C, Q)``; its matrix products in
+    ``precision`` (float32 or bfloat16, :func:`resolve_precision`)."""
     model.eval()
     device = next(model.parameters(), model.scale).device
     outputs = []
@@ -102,13 +108,35 @@ def predict_outputs(
         origins = None if origins_ms is None else origins_ms[i : i + batch_size]
         calendar = windows_calendar(model.config, origins)
         known = None if calendar is None else torch.from_numpy(calendar).to(device)
-        with torch.inference_mode():  # forecasts, never trained through
+        lower = torch.autocast(device.type, torch.bfloat16, precision == torch.bfloat16)
+        with torch.inference_mode(), lower:  # forecasts, never trained through
             outputs.append(model(x, known))
     if not outputs:
         config = model.config
         shape = (0, config.horizon, len(config.target_names), model.output_head.n_outputs)
         return np.empty(shape[:3] if shape[3] == 1 else shape, dtype=np.float32)
     return torch.cat(outputs).float().cpu().numpy()
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The number format of ``name`` (:data:`PRECISIONS`); "auto" is bfloat16 on a GPU that has
+    it or a CPU with native bfloat16 dot products (AVX512-BF16 or AMX), else float32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+    if name != "auto":
+        return torch.bfloat16 if name == "bfloat16" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: assume not
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def new_window(config: ForecasterConfig, grace_steps: int = 0) -> RollingWindow:

@@ -56,6 +56,8 @@ class ServeCollector(Collector):
         yield info
         yield _online_error(self._stats.online_error)
         yield _online_coverage(self._stats.online_error)
+        if self._stats.online_error.groups.fields:
+            yield _group_coverage(self._stats.online_error)
 
 
 def _family(item: Declared) -> Metric:
@@ -133,4 +135,18 @@ def _online_coverage(online: OnlineError) -> Metric:
         for step, count in enumerate(scored, start=1):
             if count:
                 family.add_metric([f"{level:g}", str(step)], float(covered[k, step - 1] / count))
+    return family
+
+
+def _group_coverage(online: OnlineError) -> Metric:
+    family = GaugeMetricFamily(
+        PREFIX + "interval_group_coverage",
+        "Share of actuals inside the interval published with their forecast, by group of "
+        "series (ROLLCAST_INTERVAL_GROUP_FIELDS) and level, every step ahead together",
+        labels=["group", "level"],
+    )
+    for group, scored in list(online.group_scored.items()):
+        covered = online.group_covered[group]
+        for k, level in enumerate(online.levels):
+            family.add_metric([group, f"{level:g}"], float(covered[k] / scored))
     return family

@@ -520,40 +520,58 @@ def _by_channel(channels: tuple[str, ...], values: np.ndarray) -> dict[str, np.n
 
 
 def _v2_messages(batch: ForecastBatch) -> Iterator[tuple[bytes, bytes]]:
-    """Version-2 messages of a batch: its numbers rounded and laid out per channel at once,
-    the parts every message shares made once."""
-    values = _channel_rows(batch.values)  # (B, C, H)
-    bounds = None
-    if batch.lo is not None and batch.hi is not None:
-        bounds = _channel_rows(batch.lo), _channel_rows(batch.hi)  # (L, B, C, H) each
-    model = {"name": batch.model_name, "version": batch.model_version}
-    hours = batch.open_hours
-    schedule = None if hours is None else hours.to_text()
-    levels = [f"{level:g}" for level in batch.interval_levels]
-    channels = batch.channels
+    """Version-2 messages of a batch, from a template: every number of the batch is rounded
+    and written by one ``orjson`` call, and each message is its own key, times and rows of
+    numbers set between the parts every message shares."""
+    if not len(batch):
+        return
+    rows = _number_rows(batch)  # each message's arrays, in the order the template holds them
+    parts = _template(batch)
+    per_message = len(parts) - 1
+    step, hours = batch.step_ms, batch.open_hours
     issued = batch.issued_at_ms.tolist()
     for i, (series, issued_at_ms) in enumerate(zip(batch.series, issued, strict=True)):
-        message: dict[str, Any] = {
-            "v": 2,
-            "series": series,
-            "issued_at": _timestamp(issued_at_ms),
-            "start": _step_times(issued_at_ms, batch.step_ms, 1, hours)[0],
-            "step": batch.freq,
-            "model": model,
-        }
-        if schedule is not None:
-            message["open_hours"] = schedule
-        message["values"] = dict(zip(channels, values[i], strict=True))
-        if bounds is not None:
-            lo, hi = bounds
-            message["intervals"] = {
-                level: {
-                    "lo": dict(zip(channels, lo[k, i], strict=True)),
-                    "hi": dict(zip(channels, hi[k, i], strict=True)),
-                }
-                for k, level in enumerate(levels)
-            }
-        yield series.encode(), orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+        start = _step_times(issued_at_ms, step, 1, hours)[0]
+        head = b'{"v":2,"series":%b,"issued_at":"%b","start":"%b"' % (
+            orjson.dumps(series),
+            _timestamp(issued_at_ms).encode(),
+            start.encode(),
+        )
+        mine = rows[i * per_message : (i + 1) * per_message]
+        body = [piece for pair in zip(parts, mine, strict=False) for piece in pair]
+        yield series.encode(), b"".join([head, *body, parts[-1]])
+
+
+def _number_rows(batch: ForecastBatch) -> list[bytes]:
+    """The text of each ``(horizon,)`` array of every message, message by message: its
+    channels' values, then per level the lower bounds' channels and the upper ones'."""
+    arrays = [_channel_rows(batch.values)[:, None]]  # (B, 1, C, H)
+    if batch.lo is not None and batch.hi is not None:
+        for lo, hi in zip(_channel_rows(batch.lo), _channel_rows(batch.hi), strict=True):
+            arrays += [lo[:, None], hi[:, None]]  # (B, 1, C, H) each
+    numbers = np.concatenate(arrays, axis=1)  # (B, 1 + 2L, C, H)
+    text = orjson.dumps(numbers.reshape(-1, numbers.shape[-1]), option=orjson.OPT_SERIALIZE_NUMPY)
+    return text[2:-2].split(b"],[")  # numbers hold no brackets: one piece per row
+
+
+def _template(batch: ForecastBatch) -> list[bytes]:
+    """The parts of a batch's version-2 messages between their rows of numbers (the first
+    follows each message's own head)."""
+    shared: dict[str, Any] = {"step": batch.freq}
+    shared["model"] = {"name": batch.model_name, "version": batch.model_version}
+    if batch.open_hours is not None:
+        shared["open_hours"] = batch.open_hours.to_text()
+    keys = [orjson.dumps(channel) for channel in batch.channels]
+    parts = [b"," + orjson.dumps(shared)[1:-1] + b',"values":{' + keys[0] + b":["]
+    parts += [b"]," + key + b":[" for key in keys[1:]]
+    for k, level in enumerate(batch.interval_levels if batch.lo is not None else ()):
+        opening = b'},"intervals":{' if k == 0 else b"}},"
+        for side in ("lo", "hi"):
+            lead = b'"%b":{"lo":{' % f"{level:g}".encode() if side == "lo" else b'},"hi":{'
+            parts.append(b"]" + (opening if side == "lo" else b"") + lead + keys[0] + b":[")
+            parts += [b"]," + key + b":[" for key in keys[1:]]
+    closing = b"]}}}}" if batch.lo is not None and batch.interval_levels else b"]}}"
+    return [*parts, closing]
 
 
 def _channel_rows(values: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pipeline import intervals
 from pipeline.forecast import (
@@ -55,7 +56,7 @@ from pipeline.forecast import (
     point_forecasts,
     predict_outputs,
 )
-from pipeline.intervals import DEFAULT_GAIN, Calibration, OnlineRadius
+from pipeline.intervals import DEFAULT_GAIN, Calibration
 from pipeline.model import Forecaster
 from pipeline.open_steps import read_open_hours
 from pipeline.progress import Progress, by_reason
@@ -75,7 +76,7 @@ from pipeline.records import (
     triage,
 )
 from pipeline.shutdown import StopRequestedError
-from pipeline.stats import OnlineError, OnlineScorer, Scoring, ServeStats
+from pipeline.stats import OnlineError, OnlineScorer, Scoring, SeriesGroups, ServeStats
 from pipeline.swap import INCOMPATIBLE, ModelSlot, incompatibility
 from pipeline.transport import Sink, Source
 from pipeline.windows import (
@@ -200,9 +201,11 @@ class RollingForecaster:
         max_series: int,
         policy: RecordPolicy = DEFAULT_POLICY,
         max_new_series: int | None = None,
-        message: str = "v1",
+        message: str = "v2",
+        precision: torch.dtype = torch.float32,
     ) -> None:
         self.forecaster = forecaster
+        self.precision = precision  # of the model's arithmetic (forecast.resolve_precision)
         self.message = message  # the forecasts' wire format (records.FORECAST_FORMATS)
         self.max_series, self.policy = max_series, policy
         self.max_new_series = max_series if max_new_series is None else max_new_series
@@ -428,8 +431,9 @@ class RollingForecaster:
         windows = self._gathered(len(requests))
         for row, request in zip(windows, requests, strict=True):
             row[:] = request.step.window
+            request.step.release()  # read: no copy when its series moves on
         origins = np.fromiter((r.issued_at_ms for r in requests), np.int64, len(requests))
-        return windows, predict_outputs(self.model, windows, origins)
+        return windows, predict_outputs(self.model, windows, origins, precision=self.precision)
 
     def _gathered(self, batch: int) -> np.ndarray:
         """``(batch, L, C)`` of the array the batches' windows are gathered into."""
@@ -467,15 +471,15 @@ class RollingForecaster:
         windows: np.ndarray,
         outputs: np.ndarray,
         preds: np.ndarray,
-        radius: OnlineRadius | None,
+        radii: np.ndarray | None,
     ) -> np.ndarray | None:
-        """The intervals, lower and upper ``(2, L, B, H, C)``, of the radii being adapted online
-        around the forecasts ``preds`` of ``windows`` (their outputs ``outputs``); None without
-        radii."""
-        if radius is None or not len(windows):
+        """The intervals, lower and upper ``(2, L, B, H, C)``, of each forecast's radii now
+        ``radii`` ``(L, B, H, C)`` around the forecasts ``preds`` of ``windows`` (their outputs
+        ``outputs``); None without radii."""
+        if radii is None or not len(windows):
             return None
-        units = interval_units(self.model, windows, outputs)
-        return np.stack(intervals.bounds(radius.radius, preds, units))
+        below, above = intervals.both_ways(interval_units(self.model, windows, outputs))
+        return np.stack([preds[None] - radii * below, preds[None] + radii * above])
 
     def calibration(self) -> Calibration | None:
         """The intervals to publish and adapt: the model's, in a version-2 message only."""
@@ -533,7 +537,11 @@ def publish(
     scorer.settle()
     windows, outputs = rolling.predict(requests)  # (B, L, C), the model's outputs
     preds = point_forecasts(rolling.model, outputs)  # (B, H, C)
-    bounds = rolling.interval_bounds(windows, outputs, preds, stats.online_error.radius)
+    online = stats.online_error
+    radii = None
+    if online.adapts and requests:
+        radii = online.radii_for([online.groups.of(r.series) for r in requests])
+    bounds = rolling.interval_bounds(windows, outputs, preds, radii)
     scorer.forecasts_issued(requests, preds, bounds)
     if requests:
         sink.send_forecasts(rolling.forecasts(requests, preds, bounds))
@@ -662,7 +670,13 @@ def model_scale(rolling: RollingForecaster) -> np.ndarray:
     return np.asarray(rolling.model.scale.detach().cpu().numpy(), dtype=np.float64)
 
 
-def new_stats(rolling: RollingForecaster, interval_gain: float = DEFAULT_GAIN) -> ServeStats:
+def new_stats(
+    rolling: RollingForecaster,
+    interval_gain: float = DEFAULT_GAIN,
+    groups: SeriesGroups | None = None,
+) -> ServeStats:
+    """The stats of a loop over ``rolling``, whose intervals adapt by ``interval_gain`` in each
+    of the ``groups`` of series (one group by default)."""
     return ServeStats(
         OnlineError(
             rolling.model.config.horizon,
@@ -673,6 +687,7 @@ def new_stats(rolling: RollingForecaster, interval_gain: float = DEFAULT_GAIN) -
             rolling.open_hours,
             rolling.calibration(),
             interval_gain,
+            groups,
         ),
         model_name=rolling.forecaster.name,
         model_version=rolling.forecaster.version,

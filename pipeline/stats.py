@@ -100,8 +100,38 @@ class LatencyRecorder:
 
 
 # A forecast being scored against actuals as they arrive: when it was issued, its values
-# (H, C) and the intervals published with it, lower and upper (2, L, H, C), None without.
-Scoring = tuple[int, np.ndarray, np.ndarray | None]
+# (H, C), the intervals published with it, lower and upper (2, L, H, C), None without, and
+# the group its series' intervals are adapted in.
+Scoring = tuple[int, np.ndarray, np.ndarray | None, str]
+
+# Interval groups held apart at most; the series of any further group share the group "".
+MAX_GROUPS = 1000
+
+
+class SeriesGroups:
+    """The group a series' intervals are adapted in: the first ``fields`` fields of its key
+    split at ``separator`` (``"eu/site-4/meter-2"`` is in ``"eu/site-4"`` with 2 fields of
+    ``"/"``); with 0 fields every series is in the one group ``""``. A key with fewer fields is
+    its own group's name; past :data:`MAX_GROUPS` groups, new ones are counted in ``""``.
+
+    >>> SeriesGroups(2, "/").of("eu/site-4/meter-2"), SeriesGroups(0).of("eu/site-4")
+    ('eu/site-4', '')
+    """
+
+    def __init__(self, fields: int = 0, separator: str = "/") -> None:
+        self.fields, self.separator = fields, separator
+        self.seen: set[str] = {""}
+
+    def of(self, series: str) -> str:
+        if not self.fields:
+            return ""
+        group = self.separator.join(series.split(self.separator, self.fields)[: self.fields])
+        if group in self.seen:
+            return group
+        if len(self.seen) >= MAX_GROUPS:
+            return ""
+        self.seen.add(group)
+        return group
 
 
 class OnlineError:
@@ -112,7 +142,7 @@ class OnlineError:
     one vectorised step.
 
     >>> online = OnlineError(horizon=2, step_ms=10)
-    >>> scoring = (0, np.array([[1.0], [2.0]]), None)  # at t=0: 1.0 at t=10, 2.0 at t=20
+    >>> scoring = (0, np.array([[1.0], [2.0]]), None, "")  # at t=0: 1.0 at t=10, 2.0 at t=20
     >>> online.score(scoring, 10, np.array([1.5])), online.score(scoring, 20, np.array([2.0]))
     (True, False)
     >>> online.settle(); online.mae()
@@ -129,8 +159,10 @@ class OnlineError:
         hours: OpenHours | None = None,
         calibration: Calibration | None = None,
         gain: float = DEFAULT_GAIN,
+        groups: SeriesGroups | None = None,
     ) -> None:
         self.step_ms = step_ms
+        self.groups = groups or SeriesGroups()
         self.hours = hours  # set: a forecast's steps are open steps
         # Where the forecast channels are in an observed step's values (None: all of them).
         self.targets = targets
@@ -142,17 +174,39 @@ class OnlineError:
         self.version, self.scale = version, scale
         self.gain = gain
         self._start_intervals(calibration)
-        # (ahead, predicted, actual, the published intervals (2, L, C) or None)
-        self._scored: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        # (ahead, predicted, actual, the published intervals (2, L, C) or None, the group)
+        self._scored: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None, str]] = []
 
     def _start_intervals(self, calibration: Calibration | None) -> None:
-        """Radii to publish from now on, adapted online (:class:`OnlineRadius`), and the
-        coverage of the intervals scored, per level and steps ahead."""
-        self.radius = None if calibration is None else OnlineRadius(calibration, self.gain)
+        """Radii to publish from now on, adapted online (:class:`OnlineRadius`) per group of
+        series (:class:`SeriesGroups`), and the coverage of the intervals scored, per level
+        and steps ahead, and per group and level."""
+        self.calibration = calibration
+        self.radii: dict[str, OnlineRadius] = {}
         levels, horizon = (calibration.levels if calibration else ()), len(self.abs_error_sum)
         self.levels = levels
         self.covered = np.zeros((len(levels), horizon))  # values inside, averaged over channels
         self.interval_scored = np.zeros(horizon, np.int64)
+        # Per group: values inside per level (L,), and values scored.
+        self.group_covered: dict[str, np.ndarray] = {}
+        self.group_scored: Counter[str] = Counter()
+
+    @property
+    def adapts(self) -> bool:
+        """Whether there are intervals to publish and adapt."""
+        return self.calibration is not None
+
+    def radius_of(self, group: str) -> OnlineRadius:
+        """The radii of ``group``'s intervals (from the calibration, at its first forecast)."""
+        radius = self.radii.get(group)
+        if radius is None:
+            assert self.calibration is not None, "no intervals without a calibration"
+            radius = self.radii[group] = OnlineRadius(self.calibration, self.gain)
+        return radius
+
+    def radii_for(self, groups: Sequence[str]) -> np.ndarray:
+        """``(L, B, H, C)``: the radii now of each of a batch's forecasts, by its group."""
+        return np.stack([self.radius_of(group).radius for group in groups], axis=1)
 
     def switch(
         self, version: str, scale: np.ndarray, calibration: Calibration | None = None
@@ -165,24 +219,23 @@ class OnlineError:
 
     def score(self, scoring: Scoring, ts_ms: int, actual: np.ndarray) -> bool:
         """Score the actual of step ``ts_ms``; return whether the forecast has steps left."""
-        issued_at_ms, predicted, bounds = scoring
+        issued_at_ms, predicted, bounds, group = scoring
         if self.hours is None:  # the hot path: one division
             ahead = (ts_ms - issued_at_ms) // self.step_ms - 1
         else:
             ahead = steps_ahead(issued_at_ms, ts_ms, self.step_ms, self.hours) - 1
         if ahead < len(predicted):
             observed = actual if self.targets is None else actual[self.targets]
-            self._scored.append(
-                (ahead, predicted[ahead], observed, None if bounds is None else bounds[:, :, ahead])
-            )
+            published = None if bounds is None else bounds[:, :, ahead]
+            self._scored.append((ahead, predicted[ahead], observed, published, group))
         return ahead < len(predicted) - 1  # else fully scored (or overtaken)
 
     def settle(self) -> None:
         if not self._scored:
             return
-        ahead = np.fromiter((a for a, _, _, _ in self._scored), np.int64, len(self._scored))
-        predicted = np.stack([p for _, p, _, _ in self._scored])
-        actual = np.stack([v for _, _, v, _ in self._scored])
+        ahead = np.fromiter((s[0] for s in self._scored), np.int64, len(self._scored))
+        predicted = np.stack([s[1] for s in self._scored])
+        actual = np.stack([s[2] for s in self._scored])
         self._score_intervals(ahead, predicted, actual)
         np.add.at(self.abs_error_sum, ahead, np.abs(predicted - actual).mean(axis=1))
         np.add.at(self.abs_error_count, ahead, 1)
@@ -197,17 +250,25 @@ class OnlineError:
     def _score_intervals(
         self, ahead: np.ndarray, predicted: np.ndarray, actual: np.ndarray
     ) -> None:
-        """Count which published intervals held their actual, and move the radii by it."""
-        kept = [(i, b) for i, (_, _, _, b) in enumerate(self._scored) if b is not None]
-        if not kept or self.radius is None:
+        """Count which published intervals held their actual, and move each group's radii by
+        its own."""
+        kept = [(i, s[3], s[4]) for i, s in enumerate(self._scored) if s[3] is not None]
+        if not kept or not self.adapts:
             return
-        index = np.array([i for i, _ in kept])
-        bounds = np.stack([b for _, b in kept])  # (K, 2, L, C)
+        index = np.array([i for i, _, _ in kept])
+        bounds = np.stack([b for _, b, _ in kept])  # (K, 2, L, C)
+        groups = np.array([g for _, _, g in kept])
         steps = ahead[index]
         observed = actual[index][:, None, :]  # (K, 1, C)
         missed = (observed < bounds[:, 0]) | (observed > bounds[:, 1])  # (K, L, C)
-        self.radius.observe(steps, missed.transpose(1, 0, 2))
-        np.add.at(self.covered.T, steps, 1 - missed.mean(axis=2))
+        inside = 1 - missed.mean(axis=2)  # (K, L)
+        for group in np.unique(groups).tolist():
+            mine = groups == group
+            self.radius_of(group).observe(steps[mine], missed[mine].transpose(1, 0, 2))
+            covered = self.group_covered.get(group, np.zeros(len(self.levels)))
+            self.group_covered[group] = covered + inside[mine].sum(axis=0)
+            self.group_scored[group] += int(mine.sum())
+        np.add.at(self.covered.T, steps, inside)
         np.add.at(self.interval_scored, steps, 1)
 
     def coverage(self) -> dict[float, float | None]:
@@ -307,8 +368,9 @@ class OnlineScorer:
                 stats.series_forecast += 1
             if state.scoring is None:
                 j = len(requests) - 1 - i
-                published = None if bounds is None else bounds[:, :, j].copy()
-                state.scoring = (request.issued_at_ms, pred.copy(), published)  # free the batch
+                published = None if bounds is None else bounds[:, :, j].copy()  # free the batch
+                group = stats.online_error.groups.of(request.series)
+                state.scoring = (request.issued_at_ms, pred.copy(), published, group)
 
     def model_swapped(
         self, version: str, scale: np.ndarray, calibration: Calibration | None = None

@@ -800,8 +800,9 @@ class Step:
 
     ``window`` ``(L, C)`` is None while fewer than ``lookback`` steps are held. While the step
     is its window's newest, ``window`` is a view of the ring (no copy: the serve loop gathers a
-    batch straight from the rings); before the ring is written again, the step keeps a copy.
-    So it is always this step's window when read; copy it to hold on to it.
+    batch straight from the rings); before the ring is written again, the step keeps a copy,
+    unless it was released (:meth:`release`; then ``window`` is None). So it is always this step's
+    window when read; copy it to hold on to it.
     """
 
     __slots__ = ("_ring", "_window", "gap", "ts_ms", "values")
@@ -821,6 +822,10 @@ class Step:
         """Copy the window out of the ring, which is about to be written."""
         if self._ring is not None:
             self._window, self._ring = self._ring.copy(), None
+
+    def release(self) -> None:
+        """The window was read for the last time: the ring may move on without a copy."""
+        self._ring = None
 
 
 class RollingWindow:

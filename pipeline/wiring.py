@@ -19,7 +19,7 @@ from pipeline.config import (
     StoreSettings,
 )
 from pipeline.delta_store import DeltaSeriesStore
-from pipeline.forecast import LoadedForecaster
+from pipeline.forecast import LoadedForecaster, resolve_precision
 from pipeline.ingest import FlushPolicy, IngestPlan, IngestReport, run_ingest
 from pipeline.maintenance import migrate_if_found
 from pipeline.metrics import serve_metrics
@@ -32,7 +32,7 @@ from pipeline.serve import (
     run_serve,
     stop_rule,
 )
-from pipeline.stats import OnlineErrorReporter, ServeStats
+from pipeline.stats import OnlineErrorReporter, SeriesGroups, ServeStats
 from pipeline.swap import ChampionWatcher, LocalCopy, ModelSlot
 from pipeline.tracking import connect_reader
 from pipeline.transport import Rebalance, Transport
@@ -100,10 +100,19 @@ def serve_from_settings(
     local_copy = LocalCopy(store.data_dir / "champion", mlflow_settings.model_name)
     champion = start_champion(mlflow_settings, local_copy)
     logger.info("serving %s version %s", champion.name, champion.version)
+    device = next(champion.model.parameters(), champion.model.scale).device
+    precision = resolve_precision(serve.inference_precision, device)
+    logger.info("forecasting in %s", str(precision).removeprefix("torch."))
     rolling = RollingForecaster(
-        champion, serve.max_series, records.policy(), serve.max_new_series, serve.forecast_format
+        champion,
+        serve.max_series,
+        records.policy(),
+        serve.max_new_series,
+        serve.forecast_format,
+        precision,
     )
-    stats = new_stats(rolling, serve.interval_gain)
+    groups = SeriesGroups(serve.interval_group_fields, serve.interval_group_separator)
+    stats = new_stats(rolling, serve.interval_gain, groups)
     if serve.metrics_port:
         serve_metrics(stats, serve.metrics_port, serve.metrics_host)
         logger.info(

@@ -13,6 +13,8 @@ from pipeline.forecast import (
     forecast_frame,
     latest_windows,
     new_window,
+    predict_outputs,
+    resolve_precision,
 )
 from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig
@@ -135,3 +137,28 @@ def test_a_model_trained_on_open_hours_keeps_its_window_whole_across_a_weekend()
     assert latest.issued_at_ms == [steps[-1] * HOUR_MS]
     np.testing.assert_array_equal(latest.windows[0, :, 0], steps)
     assert not every_step.is_whole  # the weekend is a gap on every step
+
+
+def test_bfloat16_forecasts_are_float32_ones_to_about_three_digits() -> None:
+    torch.manual_seed(0)
+    config = ForecasterConfig(("load",), lookback=48, horizon=12, hidden_size=32, segment_len=12)
+    model = build_forecaster(config).eval()
+    windows = np.cumsum(np.random.default_rng(0).normal(size=(64, 48, 1)), axis=1) + 100
+    windows = windows.astype(np.float32)
+
+    exact = predict_outputs(model, windows)
+    lower = predict_outputs(model, windows, precision=torch.bfloat16)
+
+    residual = exact - windows[:, -1:, :]  # what the network adds to the last value
+    assert not np.array_equal(lower, exact)  # the setting reaches the arithmetic
+    assert np.abs(lower - exact).max() < 0.02 * np.abs(residual).max()
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("float32", torch.float32), ("bfloat16", torch.bfloat16)]
+)
+def test_a_precision_is_named_or_refused(name: str, dtype: torch.dtype) -> None:
+    assert resolve_precision(name, torch.device("cpu")) is dtype
+    assert resolve_precision("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="float32, bfloat16, auto"):
+        resolve_precision("float16", torch.device("cpu"))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from pandas.tseries.frequencies import to_offset
-from topics import read_topic
+from topics import forecast_times, forecast_values, read_topic
 
 from flows.ingest import ingest_flow
 from flows.serve import serve_flow
@@ -131,9 +131,11 @@ def _assert_forecasts_are_complete(messages: list, fleet: pd.DataFrame, version:
         assert message.key == forecast["series"].encode()
         assert forecast["model"]["version"] == version
         issued_at = parse_timestamp(forecast["issued_at"])
-        steps = [parse_timestamp(step["ts"]) for step in forecast["forecast"]]
-        assert steps == [issued_at + (h + 1) * HOUR_MS for h in range(HORIZON)]
-        assert all({"load", "temp"} <= step.keys() for step in forecast["forecast"])
+        # Version 2, the default: the steps from start and step, one array per channel.
+        assert forecast_times(forecast) == [issued_at + (h + 1) * HOUR_MS for h in range(HORIZON)]
+        assert {"load", "temp"} <= forecast["values"].keys()
+        assert all(len(forecast_values(forecast, c)) == HORIZON for c in ("load", "temp"))
+        assert forecast["intervals"].keys() == {"0.8", "0.95"}  # the champion is calibrated
         issued[forecast["series"]].append(issued_at)
     for series_id, rows in fleet.groupby("series"):
         observed = rows["ts"].to_numpy(dtype="datetime64[ms]").astype("int64")
@@ -231,7 +233,10 @@ def test_a_half_hourly_fleet_is_stored_and_served_on_its_own_step(
     assert champion.model.config.freq == "30min"
     assert served["forecasts_out"] == 2 * (STEPS - LOOKBACK + 1)
     messages = read_topic(rollcast_env, rollcast_env.topic_forecasts, expected=10)
-    steps = [parse_timestamp(s["ts"]) for s in json.loads(messages[0].value or b"{}")["forecast"]]
+    first = json.loads(messages[0].value or b"{}")
+    assert first["step"] == "30min"
+    steps = forecast_times(first)
+    assert len(steps) == HORIZON and steps[0] == parse_timestamp(first["issued_at"]) + HOUR_MS // 2
     assert {b - a for a, b in itertools.pairwise(steps)} == {HOUR_MS // 2}
 
 
@@ -345,17 +350,13 @@ def test_a_seed_ensemble_champion_forecasts_the_mean_of_its_seeds(
 
 
 def test_version_2_forecasts_carry_intervals_that_hold_most_actuals(
-    rollcast_env: KafkaSettings,
-    prefect_api: None,
-    tiny_model: None,
-    monkeypatch: pytest.MonkeyPatch,
+    rollcast_env: KafkaSettings, prefect_api: None, tiny_model: None
 ) -> None:
     fleet = synthetic_fleet(FleetSpec(n_series=SERIES, n_steps=STEPS, gaps_per_series=0, seed=4))
     produced, _ = stream_and_ingest(rollcast_env, fleet)
     train_flow(max_steps=40)
-    monkeypatch.setenv("ROLLCAST_FORECAST_FORMAT", "v2")
 
-    serve_flow(max_records=produced)
+    serve_flow(max_records=produced)  # version 2 is the default format
 
     expected = SERIES * (STEPS - LOOKBACK + 1)
     messages = [

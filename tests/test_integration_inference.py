@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from topics import read_topic
+from topics import forecast_times, forecast_values, read_topic
 
 from pipeline import registry, runs
 from pipeline.config import KafkaSettings, MlflowSettings, ServeSettings, StoreSettings
@@ -24,6 +24,7 @@ from pipeline.intervals import Calibration
 from pipeline.kafka_io import KafkaTransport
 from pipeline.model import build_forecaster
 from pipeline.recipe import ForecasterConfig
+from pipeline.records import parse_timestamp
 from pipeline.serve import RollingForecaster, run_serve, stop_rule
 from pipeline.tracking import Tracking, connect
 from pipeline.transport import replay
@@ -84,14 +85,16 @@ def registered(
 
 
 def served_last_forecasts(
-    tracking: Tracking, kafka: KafkaSettings, fleet: pd.DataFrame, message: str = "v1"
+    tracking: Tracking, kafka: KafkaSettings, fleet: pd.DataFrame, message: str | None = None
 ) -> dict[str, dict]:
-    """Stream the fleet through the serve loop; each series' newest forecast, as published."""
+    """Stream the fleet through the serve loop; each series' newest forecast, as published
+    (in the format ``message``; None: the serve loop's default, version 2)."""
     transport = KafkaTransport(kafka)
     sink = transport.sink()
     try:
         replay(sink, frame_to_observations(fleet))
-        rolling = RollingForecaster(registry.load_champion(tracking), 100, message=message)
+        formats = {} if message is None else {"message": message}
+        rolling = RollingForecaster(registry.load_champion(tracking), 100, **formats)
         source = transport.source(transport.topics.observations, ServeSettings().serve_group)
         try:
             stop = stop_rule(None, IDLE_S, threading.Event())
@@ -117,7 +120,9 @@ def test_the_pyfunc_forecasts_what_the_serve_loop_published(
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registered.settings.model_name}@champion")
     from_pyfunc = pyfunc.predict(history)
-    served = served_last_forecasts(registered, rollcast_env, fleet)
+    # Version 1, still served to existing consumers: each step with its own time, and the
+    # values unrounded (float32), so a forecast equal to the pyfunc's to the last bits.
+    served = served_last_forecasts(registered, rollcast_env, fleet, message="v1")
 
     assert set(from_pyfunc["series"]) == set(served) == {"whole", "short-gaps", "long-gap"}
     for series_id, forecast in served.items():
@@ -154,15 +159,17 @@ def test_the_pyfunc_gives_the_intervals_the_serve_loop_published(
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{tracking.settings.model_name}@champion")
     from_pyfunc = pyfunc.predict(history)
-    served = served_last_forecasts(tracking, rollcast_env, fleet, message="v2")
+    served = served_last_forecasts(tracking, rollcast_env, fleet)  # version 2, the default
 
     assert set(served) == {"whole", "short-gaps", "long-gap"}
     for series_id, forecast in served.items():
         rows = from_pyfunc[from_pyfunc["series"] == series_id].sort_values("step")
         assert rows["ts"].iloc[0] == forecast["start"]
+        assert [parse_timestamp(ts) for ts in rows["ts"]] == forecast_times(forecast)
         for channel in ("load", "temp"):
             # 6 significant digits on the wire (records.SIGNIFICANT_DIGITS).
-            np.testing.assert_allclose(rows[channel], forecast["values"][channel], rtol=1e-5)
+            published = forecast_values(forecast, channel)
+            np.testing.assert_allclose(rows[channel], published, rtol=1e-5)
             for level in ("0.8", "0.95"):
                 bounds = forecast["intervals"][level]
                 for side in ("lo", "hi"):

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from topics import read_topic
+from topics import forecast_times, forecast_values, read_topic
 
 from flows.ingest import ingest_flow
 from flows.serve import serve_flow
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 LOOKBACK, HORIZON, WEEKS = 20, 15, 6
 SCHEDULE = "mon-fri 08:00-18:00"
+HOUR_MS = 3_600_000
 
 
 @pytest.fixture
@@ -106,10 +107,14 @@ def _assert_steps_are_the_next_open_steps(forecasts: list[dict]) -> None:
     friday_evening = [f for f in friday_evening if pd.Timestamp(f["issued_at"]).dayofweek == 4]
     assert friday_evening, "the stream holds forecasts issued on a Friday at 17:00"
     for forecast in forecasts:
-        steps = np.array([parse_timestamp(step["ts"]) for step in forecast["forecast"]])
+        assert forecast["open_hours"] == SCHEDULE  # version 2 names the schedule of its steps
+        steps = np.array(forecast_times(forecast))
         assert len(steps) == HORIZON and schedule.is_open(steps).all()
-        assert (np.diff(steps) > 0).all()
-    first = pd.Timestamp(friday_evening[0]["forecast"][0]["ts"])
+        assert steps[0] > parse_timestamp(forecast["issued_at"]) and (np.diff(steps) > 0).all()
+        # The next open step: every step between the forecast's last observation and it is shut.
+        between = np.arange(parse_timestamp(forecast["issued_at"]) + HOUR_MS, steps[0], HOUR_MS)
+        assert not schedule.is_open(between).any()
+    first = pd.Timestamp(friday_evening[0]["start"])
     assert (first.dayofweek, first.hour) == (0, 8), "Friday 17:00 is followed by Monday 08:00"
 
 
@@ -123,6 +128,6 @@ def _assert_the_pyfunc_forecasts_the_newest_windows_alike(
     out = pyfunc.predict(recent.assign(ts=recent["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")))
     for series_id, forecast in newest.items():
         rows = out[out["series"] == series_id].sort_values("step")
-        assert rows["ts"].tolist() == [step["ts"] for step in forecast["forecast"]]
-        published = [step["load"] for step in forecast["forecast"]]
+        assert [parse_timestamp(ts) for ts in rows["ts"]] == forecast_times(forecast)
+        published = forecast_values(forecast, "load")
         np.testing.assert_allclose(rows["load"].to_numpy(), published, rtol=1e-5)

@@ -25,7 +25,7 @@ from serve_harness import (
     tiny_model,
     wait_for,
 )
-from topics import read_topic
+from topics import forecast_times, forecast_values, read_topic
 
 from pipeline.config import (
     KafkaSettings,
@@ -84,7 +84,7 @@ def _assert_repeats_match(forecasts: list[dict]) -> None:
     """A record forecast twice (before and after the crash) gets the same forecast."""
     first: dict[tuple[str, str], list[float]] = {}
     for forecast in forecasts:
-        values = [step["load"] for step in forecast["forecast"]]
+        values = forecast_values(forecast, "load")
         seen = first.setdefault((forecast["series"], forecast["issued_at"]), values)
         np.testing.assert_allclose(values, seen, rtol=1e-5, atol=1e-5)
 
@@ -129,6 +129,7 @@ def test_bad_records_are_dead_lettered_or_counted_and_serving_goes_on(
 ) -> None:
     monkeypatch.setenv("ROLLCAST_GRACE_STEPS", "2")
     monkeypatch.setenv("ROLLCAST_MAX_RECORD_BYTES", "400")
+    monkeypatch.setenv("ROLLCAST_FORECAST_FORMAT", "v1")  # an existing consumer's format
     register(tiny_model())
     steps = [s for s in range(30) if s != 15]  # step 15 is missing: interpolated
     steps[10], steps[11] = steps[11], steps[10]  # out of order, within the grace period
@@ -166,6 +167,10 @@ def test_bad_records_are_dead_lettered_or_counted_and_serving_goes_on(
     forecasts = read_forecasts(rollcast_env, len(expected))
     assert sorted(step_of(f["issued_at"]) for f in forecasts) == expected
     assert stats.gaps_filled == 1 and stats.records_in == len(records)
+    for forecast in forecasts:  # version 1, as the variable asked: each step with its own time
+        assert "v" not in forecast and forecast["freq"] == "1h"
+        steps = [step_of(step["ts"]) for step in forecast["forecast"]]
+        assert steps == [step_of(forecast["issued_at"]) + h for h in range(1, HORIZON + 1)]
 
 
 def test_two_servers_in_one_group_split_the_series_after_a_rebalance(
@@ -202,4 +207,5 @@ def test_two_servers_in_one_group_split_the_series_after_a_rebalance(
     issued = Counter((f["series"], step_of(f["issued_at"])) for f in phase_two)
     # Windows were rebuilt on the member that gained a partition: no warm-up gap, no repeats.
     assert issued == Counter({(f"s{i}", s): 1 for i in range(n_series) for s in range(20, 30)})
-    assert len(phase_two[0]["forecast"]) == HORIZON
+    first = phase_two[0]
+    assert len(forecast_values(first, "load")) == len(forecast_times(first)) == HORIZON

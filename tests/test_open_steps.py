@@ -239,7 +239,7 @@ def test_a_forecast_issued_on_friday_is_scored_against_mondays_actuals() -> None
     hours = OpenHours.from_text("mon-fri 00:00-24:00")
     online = OnlineError(horizon=2, step_ms=DAY_MS, hours=hours)
     friday, monday, tuesday = 8 * DAY_MS, 11 * DAY_MS, 12 * DAY_MS  # 1970-01-09, -12, -13
-    scoring = (friday, np.array([[1.0], [2.0]]), None)  # no intervals
+    scoring = (friday, np.array([[1.0], [2.0]]), None, "")  # no intervals
     assert online.score(scoring, monday, np.array([1.5]))  # the first step: one left
     assert not online.score(scoring, tuesday, np.array([2.0]))  # the second: fully scored
     online.settle()

@@ -538,6 +538,20 @@ def test_serve_and_store_settings_refuse_what_would_break_the_loops(
         settings()
 
 
+def test_forecasts_are_version_2_unless_the_variable_asks_for_version_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ROLLCAST_FORECAST_FORMAT", raising=False)
+    assert ServeSettings().forecast_format == "v2"
+
+    monkeypatch.setenv("ROLLCAST_FORECAST_FORMAT", "v1")  # for existing consumers
+    assert ServeSettings().forecast_format == "v1"
+
+    monkeypatch.setenv("ROLLCAST_FORECAST_FORMAT", "v3")
+    with pytest.raises((ValidationError, ConfigurationError), match=r"(?i)forecast_format"):
+        ServeSettings()
+
+
 def test_a_version_2_interval_around_the_largest_values_stays_numbers() -> None:
     # Values the record policy accepts (finite in float32), with an interval past that range.
     edge = 3.4e38

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from prometheus_client import generate_latest
+from topics import forecast_times, forecast_values
 
 from pipeline.forecast import LoadedForecaster, predict
 from pipeline.inmemory import MemorySink, MemoryTransport
@@ -44,7 +45,7 @@ from pipeline.serve import (
     stop_rule,
     swap_if_offered,
 )
-from pipeline.stats import LatencyRecorder, OnlineErrorReporter, ServeStats
+from pipeline.stats import LatencyRecorder, OnlineErrorReporter, SeriesGroups, ServeStats
 from pipeline.swap import (
     INCOMPATIBLE,
     UNLOADABLE,
@@ -87,7 +88,8 @@ def serve(records: list[RawRecord], rolling: RollingForecaster | None = None, **
 
 
 def forecasts(transport: MemoryTransport) -> list[dict]:
-    """The forecasts acknowledged so far, as a consumer of the topic reads them."""
+    """The forecasts acknowledged so far, as a consumer of the topic reads them (version 2, the
+    default format, unless the forecaster was made with ``message="v1"``)."""
     return [json.loads(r.value or b"{}") for r in transport.messages(transport.topics.forecasts)]
 
 
@@ -111,9 +113,11 @@ def test_one_forecast_per_step_once_the_window_is_whole() -> None:
     # On the topic once serve_batch returns: sends reach it only when the sink is flushed.
     assert issued_steps(transport) == [3, 4, 5]
     first = forecasts(transport)[0]
-    assert [step["load"] for step in first["forecast"]] == [3.0] * HORIZON  # repeat-last of 3
+    assert forecast_values(first, "load") == [3.0] * HORIZON  # repeat-last of 3, version 2
+    assert forecast_times(first) == [(3 + h) * STEP_MS for h in range(1, HORIZON + 1)]
     assert (stats.records_in, stats.forecasts_out) == (6, 3)
     assert first["model"]["version"] == "1"
+    assert "intervals" not in first  # an uncalibrated model has none to publish
 
 
 def test_the_batch_is_one_model_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +128,7 @@ def test_the_batch_is_one_model_call(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         serve_module,
         "predict_outputs",
-        lambda m, x, origins: calls.append(len(x)) or real_predict(m, x, origins),
+        lambda m, x, origins, **kw: calls.append(len(x)) or real_predict(m, x, origins, **kw),
     )
 
     serve([record(s, k) for k in range(5) for s in ("a", "b", "c")])
@@ -520,7 +524,7 @@ def test_hostile_records_are_dead_lettered_and_serving_goes_on() -> None:
 
     assert reasons(transport) == ["bad_series", "non_finite", "non_finite"]
     assert issued_steps(transport) == [3, 4]
-    assert [f["forecast"][0]["load"] for f in forecasts(transport)] == [3.0, 4.0]  # repeat-last
+    assert [forecast_values(f, "load")[0] for f in forecasts(transport)] == [3.0, 4.0]
 
 
 def test_a_failure_inside_the_window_becomes_an_invalid_dead_letter() -> None:
@@ -621,11 +625,21 @@ def test_intervals_widen_online_when_the_actuals_leave_them_and_say_their_covera
 
 
 def test_version_1_forecasts_carry_no_intervals_and_keep_no_radii() -> None:
-    rolling = RollingForecaster(calibrated_repeat_last(), max_series=100)
+    # Version 1 stays for existing consumers: asked for by name (the default is version 2).
+    rolling = RollingForecaster(calibrated_repeat_last(), max_series=100, message="v1")
     transport, stats, _ = serve([record("a", s) for s in range(8)], rolling)
 
-    assert all("intervals" not in f and "forecast" in f for f in forecasts(transport))
-    assert stats.online_error.radius is None and stats.online_error.coverage() == {}
+    published = forecasts(transport)
+    assert [parse_timestamp(f["issued_at"]) // STEP_MS for f in published] == [3, 4, 5, 6, 7]
+    for issued, forecast in zip(range(3, 8), published, strict=True):
+        assert set(forecast) == {"series", "issued_at", "model", "freq", "forecast"}
+        assert forecast["freq"] == "1h"
+        steps = forecast["forecast"]  # one entry per step, with its own time
+        assert [parse_timestamp(step["ts"]) for step in steps] == [
+            (issued + h) * STEP_MS for h in range(1, HORIZON + 1)
+        ]
+        assert [step["load"] for step in steps] == [float(issued)] * HORIZON  # repeat-last
+    assert not stats.online_error.adapts and stats.online_error.coverage() == {}
 
 
 def test_the_online_report_gives_the_coverage_of_the_intervals_scored_since_the_last() -> None:
@@ -679,7 +693,7 @@ def test_every_step_of_a_series_in_one_poll_is_forecast_from_its_own_window() ->
 
     # Repeat-last forecasts its window's newest value: each forecast saw its own step, not the
     # poll's last (the windows are gathered from the ring after the whole poll was placed).
-    assert [f["forecast"][0]["load"] for f in forecasts(transport)] == list(range(3, 10))
+    assert [forecast_values(f, "load")[0] for f in forecasts(transport)] == list(range(3, 10))
 
 
 def test_a_poll_is_published_in_batches_of_the_cap() -> None:
@@ -695,7 +709,7 @@ def test_a_time_cap_of_zero_publishes_each_forecast_as_soon_as_it_is_due() -> No
     transport, sink = serve_capped([record("a", s) for s in range(6)], BatchCap(seconds=0))
 
     assert sink.acknowledged == [1, 1, 1, 0]  # steps 3, 4, 5; the poll's end has none left
-    assert [f["forecast"][0]["load"] for f in forecasts(transport)] == [3.0, 4.0, 5.0]
+    assert [forecast_values(f, "load")[0] for f in forecasts(transport)] == [3.0, 4.0, 5.0]
 
 
 def test_the_cap_does_not_change_what_is_published() -> None:
@@ -747,7 +761,7 @@ def test_intervals_are_published_from_the_batch_arrays() -> None:
     config = model.model.config
     radius = np.ones((len(config.interval_levels), HORIZON, 1))
     model.model.calibrate_intervals(Calibration(config.interval_levels, radius))
-    rolling = RollingForecaster(model, max_series=10, message="v2")
+    rolling = RollingForecaster(model, max_series=10)  # the default format: version 2
     transport = MemoryTransport()
     serve_batch([record("a", s) for s in range(6)], rolling, transport.sink(), new_stats(rolling))
 
@@ -755,3 +769,32 @@ def test_intervals_are_published_from_the_batch_arrays() -> None:
     # Window 2, 3, 4, 5 changes by 1 a step: a spread of 1, so each bound is 1 from the point.
     assert published[-1]["intervals"]["0.8"]["lo"]["load"] == [4.0] * HORIZON
     assert published[-1]["intervals"]["0.95"]["hi"]["load"] == [6.0] * HORIZON
+
+
+def _interval_width(forecast: dict) -> np.ndarray:
+    bounds = forecast["intervals"]["0.8"]
+    return np.subtract(bounds["hi"]["load"], bounds["lo"]["load"])
+
+
+@pytest.mark.parametrize("fields", [0, 1])
+def test_each_group_of_series_adapts_its_own_intervals(fields: int) -> None:
+    rolling = RollingForecaster(calibrated_repeat_last(), max_series=100, message="v2")
+    transport = MemoryTransport()
+    stats = new_stats(rolling, groups=SeriesGroups(fields, "/"))
+    # "flat/..." repeats its last value exactly; "rising/..." climbs by 1 a step, so its
+    # intervals (a spread of 1 in its window, 0 in the flat one's) miss steps 2 and 3.
+    for step in range(40):
+        batch = [record("flat/a", step, value=5.0 + (step % 2)), record("rising/b", step)]
+        serve_batch(batch, rolling, transport.sink(), stats)
+
+    newest = {f["series"]: f for f in forecasts(transport)}
+    first_flat = next(f for f in forecasts(transport) if f["series"] == "flat/a")
+    flat_widening = _interval_width(newest["flat/a"]) / _interval_width(first_flat)
+    if fields:  # the flat series' misses alone move its radii: all its steps were covered
+        assert (flat_widening < 1).all()
+        coverage = stats.online_error.group_scored
+        assert set(coverage) == {"flat", "rising"}
+        scraped = generate_latest(serve_metrics(stats, port=None)).decode()
+        assert 'rollcast_interval_group_coverage{group="flat",level="0.8"} 1.0' in scraped
+    else:  # one group: the rising series' misses widen the flat one's steps 2 and 3 too
+        assert (flat_widening[1:] > 1).all()

@@ -75,6 +75,7 @@ HOSTILE = (
 )
 # Accepted hostile numbers and what they mean.
 ZERO_MEANS = {
+    "interval_group_fields": "0: every series adapts its intervals in one group",
     "batch_ms": "0: each forecast is published as soon as it is due",
     "metrics_port": "0 turns the Prometheus endpoint off",
     "interval_gain": "0: serve publishes the calibrated intervals, never adapted",

@@ -825,6 +825,7 @@ def fill_window(window: Any, ts_ms: Any, values: Any) -> None:
     window.last_ts_ms = window._newest_ms = int(ts_ms[-1])
     window._held.clear()
     window._placed.clear()
+    window._newest = None
 
 
 def check_fill(config: Any, grace: int, ts_ms: Any, values: Any) -> None:
@@ -853,7 +854,8 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from pipeline.config import ModelSettings, RecordSettings, ServeSettings
-    from pipeline.forecast import LoadedForecaster
+    from pipeline.forecast import LoadedForecaster, resolve_precision
+    from pipeline.intervals import Calibration
     from pipeline.model import build_forecaster
     from pipeline.recipe import ForecasterConfig
     from pipeline.serve import RollingForecaster, freeze_heap, new_stats, serve_batch
@@ -863,13 +865,26 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     shape = ModelSettings().model_dump(exclude={"season"})  # the train flow's model settings
     config = ForecasterConfig(channels=(CHANNEL,), **shape)
     config = replace(config, norm=config.norms[0])  # a served model's norm: "auto" is resolved
-    model = LoadedForecaster("scale", "1", build_forecaster(config, seed=0).eval())
+    network = build_forecaster(config, seed=0).eval()
+    radii = np.ones((len(config.interval_levels), config.horizon, 1))  # as a trained champion's
+    network.calibrate_intervals(Calibration(config.interval_levels, radii))
+    model = LoadedForecaster("scale", "1", network)
     serve, policy = ServeSettings(), RecordSettings().policy()
     max_series = max(serve.max_series, n_series)
-    rolling = RollingForecaster(model, max_series, policy, serve.max_new_series)
-    from serve_path import NullSink  # keeps nothing: the serve loop's own cost
+    precision = resolve_precision(serve.inference_precision, torch.device("cpu"))
+    rolling = RollingForecaster(
+        model, max_series, policy, serve.max_new_series, serve.forecast_format, precision
+    )
+    from serve_path import NullSink
 
-    stats, sink = new_stats(rolling), NullSink()
+    class BytesSink(NullSink):
+        """Writes each forecast's bytes and keeps nothing: the serve loop's own cost."""
+
+        def send_forecasts(self, batch: Any) -> None:
+            for _ in batch.messages():
+                pass
+
+    stats, sink = new_stats(rolling), BytesSink()
     rss_model = rss_mb()
     lookback, poll = config.lookback, serve.max_poll_records
     t0 = first_step_ms(lookback + ADMISSION_STEPS + args.serve_rounds)
@@ -934,6 +949,9 @@ def section_serve_fleet(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         },
         "max_series": max_series,
         "max_new_series": serve.max_new_series,
+        "format": serve.forecast_format,
+        "intervals": serve.forecast_format == "v2",
+        "precision": str(precision).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "warm": args.serve_warm,
         "warm_s": round(warm_s, 1),

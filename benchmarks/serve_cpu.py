@@ -279,7 +279,7 @@ def main() -> None:
     parser.add_argument("--records-per-round", type=int, default=20_000)
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--shape", choices=["issue4", "default"], default="issue4")
-    parser.add_argument("--format", choices=["v1", "v2"], default="v1", help="forecast messages")
+    parser.add_argument("--format", choices=["v1", "v2"], default="v2", help="forecast messages")
     parser.add_argument("--intervals", action="store_true", help="calibrated intervals (v2 only)")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "auto"], default="float32")
     parser.add_argument("--batch-ms", type=float, help="the loop's time cap on a batch")

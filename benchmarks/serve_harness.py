@@ -199,7 +199,10 @@ def read_records(
 
 
 def read_forecasts(kafka: KafkaSettings, expected: int) -> list[dict]:
-    """Every forecast on the topic (duplicates too), each with the member that served it."""
+    """Every forecast on the topic (duplicates too), each with the member that served it.
+
+    Either format: what the helpers here read of a forecast (``series``, ``issued_at``,
+    ``model``) is in version 2 (the default) and version 1 alike."""
     records = read_records(kafka, kafka.topic_forecasts, expected)
     return [
         {**json.loads(r.value or b"{}"), "served_by": r.header(SERVED_BY_HEADER)} for r in records

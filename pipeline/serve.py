@@ -1,10 +1,16 @@
 """The rolling forecast loop: observations in, one forecast per series per new step out.
 
-Each poll is one micro-batch::
+Each poll is handled in micro-batches::
 
-    triage → dead letters → place in rolling windows → score the new actuals
-           → one batched model call → publish forecasts → wait for the broker's acks
-           → commit input offsets
+    triage → place in rolling windows (scoring the new actuals) → at BatchCap's forecasts
+           or time: gather their windows from the rings → one model call → intervals
+           → the messages' bytes → wait for the broker's acks → ... → dead letters
+           → the rest → wait for the acks → commit input offsets
+
+A forecast's window is read straight from its series' ring into one array kept between
+batches (:class:`~pipeline.windows.Step`), and its values stay numpy until the bytes are
+written (:class:`~pipeline.records.ForecastBatch`); so the per-record Python is the record's
+own parsing and placement, and a record waits for its own micro-batch, not its whole poll.
 
 :class:`RollingForecaster` holds the windows and runs the model; :func:`serve_batch` tells the
 online scorer (:class:`pipeline.stats.OnlineScorer`) what each batch forecast, and the
@@ -20,9 +26,11 @@ Policies (the window policies themselves are in :mod:`pipeline.windows`):
   (:class:`~pipeline.windows.JumpRule`): one stray record cannot make the next ones late.
   Gaps of up to ``max_gap`` steps are interpolated; a longer one empties the window, and the series
   gets no forecast until ``lookback`` new steps have arrived.
-* **Delivery.** At-least-once. Input offsets are committed only after the broker acknowledged
-  every forecast and dead letter they caused. After a crash, the member re-reads from the last
-  commit, so **at most one poll per member (``max_poll_records`` records) is forecast twice**.
+* **Delivery.** At-least-once. Input offsets are committed once per poll, only after the broker
+  acknowledged every forecast and dead letter its records caused (micro-batches within a poll
+  are acknowledged earlier, never committed earlier). After a crash, the member re-reads from
+  the last commit, so **at most one poll per member (``max_poll_records`` records) is forecast
+  twice**.
   Every forecast of a re-read record is identical to the first one, given the same model.
 * **State after a restart or rebalance.** A member that gains a partition re-reads up to
   ``rewind_records`` records before the committed offset to rebuild the windows of its series,

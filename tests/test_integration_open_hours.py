@@ -47,6 +47,9 @@ def tiny_calendar_model(monkeypatch: pytest.MonkeyPatch) -> None:
         "ROLLCAST_CALENDAR": "true",
         "ROLLCAST_VAL_FOLDS": 1,
         "ROLLCAST_PROMOTION_GATE": "false",  # about the path: a few steps of a tiny model
+        # Compared with the pyfunc's float32 to 1e-5 below: bfloat16 (the default where the
+        # CPU has it) differs by a few 1e-5.
+        "ROLLCAST_INFERENCE_PRECISION": "float32",
     }.items():
         monkeypatch.setenv(name, str(value))
 

@@ -55,7 +55,8 @@ def test_a_killed_server_resumes_and_every_record_gets_a_forecast(
     register(tiny_model())
     n_series, n_steps = 10, 200
     producer = PacedProducer(rollcast_env, n_series, n_steps, per_s=20)  # 10 s of stream
-    env = {"ROLLCAST_MAX_POLL_RECORDS": str(MAX_POLL_RECORDS)}
+    # Each poll published in micro-batches of 10: acknowledged sooner, still committed per poll.
+    env = {"ROLLCAST_MAX_POLL_RECORDS": str(MAX_POLL_RECORDS), "ROLLCAST_BATCH_FORECASTS": "10"}
 
     with ServeProcess(tmp_path / "first.log", env, idle_s=600) as first:
         wait_for(lambda: first.metric("assigned_partitions") == 2, "the first server to join")

@@ -118,12 +118,24 @@ class ForecastRequest:
 @dataclass(frozen=True)
 class BatchCap:
     """When the forecasts due so far in a poll are made and published, before the poll ends:
-    at ``forecasts`` of them, or ``seconds`` after the first. A record's forecast is then
-    acknowledged within about ``seconds`` of its turn, however large the poll; offsets are
-    still committed once per poll, so the duplicate bound stays one poll per member."""
+    at ``forecasts`` of them, or once the wait since the last publish plus the time publishing
+    them will take (each as long as the last ones took) reaches ``seconds``. A micro-batch
+    then adds about ``seconds`` to its records' latency, whatever the model's cost or the
+    poll's size; offsets are still committed once per poll, so the duplicate bound stays one
+    poll per member."""
 
     forecasts: int = 1000
     seconds: float = 0.02
+
+    def reached(self, pending: int, since: float, cost_s: float) -> bool:
+        """Whether ``pending`` forecasts, waiting since ``since`` (``perf_counter``), each
+        taking ``cost_s`` to make and publish, are to be published now."""
+        waited = time.perf_counter() - since
+        return pending >= self.forecasts or waited + pending * cost_s >= self.seconds
+
+
+# How much of the measured cost of a forecast each publish replaces (a moving average).
+COST_WEIGHT = 0.2
 
 
 @dataclass(slots=True)
@@ -521,7 +533,7 @@ def serve_batch(
             dead.append(outcome)
         elif outcome:
             requests += outcome
-            if len(requests) >= cap.forecasts or time.perf_counter() - since >= cap.seconds:
+            if cap.reached(len(requests), since, stats.forecast_cost_s):
                 publish(requests, rolling, sink, stats, scorer)
                 requests, since = [], time.perf_counter()
     dead += rolling.refuse_unconfirmed()
@@ -542,6 +554,7 @@ def publish(
 ) -> None:
     """Score what arrived, make the forecasts due in one model call, send them with their
     intervals and wait for the broker to acknowledge everything sent so far."""
+    begun = time.perf_counter()
     scorer.settle()
     windows, outputs = rolling.predict(requests)  # (B, L, C), the model's outputs
     preds = point_forecasts(rolling.model, outputs)  # (B, H, C)
@@ -558,6 +571,9 @@ def publish(
     produced_ms = np.fromiter((r.produced_at_ms for r in requests), np.float64, len(requests))
     stats.record_latency.record((acked_ms - produced_ms) / 1000)
     stats.forecasts_out += len(requests)
+    if requests:
+        cost = (time.perf_counter() - begun) / len(requests)
+        stats.forecast_cost_s += COST_WEIGHT * (cost - stats.forecast_cost_s)
 
 
 def observe_safely(

@@ -413,6 +413,8 @@ class ServeStats:
     record_latency: LatencyRecorder = histogram(
         "Input produce time to the broker's ack of its forecast", "record_latency_seconds"
     )
+    # Seconds to make and publish one forecast, a moving average (serve.BatchCap reads it).
+    forecast_cost_s: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         """The summary a finished serve run prints: every counter, by field name."""

@@ -728,7 +728,7 @@ def test_a_batch_writes_the_bytes_of_each_of_its_forecasts(message: str, hours: 
     values = rng.normal(size=(3, HORIZON, 2)).astype(np.float32) * 1000
     half = np.abs(rng.normal(size=(2, 3, HORIZON, 2)))
     batch = ForecastBatch(
-        series=["a", "b", "c"],
+        series=["a", 'quo"te\\\\', "ünï\u2028"],  # keys JSON must escape
         issued_at_ms=np.array([0, STEP_MS, 5 * STEP_MS]),
         model_name="m",
         model_version="7",
@@ -745,7 +745,7 @@ def test_a_batch_writes_the_bytes_of_each_of_its_forecasts(message: str, hours: 
 
     messages = list(batch.messages())
 
-    assert [key for key, _ in messages] == [b"a", b"b", b"c"]
+    assert [key for key, _ in messages] == [s.encode() for s in batch.series]
     assert [value for _, value in messages] == [
         forecast_to_bytes(batch.forecast(i)) for i in range(3)
     ]

@@ -119,10 +119,12 @@ class ForecastRequest:
 class BatchCap:
     """When the forecasts due so far in a poll are made and published, before the poll ends:
     at ``forecasts`` of them, or once the wait since the last publish plus the time publishing
-    them will take (each as long as the last ones took) reaches ``seconds``. A micro-batch
-    then adds about ``seconds`` to its records' latency, whatever the model's cost or the
-    poll's size; offsets are still committed once per poll, so the duplicate bound stays one
-    poll per member."""
+    them will take (each as long as the last ones took) reaches ``seconds``, and at least
+    :data:`MIN_TIMED_BATCH` are pending: a model call on fewer costs more per forecast, and so
+    the measured cost would keep the batches small (with ``seconds`` 0, each forecast is
+    published as soon as it is due). A micro-batch then adds about ``seconds``
+    to its records' latency, whatever the model's cost or the poll's size; offsets are still
+    committed once per poll, so the duplicate bound stays one poll per member."""
 
     forecasts: int = 1000
     seconds: float = 0.02
@@ -130,12 +132,17 @@ class BatchCap:
     def reached(self, pending: int, since: float, cost_s: float) -> bool:
         """Whether ``pending`` forecasts, waiting since ``since`` (``perf_counter``), each
         taking ``cost_s`` to make and publish, are to be published now."""
+        if pending >= self.forecasts or self.seconds == 0:  # 0: each as soon as it is due
+            return True
         waited = time.perf_counter() - since
-        return pending >= self.forecasts or waited + pending * cost_s >= self.seconds
+        return pending >= MIN_TIMED_BATCH and waited + pending * cost_s >= self.seconds
 
 
 # How much of the measured cost of a forecast each publish replaces (a moving average).
 COST_WEIGHT = 0.2
+# The fewest forecasts a micro-batch is cut at by time: a model call's fixed cost is then
+# spread over enough of them (an LSTM's cost per window levels off from about 128).
+MIN_TIMED_BATCH = 64
 
 
 @dataclass(slots=True)

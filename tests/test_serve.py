@@ -616,10 +616,12 @@ def test_intervals_widen_online_when_the_actuals_leave_them_and_say_their_covera
         for f in (first, last)
     }
     first_width, last_width = width[first["issued_at"]], width[last["issued_at"]]
-    assert last_width[0] < first_width[0]  # step 1 always covered: narrower
-    assert (last_width[1:] > first_width[1:]).all()  # steps 2, 3 missed: wider
+    # Steps 2 and 3 miss: every step widens (they share a part of the radius: errors across
+    # steps go together), the missed steps most, the one missed most the most.
+    assert (last_width > first_width).all()
+    assert last_width[0] < last_width[1] < last_width[2]
     coverage = stats.online_error.coverage()
-    assert coverage[0.8] == pytest.approx(1 / 3) and coverage[0.95] == 1
+    assert coverage[0.8] > 1 / 3 and coverage[0.95] == 1  # fixed radii would hold 1 of 3
     scraped = generate_latest(serve_metrics(stats, port=None)).decode()
     assert 'rollcast_interval_coverage{level="0.8",steps_ahead="1"} 1.0' in scraped
 
@@ -795,7 +797,8 @@ def test_each_group_of_series_adapts_its_own_intervals(fields: int) -> None:
         coverage = stats.online_error.group_scored
         assert set(coverage) == {"flat", "rising"}
         scraped = generate_latest(serve_metrics(stats, port=None)).decode()
-        assert 'rollcast_interval_group_coverage{group="flat",level="0.8"} 1.0' in scraped
+        assert 'rollcast_interval_group_coverage{group="flat",level="0.95"} 1.0' in scraped
+        assert 'rollcast_interval_group_coverage{group="rising",level="0.8"} 0.' in scraped
     else:  # one group: the rising series' misses widen the flat one's steps 2 and 3 too
         assert (flat_widening[1:] > 1).all()
 

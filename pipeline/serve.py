@@ -141,8 +141,9 @@ class BatchCap:
 # How much of the measured cost of a forecast each publish replaces (a moving average).
 COST_WEIGHT = 0.2
 # The fewest forecasts a micro-batch is cut at by time: a model call's fixed cost is then
-# spread over enough of them (an LSTM's cost per window levels off from about 128).
-MIN_TIMED_BATCH = 64
+# spread over enough of them (an LSTM's cost per window levels off from about 128: at 64 it is
+# a quarter more at the default shape, BENCHMARKS.md).
+MIN_TIMED_BATCH = 128
 
 
 @dataclass(slots=True)

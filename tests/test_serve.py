@@ -806,9 +806,9 @@ def test_each_group_of_series_adapts_its_own_intervals(fields: int) -> None:
 def test_a_batch_is_cut_when_its_wait_and_its_model_time_reach_the_cap() -> None:
     cap, now = BatchCap(forecasts=1000, seconds=0.02), time.perf_counter()
 
-    assert cap.reached(100, now, cost_s=0.001)  # 100 forecasts of 1 ms: 0.1 s to publish
-    assert not cap.reached(100, now, cost_s=0.0001)  # 10 ms to publish: wait for more
-    assert cap.reached(100, now - 0.015, cost_s=0.0001)  # waited 15 ms: 25 ms in all
-    assert not cap.reached(63, now - 1.0, cost_s=0.1)  # too few to cut by time: a slow model
+    assert cap.reached(200, now, cost_s=0.001)  # 200 forecasts of 1 ms: 0.2 s to publish
+    assert not cap.reached(200, now, cost_s=0.00005)  # 10 ms to publish: wait for more
+    assert cap.reached(200, now - 0.015, cost_s=0.00005)  # waited 15 ms: 25 ms in all
+    assert not cap.reached(127, now - 1.0, cost_s=0.1)  # too few to cut by time: a slow model
     assert cap.reached(1000, now, cost_s=0.0)  # the forecasts' cap
     assert BatchCap(seconds=0).reached(1, now, cost_s=0.0)  # 0: each at once

@@ -183,13 +183,8 @@ def replay_tracker(
     above = np.broadcast_to(above, below.shape)
     lo = np.empty(below.shape)
     hi = np.empty_like(lo)
-    due = np.searchsorted(origins, origins[:, None] + np.arange(1, horizon + 1))  # (N, H)
-    order = np.argsort(due, axis=None, kind="stable")
-    first = np.searchsorted(due.ravel()[order], np.arange(len(predictions) + 1))
-    for i in range(len(predictions)):
-        arrived = order[first[i] : first[i + 1]]
-        if len(arrived):
-            windows, steps = np.divmod(arrived, horizon)
+    for i, (windows, steps) in enumerate(intervals.arrivals(origins, horizon)):
+        if len(windows):
             actual = targets[windows, steps]  # (K, C)
             missed = (actual < lo[:, windows, steps]) | (actual > hi[:, windows, steps])
             error = actual - predictions[windows, steps]

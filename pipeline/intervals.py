@@ -46,6 +46,7 @@ window spreads ``(N, 1, C)`` alone for intervals symmetric around a point.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,9 +138,10 @@ class Calibration:
 
 
 def bounds(radius: np.ndarray, point: np.ndarray, units: Units) -> tuple[np.ndarray, np.ndarray]:
-    """``(L, N, H, C)`` each: the bounds of radii ``(L, H, C)`` around points ``(N, H, C)``."""
+    """``(L, N, H, C)`` each: the bounds of radii ``(L, H, C)``, or one set per point
+    ``(L, N, H, C)``, around points ``(N, H, C)``."""
     below, above = both_ways(units)
-    reach = radius[:, None]
+    reach = radius[:, None] if radius.ndim == 3 else radius
     return point[None] - reach * below, point[None] + reach * above
 
 
@@ -234,19 +236,26 @@ def replay(
     online = OnlineRadius(calibration, gain)
     lo = np.empty((len(calibration.levels), *predictions.shape))
     hi = np.empty_like(lo)
-    due = np.searchsorted(origins, origins[:, None] + np.arange(1, horizon + 1))  # (N, H)
-    order = np.argsort(due, axis=None, kind="stable")
-    first = np.searchsorted(due.ravel()[order], np.arange(len(predictions) + 1))
-    for i in range(len(predictions)):
-        arrived = order[first[i] : first[i + 1]]
-        if len(arrived):
-            windows, steps = np.divmod(arrived, horizon)
+    for i, (windows, steps) in enumerate(arrivals(origins, horizon)):
+        if len(windows):
             actual = targets[windows, steps]  # (K, C)
             missed = (actual < lo[:, windows, steps]) | (actual > hi[:, windows, steps])
             online.observe(steps, missed & ~np.isnan(actual))
         lo[:, i] = predictions[i] - online.radius * below[:, i]
         hi[:, i] = predictions[i] + online.radius * above[:, i]
     return lo, hi
+
+
+def arrivals(origins: np.ndarray, horizon: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each window ``i`` in turn (``origins`` (N,), the step index of each window's last
+    input, ascending), the ``(windows, steps)`` (K,) each of the actuals observed since window
+    ``i - 1`` was issued and by window ``i``'s origin: window ``j``'s step ``h`` (0-based) is
+    observed at step ``origins[j] + h + 1``."""
+    due = np.searchsorted(origins, origins[:, None] + np.arange(1, horizon + 1))  # (N, H)
+    order = np.argsort(due, axis=None, kind="stable")
+    first = np.searchsorted(due.ravel()[order], np.arange(len(origins) + 1))
+    for i in range(len(origins)):
+        yield np.divmod(order[first[i] : first[i + 1]], horizon)
 
 
 def interval_metrics(

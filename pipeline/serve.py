@@ -506,8 +506,8 @@ class RollingForecaster:
         ``outputs``); None without radii."""
         if radii is None or not len(windows):
             return None
-        below, above = intervals.both_ways(interval_units(self.model, windows, outputs))
-        return np.stack([preds[None] - radii * below, preds[None] + radii * above])
+        units = interval_units(self.model, windows, outputs)
+        return np.stack(intervals.bounds(radii, preds, units))
 
     def calibration(self) -> Calibration | None:
         """The intervals to publish and adapt: the model's, in a version-2 message only."""
@@ -567,11 +567,12 @@ def publish(
     windows, outputs = rolling.predict(requests)  # (B, L, C), the model's outputs
     preds = point_forecasts(rolling.model, outputs)  # (B, H, C)
     online = stats.online_error
-    radii = None
+    groups = radii = None
     if online.adapts and requests:
-        radii = online.radii_for([online.groups.of(r.series) for r in requests])
+        groups = [online.groups.of(r.series) for r in requests]
+        radii = online.radii_for(groups)
     bounds = rolling.interval_bounds(windows, outputs, preds, radii)
-    scorer.forecasts_issued(requests, preds, bounds)
+    scorer.forecasts_issued(requests, preds, bounds, groups)
     if requests:
         sink.send_forecasts(rolling.forecasts(requests, preds, bounds))
     sink.flush()

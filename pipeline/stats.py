@@ -350,9 +350,11 @@ class OnlineScorer:
         requests: Sequence[IssuedForecast],
         preds: np.ndarray,
         bounds: np.ndarray | None = None,
+        groups: Sequence[str] | None = None,
     ) -> None:
         """Score from now on the forecasts ``preds`` ``(B, H, C)`` made for ``requests`` (and
-        the intervals ``bounds`` ``(2, L, B, H, C)`` published with them), where
+        the intervals ``bounds`` ``(2, L, B, H, C)`` published with them, each adapted in its
+        series' group of ``groups``), where
         their series has none being scored; count the series given their first forecast.
 
         Newest first: a batch may hold several steps of a series, and only the newest
@@ -369,7 +371,7 @@ class OnlineScorer:
             if state.scoring is None:
                 j = len(requests) - 1 - i
                 published = None if bounds is None else bounds[:, :, j].copy()  # free the batch
-                group = stats.online_error.groups.of(request.series)
+                group = "" if groups is None else groups[j]
                 state.scoring = (request.issued_at_ms, pred.copy(), published, group)
 
     def model_swapped(
